@@ -1,0 +1,140 @@
+"""The MQTT topic tree shared by edge, gateway and simulator.
+
+Every topic is built and parsed here so that the three cannot disagree. Levels are
+restricted to ``[a-z0-9-]`` (Homie convention) so they are safe in ACL patterns and
+as InfluxDB tag values; the version level (``v1``) lets a v2 tree run side by side
+during a migration.
+
+    fallwatch/v1/{site}/{device}/state            retained, QoS 1 (birth / last will)
+    fallwatch/v1/{site}/{device}/health           QoS 1, heartbeat
+    fallwatch/v1/{site}/{device}/tele/{sensor}    QoS 1, telemetry summaries
+    fallwatch/v1/{site}/{device}/evt/fall         QoS 1, fall alerts (never expire)
+    fallwatch/v1/{site}/{device}/evt/risk         QoS 1, daily fall-risk scores
+    fallwatch/v1/{site}/{device}/evt/test         QoS 1, daily silent end-to-end test alarm
+    fallwatch/v1/{site}/{device}/cmd/req/{name}   downlink commands (QoS 1, expiring)
+    fallwatch/v1/{site}/{device}/cmd/res/{name}   command replies
+    fallwatch/v1/{site}/{device}/config           retained desired config (downlink)
+    fallwatch/v1/{site}/{device}/ota/model        retained signed model manifest (downlink)
+    fallwatch/v1/{site}/{device}/ota/status       model update status (uplink)
+    fallwatch/v1/_dlq/{reason}                    dead letters published by the gateway
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ROOT = "fallwatch"
+VERSION = "v1"
+PREFIX = f"{ROOT}/{VERSION}"
+_LEVEL = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+#: Uplink kinds: the last topic levels after ``{site}/{device}/`` that a device may publish.
+UPLINK_KINDS = ("state", "health", "tele", "evt/fall", "evt/risk", "evt/test", "cmd/res", "ota/status")
+
+
+class TopicError(ValueError):
+    """A topic that is not part of the fallwatch tree."""
+
+
+def check_level(value: str, what: str = "topic level") -> str:
+    if not _LEVEL.match(value):
+        raise TopicError(f"invalid {what} {value!r}: must match [a-z0-9][a-z0-9-]* (max 63 chars)")
+    return value
+
+
+def device_base(site: str, device: str) -> str:
+    return f"{PREFIX}/{check_level(site, 'site id')}/{check_level(device, 'device id')}"
+
+
+def state(site: str, device: str) -> str:
+    return f"{device_base(site, device)}/state"
+
+
+def health(site: str, device: str) -> str:
+    return f"{device_base(site, device)}/health"
+
+
+def tele(site: str, device: str, sensor: str) -> str:
+    return f"{device_base(site, device)}/tele/{check_level(sensor, 'sensor')}"
+
+
+def fall(site: str, device: str) -> str:
+    return f"{device_base(site, device)}/evt/fall"
+
+
+def risk(site: str, device: str) -> str:
+    return f"{device_base(site, device)}/evt/risk"
+
+
+def test_alarm(site: str, device: str) -> str:
+    return f"{device_base(site, device)}/evt/test"
+
+
+def cmd_req(site: str, device: str, name: str) -> str:
+    return f"{device_base(site, device)}/cmd/req/{check_level(name, 'command')}"
+
+
+def cmd_res(site: str, device: str, name: str) -> str:
+    return f"{device_base(site, device)}/cmd/res/{check_level(name, 'command')}"
+
+
+def config(site: str, device: str) -> str:
+    return f"{device_base(site, device)}/config"
+
+
+def ota_model(site: str, device: str) -> str:
+    return f"{device_base(site, device)}/ota/model"
+
+
+def ota_status(site: str, device: str) -> str:
+    return f"{device_base(site, device)}/ota/status"
+
+
+def dead_letter(reason: str) -> str:
+    return f"{PREFIX}/_dlq/{reason}"
+
+
+#: What a gateway subscribes to: every uplink of every device of every site.
+UPLINK_FILTERS = (
+    f"{PREFIX}/+/+/state",
+    f"{PREFIX}/+/+/health",
+    f"{PREFIX}/+/+/tele/+",
+    f"{PREFIX}/+/+/evt/+",
+    f"{PREFIX}/+/+/cmd/res/+",
+    f"{PREFIX}/+/+/ota/status",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    site: str
+    device: str
+    kind: str  # "state", "health", "tele", "evt/fall", ...
+    sub: str | None  # sensor for tele, command name for cmd/*
+
+
+def parse(topic: str) -> ParsedTopic:
+    """Split an uplink topic; raises TopicError for anything outside the tree."""
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[0] != ROOT:
+        raise TopicError(f"not a fallwatch topic: {topic!r}")
+    if parts[1] != VERSION:
+        raise TopicError(f"unsupported topic version {parts[1]!r} in {topic!r}")
+    site, device, rest = parts[2], parts[3], parts[4:]
+    if not (_LEVEL.match(site) and _LEVEL.match(device)):
+        raise TopicError(f"invalid site/device level in {topic!r}")
+    head = rest[0]
+    if head in ("state", "health") and len(rest) == 1:
+        return ParsedTopic(site, device, head, None)
+    if head == "tele" and len(rest) == 2:
+        return ParsedTopic(site, device, "tele", rest[1])
+    if head == "evt" and len(rest) == 2 and rest[1] in ("fall", "risk", "test"):
+        return ParsedTopic(site, device, f"evt/{rest[1]}", None)
+    if head == "cmd" and len(rest) == 3 and rest[1] in ("req", "res"):
+        return ParsedTopic(site, device, f"cmd/{rest[1]}", rest[2])
+    if head == "ota" and len(rest) == 2 and rest[1] in ("model", "status"):
+        return ParsedTopic(site, device, f"ota/{rest[1]}", None)
+    if head == "config" and len(rest) == 1:
+        return ParsedTopic(site, device, "config", None)
+    raise TopicError(f"unknown topic kind in {topic!r}")
