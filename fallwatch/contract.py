@@ -63,6 +63,7 @@ class FallData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     peak_g: Annotated[float, Meta(ge=0.0, le=64.0)]
     lying_s: Annotated[float, Meta(ge=0.0)] = 0.0
     room: Id | None = None
+    sensor: Id | None = None
     reasons: Annotated[list[Reason], Meta(max_length=16)] = []
     model: Annotated[str, Meta(max_length=80)] = ""
 

@@ -1,0 +1,57 @@
+"""The one ``fallwatch`` command. Each package adds its own sub-commands.
+
+Every package that has commands exposes ``register(subparsers)`` in its own ``cli.py``;
+this module only wires them together, so a new command never touches another
+package's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+#: Packages whose ``cli.register`` adds sub-commands, in the order they appear in --help.
+COMMAND_MODULES = (
+    "fallwatch.demo",
+    "firmware_sim.cli",
+    "edge.cli",
+    "gateway.cli",
+    "models.cli",
+    "fallwatch.bench.cli",
+    "dashboards.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fallwatch",
+        description="Camera-free fall detection and fall-risk monitoring for home care.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue  # that package has no commands (yet)
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    rc = args.func(args)
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

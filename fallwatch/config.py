@@ -1,0 +1,171 @@
+"""Typed, validated configuration for every fallwatch component, in one place.
+
+A config file is TOML with one table per component (``[mqtt]``, ``[influx]``,
+``[gateway]``, ``[edge]``); unknown keys are rejected so a typo fails at start-up with
+a readable report instead of being silently ignored. Secrets are never written in
+the file: they come from the environment (``FALLWATCH_MQTT_PASSWORD``,
+``FALLWATCH_INFLUX_TOKEN``, ``FALLWATCH_INFLUX_PASSWORD``). There are no default
+passwords anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Strict):
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class MqttConfig(_Strict):
+    """Broker connection. An empty ``url`` means: use an embedded broker (demo only)."""
+
+    url: str = ""
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    client_id: str | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    tls: TlsConfig | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and urlparse(v).scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
+        return v
+
+    @model_validator(mode="after")
+    def _creds(self) -> MqttConfig:
+        if self.password is not None and self.username is None:
+            raise ValueError("a password must come with a username")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        u = urlparse(self.url)
+        return u.port or (8883 if u.scheme in ("mqtts", "ssl") else 1883)
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls is not None or urlparse(self.url).scheme in ("mqtts", "ssl")
+
+
+class InfluxConfig(_Strict):
+    """Time-series store. Empty ``url`` means: the embedded local store (SQLite file).
+
+    ``version`` 1 speaks InfluxDB 1.x's HTTP ``/write`` + ``/query`` (Debian's package);
+    2 and 3 go through influxdb-client. ``database``/``retention_policy`` map to a 2.x/3.x
+    bucket named ``database/retention_policy`` (DBRP convention) so InfluxQL works on all.
+    """
+
+    url: str = ""
+    version: Literal[1, 2, 3] = 1
+    database: str = "fallwatch"
+    retention_policy: str = "autogen"
+    org: str = "-"
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    token: str | None = Field(default=None, repr=False)
+    embedded_path: Path = Path("var/series.sqlite")
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @property
+    def bucket(self) -> str:
+        return f"{self.database}/{self.retention_policy}"
+
+
+class GatewayConfig(_Strict):
+    gateway_id: str = Field(default="gw-1", pattern=ID_PATTERN)
+    shared_group: str | None = Field(default=None, pattern=ID_PATTERN)
+    state_db: str = "var/gateway.sqlite"  # a path (SQLite) or postgresql://… for replicas
+    spool_dir: Path = Path("var/spool")
+    spool_max_mb: float = Field(default=512.0, gt=0)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    offline_after_s: float = Field(default=180.0, gt=0, le=180.0)
+    test_alarm_max_age_h: float = Field(default=24.0, gt=0)
+    batch_max: int = Field(default=1000, ge=1)
+    batch_max_delay_ms: float = Field(default=50.0, ge=0)
+
+
+class EdgeConfig(_Strict):
+    site_id: str = Field(default="home-1", pattern=ID_PATTERN)
+    device_id: str = Field(default="hub-1", pattern=ID_PATTERN)
+    outbox_path: Path = Path("var/edge-outbox.sqlite")
+    heartbeat_s: float = Field(default=30.0, gt=0, le=60.0)
+    cancel_window_s: float = Field(default=15.0, ge=0, le=60.0)
+    telemetry_window_s: float = Field(default=10.0, gt=0)
+    upload_raw_imu: bool = False
+    model_path: Path | None = None
+    model_pubkey: str | None = None  # base64 ed25519 public key that signs model updates
+    fw_version: str = "0.1.0"
+
+
+class FallwatchConfig(_Strict):
+    mqtt: MqttConfig = MqttConfig()
+    influx: InfluxConfig = InfluxConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    edge: EdgeConfig = EdgeConfig()
+
+
+class ConfigError(ValueError):
+    """A config that failed validation; ``str()`` is a readable multi-line report."""
+
+
+def _env_secrets(raw: dict[str, dict[str, object]]) -> None:
+    env = os.environ
+    if "FALLWATCH_MQTT_PASSWORD" in env:
+        raw.setdefault("mqtt", {})["password"] = env["FALLWATCH_MQTT_PASSWORD"]
+    if "FALLWATCH_INFLUX_TOKEN" in env:
+        raw.setdefault("influx", {})["token"] = env["FALLWATCH_INFLUX_TOKEN"]
+    if "FALLWATCH_INFLUX_PASSWORD" in env:
+        raw.setdefault("influx", {})["password"] = env["FALLWATCH_INFLUX_PASSWORD"]
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, object]] | None = None
+                ) -> FallwatchConfig:
+    """Load a TOML config (or defaults), fill secrets from the environment, validate."""
+    raw: dict[str, dict[str, object]] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    _env_secrets(raw)
+    try:
+        return FallwatchConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"invalid config{f' {path}' if path else ''}:"]
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  - {where}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,263 @@
+"""Private Mosquitto and InfluxDB 1.x processes on free loopback ports.
+
+Tests, benchmarks and the demo start their own brokers and databases, each with its
+own config and a temporary data directory, so they never touch (or depend on) a
+service that happens to run on the machine. Both are Debian's packages
+(``apt-get install mosquitto influxdb``); ``scripts/ensure-services.sh`` installs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+
+class ServiceError(RuntimeError):
+    """A service binary is missing or did not come up."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"process exited with {proc.returncode} before port {port} opened")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise ServiceError(f"port {port} did not open within {timeout} s")
+
+
+def find_binary(name: str, extra: tuple[str, ...] = ("/usr/sbin", "/usr/bin")) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in extra:
+        p = Path(d) / name
+        if p.exists():
+            return str(p)
+    raise ServiceError(f"{name} not found: install it with 'apt-get install -y mosquitto influxdb' "
+                       "(scripts/ensure-services.sh does this)")
+
+
+@dataclass
+class Mosquitto:
+    """A private Mosquitto broker.
+
+    ``max_queued_messages 0`` (no limit) and a large ``max_queued_bytes`` bound are set
+    on purpose: Mosquitto's default of 1000 queued messages silently drops QoS 1
+    messages for a lagging subscriber, which would break "nothing lost".
+    """
+
+    port: int = 0
+    passwords: dict[str, str] | None = None  # username -> password; None = anonymous allowed
+    acl: str | None = None  # text of an ACL file
+    extra_conf: str = ""
+    workdir: Path | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def _write_conf(self) -> Path:
+        assert self.workdir is not None
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "persistence true",
+            f"persistence_location {self.workdir}/",
+            "autosave_interval 1",
+            "max_queued_messages 0",
+            "max_queued_bytes 1073741824",
+            "max_inflight_messages 0",
+            "persistent_client_expiration 7d",
+            f"log_dest file {self.workdir}/mosquitto.log",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+        ]
+        if self.passwords is None:
+            lines.append("allow_anonymous true")
+        else:
+            pwfile = self.workdir / "passwd"
+            pwfile.write_text("")
+            passwd = find_binary("mosquitto_passwd")
+            for user, pw in self.passwords.items():
+                subprocess.run([passwd, "-b", str(pwfile), user, pw], check=True, capture_output=True)
+            lines += ["allow_anonymous false", f"password_file {pwfile}"]
+        if self.acl is not None:
+            aclfile = self.workdir / "acl"
+            aclfile.write_text(self.acl)
+            lines.append(f"acl_file {aclfile}")
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n" + self.extra_conf)
+        return conf
+
+    def start(self) -> Mosquitto:
+        binary = find_binary("mosquitto")
+        if self.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fw-mosq-")
+            self.workdir = Path(self._tmp.name)
+        if not self.port:
+            self.port = free_port()
+        conf = self._write_conf()
+        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        _wait_port(self.port, 10, self.proc)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        # same port, same persistence dir: sessions and queued messages survive
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.start()
+                return
+            except ServiceError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> Mosquitto:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class InfluxDB1:
+    """A private InfluxDB 1.x (Debian's ``influxdb`` package) with its own data dirs."""
+
+    port: int = 0
+    workdir: Path | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _rpc_port: int = field(default=0, init=False)
+    _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _write_conf(self) -> Path:
+        assert self.workdir is not None
+        conf = self.workdir / "influxdb.conf"
+        conf.write_text(f"""
+reporting-disabled = true
+bind-address = "127.0.0.1:{self._rpc_port}"
+[meta]
+  dir = "{self.workdir}/meta"
+[data]
+  dir = "{self.workdir}/data"
+  wal-dir = "{self.workdir}/wal"
+  query-log-enabled = false
+  wal-fsync-delay = "0s"
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{self.port}"
+  auth-enabled = false
+  log-enabled = false
+  max-body-size = 0
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = true
+  log-enabled = false
+[logging]
+  level = "warn"
+""")
+        return conf
+
+    def start(self) -> InfluxDB1:
+        binary = find_binary("influxd")
+        if self.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fw-influx-")
+            self.workdir = Path(self._tmp.name)
+        if not self.port:
+            self.port = free_port()
+        if not self._rpc_port:
+            self._rpc_port = free_port()
+        conf = self._write_conf()
+        env = dict(os.environ, INFLUXDB_DATA_QUERY_LOG_ENABLED="false")
+        self.proc = subprocess.Popen([binary, "-config", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServiceError(f"influxd exited with {self.proc.returncode}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/ping", timeout=0.5).status_code == 204:
+                    return self
+            time.sleep(0.1)
+        raise ServiceError("influxd did not answer /ping within 30 s")
+
+    def query(self, q: str, db: str | None = None) -> list[dict[str, object]]:
+        """Run InfluxQL and return the ``series`` list of the first result (test helper)."""
+        params = {"q": q, "epoch": "ms"}
+        if db:
+            params["db"] = db
+        r = requests.post(f"{self.url}/query", params=params, timeout=10)
+        r.raise_for_status()
+        res = r.json()["results"][0]
+        if "error" in res:
+            raise ServiceError(res["error"])
+        return list(res.get("series", []))
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> InfluxDB1:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
