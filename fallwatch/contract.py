@@ -29,6 +29,7 @@ Ms = Annotated[int, Meta(ge=0, le=10_000_000_000_000)]
 Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 ShortText = Annotated[str, Meta(max_length=200)]
 FieldValue = float | int | bool | str
+FieldName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 
 
 class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="kind"):
@@ -105,7 +106,7 @@ class HealthData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 class TeleData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     sensor: Id
     window_s: Annotated[float, Meta(gt=0, le=3600)]
-    fields: Annotated[dict[Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,39}$")], FieldValue], Meta(max_length=32)]
+    fields: Annotated[dict[FieldName, FieldValue], Meta(max_length=32)]
     room: Id | None = None
 
 
