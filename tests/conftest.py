@@ -16,7 +16,9 @@ import pytest
 
 from fallwatch.services import InfluxDB1, Mosquitto
 
-SISFALL_DIR = Path(os.environ.get("FALLWATCH_SISFALL", Path(__file__).resolve().parents[2] / "shared/data/sisfall"))
+SISFALL_DIR = Path(
+    os.environ.get("FALLWATCH_SISFALL", Path(__file__).resolve().parents[2] / "shared/data/sisfall")
+)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to the whole test suite: installs Debian's mosquitto and
+# influxdb when missing, the Python package with its dev extras, checks style, then runs
+# pytest. The tests start (and stop) their own Mosquitto and InfluxDB on free loopback ports
+# with temporary data directories. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/ensure-services.sh
+bash scripts/venv.sh dev
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
