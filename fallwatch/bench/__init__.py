@@ -1,0 +1,1 @@
+"""Benchmarks: each area's ``run(quick, progress) -> dict`` lives in its own module here."""

@@ -1,0 +1,94 @@
+"""``fallwatch bench edge|gateway|e2e|sim|all``: one harness, figures anyone can reproduce.
+
+Each area module (``fallwatch.bench.<area>``) starts and stops what it needs (private
+Mosquitto/InfluxDB on loopback, temporary directories) and returns a flat dict of
+figures, including its own baseline measured in the same run. This harness repeats a
+run (``--repeat``), reports the median of every number and its spread (min/max), and
+prints a machine-readable JSON object as the last line with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+AREAS = ("sim", "edge", "gateway", "e2e")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("bench", help="measure speed, latency, memory (see docs/benchmarks.md)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("area", choices=(*AREAS, "all"))
+    p.add_argument("--repeat", type=int, default=None,
+                   help="runs per area; median and spread are reported (default 3 for sim/edge, 1 otherwise)")
+    p.add_argument("--quick", action="store_true", help="short runs (smoke check, noisier figures)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.set_defaults(func=_cmd)
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    import psutil
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of each numeric figure over the runs, with ``<key>_min``/``_max`` when repeated."""
+    out: dict[str, Any] = {}
+    keys = list(dict.fromkeys(k for r in runs for k in r))
+    for k in keys:
+        vals = [r[k] for r in runs if k in r]
+        nums = [v for v in vals if isinstance(v, int | float) and not isinstance(v, bool)]
+        if nums and len(nums) == len(vals):
+            med = statistics.median(nums)
+            out[k] = round(med, 3) if isinstance(med, float) else med
+            if len(nums) > 1 and min(nums) != max(nums):
+                out[f"{k}_min"], out[f"{k}_max"] = min(nums), max(nums)
+        else:
+            out[k] = vals[-1]
+    out["runs"] = len(runs)
+    return out
+
+
+def run_area(area: str, repeat: int, quick: bool, progress: bool) -> dict[str, Any]:
+    module = importlib.import_module(f"fallwatch.bench.{area}")
+    runs = []
+    for i in range(repeat):
+        if progress:
+            print(f"[bench {area}] run {i + 1}/{repeat}", file=sys.stderr)
+        t0 = time.monotonic()
+        result = module.run(quick=quick, progress=progress)
+        result["wall_s"] = round(time.monotonic() - t0, 1)
+        runs.append(result)
+    return aggregate(runs)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    areas = AREAS if args.area == "all" else (args.area,)
+    progress = True
+    results: dict[str, Any] = {}
+    for area in areas:
+        repeat = args.repeat or (3 if area in ("sim", "edge") else 1)
+        results[area] = run_area(area, repeat, args.quick, progress)
+        print(f"\n{area}:", file=sys.stderr)
+        for k, v in results[area].items():
+            print(f"  {k:32s} {v}", file=sys.stderr)
+    payload: dict[str, Any] = results if args.area == "all" else dict(results[args.area])
+    payload["machine"] = machine()
+    if args.json:
+        print(json.dumps(payload, sort_keys=True, default=str))
+    return 0

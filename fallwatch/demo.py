@@ -1,0 +1,207 @@
+"""``fallwatch demo``: a simulated home through sim → edge → MQTT → gateway → store.
+
+It is the main job in one command: with nothing configured it runs on embedded parts
+(an in-process amqtt broker and the gateway's embedded SQLite series store), so it works
+on a bare machine; given ``--mqtt-url`` / ``--influx-url`` it runs against a real broker
+and InfluxDB. The summary is computed from what was *read back* from the store and
+from the simulator's ground truth, not from what the components believe they sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from fallwatch.config import FallwatchConfig, load_config
+
+log = logging.getLogger("fallwatch.demo")
+
+#: A detected alert matches a ground-truth fall when its impact is this close (seconds).
+MATCH_TOLERANCE_S = 10.0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="run a simulated home end to end and print a summary",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--residents", type=int, default=3, help="residents, one flat and hub each (default 3)")
+    p.add_argument("--duration", type=float, default=120.0, help="simulated seconds (default 120)")
+    p.add_argument("--falls", type=int, default=1, help="falls injected per resident (default 1)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--speed", type=float, default=0.0,
+                   help="simulated seconds per wall second; 0 = as fast as possible (default)")
+    p.add_argument("--config", type=Path, help="TOML config (mqtt/influx sections are used)")
+    p.add_argument("--mqtt-url", help="use this broker instead of the embedded one")
+    p.add_argument("--influx-url", help="use this InfluxDB instead of the embedded store")
+    p.add_argument("--influx-version", type=int, choices=(1, 2, 3), default=None)
+    p.add_argument("--workdir", type=Path, help="keep outboxes/state here (default: a temp dir)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    overrides: dict[str, dict[str, object]] = {
+        "mqtt": {"url": args.mqtt_url},
+        "influx": {"url": args.influx_url, "version": args.influx_version},
+    }
+    cfg = load_config(args.config, overrides)
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fw-demo-")))
+        summary = run_demo(cfg, residents=args.residents, duration_s=args.duration, falls=args.falls,
+                           seed=args.seed, speed=args.speed, workdir=Path(workdir),
+                           progress=sys.stderr.isatty() or not args.json)
+    _print_summary(summary)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    return 0 if summary["lost"] == 0 and summary["rejected"] == 0 else 1
+
+
+@contextlib.contextmanager
+def _broker(cfg: FallwatchConfig) -> Iterator[FallwatchConfig]:
+    """Yield a config whose mqtt section points at a usable broker."""
+    if cfg.mqtt.url:
+        yield cfg
+        return
+    from fallwatch.embedded import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        mqtt = cfg.mqtt.model_copy(update={"url": broker.url, "protocol": "3.1.1"})
+        yield cfg.model_copy(update={"mqtt": mqtt})
+
+
+def run_demo(cfg: FallwatchConfig, *, residents: int = 3, duration_s: float = 120.0, falls: int = 1,
+             seed: int = 7, speed: float = 0.0, workdir: Path, progress: bool = True) -> dict[str, Any]:
+    from edge.agent import EdgeAgent
+    from firmware_sim.fleet import Fleet
+    from firmware_sim.scenario import demo_scenario
+    from gateway.app import Gateway
+
+    t_wall = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    scenario = demo_scenario(residents=residents, duration_s=duration_s, falls=falls, seed=seed)
+    fleet = Fleet(scenario)
+    with _broker(cfg) as cfg:
+        influx = cfg.influx
+        if not influx.url:
+            influx = influx.model_copy(update={"embedded_path": workdir / "series.sqlite"})
+        gw_cfg = cfg.gateway.model_copy(update={
+            "state_db": str(workdir / "gateway.sqlite"), "spool_dir": workdir / "spool", "http_port": 0})
+        gateway = Gateway(cfg.model_copy(update={"influx": influx, "gateway": gw_cfg}))
+        gateway.start()
+        agents: dict[str, EdgeAgent] = {}
+        try:
+            for hub in fleet.hubs:
+                edge_cfg = cfg.edge.model_copy(update={
+                    "site_id": hub.site_id, "device_id": hub.hub_id,
+                    "outbox_path": workdir / f"outbox-{hub.hub_id}.sqlite"})
+                mqtt_cfg = cfg.mqtt.model_copy(update={"client_id": None})
+                agent = EdgeAgent(cfg.model_copy(update={"edge": edge_cfg, "mqtt": mqtt_cfg}),
+                                  sensors=[s for s in fleet.sensors if s.hub_id == hub.hub_id])
+                agent.start()
+                agents[hub.hub_id] = agent
+            _drive(fleet, agents, duration_s, speed, progress)
+            flushed = all(a.flush(timeout_s=60) for a in agents.values())
+            if not flushed:
+                log.error("an edge outbox did not drain within 60 s")
+            gateway.wait_idle(timeout_s=60)
+            edge_stats = {hub: a.stats() for hub, a in agents.items()}
+            gw_stats = gateway.stats()
+            stored = gateway.alerts()
+            telemetry_points = _telemetry_points(gateway, gw_stats)
+        finally:
+            for a in agents.values():
+                a.stop()
+            gateway.stop()
+
+    truth = [e for e in fleet.ground_truth if e.type == "fall"]
+    expected = [e for e in truth if not e.details.get("cancelled_by_wearer")]
+    raised = sum(int(s.get("alerts_raised", 0)) for s in edge_stats.values())
+    stored_alerts = [a for a in stored if a.get("status", "alert") != "cancelled"
+                     and a.get("data_status", "alert") == "alert"]
+    matched, false_alerts = _match(expected, stored_alerts)
+    outbox_left = sum(int(s.get("outbox_depth", 0)) for s in edge_stats.values())
+    return {
+        "residents": residents,
+        "hubs": len(agents),
+        "sim_seconds": duration_s,
+        "wall_seconds": round(time.monotonic() - t_wall, 2),
+        "broker": "embedded-amqtt" if not cfg.mqtt.url else cfg.mqtt.url,
+        "store": "embedded-sqlite" if not cfg.influx.url else f"influxdb-v{cfg.influx.version}",
+        "falls_injected": len(truth),
+        "falls_cancelled_by_wearer": len(truth) - len(expected),
+        "fall_alerts": raised,
+        "alerts_stored": len(stored_alerts),
+        "falls_detected": matched,
+        "falls_missed": len(expected) - matched,
+        "false_alerts": false_alerts,
+        "telemetry_points": telemetry_points,
+        "rejected": int(gw_stats.get("rejected", 0)),
+        "duplicates_dropped": int(gw_stats.get("duplicates", 0)),
+        "lost": max(0, raised - len(stored_alerts)) + outbox_left,
+    }
+
+
+def _drive(fleet: Any, agents: dict[str, Any], duration_s: float, speed: float, progress: bool) -> None:
+    t0 = time.monotonic()
+    with tqdm(total=int(duration_s), unit="sim-s", desc="simulating", disable=not progress,
+              file=sys.stderr) as bar:
+        for chunk in fleet.run(duration_s=duration_s, step_s=1.0):
+            by_hub: dict[str, list[Any]] = defaultdict(list)
+            for frame in chunk.frames:
+                by_hub[frame.hub_id].append(frame)
+            for hub_id, agent in agents.items():
+                agent.feed(by_hub.get(hub_id, []), chunk.t_s)
+            if speed > 0:
+                lag = chunk.t_s / speed - (time.monotonic() - t0)
+                if lag > 0:
+                    time.sleep(lag)
+            bar.update(int(chunk.t_s) - bar.n)
+
+
+def _telemetry_points(gateway: Any, stats: dict[str, Any]) -> int:
+    """Telemetry points read back from the store (falls back to the gateway's write count)."""
+    count = getattr(gateway, "count_points", None)
+    if count is not None:
+        return int(count("telemetry"))
+    return int(stats.get("telemetry_points", 0))
+
+
+def _match(expected: list[Any], alerts: list[dict[str, Any]]) -> tuple[int, int]:
+    """Greedy one-to-one matching of stored alerts to ground-truth falls by impact time."""
+    used: set[int] = set()
+    matched = 0
+    for fall in expected:
+        for i, a in enumerate(alerts):
+            if i in used:
+                continue
+            same_sensor = a.get("sensor") in (None, fall.sensor_id)
+            impact_s = a.get("impact_s")
+            near = impact_s is None or abs(float(impact_s) - float(fall.t_impact_s)) <= MATCH_TOLERANCE_S
+            if same_sensor and near:
+                used.add(i)
+                matched += 1
+                break
+    return matched, len(alerts) - len(used)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    out = sys.stderr
+    print("\nfallwatch demo", file=out)
+    print(f"  {s['residents']} residents, {s['sim_seconds']:.0f} simulated s in {s['wall_seconds']} s "
+          f"(broker: {s['broker']}, store: {s['store']})", file=out)
+    print(f"  falls injected {s['falls_injected']} (cancelled by wearer {s['falls_cancelled_by_wearer']}), "
+          f"detected {s['falls_detected']}, missed {s['falls_missed']}, false alerts {s['false_alerts']}",
+          file=out)
+    print(f"  fall alerts raised {s['fall_alerts']}, stored {s['alerts_stored']}, lost {s['lost']}", file=out)
+    print(f"  telemetry points stored {s['telemetry_points']}, messages rejected {s['rejected']}, "
+          f"duplicates dropped {s['duplicates_dropped']}", file=out)
