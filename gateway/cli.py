@@ -1,0 +1,129 @@
+"""``fallwatch gateway …``: run the gateway, inspect and act on alerts, generate broker config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from fallwatch.config import ConfigError, load_config
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("gateway", help="ingest MQTT into InfluxDB, track devices and alerts")
+    gsub = p.add_subparsers(dest="gateway_command", metavar="SUBCOMMAND", required=True)
+
+    run = gsub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
+    run.add_argument("--config", type=Path, help="TOML config file")
+    run.add_argument("--validate-config", action="store_true", help="check the config and exit")
+    run.set_defaults(func=_run)
+
+    al = gsub.add_parser("alerts", help="list alerts from the state DB")
+    al.add_argument("--config", type=Path)
+    al.add_argument("--status", help="raised|acknowledged|cleared|cancelled")
+    al.add_argument("--kind", help="fall|device_offline|test_overdue")
+    al.set_defaults(func=_alerts)
+
+    for action in ("ack", "clear"):
+        a = gsub.add_parser(action, help=f"{action} an alert (writes the audit log)")
+        a.add_argument("alert_id")
+        a.add_argument("--by", required=True, help="who acts (recorded)")
+        a.add_argument("--config", type=Path)
+        a.set_defaults(func=_transition, action="acknowledge" if action == "ack" else "clear")
+
+    bc = gsub.add_parser(
+        "broker-config", help="generate a production Mosquitto config, per-device passwords and ACLs"
+    )
+    bc.add_argument("--out", type=Path, required=True, help="directory to write into")
+    bc.add_argument(
+        "--devices", required=True, help="file with one 'site_id device_id' per line (hubs to provision)"
+    )
+    bc.add_argument("--gateways", default="gw-1", help="comma-separated gateway user names")
+    bc.add_argument(
+        "--tls-dir",
+        default="/etc/mosquitto/certs",
+        help="where ca.crt, server.crt, server.key live on the broker host",
+    )
+    bc.add_argument("--data-dir", default="/var/lib/mosquitto")
+    bc.set_defaults(func=_broker_config)
+
+
+def _load(args: argparse.Namespace):
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+
+    cfg = _load(args)
+    if args.validate_config:
+        print("config ok")
+        return 0
+    gw = Gateway(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    gw.start()
+    print(f"gateway {cfg.gateway.gateway_id} running; http {gw.http_url}", file=sys.stderr, flush=True)
+    while not stop.wait(1.0):
+        pass
+    gw.stop()
+    return 0
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    from gateway.state import StateStore
+
+    cfg = _load(args)
+    st = StateStore(cfg.gateway.state_db)
+    st.setup()
+    for a in st.alerts(kind=args.kind, status=args.status):
+        print(json.dumps(a, default=str))
+    return 0
+
+
+def _transition(args: argparse.Namespace) -> int:
+    from gateway.state import StateError, StateStore
+
+    cfg = _load(args)
+    st = StateStore(cfg.gateway.state_db)
+    st.setup()
+    try:
+        alert = st.transition(args.alert_id, args.action, args.by, time.time_ns() // 1_000_000)
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if alert is None:
+        print(f"error: no alert {args.alert_id!r}", file=sys.stderr)
+        return 1
+    print(json.dumps(alert, default=str))
+    return 0
+
+
+def _broker_config(args: argparse.Namespace) -> int:
+    from gateway.brokerconf import generate
+
+    pairs = []
+    for line in args.devices.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            site, device = line.split()
+            pairs.append((site, device))
+    out = generate(
+        args.out,
+        pairs,
+        [g.strip() for g in args.gateways.split(",") if g.strip()],
+        tls_dir=args.tls_dir,
+        data_dir=args.data_dir,
+    )
+    for p in out:
+        print(p)
+    return 0

@@ -1,0 +1,189 @@
+"""Contract messages → time-series points (the storage schema, documented in docs/storage.md).
+
+A point is a plain ``(measurement, tags, fields, ts_ms)`` tuple so it can be spooled to
+disk (msgpack), written to InfluxDB (line protocol through influxdb-client's ``Point``,
+which owns the escaping rules) or to the embedded SQLite store without conversion loss.
+
+Schema rules that matter for the queries staff and dashboards run:
+
+* tags are bounded and grouped-by (site, device, sensor, room, status, level); ids that
+  grow without bound (event_id, msg_id, resident_id) are *fields*, never tags;
+* the timestamp is the envelope's ``ts_ms`` (device event time, ms precision), so a QoS 1
+  redelivery written twice lands on the same series+time and overwrites itself;
+* numeric telemetry values are always written as floats, because InfluxDB fixes a
+  field's type per shard and a sensor that sends ``12`` once and ``12.5`` later would
+  otherwise have the second write refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from influxdb_client import Point as _InfluxPoint
+from influxdb_client import WritePrecision
+
+from fallwatch import contract as c
+
+#: (measurement, tags, fields, ts_ms)
+SeriesPoint = tuple[str, dict[str, str], dict[str, Any], int]
+
+MEASUREMENTS = (
+    "fall_alert",
+    "telemetry",
+    "health",
+    "sensor_health",
+    "risk",
+    "device_state",
+    "test_alarm",
+    "device_event",
+)
+
+_json = msgspec.json.Encoder()
+
+
+def _base_tags(msg: c.Message) -> dict[str, str]:
+    return {"site_id": msg.site_id, "device_id": msg.device_id}
+
+
+def _put(fields: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        fields[key] = value
+
+
+def _fall(msg: c.FallAlert) -> list[SeriesPoint]:
+    d = msg.data
+    tags = _base_tags(msg)
+    if d.sensor:
+        tags["sensor"] = d.sensor
+    tags["status"] = d.status
+    fields: dict[str, Any] = {
+        "event_id": d.event_id,
+        "confidence": float(d.confidence),
+        "peak_g": float(d.peak_g),
+        "lying_s": float(d.lying_s),
+        "impact_ms": int(d.impact_ms),
+        "msg_id": msg.msg_id,
+        "seq": int(msg.seq),
+        "reasons": ",".join(r.code for r in d.reasons),
+        "model": d.model,
+    }
+    _put(fields, "resident_id", msg.resident_id)
+    _put(fields, "room", d.room)
+    return [("fall_alert", tags, fields, msg.ts_ms)]
+
+
+def _tele(msg: c.Telemetry) -> list[SeriesPoint]:
+    d = msg.data
+    tags = _base_tags(msg)
+    tags["sensor"] = d.sensor
+    if d.room:
+        tags["room"] = d.room
+    fields: dict[str, Any] = {}
+    for k, v in d.fields.items():
+        fields[k] = v if isinstance(v, bool | str) else float(v)
+    if not fields:
+        return []
+    return [("telemetry", tags, fields, msg.ts_ms)]
+
+
+def _health(msg: c.Health) -> list[SeriesPoint]:
+    d = msg.data
+    fields: dict[str, Any] = {
+        "uptime_s": float(d.uptime_s),
+        "outbox_depth": int(d.outbox_depth),
+        "model_version": d.model_version,
+        "fw": d.fw,
+        "seq": int(msg.seq),
+        "warnings": len(d.warnings),
+    }
+    for key in ("cpu_pct", "mem_mb", "temp_c"):
+        v = getattr(d, key)
+        if v is not None:
+            fields[key] = float(v)
+    batteries = [s.battery_pct for s in d.sensors.values() if s.battery_pct is not None]
+    if batteries:
+        fields["min_battery_pct"] = float(min(batteries))
+    out: list[SeriesPoint] = [("health", _base_tags(msg), fields, msg.ts_ms)]
+    for sensor, sh in d.sensors.items():
+        sf: dict[str, Any] = {"status": sh.status, "last_seen_ms": int(sh.last_seen_ms)}
+        _put(sf, "battery_pct", None if sh.battery_pct is None else float(sh.battery_pct))
+        _put(sf, "rssi_dbm", None if sh.rssi_dbm is None else float(sh.rssi_dbm))
+        out.append(("sensor_health", {**_base_tags(msg), "sensor": sensor}, sf, msg.ts_ms))
+    return out
+
+
+def _risk(msg: c.RiskScore) -> list[SeriesPoint]:
+    d = msg.data
+    tags = {**_base_tags(msg), "level": d.level}
+    fields: dict[str, Any] = {"score": float(d.score), "day": d.day, "model": d.model, "seq": int(msg.seq)}
+    _put(fields, "resident_id", msg.resident_id)
+    for name, value in d.features.items():
+        fields[f"feat_{name}"] = float(value)
+    for f in d.factors:
+        fields[f"contrib_{f.name}"] = float(f.contribution)
+    return [("risk", tags, fields, msg.ts_ms)]
+
+
+def _state(msg: c.State) -> list[SeriesPoint]:
+    d = msg.data
+    tags = {**_base_tags(msg), "state": d.state}
+    fields = {
+        "fw": d.fw,
+        "model_version": d.model_version,
+        "heartbeat_s": float(d.heartbeat_s),
+        "boot_id": int(msg.boot_id),
+        "seq": int(msg.seq),
+    }
+    return [("device_state", tags, fields, msg.ts_ms)]
+
+
+def _test(msg: c.TestAlarm, received_ms: int) -> list[SeriesPoint]:
+    fields = {"note": msg.data.note, "seq": int(msg.seq), "delay_ms": float(max(0, received_ms - msg.ts_ms))}
+    return [("test_alarm", _base_tags(msg), fields, msg.ts_ms)]
+
+
+def _status(msg: c.CommandResult | c.OtaStatus) -> list[SeriesPoint]:
+    d = msg.data
+    tags = {**_base_tags(msg), "kind": c.kind_of(msg), "status": d.status}
+    fields = {"transaction": d.transaction, "detail": d.detail, "version": d.version, "seq": int(msg.seq)}
+    return [("device_event", tags, fields, msg.ts_ms)]
+
+
+def to_points(msg: c.Message, received_ms: int) -> list[SeriesPoint]:
+    """The points one accepted message becomes (possibly none)."""
+    if isinstance(msg, c.Telemetry):
+        return _tele(msg)
+    if isinstance(msg, c.FallAlert):
+        return _fall(msg)
+    if isinstance(msg, c.Health):
+        return _health(msg)
+    if isinstance(msg, c.RiskScore):
+        return _risk(msg)
+    if isinstance(msg, c.State):
+        return _state(msg)
+    if isinstance(msg, c.TestAlarm):
+        return _test(msg, received_ms)
+    if isinstance(msg, c.CommandResult | c.OtaStatus):
+        return _status(msg)
+    return []  # pragma: no cover - Message is a closed union
+
+
+def influx_point(p: SeriesPoint) -> _InfluxPoint:
+    measurement, tags, fields, ts_ms = p
+    point = _InfluxPoint(measurement)
+    for k, v in tags.items():
+        point.tag(k, v)
+    for k, v in fields.items():
+        point.field(k, v)
+    return point.time(ts_ms, WritePrecision.MS)
+
+
+def to_line(p: SeriesPoint) -> str:
+    """One line of InfluxDB line protocol; escaping is influxdb-client's, not ours."""
+    return influx_point(p).to_line_protocol()
+
+
+def series_key(tags: dict[str, str]) -> str:
+    """A canonical text form of a tag set (sorted), used by the embedded store."""
+    return _json.encode(dict(sorted(tags.items()))).decode()

@@ -1,0 +1,443 @@
+"""Gateway state — de-duplication keys, device registry, alert lifecycle — behind one layer.
+
+SQLite (WAL) by default; PostgreSQL (psycopg) when several gateway replicas share the
+load, selected by ``gateway.state_db`` starting with ``postgresql://``. Both run the
+same SQL (``?`` placeholders are rewritten for psycopg), so behaviour cannot drift
+between a single box and a scaled-out deployment.
+
+Tables:
+
+* ``seen``      — idempotency keys (``msg_id``) of messages already stored, with receipt
+  time so they can be pruned after the broker's session expiry;
+* ``devices``   — registry: last seen, firmware / model version, outbox depth, battery,
+  state, last daily test alarm;
+* ``alerts``    — staff-facing alerts (falls, device offline, overdue test alarm) with
+  lifecycle raised → acknowledged → cleared (or ``cancelled`` for a pre-alarm the wearer
+  stopped), receipt / acknowledgment / clear time stamps (answer-time targets);
+* ``alert_log`` — append-only audit of every lifecycle change (EN 50134 practice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fallwatch import contract as c
+
+OPEN_STATUSES = ("raised", "acknowledged")
+
+
+@dataclass
+class DeviceUpdate:
+    """What one batch learned about one device (None = unchanged)."""
+
+    site_id: str
+    device_id: str
+    last_seen_ms: int
+    fw: str | None = None
+    model_version: str | None = None
+    outbox_depth: int | None = None
+    uptime_s: float | None = None
+    min_battery_pct: float | None = None
+    state: str | None = None
+    heartbeat_s: float | None = None
+    boot_id: int | None = None
+    last_test_ms: int | None = None
+    sensors: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def merge(self, other: DeviceUpdate) -> None:
+        for name in (
+            "fw",
+            "model_version",
+            "outbox_depth",
+            "uptime_s",
+            "min_battery_pct",
+            "state",
+            "heartbeat_s",
+            "boot_id",
+            "last_test_ms",
+        ):
+            v = getattr(other, name)
+            if v is not None:
+                setattr(self, name, v)
+        self.last_seen_ms = max(self.last_seen_ms, other.last_seen_ms)
+        self.sensors.update(other.sensors)
+
+
+_DEVICE_COLS = (
+    "fw",
+    "model_version",
+    "outbox_depth",
+    "uptime_s",
+    "min_battery_pct",
+    "state",
+    "heartbeat_s",
+    "boot_id",
+)
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS seen (
+        msg_id TEXT PRIMARY KEY, received_ms BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS devices (
+        site_id TEXT NOT NULL, device_id TEXT NOT NULL,
+        first_seen_ms BIGINT NOT NULL, last_seen_ms BIGINT NOT NULL,
+        fw TEXT, model_version TEXT, outbox_depth BIGINT, uptime_s DOUBLE PRECISION,
+        min_battery_pct DOUBLE PRECISION, state TEXT, heartbeat_s DOUBLE PRECISION, boot_id BIGINT,
+        last_test_ms BIGINT, sensors TEXT,
+        PRIMARY KEY (site_id, device_id))""",
+    """CREATE TABLE IF NOT EXISTS alerts (
+        alert_id TEXT PRIMARY KEY, kind TEXT NOT NULL, site_id TEXT NOT NULL, device_id TEXT NOT NULL,
+        resident_id TEXT, sensor TEXT, room TEXT, event_id TEXT, data_status TEXT,
+        confidence DOUBLE PRECISION, peak_g DOUBLE PRECISION, lying_s DOUBLE PRECISION,
+        impact_ms BIGINT, ts_ms BIGINT, msg_id TEXT, detail TEXT,
+        status TEXT NOT NULL, raised_ms BIGINT NOT NULL,
+        acked_ms BIGINT, acked_by TEXT, cleared_ms BIGINT, cleared_by TEXT)""",
+    "CREATE INDEX IF NOT EXISTS alerts_open ON alerts (status, kind, device_id)",
+    """CREATE TABLE IF NOT EXISTS alert_log (
+        id {autoinc}, alert_id TEXT NOT NULL, action TEXT NOT NULL, actor TEXT NOT NULL,
+        at_ms BIGINT NOT NULL, detail TEXT)""",
+]
+
+
+class StateError(RuntimeError):
+    pass
+
+
+class StateStore:
+    """Thread-safe access to gateway state (one connection per thread)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.postgres = dsn.startswith(("postgresql://", "postgres://"))
+        self._local = threading.local()
+        self._conns: list[Any] = []
+        self._conns_lock = threading.Lock()
+        if not self.postgres:
+            Path(dsn).parent.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------ plumbing
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.postgres:
+                import psycopg
+
+                conn = psycopg.connect(self.dsn, autocommit=False)
+            else:
+                conn = sqlite3.connect(self.dsn, timeout=60, check_same_thread=False, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _sql(self, q: str) -> str:
+        return q.replace("?", "%s") if self.postgres else q
+
+    def _exec(self, cur: Any, q: str, args: tuple[Any, ...] | list[Any] = ()) -> Any:
+        return cur.execute(self._sql(q), args)
+
+    def _tx(self) -> _Tx:
+        return _Tx(self._conn(), self.postgres)
+
+    def setup(self) -> None:
+        autoinc = "BIGSERIAL PRIMARY KEY" if self.postgres else "INTEGER PRIMARY KEY AUTOINCREMENT"
+        with self._tx() as cur:
+            for stmt in _SCHEMA:
+                self._exec(cur, stmt.format(autoinc=autoinc))
+
+    def close(self) -> None:
+        with self._conns_lock:
+            for conn in self._conns:
+                with contextlib.suppress(Exception):  # closing another thread's connection: best effort
+                    conn.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    # ------------------------------------------------------------ de-duplication
+    def filter_new(self, msg_ids: list[str]) -> set[str]:
+        """The ids among ``msg_ids`` not stored before (by this or any replica)."""
+        if not msg_ids:
+            return set()
+        seen: set[str] = set()
+        cur = self._conn().cursor()
+        try:
+            for i in range(0, len(msg_ids), 500):
+                chunk = msg_ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                self._exec(cur, f"SELECT msg_id FROM seen WHERE msg_id IN ({marks})", chunk)
+                seen.update(r[0] for r in cur.fetchall())
+        finally:
+            cur.close()
+            if self.postgres:
+                self._conn().rollback()  # end the read transaction
+        return set(msg_ids) - seen
+
+    def commit_batch(self, msg_ids: list[str], received_ms: int, devices: list[DeviceUpdate]) -> None:
+        """Mark messages stored and apply registry updates, in one transaction."""
+        ins = "INSERT INTO seen (msg_id, received_ms) VALUES (?, ?) ON CONFLICT (msg_id) DO NOTHING"
+        with self._tx() as cur:
+            if msg_ids:
+                cur.executemany(self._sql(ins), [(m, received_ms) for m in msg_ids])
+            for d in devices:
+                self._upsert_device(cur, d)
+
+    def prune_seen(self, older_than_ms: int) -> int:
+        with self._tx() as cur:
+            self._exec(cur, "DELETE FROM seen WHERE received_ms < ?", (older_than_ms,))
+            return int(cur.rowcount or 0)
+
+    # ------------------------------------------------------------ registry
+    def _upsert_device(self, cur: Any, d: DeviceUpdate) -> None:
+        import json
+
+        sensors_json = None
+        if d.sensors:
+            self._exec(
+                cur,
+                "SELECT sensors FROM devices WHERE site_id = ? AND device_id = ?",
+                (d.site_id, d.device_id),
+            )
+            row = cur.fetchone()
+            merged = json.loads(row[0]) if row and row[0] else {}
+            merged.update(d.sensors)
+            sensors_json = json.dumps(merged, sort_keys=True)
+        cols = ", ".join(_DEVICE_COLS)
+        marks = ", ".join("?" * len(_DEVICE_COLS))
+        sets = ", ".join(f"{k} = COALESCE(excluded.{k}, devices.{k})" for k in _DEVICE_COLS)
+        q = (
+            f"INSERT INTO devices (site_id, device_id, first_seen_ms, last_seen_ms, last_test_ms, sensors, "
+            f"{cols}) VALUES (?, ?, ?, ?, ?, ?, {marks}) ON CONFLICT (site_id, device_id) DO UPDATE SET "
+            f"last_seen_ms = CASE WHEN excluded.last_seen_ms > devices.last_seen_ms "
+            f"THEN excluded.last_seen_ms ELSE devices.last_seen_ms END, "
+            f"last_test_ms = CASE WHEN devices.last_test_ms IS NULL OR excluded.last_test_ms > "
+            f"devices.last_test_ms THEN COALESCE(excluded.last_test_ms, devices.last_test_ms) "
+            f"ELSE devices.last_test_ms END, "
+            f"sensors = COALESCE(excluded.sensors, devices.sensors), {sets}"
+        )
+        self._exec(
+            cur,
+            q,
+            (
+                d.site_id,
+                d.device_id,
+                d.last_seen_ms,
+                d.last_seen_ms,
+                d.last_test_ms,
+                sensors_json,
+                *(getattr(d, k) for k in _DEVICE_COLS),
+            ),
+        )
+
+    def devices(self) -> list[dict[str, Any]]:
+        import json
+
+        rows = self._select("SELECT * FROM devices ORDER BY site_id, device_id")
+        for r in rows:
+            r["sensors"] = json.loads(r["sensors"]) if r.get("sensors") else {}
+        return rows
+
+    # ------------------------------------------------------------ alerts
+    def record_fall(self, msg: c.FallAlert, received_ms: int) -> tuple[bool, str]:
+        """Store a fall alert (idempotent by event); returns (new event?, alert_id).
+
+        Also marks the message seen in the same transaction. A re-sent or updated alert
+        for the same event updates the stored figures but keeps its lifecycle state;
+        a pre-alarm the wearer cancelled is kept with status ``cancelled`` (still logged).
+        """
+        d = msg.data
+        alert_id = f"fall:{msg.site_id}:{msg.device_id}:{d.event_id}"
+        status = "cancelled" if d.status == "cancelled" else "raised"
+        reasons = ",".join(r.code for r in d.reasons)
+        with self._tx() as cur:
+            self._exec(
+                cur,
+                "INSERT INTO alerts (alert_id, kind, site_id, device_id, status, raised_ms) "
+                "VALUES (?, 'fall', ?, ?, ?, ?) ON CONFLICT (alert_id) DO NOTHING",
+                (alert_id, msg.site_id, msg.device_id, status, received_ms),
+            )
+            new = bool(cur.rowcount)
+            self._exec(
+                cur,
+                "UPDATE alerts SET resident_id = ?, sensor = ?, room = ?, event_id = ?, "
+                "data_status = ?, confidence = ?, peak_g = ?, lying_s = ?, impact_ms = ?, "
+                "ts_ms = ?, msg_id = ?, detail = ? WHERE alert_id = ?",
+                (
+                    msg.resident_id,
+                    d.sensor,
+                    d.room,
+                    d.event_id,
+                    d.status,
+                    d.confidence,
+                    d.peak_g,
+                    d.lying_s,
+                    d.impact_ms,
+                    msg.ts_ms,
+                    msg.msg_id,
+                    reasons,
+                    alert_id,
+                ),
+            )
+            if not new and status == "raised":
+                # a pre-alarm that turned into a real alert after all
+                self._exec(
+                    cur,
+                    "UPDATE alerts SET status = 'raised' WHERE alert_id = ? AND status = 'cancelled'",
+                    (alert_id,),
+                )
+            self._exec(
+                cur,
+                "INSERT INTO seen (msg_id, received_ms) VALUES (?, ?) ON CONFLICT (msg_id) DO NOTHING",
+                (msg.msg_id, received_ms),
+            )
+            self._log(
+                cur,
+                alert_id,
+                status if new else "updated",
+                "device",
+                received_ms,
+                f"{d.status} conf={d.confidence:.2f} msg={msg.msg_id}",
+            )
+        return new, alert_id
+
+    def raise_alert(self, kind: str, site_id: str, device_id: str, now_ms: int, detail: str) -> str | None:
+        """Open a device alert unless one of that kind is already open; returns its id if new."""
+        with self._tx() as cur:
+            self._exec(
+                cur,
+                "SELECT alert_id FROM alerts WHERE kind = ? AND site_id = ? AND device_id = ? "
+                "AND status IN ('raised', 'acknowledged')",
+                (kind, site_id, device_id),
+            )
+            if cur.fetchone():
+                return None
+            alert_id = f"{kind}:{site_id}:{device_id}:{now_ms}"
+            self._exec(
+                cur,
+                "INSERT INTO alerts (alert_id, kind, site_id, device_id, detail, status, "
+                "raised_ms, ts_ms) VALUES (?, ?, ?, ?, ?, 'raised', ?, ?)",
+                (alert_id, kind, site_id, device_id, detail, now_ms, now_ms),
+            )
+            self._log(cur, alert_id, "raised", "gateway", now_ms, detail)
+        return alert_id
+
+    def resolve_alerts(self, kind: str, site_id: str, device_id: str, now_ms: int, why: str) -> list[str]:
+        """Clear open alerts of a kind for a device (e.g. it came back online)."""
+        with self._tx() as cur:
+            self._exec(
+                cur,
+                "SELECT alert_id FROM alerts WHERE kind = ? AND site_id = ? AND device_id = ? "
+                "AND status IN ('raised', 'acknowledged')",
+                (kind, site_id, device_id),
+            )
+            ids = [r[0] for r in cur.fetchall()]
+            for alert_id in ids:
+                self._exec(
+                    cur,
+                    "UPDATE alerts SET status = 'cleared', cleared_ms = ?, cleared_by = ? WHERE alert_id = ?",
+                    (now_ms, "gateway", alert_id),
+                )
+                self._log(cur, alert_id, "cleared", "gateway", now_ms, why)
+        return ids
+
+    def transition(self, alert_id: str, action: str, actor: str, now_ms: int) -> dict[str, Any] | None:
+        """``acknowledge`` or ``clear`` an alert; returns the updated alert, None if unknown.
+
+        Raises StateError for a transition the lifecycle does not allow (clearing twice,
+        acknowledging a cleared alert).
+        """
+        allowed = {"acknowledge": ("raised",), "clear": ("raised", "acknowledged")}
+        if action not in allowed:
+            raise StateError(f"unknown action {action!r}")
+        with self._tx() as cur:
+            self._exec(cur, "SELECT status FROM alerts WHERE alert_id = ?", (alert_id,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            if row[0] not in allowed[action]:
+                raise StateError(f"cannot {action} an alert that is {row[0]}")
+            if action == "acknowledge":
+                self._exec(
+                    cur,
+                    "UPDATE alerts SET status = 'acknowledged', acked_ms = ?, acked_by = ? "
+                    "WHERE alert_id = ?",
+                    (now_ms, actor, alert_id),
+                )
+            else:
+                self._exec(
+                    cur,
+                    "UPDATE alerts SET status = 'cleared', cleared_ms = ?, cleared_by = ? WHERE alert_id = ?",
+                    (now_ms, actor, alert_id),
+                )
+            self._log(cur, alert_id, action, actor, now_ms, None)
+        return self.alert(alert_id)
+
+    def _log(self, cur: Any, alert_id: str, action: str, actor: str, at_ms: int, detail: str | None) -> None:
+        self._exec(
+            cur,
+            "INSERT INTO alert_log (alert_id, action, actor, at_ms, detail) VALUES (?, ?, ?, ?, ?)",
+            (alert_id, action, actor, at_ms, detail),
+        )
+
+    def alert(self, alert_id: str) -> dict[str, Any] | None:
+        rows = self._select("SELECT * FROM alerts WHERE alert_id = ?", (alert_id,))
+        return rows[0] if rows else None
+
+    def alerts(
+        self, kind: str | None = None, status: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        q, args = "SELECT * FROM alerts WHERE 1 = 1", []
+        if kind:
+            q += " AND kind = ?"
+            args.append(kind)
+        if status:
+            q += " AND status = ?"
+            args.append(status)
+        q += " ORDER BY raised_ms, alert_id LIMIT ?"
+        args.append(limit)
+        return self._select(q, tuple(args))
+
+    def audit(self, alert_id: str | None = None) -> list[dict[str, Any]]:
+        if alert_id:
+            return self._select("SELECT * FROM alert_log WHERE alert_id = ? ORDER BY id", (alert_id,))
+        return self._select("SELECT * FROM alert_log ORDER BY id")
+
+    def _select(self, q: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        conn = self._conn()
+        cur = conn.cursor()
+        try:
+            self._exec(cur, q, args)
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+        finally:
+            cur.close()
+            if self.postgres:
+                conn.rollback()
+
+
+class _Tx:
+    """``with`` block = one transaction on this thread's connection, yielding a cursor."""
+
+    def __init__(self, conn: Any, postgres: bool) -> None:
+        self.conn = conn
+        self.postgres = postgres
+
+    def __enter__(self) -> Any:
+        if not self.postgres:
+            self.conn.execute("BEGIN IMMEDIATE")
+        self.cur = self.conn.cursor()
+        return self.cur
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        try:
+            if exc_type is None:
+                self.conn.commit()
+            else:
+                self.conn.rollback()
+        finally:
+            self.cur.close()
