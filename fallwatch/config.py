@@ -126,6 +126,10 @@ class EdgeConfig(_Strict):
     model_path: Path | None = None
     model_pubkey: str | None = None  # base64 ed25519 public key that signs model updates
     fw_version: str = "0.1.0"
+    model_dir: Path = Path("var/edge-models")  # installed model updates (current + previous)
+    max_outbox_rows: int = Field(default=200_000, ge=0)  # telemetry thinned beyond this; 0 = never
+    wearable_stale_s: float = Field(default=15.0, gt=0)
+    room_stale_s: float = Field(default=2 * 3600.0, gt=0)
 
 
 class FallwatchConfig(_Strict):

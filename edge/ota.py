@@ -1,0 +1,221 @@
+"""Signed fall-model updates with self-test and rollback ("TUF-lite").
+
+An update is one JSON document (retained on ``.../ota/model`` or given to
+``fallwatch edge install-model``)::
+
+    {"manifest": {"model": "fall", "version": "1.3.0", "sha256": "...", "size": 12345,
+                  "expires_ms": 1795000000000, "url": "https://..."   (or inline below)},
+     "signature": "<base64 ed25519 signature of the canonical manifest>",
+     "model_b64": "<base64 ONNX bytes>"}
+
+Canonical manifest = JSON with sorted keys and no spaces. The update is accepted only if
+the signature verifies with the configured ``edge.model_pubkey`` (no key: updates are
+disabled), the manifest has not expired, the version is higher than the running one
+(anti-rollback), the bytes match size and sha256, the model loads with metadata that
+matches the feature code (:func:`edge.fall_detector.check_metadata`), and it passes the
+golden self-test (:func:`edge.synth.golden_windows`). Only then is it moved into place
+with ``os.replace`` (the previous file kept as ``previous.onnx``) and swapped in between
+two ``feed()`` calls. On any failure the running model is untouched.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from fallwatch.config import EdgeConfig
+
+log = logging.getLogger(__name__)
+
+MAX_MODEL_BYTES = 32 * 2**20
+
+
+class UpdateError(Exception):
+    """A refused update. ``status`` is the OtaStatus status ("rejected" | "rolled_back")."""
+
+    def __init__(self, status: str, message: str, version: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.version = version
+
+
+def canonical(manifest: dict[str, Any]) -> bytes:
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def sign_update(
+    private_key: Ed25519PrivateKey,
+    model_bytes: bytes,
+    version: str,
+    *,
+    expires_ms: int | None = None,
+    inline: bool = True,
+    url: str | None = None,
+) -> bytes:
+    """Build a signed update document (used by the gateway/tooling and by tests)."""
+    manifest: dict[str, Any] = {
+        "model": "fall",
+        "version": version,
+        "sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "size": len(model_bytes),
+        "expires_ms": expires_ms or int(time.time() * 1000) + 30 * 86400 * 1000,
+    }
+    if url:
+        manifest["url"] = url
+    doc: dict[str, Any] = {
+        "manifest": manifest,
+        "signature": base64.b64encode(private_key.sign(canonical(manifest))).decode(),
+    }
+    if inline:
+        doc["model_b64"] = base64.b64encode(model_bytes).decode()
+    return json.dumps(doc).encode()
+
+
+def public_key_b64(private_key: Ed25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def _version_tuple(v: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(p) for p in v.split("-")[0].split("."))
+    except ValueError:
+        return None
+
+
+def self_test(model: Any) -> str | None:
+    """None if the model scores the golden vectors right, else why not."""
+    from edge.synth import golden_windows
+
+    windows, labels = golden_windows()
+    try:
+        p = np.asarray(model.predict(windows), dtype=np.float64)
+    except Exception as exc:
+        return f"inference failed: {exc}"
+    if p.shape != labels.shape or not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+        return f"bad output {p!r}"
+    wrong = [i for i, (pi, y) in enumerate(zip(p, labels, strict=True)) if (pi >= model.threshold) != bool(y)]
+    if wrong:
+        return f"golden vectors {wrong} misclassified (p={np.round(p, 3).tolist()}, thr={model.threshold})"
+    return None
+
+
+class ModelStore:
+    """Installed model files (``current.onnx``, ``previous.onnx``) and the update procedure."""
+
+    def __init__(self, cfg: EdgeConfig, running: Any) -> None:
+        self.cfg = cfg
+        self.dir = Path(cfg.model_dir)
+        self.running = running
+        self._key: Ed25519PublicKey | None = None
+        if cfg.model_pubkey:
+            self._key = Ed25519PublicKey.from_public_bytes(base64.b64decode(cfg.model_pubkey))
+
+    @property
+    def current_path(self) -> Path:
+        return self.dir / "current.onnx"
+
+    def install(self, blob: bytes) -> tuple[Any, dict[str, Any]]:
+        """Verify, load, self-test and put in place a model update; returns (model, manifest)."""
+        try:
+            doc = json.loads(blob)
+            manifest = doc["manifest"]
+            sig = base64.b64decode(doc["signature"], validate=True)
+            version = str(manifest["version"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UpdateError("rejected", f"malformed update: {exc}") from None
+        if self._key is None:
+            raise UpdateError(
+                "rejected", "no edge.model_pubkey configured: model updates are disabled", version
+            )
+        try:
+            self._key.verify(sig, canonical(manifest))
+        except InvalidSignature:
+            raise UpdateError("rejected", "bad ed25519 signature", version) from None
+        if int(manifest.get("expires_ms", 0)) < time.time() * 1000:
+            raise UpdateError("rejected", "manifest expired", version)
+        new_v, cur_v = _version_tuple(version), _version_tuple(str(getattr(self.running, "version", "")))
+        if new_v is None:
+            raise UpdateError("rejected", f"version {version!r} is not semver", version)
+        if cur_v is not None and new_v <= cur_v:
+            raise UpdateError(
+                "rejected", f"version {version} is not newer than {self.running.version}", version
+            )
+        data = self._fetch(doc, manifest, version)
+        if len(data) != int(manifest["size"]) or hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+            raise UpdateError("rejected", "size/sha256 mismatch", version)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f"incoming-{os.getpid()}.onnx"
+        tmp.write_bytes(data)
+        try:
+            from edge.fall_detector import FallModel
+
+            try:
+                model = FallModel(tmp)
+            except Exception as exc:
+                raise UpdateError("rolled_back", f"new model failed to load: {exc}", version) from None
+            if model.version != version:
+                raise UpdateError(
+                    "rolled_back", f"model metadata version {model.version} != manifest {version}", version
+                )
+            why = self_test(model)
+            if why:
+                raise UpdateError("rolled_back", f"new model failed its self-test: {why}", version)
+            if self.current_path.exists():
+                os.replace(self.current_path, self.dir / "previous.onnx")
+            os.replace(tmp, self.current_path)
+            model.path = self.current_path
+            self.running = model
+            log.warning("installed fall model %s", version)
+            return model, manifest
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _fetch(self, doc: dict[str, Any], manifest: dict[str, Any], version: str) -> bytes:
+        if "model_b64" in doc:
+            try:
+                data = base64.b64decode(doc["model_b64"], validate=True)
+            except ValueError as exc:
+                raise UpdateError("rejected", f"model_b64: {exc}", version) from None
+        elif "url" in manifest:
+            import requests
+
+            try:
+                r = requests.get(manifest["url"], timeout=30)
+                r.raise_for_status()
+                data = r.content
+            except requests.RequestException as exc:
+                raise UpdateError("rejected", f"download failed: {exc}", version) from None
+        else:
+            raise UpdateError("rejected", "update has neither model_b64 nor url", version)
+        if len(data) > MAX_MODEL_BYTES:
+            raise UpdateError("rejected", f"model of {len(data)} bytes is too large", version)
+        return data
+
+
+def load_installed(cfg: EdgeConfig) -> Any | None:
+    """The model installed by an earlier update, if any (it survives restarts); falls back to
+    ``previous.onnx`` if the current one no longer loads."""
+    from edge.fall_detector import FallModel
+
+    d = Path(cfg.model_dir)
+    for name in ("current.onnx", "previous.onnx"):
+        p = d / name
+        if p.exists():
+            try:
+                return FallModel(p)
+            except Exception as exc:
+                log.error("installed model %s does not load (%s): trying the next", p, exc)
+    return None

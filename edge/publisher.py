@@ -1,0 +1,203 @@
+"""The outbox drain: publishes outbox rows in seq order at QoS 1 and deletes a row only
+on the broker's PUBACK.
+
+Division of labour with paho: within one process paho keeps every unacknowledged
+QoS 1 publish in memory and re-sends it, in order and with the DUP flag, after a
+reconnect; across processes (crash, SIGKILL, power loss) the SQLite outbox does, since
+a new publisher starts from the oldest row still on disk. Each row is therefore handed
+to paho once per process, and at most ``window`` rows are in paho's memory at a time so
+a long outage costs disk, not RAM.
+
+Reconnects use paho's backoff (``reconnect_delay_set`` in :mod:`fallwatch.mqtt`) plus a
+random start-up jitter so a site's hubs do not reconnect in lock-step after a broker
+restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edge.outbox import Outbox
+from fallwatch.config import MqttConfig
+from fallwatch.mqtt import Will, connect, make_client, publish_properties
+
+log = logging.getLogger(__name__)
+_MISSING = object()
+
+
+class Publisher:
+    """Drains an :class:`Outbox` to the broker on a background thread."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        outbox: Outbox,
+        client_id: str,
+        *,
+        will: Will | None = None,
+        window: int = 256,
+        on_connect: Callable[[mqtt.Client], None] | None = None,
+        on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
+        jitter_s: float = 0.0,
+    ) -> None:
+        self.cfg = cfg
+        self.outbox = outbox
+        self.window = window
+        self.client = make_client(cfg, client_id, will=will)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+        self._user_on_connect = on_connect
+        self._user_on_message = on_message
+        self._jitter_s = jitter_s
+        self._lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # mid -> seq
+        self._sent_upto = 0  # highest seq handed to paho in this process
+        self._acked: list[int] = []
+        self._early: dict[int, Any] = {}  # mid -> reason code of PUBACKs seen before the mid was mapped
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = threading.Event()
+        self.published = 0
+        self.acked = 0
+        self.connects = 0
+        self.disconnects = 0
+        self.rejected = 0
+        #: seq -> monotonic time its PUBACK arrived (only while ``track_acks`` is set; benchmarks)
+        self.track_acks = False
+        self.ack_times: dict[int, float] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._jitter_s:
+            time.sleep(random.uniform(0, self._jitter_s))
+        connect(self.client, self.cfg)
+        self.client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="edge-publisher", daemon=True)
+        self._thread.start()
+
+    def stop(self, final: tuple[str, bytes, bool] | None = None, timeout_s: float = 5.0) -> None:
+        """Stop draining; optionally publish one last message (the 'offline' state) and wait for it."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        if final is not None and self.connected.is_set():
+            topic, payload, retain = final
+            info = self.client.publish(
+                topic, payload, qos=1, retain=retain, properties=publish_properties(self.cfg)
+            )
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout_s)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._flush_acks()
+
+    def kick(self) -> None:
+        """New rows are in the outbox: drain now rather than at the next poll."""
+        self._wake.set()
+
+    # ------------------------------------------------------------------ paho callbacks (network thread)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        if getattr(reason_code, "is_failure", False):
+            log.warning("broker refused connection: %s", reason_code)
+            return
+        self.connects += 1
+        self.connected.set()
+        if self._user_on_connect is not None:
+            self._user_on_connect(client)
+        self._wake.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        if self.connected.is_set():
+            self.disconnects += 1
+            log.info("disconnected from broker: %s", reason_code)
+        self.connected.clear()
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        with self._lock:
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                # PUBACK raced ahead of the mid being mapped (or the final 'offline' state)
+                self._early[mid] = reason_code
+                return
+        self._settle(seq, reason_code)
+
+    def _settle(self, seq: int, reason_code: Any) -> None:
+        if getattr(reason_code, "is_failure", False):
+            log.error("broker refused seq %d: %s", seq, reason_code)
+            self.outbox.reject(seq, str(reason_code))
+            self.rejected += 1
+        else:
+            with self._lock:
+                self._acked.append(seq)
+                if self.track_acks:
+                    self.ack_times[seq] = time.monotonic()
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._user_on_message is not None:
+            try:
+                self._user_on_message(msg)
+            except Exception:  # one bad downlink never stops the network loop
+                log.exception("downlink handler failed for %s", msg.topic)
+
+    # ------------------------------------------------------------------ drain loop
+
+    def _flush_acks(self) -> None:
+        with self._lock:
+            acked, self._acked = self._acked, []
+        if acked:
+            self.acked += self.outbox.ack(acked)
+
+    def _run(self) -> None:
+        props = publish_properties(self.cfg)
+        while not self._stop.is_set():
+            self._wake.wait(0.2)
+            self._wake.clear()
+            self._flush_acks()
+            with self._lock:
+                room = self.window - len(self._inflight)
+            if room <= 0:
+                continue
+            rows = self.outbox.peek(self._sent_upto, room)
+            for row in rows:
+                # not under self._lock: paho calls on_publish holding its own mutex (lock order)
+                info = self.client.publish(
+                    row.topic, row.payload, qos=row.qos, retain=row.retain, properties=props
+                )
+                if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                    log.warning("publish of seq %d failed locally: %s; will retry", row.seq, info.rc)
+                    break
+                with self._lock:
+                    early = self._early.pop(info.mid, _MISSING)
+                    if early is _MISSING:
+                        self._inflight[info.mid] = row.seq
+                if early is not _MISSING:
+                    self._settle(row.seq, early)
+                self._sent_upto = row.seq
+                self.published += 1
+            if len(rows) == room:
+                self._wake.set()
+
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._inflight)
