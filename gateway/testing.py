@@ -12,6 +12,38 @@ from paho.mqtt.properties import Properties
 
 from fallwatch import contract as c
 from fallwatch import topics
+from fallwatch.config import FallwatchConfig, load_config
+
+
+def make_cfg(broker: Any, db: Any | None, tmp: Any, name: str, **gw: Any) -> FallwatchConfig:
+    """A config for one test gateway: its own database, state DB, spool and an ephemeral HTTP port."""
+    influx: dict[str, object] = (
+        {"url": db.url, "version": 1, "database": name.replace("-", "_")}
+        if db
+        else {"url": "", "embedded_path": str(tmp / "series.sqlite")}
+    )
+    return load_config(
+        overrides={
+            "mqtt": {"url": broker.url},
+            "influx": influx,
+            "gateway": {
+                "gateway_id": gw.pop("gateway_id", f"gw-{name}"[:60]),
+                "state_db": str(tmp / "state.sqlite"),
+                "spool_dir": str(tmp / "spool"),
+                "http_port": 0,
+                **gw,
+            },
+        }
+    )
+
+
+def wait_until(pred: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _env(site: str, device: str, seq: int, ts_ms: int | None) -> dict[str, Any]:

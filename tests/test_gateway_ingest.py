@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,42 +13,12 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from fallwatch import contract, topics
-from fallwatch.config import FallwatchConfig, load_config
 from fallwatch.services import InfluxDB1, Mosquitto
 from gateway import testing as t
 from gateway.app import Gateway
+from gateway.testing import make_cfg, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def make_cfg(broker: Mosquitto, db: InfluxDB1 | None, tmp: Path, name: str, **gw: Any) -> FallwatchConfig:
-    influx: dict[str, object] = (
-        {"url": db.url, "version": 1, "database": name.replace("-", "_")}
-        if db
-        else {"url": "", "embedded_path": str(tmp / "series.sqlite")}
-    )
-    return load_config(
-        overrides={
-            "mqtt": {"url": broker.url},
-            "influx": influx,
-            "gateway": {
-                "gateway_id": gw.pop("gateway_id", f"gw-{name}"[:60]),
-                "state_db": str(tmp / "state.sqlite"),
-                "spool_dir": str(tmp / "spool"),
-                "http_port": 0,
-                **gw,
-            },
-        }
-    )
-
-
-def wait_until(pred: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture

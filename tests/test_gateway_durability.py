@@ -1,0 +1,224 @@
+"""Nothing lost, nothing twice: InfluxDB outage, gateway SIGKILL, two replicas on a shared subscription."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fallwatch import contract
+from fallwatch.services import InfluxDB1, Mosquitto, free_port
+from gateway import testing as t
+from gateway.app import Gateway
+from gateway.testing import make_cfg, wait_until
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+BASE_MS = 1_700_000_000_000
+
+
+def seqs_in_influx(db: InfluxDB1, database: str, device: str) -> list[int]:
+    out: list[int] = []
+    for s in db.query(f"SELECT seq_f FROM telemetry WHERE device_id = '{device}'", db=database):
+        out += [int(r[1]) for r in s["values"]]
+    return out
+
+
+def numbered(site: str, device: str, seq: int) -> tuple[str, bytes]:
+    """Telemetry whose fields carry its own seq, at a distinct time, so every message is one point."""
+    env = {
+        "schema": 1,
+        "site_id": site,
+        "device_id": device,
+        "boot_id": 1,
+        "seq": seq,
+        "msg_id": contract.make_msg_id(device, seq),
+        "ts_ms": BASE_MS + seq * 10,
+        "sent_ms": contract.now_ms(),
+    }
+    msg = contract.Telemetry(
+        **env,
+        data=contract.TeleData(sensor="wear-r01", window_s=10.0, fields={"seq_f": seq, "acc_mean_g": 1.0}),
+    )
+    return f"fallwatch/v1/{site}/{device}/tele/wear-r01", contract.encode(msg)
+
+
+def stream(
+    pub: t.Publisher, site: str, device: str, n: int, per_s: float, hook: Callable[[int], None] | None = None
+) -> threading.Thread:
+    def run() -> None:
+        for i in range(n):
+            pub.publish(*numbered(site, device, i))
+            if hook:
+                hook(i)
+            if i % 50 == 49:
+                time.sleep(50 / per_s)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th
+
+
+def test_influxdb_outage_mid_stream_loses_nothing(
+    mosquitto: Mosquitto, influxdb_factory: Any, tmp_path: Path, unique_name: str
+) -> None:
+    db: InfluxDB1 = influxdb_factory()
+    gw = Gateway(make_cfg(mosquitto, db, tmp_path, unique_name))
+    gw.start()
+    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
+    n, dev = 3000, "hub-outage"
+    try:
+        assert wait_until(lambda: gw.ready()[0])
+        events: dict[int, threading.Event] = {1000: threading.Event(), 2000: threading.Event()}
+        th = stream(
+            pub, "site-o", dev, n, per_s=2000, hook=lambda i: events[i].set() if i in events else None
+        )
+        events[1000].wait(30)
+        db.stop()  # InfluxDB goes away mid-stream
+        events[2000].wait(30)
+        th.join(60)
+        assert pub.wait(30)
+        assert wait_until(lambda: gw.stats()["stored"] == n, 30), gw.stats()
+        assert gw.stats()["spool_depth"] > 0 and gw.stats()["points_spooled"] > 0
+        db.start()  # ... and comes back
+        assert gw.wait_idle(60), gw.stats()
+        seqs = seqs_in_influx(db, gw.cfg.influx.database, dev)
+        assert sorted(seqs) == list(range(n)), "points missing or doubled after the outage"
+        st = gw.stats()
+        assert st["spool_depth"] == 0 and st["duplicates"] == 0 and st["rejected"] == 0
+        assert st["points_written"] == n  # each point written exactly once (directly or from the spool)
+    finally:
+        pub.close()
+        gw.stop()
+
+
+def _gateway_proc(cfg_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "fallwatch.cli", "gateway", "run", "--config", str(cfg_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log_path, "ab"),
+    )
+
+
+def _get(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return dict(json.loads(r.read()))
+    except OSError:
+        return None
+
+
+def test_gateway_sigkill_mid_stream_loses_nothing(
+    mosquitto: Mosquitto, influxdb: InfluxDB1, tmp_path: Path, unique_name: str
+) -> None:
+    port = free_port()
+    database = unique_name.replace("-", "_")
+    cfg_path = tmp_path / "gw.toml"
+    cfg_path.write_text(f"""
+[mqtt]
+url = "{mosquitto.url}"
+[influx]
+url = "{influxdb.url}"
+version = 1
+database = "{database}"
+[gateway]
+gateway_id = "gw-kill"
+state_db = "{tmp_path / "state.sqlite"}"
+spool_dir = "{tmp_path / "spool"}"
+http_port = {port}
+""")
+    log_path = tmp_path / "gw.log"
+    proc = _gateway_proc(cfg_path, log_path)
+    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
+    n, dev = 4000, "hub-kill"
+    try:
+        assert wait_until(lambda: (_get(f"http://127.0.0.1:{port}/readyz") or {}).get("ready"), 30), (
+            log_path.read_text()[-2000:]
+        )
+        th = stream(pub, "site-k", dev, n, per_s=3000)
+        assert wait_until(lambda: ((_get(f"http://127.0.0.1:{port}/stats") or {}).get("stored", 0)) > 800, 30)
+        proc.send_signal(signal.SIGKILL)  # no goodbye: in-flight batches, unacked messages, open transactions
+        proc.wait(10)
+        th.join(60)
+        assert pub.wait(30)  # the broker holds the rest for the gateway's persistent session
+        proc = _gateway_proc(cfg_path, log_path)
+        assert wait_until(lambda: len(seqs_in_influx(influxdb, database, dev)) >= n, 60), (
+            log_path.read_text()[-2000:]
+        )
+        time.sleep(0.5)
+        seqs = seqs_in_influx(influxdb, database, dev)
+        assert sorted(seqs) == list(range(n))
+        st = _get(f"http://127.0.0.1:{port}/stats") or {}
+        assert st.get("rejected") == 0
+    finally:
+        pub.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+@pytest.mark.parametrize("state_backend", ["sqlite", "postgresql"])
+def test_two_replicas_on_shared_subscription_store_each_message_once(
+    mosquitto: Mosquitto, influxdb: InfluxDB1, tmp_path: Path, unique_name: str, state_backend: str
+) -> None:
+    state_db = str(tmp_path / "shared-state.sqlite")
+    if state_backend == "postgresql":
+        state_db = _postgres_dsn(unique_name)
+    gws = []
+    for i in (1, 2):
+        cfg = make_cfg(
+            mosquitto,
+            influxdb,
+            tmp_path / f"r{i}",
+            unique_name,
+            gateway_id=f"gw-{i}-{state_backend}",
+            shared_group=f"grp-{state_backend}",
+            state_db=state_db,
+        )
+        gws.append(Gateway(cfg))
+    for g in gws:
+        g.start()
+    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
+    n, dev = 3000, f"hub-shared-{state_backend}"
+    try:
+        assert wait_until(lambda: all(g.ready()[0] for g in gws))
+        stream(pub, "site-s", dev, n, per_s=5000).join(60)
+        pub.publish(*t.fall("site-s", dev, n + 1))
+        assert pub.wait(30)
+        assert wait_until(lambda: sum(g.stats()["stored"] for g in gws) == n + 1, 30)
+        assert all(g.wait_idle(20) for g in gws)
+        stats = [g.stats() for g in gws]
+        assert all(s["received"] > 0 for s in stats), "the broker did not split the load"
+        assert sum(s["received"] for s in stats) == n + 1  # each message delivered to one replica
+        assert sum(s["duplicates"] for s in stats) == 0
+        assert sorted(seqs_in_influx(influxdb, gws[0].cfg.influx.database, dev)) == list(range(n))
+        assert len([a for a in gws[0].alerts() if a["device_id"] == dev]) == 1
+    finally:
+        pub.close()
+        for g in gws:
+            g.stop()
+
+
+def _postgres_dsn(name: str) -> str:
+    psycopg = pytest.importorskip("psycopg")
+    base = os.environ.get("FALLWATCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        with psycopg.connect(base, autocommit=True, connect_timeout=3) as conn:
+            db = f"fw_{name.replace('-', '_')}"[:60]
+            conn.execute(f'DROP DATABASE IF EXISTS "{db}"')
+            conn.execute(f'CREATE DATABASE "{db}"')
+    except psycopg.Error as exc:
+        pytest.skip(f"no PostgreSQL at {base}: {exc}")
+    return base.rsplit("/", 1)[0] + f"/{db}"
