@@ -1,0 +1,207 @@
+"""``fallwatch models ...``: train and evaluate the fall detector and the fall-risk model.
+
+Registered by ``fallwatch.cli`` through :func:`register`; also runnable on its own as
+``python -m models.cli models train-fall --data DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("models", help="train / evaluate the fall detector and fall-risk model")
+    sub = p.add_subparsers(dest="models_command", metavar="MODELS_COMMAND", required=True)
+
+    t = sub.add_parser("train-fall", help="cross-validate, train and export the fall detector (ONNX)")
+    t.add_argument("--data", required=True, type=Path,
+                   help="SisFall dir (SUBJECT.tar.xz or SUBJECT/ folders)")
+    t.add_argument("--out", type=Path, default=None, help="output dir (default: models/fall/)")
+    t.add_argument("--seed", type=int, default=7)
+    t.add_argument("--jobs", type=int, default=1, help="threads for tree training (shared machines: 1-2)")
+    t.add_argument("--no-compare", action="store_true", help="skip the feature-set comparison CV")
+    t.set_defaults(func=cmd_train_fall)
+
+    e = sub.add_parser("eval-fall", help="stream every trial through the edge detector and report")
+    e.add_argument("--data", required=True, type=Path)
+    e.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped one)")
+    e.add_argument("--json", action="store_true", help="last stdout line: one JSON object of metrics")
+    e.set_defaults(func=cmd_eval_fall)
+
+    tr = sub.add_parser("train-risk", help="simulate a cohort, train and export the fall-risk model")
+    tr.add_argument("--out", type=Path, default=None, help="output dir (default: models/risk/)")
+    tr.add_argument("--seed", type=int, default=11)
+    tr.add_argument("--residents", type=int, default=4000)
+    tr.set_defaults(func=cmd_train_risk)
+
+    er = sub.add_parser("eval-risk", help="evaluate the shipped risk model on a fresh simulated cohort")
+    er.add_argument("--model", type=Path, default=None)
+    er.add_argument("--seed", type=int, default=12345)
+    er.add_argument("--residents", type=int, default=2000)
+    er.add_argument("--json", action="store_true")
+    er.set_defaults(func=cmd_eval_risk)
+
+
+# ----------------------------------------------------------------------------- fall
+
+
+def cmd_train_fall(args: argparse.Namespace) -> int:
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from edge.fall_detector import FallModel
+    from models import fall_train as T
+    from models import report, sisfall
+
+    out: Path = args.out or T.DEFAULT_OUT
+    rep = out / "report"
+    rep.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    trials = sisfall.load_all(args.data, progress=True)
+    if not trials:
+        print(f"no SisFall trials under {args.data}", file=sys.stderr)
+        return 2
+    data = sisfall.data_summary(trials)
+    ws = T.build_windows(trials, progress=True)
+    names = T.feature_names(T.FEATURE_SET)
+    with threadpool_limits(args.jobs):
+        cv = T.cross_validate(ws, names, args.seed, progress=True)
+        comparison = {T.FEATURE_SET: _brief(cv.summary)}
+        if not args.no_compare:
+            for other in ("acc", "all"):
+                if other != T.FEATURE_SET:
+                    comparison[other] = _brief(T.cross_validate(ws, T.feature_names(other), args.seed,
+                                                                progress=True).summary)
+        print("final model: threshold by inner CV on all subjects ...", file=sys.stderr)
+        thr = T.inner_threshold(ws, data["subjects"], names, args.seed)  # type: ignore[arg-type]
+        clf = T.fit(ws, ws.y == ws.y, names, args.seed)  # all subjects
+    onnx_path = out / "fall_detector.onnx"
+    T.export_onnx(clf, names, thr, onnx_path, data)
+    model = FallModel(onnx_path)
+    sk_probs = T.SkFallScorer(clf, names, thr).predict_features(ws.X)
+    parity = float(np.abs(model.predict_features(ws.X) - sk_probs).max())
+    timing = T.time_per_window(model)
+    report.confusion_png(cv.results, rep / "confusion.png")
+    curves = report.roc_pr_png(cv.trial_score, cv.is_fall, cv.groups, [f["threshold"] for f in cv.folds],
+                               rep / "roc_pr.png")
+    report.latency_png(cv.results, rep / "latency.png")
+    metrics = {
+        "name": T.MODEL_NAME,
+        "version": T.MODEL_VERSION,
+        "seed": args.seed,
+        "threshold": thr,
+        "features": list(names),
+        "params": {k: v for k, v in T.hgb_params(args.seed).items() if k != "class_weight"},
+        "outer_folds": T.OUTER_FOLDS,
+        "inner_folds": T.INNER_FOLDS,
+        "training_data": data,
+        "windows": {"total": len(ws.y), "fall": int((ws.y == 1).sum()), "excluded": int((ws.y == -1).sum())},
+        "cv": cv.summary,
+        "folds": cv.folds,
+        "curves": curves,
+        "comparison": comparison,
+        "onnx_bytes": onnx_path.stat().st_size,
+        "onnx_sha256": T.file_sha256(onnx_path),
+        "onnx_sklearn_max_abs_diff": parity,
+        "timing": timing,
+        "train_seconds": round(time.time() - t0, 1),
+    }
+    report.write_json(metrics, rep / "metrics.json")
+    report.model_card(metrics, out / "MODEL_CARD.md")
+    _print_summary(cv.summary)
+    print(f"wrote {onnx_path} ({metrics['onnx_bytes']} bytes, threshold {thr:.2f}), "
+          f"{out / 'MODEL_CARD.md'}, {rep}")
+    return 0
+
+
+def _brief(s: dict) -> dict:  # type: ignore[type-arg]
+    g = s["groups"]
+    return {
+        "SA_sensitivity": g.get("SA", {}).get("sensitivity"),
+        "SA_specificity": g.get("SA", {}).get("specificity"),
+        "SE_specificity": g.get("SE", {}).get("specificity"),
+        "false_alarms_per_hour": s["false_alarms_per_hour"],
+        "median_latency_s": s["median_latency_s"],
+    }
+
+
+def _print_summary(s: dict) -> None:  # type: ignore[type-arg]
+    keys = ("trials", "fall_trials", "adl_trials", "sensitivity", "specificity", "f1",
+            "false_alarms_per_hour", "median_latency_s")
+    print("group  " + "  ".join(keys))
+    for name, v in [("all", s), *sorted(s["groups"].items())]:
+        print(f"{name:<6} " + "  ".join(str(v[k]) for k in keys))
+
+
+def cmd_eval_fall(args: argparse.Namespace) -> int:
+    from edge.fall_detector import FallModel
+    from models import sisfall
+    from models.fall_eval import run_trial, summarise
+
+    model = FallModel(args.model)
+    subjects = sisfall.list_subjects(args.data)
+    if not subjects:
+        print(f"no SisFall subjects under {args.data}", file=sys.stderr)
+        return 2
+    from tqdm import tqdm
+
+    results = []
+    for subj in tqdm(subjects, desc="eval-fall", unit="subject", file=sys.stderr):
+        for trial in sisfall.load_subject(args.data, subj, rate_hz=model.rate_hz):
+            r = run_trial(trial, model)
+            results.append(r)
+            verdict = ("TP" if r.alerted else "FN") if r.is_fall else ("FP" if r.alerted else "TN")
+            lat = f" latency {r.latency_s:.2f}s" if r.latency_s is not None else ""
+            probs = ",".join(f"{a.probability:.2f}" for a in r.alerts)
+            print(f"{r.name} {verdict} alerts={len(r.alerts)}{' p=' + probs if probs else ''}{lat}")
+    s = summarise(results)
+    s["model"] = model.tag
+    s["threshold"] = model.threshold
+    _print_summary(s)
+    if args.json:
+        print(json.dumps(s, separators=(",", ":")))
+    return 0
+
+
+# ----------------------------------------------------------------------------- risk
+
+
+def cmd_train_risk(args: argparse.Namespace) -> int:
+    from models import risk
+
+    metrics = risk.train(out=args.out, seed=args.seed, n_residents=args.residents)
+    print(json.dumps({k: metrics[k] for k in ("auc", "brier", "n_train", "n_test")}, indent=2))
+    return 0
+
+
+def cmd_eval_risk(args: argparse.Namespace) -> int:
+    from models import risk
+
+    metrics = risk.evaluate(model_path=args.model, seed=args.seed, n_residents=args.residents)
+    if args.json:
+        print(json.dumps(metrics, separators=(",", ":")))
+    else:
+        print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.cli")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""Train, cross-validate and export the fall detector (``fallwatch models train-fall``).
+
+Protocol (why each step):
+- Training windows come from the *streaming detector itself* (``DeviceFallDetector`` with no
+  model, collecting every triggered window), so the model is trained on exactly the
+  windows the edge will show it, cut by the same trigger.
+- Labels: in a fall trial the window whose impact lies within ±1 s of the trial's largest
+  acceleration peak is a fall; other windows of fall trials within [-3, +5] s of that peak
+  are left out (stumble, bounce: neither clearly fall nor ADL); every other window is ADL.
+- Model: gradient-boosted trees (sklearn HistGradientBoosting) on :mod:`models.features`
+  (chosen over alternatives by the subject-wise CV in the model card), exported with
+  skl2onnx: a few hundred kB, microseconds per window.
+- Evaluation: leave-subjects-out cross-validation (subjects, never trials, are split),
+  each outer fold's threshold chosen by an inner subject-wise CV on that fold's training
+  subjects only; the held-out subjects are then streamed through ``DeviceFallDetector``
+  with the deployed settings. Reported per group (SA adults, SE elderly).
+- Shipped model: trained on all available subjects; its threshold comes from the same
+  inner CV over all of them. The CV figures are the honest estimate of its performance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.fall_detector import DetectorSettings, DeviceFallDetector, FallModel
+from models import features as F
+from models import sisfall
+from models.fall_eval import TrialResult, run_trials, summarise
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "fallwatch-fall"
+MODEL_VERSION = "1.0.0"
+DEFAULT_OUT = Path(__file__).resolve().parent / "fall"
+OUTER_FOLDS = 6
+INNER_FOLDS = 3
+POS_WINDOW_S = 1.0
+EXCLUDE_BEFORE_S = 3.0
+EXCLUDE_AFTER_S = 5.0
+
+#: Features the shipped model reads (decided by the CV comparison in the model card).
+FEATURE_SET = "all"
+
+
+def hgb_params(seed: int) -> dict[str, object]:
+    return {
+        "max_iter": 250,
+        "learning_rate": 0.06,
+        "max_leaf_nodes": 15,
+        "min_samples_leaf": 20,
+        "l2_regularization": 1.0,
+        "class_weight": {0: 1.0, 1: 5.0},
+        "early_stopping": False,
+        "random_state": seed,
+    }
+
+
+def feature_names(feature_set: str) -> tuple[str, ...]:
+    if feature_set == "acc":
+        return F.ACC_FEATURES
+    if feature_set == "all":
+        return F.FEATURE_NAMES
+    raise ValueError(f"unknown feature set {feature_set!r}")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class WindowSet:
+    """Every triggered window of a list of trials, with labels."""
+
+    trials: list[sisfall.Trial]
+    X: np.ndarray  # (N, len(FEATURE_NAMES)) float32
+    y: np.ndarray  # (N,) 1 fall, 0 ADL, -1 excluded from training
+    trial_idx: np.ndarray  # (N,) index into trials
+
+    def subjects(self) -> np.ndarray:
+        return np.array([self.trials[i].subject for i in self.trial_idx])
+
+
+def trial_windows(trial: sisfall.Trial, settings: DetectorSettings | None = None) -> tuple[np.ndarray, list]:
+    """Windows the streaming detector triggers on for one trial (and their candidates)."""
+    det = DeviceFallDetector(None, settings)
+    t = np.arange(len(trial.acc_g)) / trial.rate_hz
+    det.feed(t, trial.acc_g, trial.gyro_dps)
+    det.flush()
+    wins = det.pending_windows()
+    return wins, det.inflight
+
+
+def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None = None,
+                  progress: bool = False) -> WindowSet:
+    it = trials
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(trials, desc="windows", unit="trial")
+    xs, ys, ti = [], [], []
+    for k, trial in enumerate(it):
+        wins, cands = trial_windows(trial, settings)
+        if len(wins) == 0:
+            continue
+        xs.append(F.window_features(wins))
+        y = np.zeros(len(cands), dtype=np.int8)
+        if trial.is_fall:
+            peak = int(np.argmax(F.magnitude(trial.acc_g)))
+            d = (np.array([c.impact_index for c in cands]) - peak) / trial.rate_hz
+            y[(d >= -EXCLUDE_BEFORE_S) & (d <= EXCLUDE_AFTER_S)] = -1
+            y[np.abs(d) <= POS_WINDOW_S] = 1
+        ys.append(y)
+        ti.append(np.full(len(cands), k))
+    return WindowSet(trials, np.concatenate(xs), np.concatenate(ys), np.concatenate(ti))
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class SkFallScorer:
+    """A fitted sklearn classifier behind the detector's model interface (CV folds)."""
+
+    def __init__(self, clf: object, names: tuple[str, ...], threshold: float, version: str = "cv") -> None:
+        self.clf = clf
+        self.names = names
+        self.cols = F.feature_index(names)
+        self.threshold = threshold
+        self.version = version
+
+    def predict_features(self, feats: np.ndarray) -> np.ndarray:
+        if len(feats) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.clf.predict_proba(feats[:, self.cols])[:, 1].astype(np.float32)  # type: ignore[attr-defined]
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.predict_features(F.window_features(batch))
+
+
+def fit(ws: WindowSet, mask: np.ndarray, names: tuple[str, ...], seed: int) -> object:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    use = mask & (ws.y >= 0)
+    clf = HistGradientBoostingClassifier(**hgb_params(seed))
+    clf.fit(ws.X[use][:, F.feature_index(names)], ws.y[use])
+    return clf
+
+
+def trial_scores(
+    ws: WindowSet, probs: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per trial (of those with windows in ``mask``): max window probability, is_fall, trial index.
+
+    A trial alerts iff its max probability >= threshold, so this is the trial-level score
+    behind the ROC/PR curves and the threshold choice. Trials without any trigger score 0.
+    """
+    trial_ids = np.unique(ws.trial_idx[mask]) if mask.any() else np.zeros(0, dtype=int)
+    best = np.zeros(len(ws.trials), dtype=np.float32)
+    np.maximum.at(best, ws.trial_idx[mask], probs)
+    return best[trial_ids], np.array([ws.trials[i].is_fall for i in trial_ids]), trial_ids
+
+
+def choose_threshold(scores: np.ndarray, is_fall: np.ndarray) -> float:
+    """Threshold maximising trial-level sensitivity + specificity (Youden's J).
+
+    Ties are broken toward the middle of the best plateau, the choice least sensitive to
+    the exact scores of the training subjects.
+    """
+    grid = np.round(np.arange(0.02, 0.985, 0.01), 2)
+    pos, neg = scores[is_fall], scores[~is_fall]
+    j = np.array([(pos >= g).mean() + (neg < g).mean() for g in grid])
+    best = np.flatnonzero(j >= j.max() - 1e-9)
+    return float(grid[best[len(best) // 2]])
+
+
+def subject_folds(subjects: list[str], k: int, seed: int) -> list[list[str]]:
+    """Split subjects into k folds, each group (SA/SE) dealt round-robin after a seeded shuffle."""
+    rng = np.random.default_rng(seed)
+    folds: list[list[str]] = [[] for _ in range(k)]
+    offset = 0
+    for group in ("SA", "SE"):
+        members = sorted(s for s in subjects if s.startswith(group))
+        rng.shuffle(members)
+        for i, s in enumerate(members):
+            folds[(i + offset) % k].append(s)
+        offset += len(members)
+    others = sorted(s for s in subjects if s[:2] not in ("SA", "SE"))
+    for i, s in enumerate(others):
+        folds[i % k].append(s)
+    return [sorted(f) for f in folds if f]
+
+
+def inner_threshold(ws: WindowSet, train_subjects: list[str], names: tuple[str, ...], seed: int) -> float:
+    """Threshold from out-of-fold predictions of an inner subject-wise CV (training subjects only)."""
+    subj = ws.subjects()
+    oof = np.full(len(ws.y), np.nan, dtype=np.float32)
+    for fold in subject_folds(train_subjects, INNER_FOLDS, seed + 1):
+        held = np.isin(subj, fold)
+        train = np.isin(subj, train_subjects) & ~held
+        clf = fit(ws, train, names, seed)
+        oof[held] = clf.predict_proba(ws.X[held][:, F.feature_index(names)])[:, 1]  # type: ignore[attr-defined]
+    mask = np.isin(subj, train_subjects)
+    scores, is_fall, _ = trial_scores(ws, oof[mask], mask)
+    # Training trials without any triggered window can never alert: count them as score 0.
+    n_missing_falls = sum(t.is_fall and t.subject in train_subjects for t in ws.trials) - int(is_fall.sum())
+    scores = np.concatenate([scores, np.zeros(max(0, n_missing_falls), dtype=np.float32)])
+    is_fall = np.concatenate([is_fall, np.ones(max(0, n_missing_falls), dtype=bool)])
+    return choose_threshold(scores, is_fall)
+
+
+@dataclass
+class CVResult:
+    results: list[TrialResult]
+    summary: dict[str, object]
+    folds: list[dict[str, object]]
+    trial_score: np.ndarray  # per trial of ws.trials: held-out max window probability
+    is_fall: np.ndarray
+    groups: np.ndarray
+
+
+def cross_validate(ws: WindowSet, names: tuple[str, ...], seed: int, settings: DetectorSettings | None = None,
+                   progress: bool = False) -> CVResult:
+    subjects = sorted({t.subject for t in ws.trials})
+    subj = ws.subjects()
+    folds = subject_folds(subjects, OUTER_FOLDS, seed)
+    results: list[TrialResult] = []
+    fold_info: list[dict[str, object]] = []
+    trial_score = np.zeros(len(ws.trials), dtype=np.float32)
+    it = folds
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(folds, desc="subject CV", unit="fold")
+    for k, held_out in enumerate(it):
+        train_subjects = [s for s in subjects if s not in held_out]
+        thr = inner_threshold(ws, train_subjects, names, seed)
+        clf = fit(ws, np.isin(subj, train_subjects), names, seed)
+        scorer = SkFallScorer(clf, names, thr)
+        held = np.isin(subj, held_out)
+        p = scorer.predict_features(ws.X[held])
+        np.maximum.at(trial_score, ws.trial_idx[held], p)
+        fold_trials = [t for t in ws.trials if t.subject in held_out]
+        res = run_trials(fold_trials, scorer, settings)
+        results += res
+        s = summarise(res)
+        fold_info.append({"fold": k, "held_out": held_out, "threshold": thr,
+                          "sensitivity": s["sensitivity"], "specificity": s["specificity"]})
+        log.info("fold %d %s thr=%.2f sens=%s spec=%s", k, held_out, thr, s["sensitivity"], s["specificity"])
+    return CVResult(results, summarise(results), fold_info, trial_score,
+                    np.array([t.is_fall for t in ws.trials]), np.array([t.group for t in ws.trials]))
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def _skl2onnx_bool_fix() -> Iterator[None]:
+    """skl2onnx 1.20 passes a Python ``False`` as ``nodes_missing_value_tracks_true`` for
+    HistGradientBoosting leaves, which onnx refuses ("Expected an int, got a boolean").
+    Cast it to int while converting; the value is unchanged (False == 0)."""
+    from skl2onnx.common import tree_ensemble
+
+    original = tree_ensemble.add_node
+
+    def add_node(*args: object, **kwargs: object) -> object:
+        if "nodes_missing_value_tracks_true" in kwargs:
+            kwargs["nodes_missing_value_tracks_true"] = int(kwargs["nodes_missing_value_tracks_true"])  # type: ignore[call-overload]
+        return original(*args, **kwargs)
+
+    tree_ensemble.add_node = add_node
+    try:
+        yield
+    finally:
+        tree_ensemble.add_node = original
+
+
+def export_onnx(clf: object, names: tuple[str, ...], threshold: float, path: Path,
+                data: dict[str, object], extra: dict[str, str] | None = None) -> None:
+    import onnx
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    with _skl2onnx_bool_fix():
+        onx = convert_sklearn(
+            clf,
+            initial_types=[("features", FloatTensorType([None, len(names)]))],
+            options={id(clf): {"zipmap": False}},
+            target_opset={"": 17, "ai.onnx.ml": 3},
+        )
+    onx.doc_string = "fallwatch fall detector: impact-centred window features -> P(fall)"
+    onx.producer_name = "fallwatch"
+    onx.model_version = int(MODEL_VERSION.split(".")[0])
+    props = {
+        "name": MODEL_NAME,
+        "version": MODEL_VERSION,
+        "rate_hz": f"{F.RATE_HZ:g}",
+        "window_s": f"{F.WINDOW_S:g}",
+        "pre_s": f"{F.PRE_S:g}",
+        "post_s": f"{F.POST_S:g}",
+        "trigger_g": f"{F.TRIGGER_G:g}",
+        "peak_search_s": f"{F.PEAK_SEARCH_S:g}",
+        "channels": ",".join(F.CHANNELS),
+        "units": ",".join(F.UNITS),
+        "placement": F.PLACEMENT,
+        "input": f"features float32 [n, {len(names)}] computed by models.features.window_features "
+                 f"from windows [n, {F.WINDOW}, {len(F.CHANNELS)}]; no normalisation",
+        "input_name": "features",
+        "features": ",".join(names),
+        "labels": "0=adl,1=fall",
+        "output": "probabilities[:, 1] = P(fall)",
+        "threshold": f"{threshold:.4f}",
+        "training_data": json.dumps(data, separators=(",", ":")),
+        "data_hash": str(data.get("hash", "")),
+        "git_sha": git_sha(),
+        **(extra or {}),
+    }
+    onnx.helper.set_model_props(onx, props)
+    onnx.checker.check_model(onx)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(onx.SerializeToString())
+
+
+def time_per_window(model: FallModel, n: int = 2000, batch: int = 1) -> dict[str, float]:
+    """Median wall time of features + ONNX per window (µs), for one window and for a batch."""
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.3, (max(n, batch), F.WINDOW, len(F.CHANNELS)))
+    w = (noise + np.array([0, -1, 0, 0, 0, 0])).astype(np.float32)
+    single = []
+    for i in range(200):
+        t0 = time.perf_counter()
+        model.predict(w[i:i + 1])
+        single.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    model.predict(w[:n])
+    batched = (time.perf_counter() - t0) / n
+    onnx_only = []
+    feats = F.window_features(w[:1])
+    for _ in range(200):
+        t0 = time.perf_counter()
+        model.predict_features(feats)
+        onnx_only.append(time.perf_counter() - t0)
+    return {
+        "single_window_us": round(float(np.median(single)) * 1e6, 1),
+        "onnx_only_single_us": round(float(np.median(onnx_only)) * 1e6, 1),
+        "batched_per_window_us": round(batched * 1e6, 2),
+    }
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,167 @@
+"""Window layout and features of the fall detector, shared by training and the edge.
+
+One module computes the features for both, so what the model sees when it is served can
+never drift from what it was trained on.
+
+Window: the detector triggers on an acceleration-magnitude peak (the impact) and cuts a
+window of :data:`PRE_S` seconds before and :data:`POST_S` seconds after it, at
+:data:`RATE_HZ`. Channels are the waist-worn wearable's accelerometer (g) and gyroscope
+(deg/s), six columns in :data:`CHANNELS` order.
+
+Features are orientation-invariant on purpose: they use magnitudes, and posture change is
+the angle between the gravity direction before and after the impact in the sensor's own
+frame. So the model does not depend on how a device is mounted on the belt, which the
+SisFall rig and the fleet's wearables need not share.
+
+Everything is vectorised over a batch of windows ``(n, WINDOW, 6)``; the edge batches
+windows from many residents into one call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RATE_HZ = 50.0
+PRE_S = 2.0
+POST_S = 2.5
+PRE = round(PRE_S * RATE_HZ)  # samples before the impact sample
+POST = round(POST_S * RATE_HZ)  # samples after the impact sample (excluded)
+WINDOW = PRE + POST  # the impact is sample index PRE
+WINDOW_S = WINDOW / RATE_HZ
+CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
+UNITS = ("g", "g", "g", "deg/s", "deg/s", "deg/s")
+PLACEMENT = "waist"
+
+#: Impact trigger: acceleration magnitude at or above this opens a candidate (g).
+TRIGGER_G = 1.6
+#: After the first crossing the highest magnitude within this time is the impact (s).
+PEAK_SEARCH_S = 1.0
+
+
+def _sl(a_s: float, b_s: float) -> slice:
+    """Window slice for times relative to the impact, in seconds."""
+    return slice(PRE + round(a_s * RATE_HZ), PRE + round(b_s * RATE_HZ))
+
+
+# Segments relative to the impact (seconds). "before" is the posture reference: most
+# falls take < 1 s from loss of balance to impact, so [-2, -1] s is still the pre-fall
+# posture; "rest" is the post-impact posture once the body has come to rest.
+SEG_BEFORE = _sl(-2.0, -1.0)
+SEG_DESCENT = _sl(-1.0, 0.0)
+SEG_LATE_DESCENT = _sl(-0.5, 0.0)
+SEG_IMPACT = _sl(-0.5, 0.5)
+SEG_AFTER = _sl(0.0, 1.0)
+SEG_SETTLE = _sl(0.5, 1.5)
+SEG_REST = _sl(1.5, 2.5)
+
+FEATURE_NAMES = (
+    "peak_g",  # magnitude at the impact sample
+    "min_descent_g",  # free-fall dip before the impact
+    "mean_late_descent_g",
+    "std_before_g",  # activity before the event (walking/jogging is high)
+    "std_descent_g",
+    "std_after_g",
+    "std_settle_g",
+    "std_rest_g",  # stillness once at rest
+    "mean_rest_g",
+    "range_rest_g",
+    "tilt_change_deg",  # posture change: gravity direction before vs at rest
+    "tilt_change_settle_deg",
+    "dev_area_impact_gs",  # integral of |mag - 1 g| around the impact
+    "velocity_descent_m_s",  # integral of (mag - 1 g) during the descent, ~ vertical speed
+    "jerk_max_g_s",
+    "peaks_after",  # number of samples > 1.5 g after the first post-impact second
+    "t_min_to_peak_s",  # time from the free-fall minimum to the impact
+    "mean_before_g",
+    "gyro_peak_dps",
+    "gyro_rot_descent_deg",  # total rotation during descent + impact
+    "gyro_mean_before_dps",
+    "gyro_mean_rest_dps",
+    "gyro_std_rest_dps",
+)
+ACC_FEATURES = tuple(n for n in FEATURE_NAMES if not n.startswith("gyro_"))
+
+
+def magnitude(x: np.ndarray) -> np.ndarray:
+    """Euclidean norm over the last axis, float32 (cheaper than np.linalg.norm)."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.sqrt(np.einsum("...i,...i->...", x, x))
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na = magnitude(a)
+    nb = magnitude(b)
+    cos = np.einsum("ni,ni->n", a, b) / np.maximum(na * nb, 1e-6)
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def window_features(windows: np.ndarray) -> np.ndarray:
+    """Features for a batch of windows ``(n, WINDOW, 6)`` -> ``(n, len(FEATURE_NAMES))`` float32.
+
+    Windows with fewer than six channels (no gyroscope) get zero gyro features; models
+    trained on :data:`ACC_FEATURES` do not read them.
+    """
+    w = np.asarray(windows, dtype=np.float32)
+    if w.ndim != 3 or w.shape[1] != WINDOW or w.shape[2] < 3:
+        raise ValueError(f"expected windows of shape (n, {WINDOW}, 3|6), got {w.shape}")
+    n = w.shape[0]
+    acc = w[:, :, 0:3]
+    mag = magnitude(acc)
+    dev = mag - 1.0
+    f = np.empty((n, len(FEATURE_NAMES)), dtype=np.float32)
+    col = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    dt = 1.0 / RATE_HZ
+
+    f[:, col["peak_g"]] = mag[:, PRE]
+    descent = mag[:, SEG_DESCENT]
+    f[:, col["min_descent_g"]] = descent.min(axis=1)
+    f[:, col["mean_late_descent_g"]] = mag[:, SEG_LATE_DESCENT].mean(axis=1)
+    f[:, col["std_before_g"]] = mag[:, SEG_BEFORE].std(axis=1)
+    f[:, col["std_descent_g"]] = descent.std(axis=1)
+    f[:, col["std_after_g"]] = mag[:, SEG_AFTER].std(axis=1)
+    f[:, col["std_settle_g"]] = mag[:, SEG_SETTLE].std(axis=1)
+    rest = mag[:, SEG_REST]
+    f[:, col["std_rest_g"]] = rest.std(axis=1)
+    f[:, col["mean_rest_g"]] = rest.mean(axis=1)
+    f[:, col["range_rest_g"]] = rest.max(axis=1) - rest.min(axis=1)
+    g_before = acc[:, SEG_BEFORE].mean(axis=1)
+    f[:, col["tilt_change_deg"]] = _angle_deg(g_before, acc[:, SEG_REST].mean(axis=1))
+    f[:, col["tilt_change_settle_deg"]] = _angle_deg(g_before, acc[:, SEG_SETTLE].mean(axis=1))
+    f[:, col["dev_area_impact_gs"]] = np.abs(dev[:, SEG_IMPACT]).sum(axis=1) * dt
+    f[:, col["velocity_descent_m_s"]] = dev[:, SEG_DESCENT].sum(axis=1) * dt * 9.81
+    f[:, col["jerk_max_g_s"]] = np.abs(np.diff(mag[:, _sl(-0.5, 0.3)], axis=1)).max(axis=1) / dt
+    f[:, col["peaks_after"]] = (mag[:, _sl(1.0, 2.5)] > 1.5).sum(axis=1)
+    f[:, col["t_min_to_peak_s"]] = (descent.shape[1] - descent.argmin(axis=1)) * dt
+    f[:, col["mean_before_g"]] = mag[:, SEG_BEFORE].mean(axis=1)
+
+    if w.shape[2] >= 6:
+        gmag = magnitude(w[:, :, 3:6])
+        f[:, col["gyro_peak_dps"]] = gmag[:, _sl(-1.0, 0.5)].max(axis=1)
+        f[:, col["gyro_rot_descent_deg"]] = gmag[:, _sl(-1.0, 0.5)].sum(axis=1) * dt
+        f[:, col["gyro_mean_before_dps"]] = gmag[:, SEG_BEFORE].mean(axis=1)
+        f[:, col["gyro_mean_rest_dps"]] = gmag[:, SEG_REST].mean(axis=1)
+        f[:, col["gyro_std_rest_dps"]] = gmag[:, SEG_REST].std(axis=1)
+    else:
+        for name in FEATURE_NAMES:
+            if name.startswith("gyro_"):
+                f[:, col[name]] = 0.0
+    return f
+
+
+def feature_index(names: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Column indices of ``names`` in :func:`window_features` output (unknown name -> KeyError)."""
+    col = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    return np.array([col[n] for n in names], dtype=np.intp)
+
+
+def still_and_lying(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Explainable post-impact flags from features: (still, lying) boolean arrays.
+
+    *still*: magnitude std < 0.08 g over [+1.5, +2.5] s (no walking, no getting up).
+    *lying*: gravity direction turned >= 50 deg from the pre-fall posture — orientation
+    invariant, so it means "changed posture a lot", which from upright is lying.
+    """
+    col = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    still = feats[:, col["std_rest_g"]] < 0.08
+    lying = feats[:, col["tilt_change_deg"]] >= 50.0
+    return still, lying

@@ -1,0 +1,222 @@
+"""Evaluation report for the fall detector: PNG plots, metrics.json and MODEL_CARD.md.
+
+Plots are small (~50 kB each) so they can be committed next to the model and reviewed in
+a pull request; matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from models import features as F
+from models.fall_eval import TrialResult
+
+
+def _plt():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_png(results: list[TrialResult], path: Path) -> None:
+    """Trial-level confusion matrix per group (rows truth, columns decision)."""
+    plt = _plt()
+    groups = sorted({r.group for r in results})
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.4), squeeze=False)
+    for ax, g in zip(axes[0], groups, strict=True):
+        rs = [r for r in results if r.group == g]
+        m = np.zeros((2, 2), dtype=int)
+        for r in rs:
+            m[int(r.is_fall), int(r.alerted)] += 1
+        ax.imshow(m, cmap="Blues")
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, str(m[i, j]), ha="center", va="center",
+                        color="white" if m[i, j] > m.max() / 2 else "black")
+        ax.set_xticks([0, 1], ["no alert", "alert"])
+        ax.set_yticks([0, 1], ["ADL", "fall"])
+        ax.set_title(f"{g} (held-out subjects)")
+    fig.suptitle("Trial-level confusion, leave-subjects-out CV", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def roc_pr_png(score: np.ndarray, is_fall: np.ndarray, groups: np.ndarray, thresholds: list[float],
+               path: Path) -> dict[str, float]:
+    """ROC and PR curves of the held-out trial score (max window probability in a trial)."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.6))
+    aucs: dict[str, float] = {}
+    sets = [("all", np.ones(len(score), dtype=bool))] + [(g, groups == g) for g in sorted(set(groups))]
+    for name, m in sets:
+        y, s = is_fall[m], score[m]
+        if y.all() or not y.any():
+            continue  # a group without falls (or without ADL) has no curve
+        fpr, tpr, _ = roc_curve(y, s)
+        prec, rec, _ = precision_recall_curve(y, s)
+        aucs[f"roc_auc_{name}"] = round(float(roc_auc_score(y, s)), 5)
+        aucs[f"average_precision_{name}"] = round(float(average_precision_score(y, s)), 5)
+        a1.plot(fpr, tpr, label=f"{name} AUC {aucs[f'roc_auc_{name}']:.4f}")
+        a2.plot(rec, prec, label=f"{name} AP {aucs[f'average_precision_{name}']:.4f}")
+    a1.set_xscale("symlog", linthresh=0.01)
+    a1.set_xlabel("false-alarm trial rate (1 - specificity)")
+    a1.set_ylabel("sensitivity")
+    a1.set_title("ROC (held-out trials)")
+    a1.legend(fontsize=8, loc="lower right")
+    a2.set_xlabel("recall")
+    a2.set_ylabel("precision")
+    a2.set_ylim(0.8, 1.005)
+    a2.set_title("Precision-recall")
+    a2.legend(fontsize=8, loc="lower left")
+    fig.text(0.01, 0.01, "fold thresholds: " + ", ".join(f"{t:.2f}" for t in thresholds), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return aucs
+
+
+def latency_png(results: list[TrialResult], path: Path) -> None:
+    plt = _plt()
+    lat = [r.latency_s for r in results if r.latency_s is not None]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    if lat:
+        ax.hist(lat, bins=np.arange(min(lat) - 0.1, max(lat) + 0.2, 0.1))
+        ax.axvline(float(np.median(lat)), color="k", ls="--", label=f"median {np.median(lat):.2f} s")
+        ax.legend()
+    ax.set_xlabel("decision latency after the acceleration peak (s)")
+    ax.set_ylabel("detected fall trials")
+    ax.set_title(f"Latency (window {F.POST_S:g} s after impact, {len(lat)} falls)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_json(obj: object, path: Path) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _fmt(x: object, pct: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    if pct:
+        return f"{100 * float(x):.2f} %"  # type: ignore[arg-type]
+    return f"{float(x):.3g}" if isinstance(x, float) else str(x)  # type: ignore[arg-type]
+
+
+def model_card(metrics: dict, path: Path) -> None:  # type: ignore[type-arg]
+    cv = metrics["cv"]
+    rows = []
+    for name, s in [("all", cv), *sorted(cv["groups"].items())]:
+        rows.append(
+            f"| {name} | {len(s['subjects'])} | {s['fall_trials']} | {s['adl_trials']} | "
+            f"{_fmt(s['sensitivity'], True)} | {_fmt(s['specificity'], True)} | {_fmt(s['f1'])} | "
+            f"{_fmt(s['adl_hours'])} | {_fmt(s['false_alarms_per_hour'])} | {_fmt(s['median_latency_s'])} |"
+        )
+    data = metrics["training_data"]
+    timing = metrics["timing"]
+    missed = ", ".join(cv["missed_falls"]) or "none"
+    fas = ", ".join(cv["false_alarm_trials"]) or "none"
+    comp = metrics.get("comparison", {})
+    comp_rows = "\n".join(
+        f"| {k} | {_fmt(v.get('SA_sensitivity'), True)} | {_fmt(v.get('SA_specificity'), True)} | "
+        f"{_fmt(v.get('SE_specificity'), True)} | {_fmt(v.get('false_alarms_per_hour'))} |"
+        for k, v in comp.items()
+    )
+    HEADER = ("| group | subjects | fall trials | ADL trials | sensitivity | specificity | F1 | ADL h "
+              "| false alarms/h | median latency s |")
+    text = f"""# Model card: {metrics['name']} {metrics['version']}
+
+Generated by `fallwatch models train-fall --data DIR --seed {metrics['seed']}` (do not edit by hand).
+
+## Intended use
+Detects falls of one person wearing a 6-axis IMU (accelerometer in g, gyroscope in deg/s)
+at the **waist**, streamed at **{F.RATE_HZ:g} Hz**, on a home-care edge device. It raises an
+alert candidate for staff; it does not replace a pre-alarm/cancel window (EN 50134-2), a
+carer's judgement, or a pendant button. Not validated for wrist, pocket or pendant placement,
+for wheelchair users, or for falls without a ≥ {F.TRIGGER_G:g} g impact (slow slides to the floor).
+
+## Model
+- Trigger: acceleration magnitude ≥ {F.TRIGGER_G:g} g; the impact is the highest magnitude in
+  the next {F.PEAK_SEARCH_S:g} s. Window: {F.PRE_S:g} s before to {F.POST_S:g} s after the impact
+  ({F.WINDOW} samples × {len(F.CHANNELS)} channels `{','.join(F.CHANNELS)}`).
+- {len(metrics['features'])} orientation-invariant features (`models/features.py`, shared with the edge):
+  impact peak, free-fall dip, activity before, stillness after, posture change (angle between the
+  gravity direction before and after), rotation during the fall.
+- Classifier: sklearn HistGradientBoosting ({metrics['params']['max_iter']} trees,
+  ≤ {metrics['params']['max_leaf_nodes']} leaves), exported with skl2onnx (opset 17, ai.onnx.ml 3).
+- Threshold **{metrics['threshold']:.2f}** on P(fall), chosen by an inner subject-wise CV on the training
+  subjects (maximum trial-level sensitivity + specificity).
+- Size {metrics['onnx_bytes'] / 1024:.0f} kB. Time per window (features + ONNX, 1 thread, this machine):
+  {timing['single_window_us']:.0f} µs for a single window,
+  {timing['batched_per_window_us']:.1f} µs per window in a batch;
+  ONNX alone {timing['onnx_only_single_us']:.0f} µs.
+- Metadata (`custom_metadata_map`): name, version, rate_hz, window_s, pre_s, post_s, channels,
+  units, placement, features, threshold, training_data, data_hash, git_sha; `FallModel` refuses a
+  file whose metadata disagrees with its graph input or with the feature code.
+
+## Data
+SisFall (Sucerquia et al., Sensors 17(1):198, 2017): waist device, ADXL345 accelerometer (used,
+±16 g) and ITG3200 gyroscope, 200 Hz resampled to {F.RATE_HZ:g} Hz with `scipy.signal.resample_poly`.
+Available here: {len(data['subjects'])} subjects ({', '.join(data['subjects'])}), {data['trials']} trials
+({data['fall_trials']} falls, {data['adl_trials']} ADL, {data['hours']} h), manifest hash `{data['hash']}`.
+Falls were performed by young adults (SA) onto mats; of the elderly only SE06 performed falls and
+SE06 is **not** in the available data, so **elderly sensitivity is not measured** here: the SE
+figures are specificity / false alarms only.
+
+## Evaluation protocol
+Leave-subjects-out cross-validation, {metrics['outer_folds']} folds of subjects (SA and SE dealt
+across folds), never a random split of trials. Each fold: threshold by an inner
+{metrics['inner_folds']}-fold subject-wise CV on its training subjects only; model trained on the
+training subjects; then every held-out trial is streamed through `edge.fall_detector.DeviceFallDetector`
+with the deployed settings in {0.5:g} s chunks (`models/fall_eval.py`, the code behind `eval-fall`).
+A fall trial is detected if any alert fires during it; an ADL trial is a false-alarm trial if any
+alert fires; false alarms per hour = all ADL alerts / ADL hours. Latency = first alert's decision
+time − the trial's largest acceleration peak.
+
+**Trial end.** A recording stops, the person does not. When a trigger's post-impact window
+({F.POST_S:g} s) needs samples beyond the end of a trial, `DeviceFallDetector.close()` cuts the window
+anyway and fills the missing samples by **holding the last sample** (as if the wearer stayed as at
+the end); such a decision's time is impact + {F.POST_S:g} s and it is flagged `padded`. In CV,
+{cv['padded_alerts']} alert(s) were padded. Training windows are cut the same way.
+
+## Results (held-out subjects, leave-subjects-out CV)
+{HEADER}
+|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Trial-level ROC AUC / AP (held-out): {', '.join(f'{k} {v}' for k, v in metrics['curves'].items())}.
+Per-fold thresholds: {', '.join(f"{f['threshold']:.2f}" for f in metrics['folds'])}.
+
+Missed falls: {missed}.
+
+False-alarm ADL trials: {fas}.
+
+Feature sets compared by the same CV:
+
+| model | SA sensitivity | SA specificity | SE specificity | false alarms/h |
+|---|---|---|---|---|
+{comp_rows}
+
+Plots: `report/confusion.png`, `report/roc_pr.png`, `report/latency.png`; all numbers in
+`report/metrics.json`.
+
+## Limits
+- Lab falls by young adults onto mats; real-world fall detection is much worse than lab figures
+  (FARSEEING, AIDE-MOI: ~80 % sensitivity, 0.17 false alarms/week to 0.56/h). Expect lower
+  sensitivity on real elderly falls, which are slower and often without a hard impact.
+- The ADL hours are short ({cv['adl_hours']} h held out): false alarms per hour over a whole day
+  and night of real living is not measured; lying down and turning over in bed (D13, D14) are
+  the main false-alarm sources.
+- Orientation invariant by design, but trained on one device model and belt position.
+- Falls whose impact stays under {F.TRIGGER_G:g} g never reach the model.
+"""
+    path.write_text(text)
