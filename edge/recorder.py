@@ -32,11 +32,15 @@ class Received:
 class UplinkRecorder:
     """Subscribes to one site's (or every) uplink and keeps the decoded messages in order."""
 
-    def __init__(self, cfg: MqttConfig, client_id: str, site: str = "+", device: str = "+") -> None:
+    def __init__(self, cfg: MqttConfig, client_id: str, site: str = "+", device: str = "+",
+                 persistent: bool = False) -> None:
+        """``persistent``: keep the session at the broker (QoS 1 messages published while the
+        recorder is disconnected, e.g. across a broker restart, are queued for it)."""
         self.cfg = cfg
         self.filters = [f.replace(f"{topics.PREFIX}/+/+", f"{topics.PREFIX}/{site}/{device}", 1)
                         for f in topics.UPLINK_FILTERS]
-        self.client = make_client(cfg, client_id, clean_start=True)
+        self._clean = not persistent
+        self.client = make_client(cfg, client_id, clean_start=self._clean)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.messages: list[Received] = []
@@ -61,7 +65,7 @@ class UplinkRecorder:
 
     def start(self) -> UplinkRecorder:
         self.client.on_subscribe = lambda *a: self._subscribed.set()
-        connect(self.client, self.cfg, clean_start=True)
+        connect(self.client, self.cfg, clean_start=self._clean)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             raise TimeoutError("recorder did not subscribe within 10 s")

@@ -1,0 +1,201 @@
+"""Store-and-forward under failure: a broker that goes away, and an agent killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge import synth
+from edge.agent import EdgeAgent
+from edge.outbox import Outbox
+from edge.recorder import UplinkRecorder
+from fallwatch.config import FallwatchConfig, load_config
+from fallwatch.frames import SensorFrame
+
+pytestmark = pytest.mark.integration
+
+
+def _cfg(url: str, tmp: Path, site: str) -> FallwatchConfig:
+    return load_config(
+        None,
+        {
+            "mqtt": {"url": url, "keepalive_s": 5},
+            "edge": {
+                "site_id": site,
+                "device_id": "hub-1",
+                "cancel_window_s": 2.0,
+                "outbox_path": str(tmp / "outbox.sqlite"),
+                "model_dir": str(tmp / "m"),
+            },
+        },
+    )
+
+
+def falls_for(wearables: list[str], t0_s: float, spacing_s: float) -> list[SensorFrame]:
+    """One fall per wearable, impacts ``spacing_s`` apart, frames merged in reception order."""
+    frames: list[SensorFrame] = []
+    for k, sid in enumerate(wearables):
+        lead = t0_s + k * spacing_s
+        a0, g0 = synth.quiet(int(max(lead, 0.0) * 50) + 250, walking=True)
+        fa, fg, _ = synth.fall(post_s=12)
+        acc, gyro = np.vstack([a0, fa]), np.vstack([g0, fg])
+        frames += synth.frames("hub-1", synth.packets(sid, acc, gyro, per_packet=25))
+    return sorted(frames, key=lambda f: f.rx_t_s)
+
+
+def feed(
+    agent: EdgeAgent, frames: list[SensorFrame], step_s: float = 0.5, tail_s: float = 5.0
+) -> None:
+    t = 0.0
+    i = 0
+    end = frames[-1].rx_t_s + tail_s
+    while t < end:
+        t += step_s
+        j = i
+        while j < len(frames) and frames[j].rx_t_s <= t:
+            j += 1
+        agent.feed(frames[i:j], t)
+        i = j
+
+
+def test_broker_outage_every_alert_delivered_in_order_once(
+    mosquitto_factory, tmp_path: Path, unique_name: str
+) -> None:
+    broker = mosquitto_factory()
+    cfg = _cfg(broker.url, tmp_path, unique_name)
+    rec = UplinkRecorder(cfg.mqtt, f"rec-{unique_name}", site=unique_name, persistent=True).start()
+    agent = EdgeAgent(cfg)
+    agent.start()
+    try:
+        before = [f"wear-a{i}" for i in range(3)]
+        feed(agent, falls_for(before, 5.0, 3.0))
+        assert agent.flush(10)
+        assert rec.wait_for(lambda r: len(r.falls()) == 3)
+
+        broker.stop()  # the uplink goes down
+        during = [f"wear-b{i}" for i in range(4)]
+        frames = falls_for(during, 5.0, 3.0)
+        frames = [
+            SensorFrame(f.hub_id, f.sensor_id, f.transport, f.rx_t_s + 100.0, f.payload)
+            for f in frames
+        ]
+        feed(agent, frames)
+        assert agent.stats()["alerts_raised"] == 7
+        assert (
+            agent.outbox is not None and agent.outbox.depth_by_kind().get("fall") == 4
+        )  # held on disk
+        assert not agent.flush(1.0)
+
+        broker.restart()  # same port, same persistence: the agent and the recorder come back
+        assert agent.flush(30)
+        assert rec.wait_for(lambda r: len(r.falls()) >= 7, timeout_s=15)
+        time.sleep(0.5)  # would-be duplicates have time to arrive
+        got = rec.falls()
+        ids = [m.msg.data.event_id for m in got]
+        seqs = [m.msg.seq for m in got]
+        assert len(ids) == 7 and len(set(ids)) == 7  # every alert, once
+        assert seqs == sorted(seqs)  # in the order they were raised
+        assert [m.msg.data.sensor for m in got[3:]] == during
+        assert rec.errors == []
+        assert agent.stats()["disconnects"] >= 1 and agent.stats()["connects"] >= 2
+    finally:
+        agent.stop()
+        rec.stop()
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from edge import synth
+    from edge.agent import EdgeAgent
+    from fallwatch.config import load_config
+
+    url, outbox, site = sys.argv[1], sys.argv[2], sys.argv[3]
+    cfg = load_config(None, {"mqtt": {"url": url}, "edge": {"site_id": site, "device_id": "hub-1",
+                      "cancel_window_s": 0.0, "outbox_path": outbox, "telemetry_window_s": 1.0,
+                      "model_dir": outbox + ".models"}})
+    agent = EdgeAgent(cfg)
+    agent.start()
+    fa, fg, imp = synth.fall(pre_s=2.0, post_s=3.0)
+    reported = 0
+    t = 0.0
+    k = 0
+    while True:  # a new wearable falls every simulated 4 s, forever (until SIGKILL)
+        k += 1
+        pk = synth.packets(f"wear-{k}", fa, fg, per_packet=25, t0_ms=int(t * 1000))
+        for fr in synth.frames("hub-1", pk):
+            agent.feed([fr], fr.rx_t_s)
+        t += 4.0
+        agent.feed([], t)
+        for ev in agent.alert_events[reported:]:
+            print("ALERT", ev["seq"], ev["event_id"], flush=True)  # printed only once committed
+        reported = len(agent.alert_events)
+        time.sleep(0.01)
+""")
+
+
+def test_sigkill_mid_stream_loses_nothing_from_the_outbox(
+    mosquitto_factory, tmp_path: Path, unique_name: str
+) -> None:
+    broker = mosquitto_factory()
+    cfg = _cfg(broker.url, tmp_path, unique_name)
+    rec = UplinkRecorder(cfg.mqtt, f"rec-{unique_name}", site=unique_name, persistent=True).start()
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    outbox = str(tmp_path / "outbox.sqlite")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    child = subprocess.Popen(
+        [sys.executable, str(script), broker.url, outbox, unique_name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    committed: dict[int, str] = {}
+    try:
+        assert child.stdout is not None
+        deadline = time.monotonic() + 60
+        while len(committed) < 12 and time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+            _, seq, event_id = line.split()
+            committed[int(seq)] = event_id
+        assert len(committed) >= 12, "the child agent did not raise alerts"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    assert child.returncode == -signal.SIGKILL
+
+    # after the kill: every committed alert is either at the broker already or still on disk
+    ob = Outbox(outbox)
+    on_disk = {r.seq for r in ob.peek(0, 100_000) if r.kind == "fall"}
+    ob.close()
+    rec.wait_for(lambda r: len(r.falls()) + len(on_disk) >= len(committed), timeout_s=5)
+    at_broker = {m.msg.seq for m in rec.falls()}
+    assert set(committed) <= at_broker | on_disk
+
+    # a restarted agent on the same outbox delivers the rest; nothing is missing
+    agent = EdgeAgent(cfg)
+    agent.start()
+    try:
+        assert agent.flush(30)
+        assert rec.wait_for(
+            lambda r: set(committed) <= {m.msg.seq for m in r.falls()}, timeout_s=15
+        )
+        by_seq = {m.msg.seq: m.msg.data.event_id for m in rec.falls()}
+        assert all(by_seq[s] == e for s, e in committed.items())
+        assert agent.outbox is not None and agent.outbox.boot_id >= 2
+        new_seq = agent.outbox.next_seq
+        assert new_seq > max(committed)  # seq never goes back after a crash
+    finally:
+        agent.stop()
+        rec.stop()
