@@ -1,0 +1,442 @@
+"""A resident's day as a timeline of motion segments, with injected falls and ground truth.
+
+The builder is a small posture state machine (standing / sitting / lying, in a room,
+on a bed, chair or the floor) driven by the time of day and the resident's profile.
+Injected events (falls, near-falls) are anchors: shortly before one, the builder steers
+the resident into the posture it needs (walking for a trip, seated for a fall from a
+chair, in bed for a fall from bed), then renders the event and what follows it
+(lying on the floor, getting up alone or being helped up).
+
+Every random draw happens here, once, from the resident's own generator, so rendering
+the samples later is a pure function of the segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from firmware_sim.motion import POSTURES, Segment
+from firmware_sim.scenario import FALL_KINDS, Event, Profile, Resident
+
+PRELUDE_S = 20.0  # start steering into an event's posture this long before it
+
+
+@dataclass
+class Truth:
+    type: str
+    t_start_s: float
+    t_impact_s: float | None
+    t_end_s: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Timeline:
+    segments: list[Segment]
+    truth: list[Truth]
+    button_presses: list[float]  # sim times the wearer pressed the cancel button
+
+    def segment_at(self, t: float) -> Segment:
+        lo, hi = 0, len(self.segments) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.segments[mid].t0 <= t:
+                lo = mid
+            else:
+                hi = mid - 1
+        return self.segments[lo]
+
+
+def profile_at(resident: Resident, t_s: float) -> Profile:
+    """The resident's profile on the day containing ``t_s`` (risk drift applied per day)."""
+    d = resident.drift
+    if d is None:
+        return resident.profile
+    days = max(0.0, np.floor(t_s / 86400.0) - d.start_day)
+    if days <= 0:
+        return resident.profile
+    p = resident.profile
+
+    def c(v: float, lo: float, hi: float) -> float:
+        return float(min(hi, max(lo, v)))
+
+    return p.model_copy(update={
+        "gait_speed_mps": c(p.gait_speed_mps + d.gait_speed_mps * days, 0.15, 2.0),
+        "cadence_spm": c(p.cadence_spm + d.cadence_spm * days, 50, 140),
+        "stride_cv": c(p.stride_cv + d.stride_cv * days, 0.0, 0.3),
+        "sit_to_stand_s": c(p.sit_to_stand_s + d.sit_to_stand_s * days, 0.8, 10.0),
+        "night_bathroom_visits": c(p.night_bathroom_visits + d.night_bathroom_visits * days, 0, 8),
+        "frailty": c(p.frailty + d.frailty * days, 0, 1),
+    })
+
+
+#: Median impact peak (g, at ~50 Hz) and lognormal spread per fall kind. Chosen so the
+#: simulated peaks sit inside the range of the SisFall waist recordings (see tests).
+IMPACT = {"forward": (5.2, 0.30), "backward": (5.6, 0.30), "sideways": (4.8, 0.30),
+          "from_bed": (3.3, 0.25), "from_chair": (3.8, 0.25), "collapse": (2.9, 0.25)}
+
+
+class TimelineBuilder:
+    def __init__(self, resident: Resident, rooms: dict[str, str], *, seed: int, duration_s: float,
+                 start_hour: float, events: list[Event], stairs: bool = False, rate_hz: float = 50.0,
+                 key: int = 0) -> None:
+        self.r = resident
+        self.rooms = rooms
+        self.rng = np.random.default_rng([seed & 0xFFFFFFFF, key, 1])
+        self.end = duration_s + 5.0
+        self.start_hour = start_hour
+        self.stairs = stairs
+        self.wrist = resident.wearable.mount == "wrist"
+        self.segments: list[Segment] = []
+        self.truth: list[Truth] = []
+        self.buttons: list[float] = []
+        self.t = 0.0
+        self.posture = "stand"
+        self.place = "none"
+        self.room = resident.start_room if resident.start_room in rooms.values() else rooms["living"]
+        self.events = sorted(events, key=lambda e: e.at_s) + self._random_events(duration_s)
+        self.events.sort(key=lambda e: e.at_s)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _random_events(self, duration_s: float) -> list[Event]:
+        p = self.r.profile
+        out: list[Event] = []
+        for typ, rate in (("fall", p.falls_per_day), ("near_fall", p.near_falls_per_day)):
+            n = int(self.rng.poisson(rate * duration_s / 86400.0)) if rate > 0 else 0
+            for at in sorted(self.rng.uniform(min(60.0, duration_s / 4), duration_s * 0.95, n)):
+                out.append(Event(type=typ, resident=self.r.id, at_s=float(at)))
+        return out
+
+    def hour(self, t: float) -> float:
+        return (self.start_hour + t / 3600.0) % 24.0
+
+    def is_night(self, t: float) -> bool:
+        p = profile_at(self.r, t)
+        h = self.hour(t)
+        if p.bedtime_h > p.wake_h:
+            return h >= p.bedtime_h or h < p.wake_h
+        return p.bedtime_h <= h < p.wake_h
+
+    def _sway(self, amp: float) -> list[tuple[float, float, float]]:
+        f = self.rng.uniform([0.08, 0.25, 0.6], [0.2, 0.5, 1.1])
+        a = amp * np.array([1.0, 0.5, 0.2]) * self.rng.uniform(0.7, 1.3, 3)
+        ph = self.rng.uniform(0, 2 * np.pi, 3)
+        return [(float(a[i]), float(f[i]), float(ph[i])) for i in range(3)]
+
+    def _add(self, seg: Segment) -> Segment:
+        self.segments.append(seg)
+        self.t = seg.t1
+        self.posture = seg.end
+        return seg
+
+    def _adl(self, seg: Segment, **details: Any) -> None:
+        self.truth.append(Truth("adl", seg.t0, None, seg.t1, {"activity": seg.label, "room": seg.room,
+                                                              **details}))
+
+    # ------------------------------------------------------------------ segments
+
+    def still(self, dur: float, label: str = "") -> Segment:
+        p = profile_at(self.r, self.t)
+        amp = {"stand": 0.6 + 1.2 * p.frailty, "sit": 0.3}.get(self.posture, 0.05)
+        moving = self.posture == "stand" and self.rng.random() < 0.5
+        return self._add(Segment("still", self.t, self.t + dur, self.posture, self.posture, self.room,
+                                 self.place, moving, label=label or f"{self.posture}",
+                                 params={"pose": POSTURES[self.posture], "sway_th": self._sway(amp),
+                                         "sway_ph": self._sway(amp * 0.6)}))
+
+    def walk_params(self, dur: float, p: Profile, stairs: int = 0) -> dict[str, Any]:
+        cad = p.cadence_spm * (0.8 if stairs else 1.0) * self.rng.uniform(0.96, 1.04)
+        step_t = 60.0 / cad
+        n = int(dur / step_t) + 4
+        times = np.clip(self.rng.normal(step_t, p.stride_cv * step_t, n), 0.4 * step_t, 2.0 * step_t)
+        steps = np.concatenate(([0.0], np.cumsum(times))) + self.rng.uniform(0, step_t)  # phase offset
+        steps = np.concatenate(([0.0], steps))
+        amp = 1 + self.rng.normal(0, 0.4 * p.stride_cv + 0.03, len(steps))
+        a_v = (0.10 + 0.28 * p.gait_speed_mps) * (1 - 0.3 * p.frailty) * (1.0, 1.3, 1.5)[stairs]
+        turns = []
+        if dur > 2.0:
+            turns.append((0.6, float(self.rng.choice([-1, 1]) * self.rng.uniform(30, 180)), 0.35))
+        if dur > 8.0 and self.rng.random() < 0.5:
+            turns.append((float(self.rng.uniform(3, dur - 2)), float(self.rng.uniform(-90, 90)), 0.4))
+        return {"steps": steps, "amp": amp, "dur": dur, "a_v": a_v, "a_ap": 0.55 * a_v,
+                "a_ml": 0.25 * a_v + 0.04 * p.frailty, "a_heel": 0.25 * a_v * (1.0, 1.2, 1.6)[stairs],
+                "lean": POSTURES["stand"][0] + 5 * p.frailty + (0, 8, -2)[stairs],
+                "roll_deg": 2.5 + 2 * p.frailty, "yaw_amp": 2 * np.pi * cad / 120 * 5.0, "turns": turns,
+                "wrist": self.wrist, "arm_deg": 15.0 * p.gait_speed_mps, "cadence": cad}
+
+    def walk(self, to_room: str, distance_m: float | None = None, stairs: int = 0,
+             max_dur: float | None = None) -> Segment:
+        p = profile_at(self.r, self.t)
+        dist = distance_m if distance_m is not None else float(self.rng.uniform(3.0, 12.0))
+        speed = p.gait_speed_mps * self.rng.uniform(0.9, 1.1) * (0.6 if stairs else 1.0)
+        dur = max(2.0, dist / speed)
+        if max_dur is not None:
+            dur = max(2.0, min(dur, max_dur))
+        params = self.walk_params(dur, p, stairs)
+        label = {0: "walk", 1: "stairs_up", 2: "stairs_down"}[stairs]
+        seg = self._add(Segment("walk", self.t, self.t + dur, "stand", "stand", to_room, "none", True,
+                                room_from=self.room, label=label, params=params))
+        self._adl(seg, speed_mps=round(speed, 3), cadence_spm=round(params["cadence"], 2),
+                  stride_cv=round(p.stride_cv, 4), distance_m=round(speed * dur, 2), room_from=self.room)
+        self.room = to_room
+        self.place = "none"
+        return seg
+
+    def transition(self, label: str, to: str, T: float, place: str, **params: Any) -> Segment:
+        params = {"T": T, "from": POSTURES[self.posture], "to": POSTURES[to], **params}
+        seg = self._add(Segment("transition", self.t, self.t + T, self.posture, to, self.room, place, True,
+                                label=label, params=params))
+        self.place = place
+        return seg
+
+    def sit_down(self, place: str) -> Segment:
+        p = profile_at(self.r, self.t)
+        T = p.sit_to_stand_s * self.rng.uniform(0.9, 1.15)
+        seg = self.transition("sit_down", "sit", T, place, hump_th=float(self.rng.uniform(20, 35)), d_vert=-0.45,
+                              bumps=[(0.78, float(self.rng.uniform(0.2, 0.45)) * (1 + p.frailty), 0.06)],
+                              yaw_deg=float(self.rng.uniform(-180, 180)))
+        self._adl(seg, duration_s=round(T, 3), place=place)
+        return seg
+
+    def stand_up(self) -> Segment:
+        p = profile_at(self.r, self.t)
+        T = p.sit_to_stand_s * self.rng.uniform(0.9, 1.1)
+        seg = self.transition("stand_up", "stand", T, "none", hump_th=float(self.rng.uniform(25, 40)),
+                              d_vert=0.45, d_fwd=0.15)
+        self._adl(seg, duration_s=round(T, 3))
+        return seg
+
+    def lie_down(self) -> Segment:
+        side = str(self.rng.choice(["lie_back", "lie_left", "lie_right"], p=[0.5, 0.25, 0.25]))
+        seg = self.transition("lie_down", side, float(self.rng.uniform(3, 5)), "bed", d_vert=-0.3)
+        self._adl(seg)
+        return seg
+
+    def get_up_from_bed(self) -> Segment:
+        seg = self.transition("get_up", "sit", float(self.rng.uniform(3.5, 6)), "bed", d_vert=0.3,
+                              hump_th=10.0)
+        self._adl(seg)
+        return seg
+
+    def roll_in_bed(self) -> Segment:
+        to = str(self.rng.choice([s for s in ("lie_back", "lie_left", "lie_right") if s != self.posture]))
+        return self.transition("roll", to, float(self.rng.uniform(1.5, 3)), "bed")
+
+    def pick_up(self) -> Segment:
+        T = float(self.rng.uniform(2.5, 5.0))
+        seg = self.transition("pick_up", "stand", T, "none", hump_th=float(self.rng.uniform(55, 85)),
+                              dip=-float(self.rng.uniform(0.15, 0.4)))
+        self._adl(seg)
+        return seg
+
+    # ------------------------------------------------------------------ behaviour
+
+    def to_standing(self) -> None:
+        if self.posture.startswith("lie"):
+            self.get_up_from_bed()
+        if self.posture == "sit":
+            self.stand_up()
+        if self.posture.startswith("floor"):
+            self.get_up_from_floor(assisted=False)
+
+    def go_to(self, role: str, max_dur: float | None = None) -> None:
+        room = self.rooms[role]
+        self.to_standing()
+        if self.room != room:
+            self.walk(room, max_dur=max_dur)
+
+    def go_to_bed(self) -> None:
+        self.go_to("bedroom")
+        self.sit_down("bed")
+        self.still(float(self.rng.uniform(3, 20)))
+        self.lie_down()
+
+    def day_step(self, limit: float) -> None:
+        """One daytime activity, ending by ``limit`` where possible."""
+        room_left = max(2.0, limit - self.t)
+        p = profile_at(self.r, self.t)
+        if self.posture.startswith("lie"):
+            self.get_up_from_bed()
+            return
+        if self.posture == "sit":
+            self.stand_up()
+            return
+        choices = ["walk", "stand", "sit", "pick_up"] + (["stairs"] if self.stairs else [])
+        w = np.array([0.45 * (0.5 + p.activity), 0.25, 0.2 * (1.5 - p.activity), 0.06] + ([0.04] if self.stairs
+                                                                                           else []))
+        what = str(self.rng.choice(choices, p=w / w.sum()))
+        if what == "walk":
+            others = [r for r in set(self.rooms.values()) if r != self.room]
+            self.walk(str(self.rng.choice(sorted(others))), max_dur=room_left)
+        elif what == "stand":
+            self.still(min(room_left, float(self.rng.uniform(3, 20))))
+        elif what == "sit" and room_left > 15:
+            place = "bed" if self.room == self.rooms["bedroom"] else "chair"
+            if place == "chair" and self.room != self.rooms["living"]:
+                place = "none"  # a kitchen chair or the toilet: no pressure sensor
+            self.sit_down(place)
+            self.still(min(max(5.0, room_left - 10), float(self.rng.uniform(15, 240))), label="sit")
+            self.stand_up()
+        elif what == "pick_up" and room_left > 6:
+            self.pick_up()
+        elif what == "stairs" and room_left > 20:
+            n_steps = int(self.rng.integers(8, 16))
+            self.walk(self.room, distance_m=n_steps * 0.3, stairs=1)
+            self.still(float(self.rng.uniform(2, 10)))
+            self.walk(self.room, distance_m=n_steps * 0.3, stairs=2)
+        else:
+            self.still(min(room_left, float(self.rng.uniform(2, 8))))
+
+    def night_step(self, limit: float) -> None:
+        if not self.posture.startswith("lie") or self.place != "bed":
+            self.go_to_bed()
+            return
+        p = profile_at(self.r, self.t)
+        # bathroom visits are Poisson over the night (~9 h); check once per lying period
+        mean_lying = 1800.0
+        visit_prob = min(0.9, p.night_bathroom_visits * mean_lying / (9 * 3600.0))
+        dur = float(self.rng.exponential(mean_lying))
+        if self.t + dur > limit:
+            self.still(max(1.0, limit - self.t), label="lie")
+            return
+        self.still(max(5.0, dur), label="lie")
+        if self.is_night(self.t) and self.rng.random() < visit_prob:
+            t0 = self.t
+            self.get_up_from_bed()
+            self.stand_up()
+            self.walk(self.rooms["bathroom"])
+            self.sit_down("none")
+            self.still(float(self.rng.uniform(45, 200)), label="toilet")
+            self.stand_up()
+            self.walk(self.rooms["bedroom"])
+            self.sit_down("bed")
+            self.lie_down()
+            self.truth.append(Truth("adl", t0, None, self.t, {"activity": "bathroom_visit", "night": True}))
+        else:
+            self.roll_in_bed()
+
+    def get_up_from_floor(self, assisted: bool) -> None:
+        slow = 1.5 if assisted else 1.0
+        self.transition("floor_to_sit", "floor_sit", float(self.rng.uniform(3, 6)) * slow, "floor",
+                        d_vert=0.1, hump_ph=20.0)
+        self.still(float(self.rng.uniform(2, 8)))
+        self.transition("floor_to_stand", "stand", float(self.rng.uniform(3.5, 7)) * slow, "none",
+                        d_vert=0.8, hump_th=45.0)
+
+    # ------------------------------------------------------------------ events
+
+    def prelude(self, ev: Event, kind: str | None) -> float:
+        """Steer into the posture the event needs; return the earliest impact time."""
+        if ev.type == "near_fall" or kind in ("forward", "backward", "sideways", "collapse"):
+            self.to_standing()
+            return self.t + 3.0  # at least a few steps first
+        if kind == "from_chair":
+            if not (self.posture == "sit" and self.place == "chair"):
+                self.go_to("living")
+                self.sit_down("chair")
+            return self.t + 3.0
+        if not (self.posture.startswith("lie") and self.place == "bed"):  # from_bed
+            self.go_to_bed()
+        return self.t + 3.0
+
+    def fall(self, ev: Event) -> None:
+        p = profile_at(self.r, self.t)
+        kind = ev.kind or str(self.rng.choice(FALL_KINDS))
+        earliest = self.prelude(ev, kind)
+        impact = max(ev.at_s, earliest)
+        T_fall = float(self.rng.uniform(2.5, 4.0) if kind == "collapse" else self.rng.uniform(0.6, 1.0))
+        if kind in ("forward", "backward", "sideways", "collapse"):
+            while (gap := impact - T_fall - 0.3 - self.t) >= 2.0:  # potter about, last bit walking
+                if gap > 8.0 and self.rng.random() < 0.4:
+                    self.still(min(gap - 4.0, float(self.rng.uniform(3, 8))))
+                else:
+                    self.walk(str(self.rng.choice(sorted(set(self.rooms.values())))), max_dur=gap)
+            impact = max(impact, self.t + T_fall + 0.3)
+        elif impact - T_fall - 0.3 - self.t > 0.5:
+            self.still(impact - T_fall - 0.3 - self.t)
+            impact = self.t + T_fall + 0.3
+        else:
+            impact = self.t + T_fall + 0.3
+        side = str(self.rng.choice(["left", "right"]))
+        final = {"forward": "floor_front", "backward": "floor_back", "sideways": f"floor_{side}",
+                 "from_bed": f"floor_{side}", "from_chair": str(self.rng.choice(["floor_front", f"floor_{side}"])),
+                 "collapse": str(self.rng.choice(["floor_back", f"floor_{side}"]))}[kind]
+        med, sd = IMPACT[kind]
+        peak = float(np.clip(med * np.exp(self.rng.normal(0, sd)), 1.8, 15.0)) - 1.0
+        spread = self.rng.normal(0, 0.25, 3)
+        params: dict[str, Any] = {
+            "T_fall": T_fall, "t_impact": impact - self.t, "from": POSTURES[self.posture], "to": POSTURES[final],
+            "free": float(self.rng.uniform(0.2, 0.4) if kind == "collapse" else self.rng.uniform(0.45, 0.8)),
+            "peak": peak, "width": float(self.rng.uniform(0.025, 0.04)), "spread": spread.tolist(),
+            "gyro_kick": self.rng.normal(0, 120, 3).tolist(), "yaw_deg": float(self.rng.uniform(-40, 40)),
+        }
+        if kind == "from_bed":
+            params["pre_roll"] = 1.0
+            params["roll_to"] = 60.0 if side == "left" else -60.0
+            params["from"] = POSTURES[self.posture]
+        t_start = self.t
+        settle = 2.0
+        self._add(Segment("fall", self.t, impact + settle, self.posture, final, self.room, "floor", True,
+                          label="fall", params=params))
+        self.place = "floor"
+        cancelled = ev.cancelled if ev.cancelled is not None else bool(self.rng.random() < p.cancel_prob)
+        recovered = ev.recovered if ev.recovered is not None else (
+            cancelled or bool(self.rng.random() < p.recover_prob * (1 - 0.5 * p.frailty)))
+        if ev.lying_s is not None:
+            lying = ev.lying_s
+        elif cancelled:
+            lying = float(self.rng.uniform(8, 20))
+        else:
+            lying = float(self.rng.uniform(20, 120) if recovered else self.rng.uniform(120, 900))
+        lying = max(lying, settle + 1.0)
+        press = None
+        if cancelled:
+            press = impact + float(self.rng.uniform(3, min(10, max(3.5, lying - 1))))
+            self.buttons.append(press)
+        self.still(impact + lying - self.t, label="lying_on_floor")
+        self.get_up_from_floor(assisted=not recovered)
+        self.truth.append(Truth("fall", t_start, impact, self.t, {
+            "kind": kind, "lying_s": round(lying, 3), "recovered": recovered, "cancelled_by_wearer": cancelled,
+            "button_press_s": press, "peak_g": round(peak + 1.0, 3), "fall_duration_s": round(T_fall, 3),
+            "final_posture": final, "room": self.room, "requested_at_s": ev.at_s}))
+
+    def near_fall(self, ev: Event) -> None:
+        earliest = self.prelude(ev, None)
+        t_trip = max(ev.at_s, earliest)
+        if t_trip - 0.8 - self.t >= 2.0:
+            self.walk(self.room, max_dur=t_trip - 0.8 - self.t)
+        p = profile_at(self.r, self.t)
+        dur = 3.5
+        walk = self.walk_params(dur, p)
+        walk["turns"] = []
+        jolt = float(self.rng.uniform(0.5, 1.2))
+        params = {"t_trip": 0.8, "lean": walk["lean"], "pitch_deg": float(self.rng.uniform(12, 30)),
+                  "roll_deg": float(self.rng.normal(0, 8)), "jolt_g": jolt, "yaw_kick": float(self.rng.normal(0, 60)),
+                  "steps": [(0.35, float(self.rng.uniform(0.6, 1.2))), (0.7, float(self.rng.uniform(0.4, 0.9)))],
+                  "walk": walk}
+        seg = self._add(Segment("stumble", self.t, self.t + dur, "stand", "stand", self.room, "none", True,
+                                label="near_fall", params=params))
+        self.truth.append(Truth("near_fall", seg.t0, seg.t0 + 0.8, seg.t1, {
+            "pitch_deg": round(params["pitch_deg"], 2), "room": self.room}))
+
+    def build(self) -> Timeline:
+        pending = list(self.events)
+        while self.t < self.end:
+            nxt = pending[0] if pending else None
+            if nxt is not None and self.t >= nxt.at_s - PRELUDE_S:
+                pending.pop(0)
+                if nxt.type == "fall":
+                    self.fall(nxt)
+                else:
+                    self.near_fall(nxt)
+                continue
+            limit = min(self.end, nxt.at_s - PRELUDE_S if nxt else self.end)
+            if self.is_night(self.t):
+                self.night_step(limit)
+            else:
+                self.day_step(limit)
+        return Timeline(self.segments, self.truth, self.buttons)
