@@ -168,9 +168,7 @@ class Gateway:
             props.SessionExpiryInterval = m.session_expiry_s
             # bound what the broker sends us unacknowledged: the rest waits, queued, at the broker
             props.ReceiveMaximum = min(65535, max(100, 20 * self.cfg.gateway.batch_max))
-            self.client.connect_async(
-                m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props
-            )
+            self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
         else:
             self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
 
@@ -187,18 +185,14 @@ class Gateway:
             len(self.filters),
         )
 
-    def _on_subscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None
-    ) -> None:
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
         bad = [str(r) for r in rcs if getattr(r, "is_failure", False)]
         if bad:
             log.error("subscription refused by the broker (check its ACL): %s", bad)
             return
         self.subscribed = True
 
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
-    ) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         self.connected = False
         self.subscribed = False
         if not self._closing:
@@ -222,12 +216,14 @@ class Gateway:
             self._bulk_q.put(item)
 
     # ------------------------------------------------------------------ decode / reject
-    def _decode(self, items: list[Item]) -> list[tuple[contract.Message, Item]]:
-        good: list[tuple[contract.Message, Item]] = []
+    def _decode(self, items: list[Item]) -> list[tuple[contract.Message, Item, list[SeriesPoint]]]:
+        """Strict decode + conversion to points; anything that fails is rejected, never raised."""
+        good: list[tuple[contract.Message, Item, list[SeriesPoint]]] = []
         for item in items:
             topic, payload = item[0], item[1]
             try:
-                good.append((contract.decode(topic, payload), item))
+                msg = contract.decode(topic, payload)
+                good.append((msg, item, to_points(msg, item[3] // 1_000_000)))
             except contract.ContractError as exc:
                 self._reject(exc.reason, exc.detail, topic, payload)
             except Exception as exc:
@@ -293,6 +289,20 @@ class Gateway:
             self._in_progress -= len(items)
         self.acks.done(i[2] for i in items)
 
+    def _retrying(self, fn: Any, *args: Any) -> None:
+        """Run one batch to completion: an unexpected error (state DB locked, a bug) is logged
+        and the same batch retried, so its messages are neither lost nor left unacknowledged."""
+        delay = 0.5
+        while True:
+            try:
+                fn(*args)
+                return
+            except Exception:
+                log.exception("%s failed; retrying the same messages in %.1f s", fn.__name__, delay)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, 10.0)
+
     # ------------------------------------------------------------------ bulk path
     def _collect(self, q: queue.SimpleQueue[Item], first_wait_s: float) -> list[Item]:
         try:
@@ -318,24 +328,23 @@ class Gateway:
                 if self._stop.is_set():
                     return
                 continue
-            self._process_bulk(batch, sink)
+            self._retrying(self._process_bulk, batch, sink)
 
     def _process_bulk(self, batch: list[Item], sink: SeriesSink) -> None:
         good = self._decode(batch)
-        candidates = list(dict.fromkeys(m.msg_id for m, _ in good))
+        candidates = list(dict.fromkeys(m.msg_id for m, _, _ in good))
         new = self.state.filter_new(candidates)
         points: list[SeriesPoint] = []
         new_ids: list[str] = []
         devices: dict[tuple[str, str], DeviceUpdate] = {}
         dups = tele = 0
-        for msg, item in good:
+        for msg, item, pts in good:
             if msg.msg_id not in new:
                 dups += 1
                 continue
             new.discard(msg.msg_id)
             new_ids.append(msg.msg_id)
             recv_ms = item[3] // 1_000_000
-            pts = to_points(msg, recv_ms)
             if isinstance(msg, contract.Telemetry):
                 tele += len(pts)
             points.extend(pts)
@@ -350,7 +359,7 @@ class Gateway:
         self.state.commit_batch(new_ids, _now_ms(), list(devices.values()))
         done_ns = time.time_ns()
         hist = self.metrics.ingest_latency.labels("bulk")
-        for _, item in good:
+        for _, item, _ in good:
             hist.observe((done_ns - item[3]) / 1e9)
         self.counters.add(stored=len(new_ids), duplicates=dups, telemetry_points=tele, batches=1)
         self._finish(batch)
@@ -365,16 +374,16 @@ class Gateway:
                 if self._stop.is_set():
                     return
                 continue
-            self._process_alert(item, sink)
+            self._retrying(self._process_alert, item, sink)
 
     def _process_alert(self, item: Item, sink: SeriesSink) -> None:
-        for msg, _ in self._decode([item]):
+        for msg, _, points in self._decode([item]):
             assert isinstance(msg, contract.FallAlert)  # the topic check guarantees it
             if not self.state.filter_new([msg.msg_id]):
                 self.counters.add(duplicates=1)
                 continue
             recv_ms = item[3] // 1_000_000
-            if not self._store(to_points(msg, recv_ms), sink, "alert"):
+            if not self._store(points, sink, "alert"):
                 return
             new, alert_id = self.state.record_fall(msg, recv_ms)
             self.state.commit_batch([], recv_ms, [_device_update(msg, recv_ms)])
@@ -552,11 +561,7 @@ class Gateway:
         """True once nothing received is still unstored, the spool is empty and input is quiet."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if (
-                self._in_progress == 0
-                and self.spool.depth == 0
-                and time.monotonic() - self._last_rx >= quiet_s
-            ):
+            if self._in_progress == 0 and self.spool.depth == 0 and time.monotonic() - self._last_rx >= quiet_s:
                 return True
             time.sleep(0.02)
         return False

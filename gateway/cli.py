@@ -35,13 +35,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         a.add_argument("--config", type=Path)
         a.set_defaults(func=_transition, action="acknowledge" if action == "ack" else "clear")
 
-    bc = gsub.add_parser(
-        "broker-config", help="generate a production Mosquitto config, per-device passwords and ACLs"
-    )
+    bc = gsub.add_parser("broker-config", help="generate a production Mosquitto config, per-device passwords and ACLs")
     bc.add_argument("--out", type=Path, required=True, help="directory to write into")
-    bc.add_argument(
-        "--devices", required=True, help="file with one 'site_id device_id' per line (hubs to provision)"
-    )
+    bc.add_argument("--devices", required=True, help="file with one 'site_id device_id' per line (hubs to provision)")
     bc.add_argument("--gateways", default="gw-1", help="comma-separated gateway user names")
     bc.add_argument(
         "--tls-dir",

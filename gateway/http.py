@@ -138,7 +138,5 @@ class _Handler(BaseHTTPRequestHandler):
         if alert is None:
             self._json(404, {"error": "no such alert"})
             return
-        logging.getLogger("fallwatch.gateway.alerts").warning(
-            "alert %s %sd by %s", alert["alert_id"], action, actor
-        )
+        logging.getLogger("fallwatch.gateway.alerts").warning("alert %s %sd by %s", alert["alert_id"], action, actor)
         self._json(200, alert)

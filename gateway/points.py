@@ -17,6 +17,7 @@ Schema rules that matter for the queries staff and dashboards run:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
@@ -151,7 +152,21 @@ def _status(msg: c.CommandResult | c.OtaStatus) -> list[SeriesPoint]:
 
 
 def to_points(msg: c.Message, received_ms: int) -> list[SeriesPoint]:
-    """The points one accepted message becomes (possibly none)."""
+    """The points one accepted message becomes (possibly none).
+
+    Raises ContractError(``invalid_payload``) for a non-finite number: InfluxDB cannot
+    store NaN or infinity, and influxdb-client would drop such a field (or the whole
+    point) without a word, which would be silent loss.
+    """
+    points = _to_points(msg, received_ms)
+    for m, _, fields, _ in points:
+        for k, v in fields.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise c.ContractError("invalid_payload", f"non-finite value {v} in {m}.{k}")
+    return points
+
+
+def _to_points(msg: c.Message, received_ms: int) -> list[SeriesPoint]:
     if isinstance(msg, c.Telemetry):
         return _tele(msg)
     if isinstance(msg, c.FallAlert):
@@ -175,7 +190,8 @@ def influx_point(p: SeriesPoint) -> _InfluxPoint:
     for k, v in tags.items():
         point.tag(k, v)
     for k, v in fields.items():
-        point.field(k, v)
+        # line protocol has no escape for a raw newline inside a string field
+        point.field(k, v.replace("\n", "\\n").replace("\r", "\\r") if isinstance(v, str) else v)
     return point.time(ts_ms, WritePrecision.MS)
 
 

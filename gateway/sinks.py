@@ -90,9 +90,7 @@ class Influx1Sink:
             return
         body = "\n".join(to_line(p) for p in points).encode()
         try:
-            r = self.session.post(
-                f"{self.base}/write", params=self._params, data=body, timeout=self.cfg.timeout_s
-            )
+            r = self.session.post(f"{self.base}/write", params=self._params, data=body, timeout=self.cfg.timeout_s)
         except requests.RequestException as exc:
             raise SinkError(f"write failed: {type(exc).__name__}: {exc}", retryable=True) from None
         if r.status_code == 204:
@@ -190,9 +188,7 @@ class SqliteSeriesSink:
 
     def count(self, measurement: str) -> int:
         with self._lock:
-            row = self._db.execute(
-                "SELECT count(*) FROM points WHERE measurement = ?", (measurement,)
-            ).fetchone()
+            row = self._db.execute("SELECT count(*) FROM points WHERE measurement = ?", (measurement,)).fetchone()
         return int(row[0])
 
     def rows(self, measurement: str) -> list[tuple[dict[str, str], dict[str, Any], int]]:

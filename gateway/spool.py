@@ -41,14 +41,10 @@ class Spool:
         self._db.execute("""CREATE TABLE IF NOT EXISTS batches (
             id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL, nbytes INTEGER NOT NULL,
             created_ms INTEGER NOT NULL, body BLOB NOT NULL)""")
-        row = self._db.execute(
-            "SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches"
-        ).fetchone()
+        row = self._db.execute("SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches").fetchone()
         self._batches, self._points, self._bytes = int(row[0]), int(row[1]), int(row[2])
         self._enc = msgspec.msgpack.Encoder()
-        self._dec = msgspec.msgpack.Decoder(
-            list[tuple[str, dict[str, str], dict[str, bool | int | float | str], int]]
-        )
+        self._dec = msgspec.msgpack.Decoder(list[tuple[str, dict[str, str], dict[str, bool | int | float | str], int]])
         self._last_warn = 0.0
         if self._points:
             log.warning("spool %s holds %d points from before the restart; draining", self.path, self._points)
@@ -85,9 +81,7 @@ class Spool:
 
     def oldest(self, max_batches: int = 8) -> list[tuple[int, list[SeriesPoint]]]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, body FROM batches ORDER BY id LIMIT ?", (max_batches,)
-            ).fetchall()
+            rows = self._db.execute("SELECT id, body FROM batches ORDER BY id LIMIT ?", (max_batches,)).fetchall()
         return [(int(i), [tuple(p) for p in self._dec.decode(b)]) for i, b in rows]  # type: ignore[misc]
 
     def remove(self, ids: list[int]) -> None:
@@ -97,8 +91,7 @@ class Spool:
         with self._lock:
             marks = ",".join("?" * len(ids))
             row = self._db.execute(
-                f"SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) "
-                f"FROM batches WHERE id IN ({marks})",
+                f"SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM batches WHERE id IN ({marks})",
                 ids,
             ).fetchone()
             self._db.execute(f"DELETE FROM batches WHERE id IN ({marks})", ids)

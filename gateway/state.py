@@ -364,8 +364,7 @@ class StateStore:
             if action == "acknowledge":
                 self._exec(
                     cur,
-                    "UPDATE alerts SET status = 'acknowledged', acked_ms = ?, acked_by = ? "
-                    "WHERE alert_id = ?",
+                    "UPDATE alerts SET status = 'acknowledged', acked_ms = ?, acked_by = ? WHERE alert_id = ?",
                     (now_ms, actor, alert_id),
                 )
             else:
@@ -388,9 +387,7 @@ class StateStore:
         rows = self._select("SELECT * FROM alerts WHERE alert_id = ?", (alert_id,))
         return rows[0] if rows else None
 
-    def alerts(
-        self, kind: str | None = None, status: str | None = None, limit: int = 1000
-    ) -> list[dict[str, Any]]:
+    def alerts(self, kind: str | None = None, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         q, args = "SELECT * FROM alerts WHERE 1 = 1", []
         if kind:
             q += " AND kind = ?"

@@ -117,9 +117,7 @@ def tele(
     return topics.tele(site, device, sensor), c.encode(msg)
 
 
-def health(
-    site: str, device: str, seq: int, *, outbox: int = 0, ts_ms: int | None = None
-) -> tuple[str, bytes]:
+def health(site: str, device: str, seq: int, *, outbox: int = 0, ts_ms: int | None = None) -> tuple[str, bytes]:
     env = _env(site, device, seq, ts_ms)
     msg = c.Health(
         **env,
@@ -135,9 +133,7 @@ def health(
     return topics.health(site, device), c.encode(msg)
 
 
-def state(
-    site: str, device: str, seq: int, st: str = "ready", *, ts_ms: int | None = None
-) -> tuple[str, bytes]:
+def state(site: str, device: str, seq: int, st: str = "ready", *, ts_ms: int | None = None) -> tuple[str, bytes]:
     env = _env(site, device, seq, ts_ms)
     msg = c.State(**env, data=c.StateData(state=st, fw="0.3.1", model_version="1.0.0"))  # type: ignore[arg-type]
     return topics.state(site, device), c.encode(msg)
