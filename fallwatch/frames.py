@@ -44,6 +44,8 @@ __all__ = [
     "decode_room",
     "encode_imu",
     "encode_room",
+    "pack_imu",
+    "quantise",
 ]
 
 IMU_MAGIC = b"FW"
@@ -128,10 +130,32 @@ class ImuPacket:
         return self.t0_ms + np.arange(self.n, dtype=np.float64) * (1000.0 / self.rate_hz)
 
 
-def _counts(values: np.ndarray, lsb: float) -> tuple[np.ndarray, bool]:
-    scaled = np.rint(np.asarray(values, dtype=np.float64) / lsb)
-    clipped = bool((scaled > 32767).any() or (scaled < -32768).any())
-    return np.clip(scaled, -32768, 32767).astype("<i2"), clipped
+def quantise(acc_g: np.ndarray, gyro_dps: np.ndarray, acc_lsb_g: float, gyro_lsb_dps: float
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """int16 counts (n, 6) as the part outputs them, and which samples hit a rail.
+
+    Exposed so a producer can quantise many frames' worth of samples in one call.
+    """
+    scaled = np.empty((len(acc_g), 6), dtype=np.float64)
+    np.divide(acc_g, acc_lsb_g, out=scaled[:, :3])
+    np.divide(gyro_dps, gyro_lsb_dps, out=scaled[:, 3:])
+    np.rint(scaled, out=scaled)
+    sat = ((scaled > 32767) | (scaled < -32768)).any(axis=1)
+    np.clip(scaled, -32768, 32767, out=scaled)
+    return scaled.astype("<i2"), sat
+
+
+def pack_imu(sensor_id: str, boot_count: int, seq: int, t0_ms: int, rate_hz: float, counts: np.ndarray,
+             battery_pct: float, rssi_dbm: float, flags: int, acc_lsb_g: float, gyro_lsb_dps: float) -> bytes:
+    """Frame already-quantised counts (n, 6) little-endian int16: the firmware's hot path."""
+    sid = sensor_id.encode("ascii")
+    battery = round(min(max(battery_pct, 0.0), 100.0) * 2)
+    rssi = round(min(max(rssi_dbm, -128.0), 127.0))
+    head = _HEAD.pack(IMU_MAGIC, IMU_VERSION, flags & 0xFF, boot_count & 0xFFFF, seq & 0xFFFFFFFF,
+                      int(t0_ms), round(rate_hz * 1000), acc_lsb_g, gyro_lsb_dps, battery, rssi,
+                      counts.shape[0], len(sid))
+    body = b"".join((head, sid, counts.tobytes()))
+    return body + _CRC.pack(zlib.crc32(body))
 
 
 def encode_imu(p: ImuPacket) -> bytes:
@@ -140,7 +164,6 @@ def encode_imu(p: ImuPacket) -> bytes:
     Values beyond the declared range are clipped to the rail and ``FLAG_SATURATED`` is
     set, as firmware does, so ``decode_imu(encode_imu(p)).flags`` may gain that bit.
     """
-    sid = p.sensor_id.encode("ascii")
     if not _ID_RE.match(p.sensor_id):
         raise ValueError(f"invalid sensor id {p.sensor_id!r}")
     acc = np.asarray(p.acc_g)
@@ -149,16 +172,10 @@ def encode_imu(p: ImuPacket) -> bytes:
         raise ValueError(f"acc/gyro must both be (n, 3), got {acc.shape} and {gyro.shape}")
     if acc.shape[0] > MAX_SAMPLES:
         raise ValueError(f"{acc.shape[0]} samples > {MAX_SAMPLES}")
-    a, sat_a = _counts(acc, p.acc_lsb_g)
-    g, sat_g = _counts(gyro, p.gyro_lsb_dps)
-    flags = p.flags | (FLAG_SATURATED if (sat_a or sat_g) else 0)
-    battery = round(min(max(p.battery_pct, 0.0), 100.0) * 2)
-    rssi = round(min(max(p.rssi_dbm, -128.0), 127.0))
-    head = _HEAD.pack(IMU_MAGIC, IMU_VERSION, flags & 0xFF, p.boot_count & 0xFFFF, p.seq & 0xFFFFFFFF,
-                      int(p.t0_ms), round(p.rate_hz * 1000), p.acc_lsb_g, p.gyro_lsb_dps,
-                      battery, rssi, acc.shape[0], len(sid))
-    body = head + sid + np.hstack([a, g]).tobytes()
-    return body + _CRC.pack(zlib.crc32(body))
+    counts, sat = quantise(acc, gyro, p.acc_lsb_g, p.gyro_lsb_dps)
+    flags = p.flags | (FLAG_SATURATED if sat.any() else 0)
+    return pack_imu(p.sensor_id, p.boot_count, p.seq, p.t0_ms, p.rate_hz, counts, p.battery_pct, p.rssi_dbm,
+                    flags, p.acc_lsb_g, p.gyro_lsb_dps)
 
 
 def decode_imu(payload: bytes) -> ImuPacket:

@@ -23,11 +23,12 @@ from fallwatch.frames import (
     FLAG_CANCEL,
     FLAG_CLOCK_JUMP,
     FLAG_LOW_BATTERY,
-    ImuPacket,
+    FLAG_SATURATED,
     RoomEvent,
     SensorFrame,
-    encode_imu,
     encode_room,
+    pack_imu,
+    quantise,
 )
 from firmware_sim.motion import render_block
 from firmware_sim.scenario import Fault, RoomSensor, Wearable
@@ -194,6 +195,7 @@ class WearableDevice:
     # ------------------------------------------------------------------ signal
 
     def _render(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Quantised counts (n, 6) and per-sample saturation for render block ``b``."""
         n = self.block_frames * self.m
         i0 = b * n
         t = (i0 + np.arange(n)) / self.rate
@@ -223,7 +225,7 @@ class WearableDevice:
             else:
                 acc[mask, fl.fault.axis] = self.spec.acc_range_g * 1.05
             fl.count("samples_affected", int(mask.sum()))
-        return acc.astype(np.float32), gyro.astype(np.float32)
+        return quantise(acc, gyro, self.acc_lsb, self.gyro_lsb)
 
     def _seg_index(self, t: float) -> int:
         segs = self.timeline.segments
@@ -236,14 +238,15 @@ class WearableDevice:
                 hi = mid - 1
         return lo
 
-    def samples(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def samples(self, k: int) -> tuple[np.ndarray, bool]:
+        """Counts (m, 6) of frame ``k`` and whether any sample saturated."""
         b, j = divmod(k, self.block_frames)
         if b != self.block_idx:
             self.block = self._render(b)
             self.block_idx = b
         assert self.block is not None
         s = slice(j * self.m, (j + 1) * self.m)
-        return self.block[0][s], self.block[1][s]
+        return self.block[0][s], bool(self.block[1][s].any())
 
     # ------------------------------------------------------------------ device life
 
@@ -294,14 +297,12 @@ class WearableDevice:
                 return False
         return True
 
-    def _frame(self, k: int, t_first: float, flags: int, bat: float) -> tuple[ImuPacket, bytes]:
-        acc, gyro = self.samples(k)
+    def _frame(self, k: int, t_first: float, flags: int, bat: float) -> bytes:
+        counts, sat = self.samples(k)
         t0_ms = self.start_epoch_ms + t_first * 1000.0 * (1 + self.ppm * 1e-6) + self.clock_ms
-        pkt = ImuPacket(sensor_id=self.sensor_id, boot_count=self.boot, seq=self.seq, t0_ms=int(t0_ms),
-                        rate_hz=self.rate, acc_g=acc, gyro_dps=gyro, battery_pct=bat,
-                        rssi_dbm=self.spec.rssi_dbm + float(self.rng_dev.normal(0, 3)), flags=flags,
-                        acc_lsb_g=self.acc_lsb, gyro_lsb_dps=self.gyro_lsb)
-        return pkt, encode_imu(pkt)
+        return pack_imu(self.sensor_id, self.boot, self.seq, int(t0_ms), self.rate, counts, bat,
+                        self.spec.rssi_dbm + 3.0 * float(self.rng_dev.standard_normal()),
+                        flags | (FLAG_SATURATED if sat else 0), self.acc_lsb, self.gyro_lsb)
 
     def poll(self, t_end: float) -> list[tuple[float, int, SensorFrame]]:
         """Frames the hub has received by ``t_end`` (and not returned before)."""
@@ -328,7 +329,7 @@ class WearableDevice:
                     self.buttons.pop(0)
                 else:
                     self.buttons.pop(0)
-            _, payload = self._frame(k, t_first, flags, bat)
+            payload = self._frame(k, t_first, flags, bat)
             self.boot_flag = False
             self.jump_flag = False
             self.seq += 1

@@ -62,6 +62,15 @@ class Chunk:
     frames: list[SensorFrame]
 
 
+#: The configuration fields that matter for each fault type (copied into its ground truth).
+FAULT_FIELDS: dict[str, tuple[str, ...]] = {
+    "loss": ("rate", "burst_len"), "duplicate": ("rate",), "garbage": ("rate",),
+    "reorder": ("rate", "max_delay_frames"), "clock_skew": ("ppm",), "clock_jump": ("jump_ms",),
+    "brownout": ("reboot_s",), "battery": ("start_pct", "drain_pct_per_h", "brownout_below_pct"),
+    "stuck": (), "saturated": ("axis",), "silent": (),
+}
+
+
 def _roles(site: Site, idx: int) -> dict[str, str]:
     """Which room plays which role for the ``idx``-th resident of a site."""
     rooms = site.rooms
@@ -108,7 +117,8 @@ class Fleet:
         for f in faults_for(sensor_id, self.scenario.faults):
             t0 = f.at_s or 0.0
             t1 = t0 + f.duration_s if f.duration_s is not None else self.duration_s
-            details = {"fault": f.type, **f.model_dump(exclude={"type", "sensor"}, exclude_none=True)}
+            keep = FAULT_FIELDS[f.type] + ("at_s", "duration_s")
+            details = {"fault": f.type, **{k: v for k, v in f.model_dump().items() if k in keep and v is not None}}
             fl = FaultLog(f, Truth("fault", t0, None, t1, details))
             logs.append(fl)
             self._fault_logs.append((resident_id, sensor_id, hub_id, fl))

@@ -276,6 +276,8 @@ class TimelineBuilder:
             self.still(min(room_left, float(self.rng.uniform(3, 20))))
         elif what == "sit" and room_left > 15:
             place = "bed" if self.room == self.rooms["bedroom"] else "chair"
+            if self.rooms["bedroom"] == self.rooms["living"] == self.room:  # care-home room: bed or armchair
+                place = str(self.rng.choice(["bed", "chair"]))
             if place == "chair" and self.room != self.rooms["living"]:
                 place = "none"  # a kitchen chair or the toilet: no pressure sensor
             self.sit_down(place)
@@ -407,8 +409,11 @@ class TimelineBuilder:
     def near_fall(self, ev: Event) -> None:
         earliest = self.prelude(ev, None)
         t_trip = max(ev.at_s, earliest)
-        if t_trip - 0.8 - self.t >= 2.0:
-            self.walk(self.room, max_dur=t_trip - 0.8 - self.t)
+        while (gap := t_trip - 0.8 - self.t) >= 2.0:
+            if gap > 8.0 and self.rng.random() < 0.4:
+                self.still(min(gap - 4.0, float(self.rng.uniform(3, 8))))
+            else:
+                self.walk(str(self.rng.choice(sorted(set(self.rooms.values())))), max_dur=gap)
         p = profile_at(self.r, self.t)
         dur = 3.5
         walk = self.walk_params(dur, p)
