@@ -107,6 +107,8 @@ class EdgeAgent:
         self.stream_settings = StreamSettings(rate_hz=F.RATE_HZ)
         self.detector_settings = DetectorSettings()
         self.rooms = RoomState(FusionSettings(), self.start_epoch_ms)
+        #: builds each wearable's detector (the benchmark swaps in its naive baseline here)
+        self.make_detector: Any = DeviceFallDetector
         self._wearables: dict[str, _Wearable] = {}
         self._room_sensors: dict[str, _RoomSensor] = {}
         self._residents: list[str] = []
@@ -146,7 +148,7 @@ class EdgeAgent:
             resident_id,
             room,
             WearableStream(sensor_id, self.stream_settings),
-            DeviceFallDetector(self.model, self.detector_settings),
+            self.make_detector(self.model, self.detector_settings),
         )
         self._wearables[sensor_id] = w
         return w

@@ -27,7 +27,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import signal
 
 from fallwatch.frames import FLAG_CANCEL, FLAG_CLOCK_JUMP
 from models import features as F
@@ -188,8 +187,7 @@ class WearableStream:
     def _accept(self, pkt, rx_t_s: float) -> list[Chunk]:  # type: ignore[no-untyped-def]
         s = self.settings
         c = self.counters
-        acc = np.asarray(pkt.acc_g, dtype=np.float32).reshape(-1, 3)
-        gyro = np.asarray(pkt.gyro_dps, dtype=np.float32).reshape(-1, 3)
+        acc = pkt.acc_g
         n = len(acc)
         if n == 0:
             return []
@@ -212,7 +210,7 @@ class WearableStream:
         self._last_rx = rx_t_s
         if pkt.flags & FLAG_CANCEL:
             self.cancel_presses.append(rx_t_s)
-        x = np.concatenate([acc, gyro], axis=1)
+        x = np.concatenate([acc, pkt.gyro_dps], axis=1, dtype=np.float32)
         # gap bridging: samples missing between the previous packet and this one
         chunks: list[Chunk] = []
         if self._last_dev_end is not None:
@@ -234,12 +232,18 @@ class WearableStream:
         self._last_sample = x[-1].copy()
         return chunks
 
-    def _check_faults(self, t: np.ndarray, x: np.ndarray, rate: float, full_scale_g: float) -> np.ndarray:
-        """Mask of samples usable by the detector; updates :attr:`status`."""
+    def _check_faults(self, t: np.ndarray, x: np.ndarray, rate: float, full_scale_g: float) -> np.ndarray | None:
+        """Mask of samples usable by the detector (None: all of them); updates :attr:`status`."""
         s = self.settings
-        prev = np.vstack([self._last_sample[None, :], x[:-1]])
-        same = np.all(x == prev, axis=1)
-        sat = np.any(np.abs(x[:, :3]) >= s.saturated_frac * full_scale_g, axis=1)
+        same = np.empty(len(x), dtype=bool)
+        same[0] = bool((x[0] == self._last_sample).all())
+        same[1:] = (x[1:] == x[:-1]).all(axis=1)
+        sat = (np.abs(x[:, :3]).max(axis=1)) >= s.saturated_frac * full_scale_g
+        if not same.any() and not sat.any():  # the common case: a live, unclipped sensor
+            self._same_run = self._sat_run = 0
+            if self.status in ("stuck", "saturated"):
+                self._fault_over(float(t[0]))
+            return None
         runs_same = _run_lengths(same, self._same_run)
         runs_sat = _run_lengths(sat, self._sat_run)
         self._same_run = int(runs_same[-1])
@@ -252,35 +256,44 @@ class WearableStream:
                 run = runs_sat[-1] if clipped[-1] else runs_same[-1]
                 self.fault_since_s = float(t[-1] - (run - 1) / rate)
         elif self.status in ("stuck", "saturated"):
-            self.status = "ok"
-            if self.fault_since_s is not None:
-                self.fault_episodes = [*self.fault_episodes[-9:], (self.fault_since_s, float(t[0]))]
-            self.fault_since_s = None
+            self._fault_over(float(t[0]))
         ok = ~(stuck | clipped)
         self.counters.faulty_samples += int((~ok).sum())
         return ok
+
+    def _fault_over(self, t_s: float) -> None:
+        self.status = "ok"
+        if self.fault_since_s is not None:
+            self.fault_episodes = [*self.fault_episodes[-9:], (self.fault_since_s, t_s)]
+        self.fault_since_s = None
 
     def _emit(
         self, t: np.ndarray, x: np.ndarray, rate: float, *, check_faults: bool, full_scale_g: float = 16.0
     ) -> list[Chunk]:
         if check_faults:
             ok = self._check_faults(t, x, rate, full_scale_g)
-            if not ok.all():
+            if ok is None:
+                self._last_good = x[-1]
+            elif not ok.all():
                 # a faulty stretch is replaced by the last good value: it keeps the time grid
                 # but can never look like an impact or a posture change
                 x = x.copy()
                 x[~ok] = self._last_good
-            if ok.any():
+            if ok is not None and ok.any():
                 self._last_good = x[np.flatnonzero(ok)[-1]].copy()
         target = self.settings.rate_hz
         if abs(rate - target) < 1e-6:
             self._prev_t = float(t[-1])
             self._prev_x = x[-1]
             self.counters.samples_out += len(t)
-            return [Chunk(t, x[:, :3].astype(np.float32), x[:, 3:].astype(np.float32))]
+            return [Chunk(t, x[:, :3], x[:, 3:])]
         return self._resample(t, x, rate, target)
 
     def _resample(self, t: np.ndarray, x: np.ndarray, rate: float, target: float) -> list[Chunk]:
+        # imported here, not at module level: scipy.signal adds ~75 MB of RSS, which a hub
+        # whose wearables all run at the model's rate should not pay
+        from scipy import signal
+
         if self._rate_in != rate:
             self._rate_in = rate
             if rate > target:

@@ -1,0 +1,265 @@
+"""Edge benchmark: how many 50 Hz wearables one core handles, decision latency to the broker,
+and the agent's peak memory.
+
+What is measured, in one run (``run()``):
+
+* **throughput** (``wearables_per_core``): a child process runs one :class:`EdgeAgent`
+  with the real pipeline (frame decode, stream handling, detector, batched ONNX, durable
+  outbox with fsync, QoS 1 publishing to a private Mosquitto) and is fed pre-encoded
+  frames (0.5 s, 25 samples each, as the simulator's wearables send) as fast as it can
+  take them. wearables/core = wearables x simulated seconds / CPU seconds of the whole
+  agent process (all threads). Repeated; median and spread reported.
+* **baseline** (``baseline_wearables_per_core``): the naive design in the same child,
+  same frames, same agent, with :class:`NaiveDetector` in place of the streaming
+  detector: every wearable's last 4.5 s window is scored on its own each time a frame
+  arrives (a Python loop over windows, one model call per window; no trigger, no
+  batching across devices). Runs interleave with the real ones.
+* **latency** (``decision_latency_p50_ms``/``p99``): a *paced* run (frames handed to the
+  agent when their last sample would have been taken, in real time) with a share of the
+  wearables falling; latency = broker arrival of the FallAlert (seen by a subscriber in
+  this process) minus the moment the frame holding the last sample the decision needs
+  was given to the agent. The cancel window is set to 0 so the confirmation window
+  (2.5 s after the impact) is the only wait, and is not counted. CLOCK_MONOTONIC is
+  system-wide, so the two processes' times compare.
+* **memory** (``peak_rss_mb``): the paced agent process's peak RSS (``ru_maxrss``), which
+  includes Python, numpy, scipy and onnxruntime themselves (``idle_rss_mb`` is the same
+  process before any wearable is added).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+FRAME_S = 0.5
+PER_FRAME = 25
+RATE = 50.0
+
+
+def _signals(n_wear: int, sim_s: float, fall_share: float, seed: int = 0) -> tuple[list, list[int]]:
+    """Per wearable (acc, gyro) for ``sim_s`` seconds, plus the ids of those that fall.
+
+    Everyone walks or stands; everyone sits down hard once (a 2 g bump that triggers the
+    detector and costs a model call but is not a fall); ``fall_share`` of them fall once.
+    """
+    from edge import synth
+
+    rng = np.random.default_rng(seed)
+    n = int(sim_s * RATE)
+    base_a, base_g = synth.quiet(n + 500, rng, walking=True)
+    fa, fg, imp = synth.fall(pre_s=2.0, post_s=max(4.0, sim_s))
+    out = []
+    fallers = set(rng.choice(n_wear, size=round(n_wear * fall_share), replace=False).tolist())
+    for k in range(n_wear):
+        off = int(rng.integers(0, 500))
+        a = base_a[off:off + n].copy()
+        g = base_g[off:off + n].copy()
+        bump = int(rng.uniform(1.0, max(1.5, sim_s - 2.0)) * RATE)
+        a[bump:bump + 3, 2] += 1.2
+        if k in fallers:
+            at = int(rng.uniform(5.0, max(5.5, sim_s - 4.0)) * RATE)  # impact time
+            start = at - imp
+            length = min(n - start, len(fa))
+            a[start:start + length] = fa[:length]
+            g[start:start + length] = fg[:length]
+        out.append((a, g))
+    return out, sorted(fallers)
+
+
+def _frames_by_tick(hub: str, sig: list, sim_s: float) -> list[list]:
+    from fallwatch.frames import ImuPacket, SensorFrame, encode_imu
+
+    ticks = int(sim_s / FRAME_S)
+    out: list[list] = [[] for _ in range(ticks)]
+    for k, (a, g) in enumerate(sig):
+        sid = f"wear-{k:04d}"
+        for i in range(ticks):
+            s = slice(i * PER_FRAME, (i + 1) * PER_FRAME)
+            p = ImuPacket(sensor_id=sid, boot_count=1, seq=i, t0_ms=int(i * FRAME_S * 1000), rate_hz=RATE,
+                          acc_g=a[s], gyro_dps=g[s], battery_pct=80.0, rssi_dbm=-60.0)
+            out[i].append(SensorFrame(hub, sid, "ble", (i + 1) * FRAME_S + 0.005, encode_imu(p)))
+    return out
+
+
+def _agent(url: str, workdir: str, site: str) -> Any:
+    from edge.agent import EdgeAgent
+    from fallwatch.config import load_config
+
+    cfg = load_config(None, {"mqtt": {"url": url}, "edge": {
+        "site_id": site, "device_id": "hub-1", "cancel_window_s": 0.0,
+        "outbox_path": f"{workdir}/{site}.sqlite", "model_dir": f"{workdir}/models"}})
+    agent = EdgeAgent(cfg)
+    agent.start()
+    return agent
+
+
+def _worker(mode: str, url: str, workdir: str, site: str, n_wear: int, sim_s: float, fall_share: float,
+            repeats: int, n_base: int, q: Any) -> None:
+    """Child process: one agent (and the naive baseline) measured from the inside."""
+    import os
+
+    import psutil
+
+    idle_rss = psutil.Process(os.getpid()).memory_info().rss / 2**20
+    res: dict[str, Any] = {"idle_rss_mb": idle_rss}
+    if mode == "throughput":
+        sig, _ = _signals(n_wear, sim_s, fall_share)
+        ticks = _frames_by_tick("hub-1", sig, sim_s)
+        del sig
+        rates, base = [], []
+        for r in range(repeats):  # interleaved, so machine load affects both alike
+            rate, st = _feed_rate(url, workdir, f"{site}-t{r}", ticks, n_wear, sim_s)
+            rates.append(rate)
+            small = [fr[:n_base] for fr in ticks]  # the baseline is slow: fewer wearables
+            base.append(_feed_rate(url, workdir, f"{site}-b{r}", small, n_base, sim_s, naive=True)[0])
+        res["rates"] = rates
+        res["stats"] = st
+        res["baseline_rates"] = base
+    else:
+        sig, fallers = _signals(n_wear, sim_s, fall_share, seed=1)
+        ticks = _frames_by_tick("hub-1", sig, sim_s)
+        del sig
+        agent = _agent(url, workdir, site)
+        t0 = time.monotonic()
+        for i, frames in enumerate(ticks):
+            due = t0 + (i + 1) * FRAME_S + 0.005  # when the frame's last sample exists (+ radio)
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            agent.feed(frames, (i + 1) * FRAME_S + 0.01)
+        behind = time.monotonic() - (t0 + len(ticks) * FRAME_S)
+        agent.flush(30)
+        res["events"] = [(e["event_id"], e["feed_wall"]) for e in agent.alert_events if e["status"] == "alert"]
+        res["fallers"] = len(fallers)
+        res["behind_s"] = behind
+        res["stats"] = agent.stats()
+        agent.stop()
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    q.put(res)
+
+
+class NaiveDetector:
+    """The naive design, for the baseline: no impact trigger, no batching. Every time new
+    samples arrive, the wearable's last window goes to the model on its own (a Python
+    loop over windows, one inference call per window). Same split API as
+    :class:`edge.fall_detector.DeviceFallDetector`, so the rest of the agent is identical;
+    its decisions are not published (which only flatters the baseline)."""
+
+    def __init__(self, model: Any, settings: Any = None) -> None:
+        from models import features as F
+
+        self.model = model
+        self.threshold = model.threshold
+        self.window = F.WINDOW
+        self.buf = np.zeros((0, 6), dtype=np.float32)
+        self.suppressed = 0
+        self.hits = 0
+
+    def feed(self, t_s: np.ndarray, acc_g: np.ndarray, gyro_dps: np.ndarray | None = None) -> None:
+        x = np.concatenate([acc_g, gyro_dps if gyro_dps is not None else np.zeros_like(acc_g)], axis=1)
+        self.buf = np.concatenate([self.buf, x])[-self.window:]
+        if len(self.buf) == self.window:
+            p = self.model.predict(self.buf[None, :, :])  # one call per window
+            self.hits += int(p[0] >= self.threshold)
+
+    def pending_windows(self) -> np.ndarray:
+        return np.zeros((0, self.window, 6), dtype=np.float32)
+
+    def resolve(self, probs: np.ndarray) -> list:
+        return []
+
+
+def _feed_rate(url: str, workdir: str, site: str, ticks: list[list], n_wear: int, sim_s: float,
+               naive: bool = False) -> tuple[float, dict]:
+    """wearables per core of one agent fed ``ticks`` as fast as it takes them."""
+    agent = _agent(url, workdir, site)
+    if naive:
+        agent.make_detector = NaiveDetector
+    c0 = time.process_time()
+    for i, frames in enumerate(ticks):
+        agent.feed(frames, (i + 1) * FRAME_S + 0.01)
+    agent.flush(60)
+    cpu = time.process_time() - c0
+    st = agent.stats()
+    agent.stop()
+    return n_wear * sim_s / cpu, st
+
+
+def _run_child(target_args: tuple, timeout_s: float) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_worker, args=(*target_args, q), daemon=True)
+    p.start()
+    try:
+        return q.get(timeout=timeout_s)
+    finally:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+
+
+def run(quick: bool = False, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from edge.recorder import UplinkRecorder
+    from fallwatch.config import load_config
+    from fallwatch.services import Mosquitto
+
+    n_wear = 200 if quick else 500
+    thr_s = 10.0 if quick else 30.0
+    lat_s = 12.0 if quick else 40.0
+    repeats = 1 if quick else 3
+    n_base = 20 if quick else 50
+    steps = tqdm(total=2, desc="edge bench", disable=not progress)
+    with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="fw-bench-edge-") as wd:
+        mq = load_config(None, {"mqtt": {"url": broker.url}}).mqtt
+        thr = _run_child(("throughput", broker.url, wd, "bench-thr", n_wear, thr_s, 0.02, repeats, n_base),
+                         timeout_s=600)
+        steps.update()
+        with UplinkRecorder(mq, "bench-edge-rec", site="bench-lat") as rec:
+            lat = _run_child(("latency", broker.url, wd, "bench-lat", n_wear, lat_s, 0.1, 1, 0),
+                             timeout_s=600)
+            n_alerts = len(lat["events"])
+            rec.wait_for(lambda r: len(r.falls()) >= n_alerts, timeout_s=30)
+            arrived = {m.msg.data.event_id: m.at for m in rec.falls()}
+        steps.update()
+        steps.close()
+    lats = [1000.0 * (arrived[e] - fed) for e, fed in lat["events"] if e in arrived]
+    rates = thr["rates"]
+    out: dict[str, Any] = {
+        "wearables_per_core": round(statistics.median(rates), 1),
+        "wearables_per_core_min": round(min(rates), 1),
+        "wearables_per_core_max": round(max(rates), 1),
+        "baseline_wearables_per_core": round(statistics.median(thr["baseline_rates"]), 1),
+        "ratio": round(statistics.median(rates) / statistics.median(thr["baseline_rates"]), 2),
+        "decision_latency_p50_ms": round(float(np.percentile(lats, 50)), 2) if lats else None,
+        "decision_latency_p99_ms": round(float(np.percentile(lats, 99)), 2) if lats else None,
+        "decision_latency_max_ms": round(max(lats), 2) if lats else None,
+        "alerts_measured": len(lats),
+        "falls_injected": lat["fallers"],
+        "alerts_missing_at_broker": n_alerts - len(lats),
+        "peak_rss_mb": round(lat["peak_rss_mb"], 1),
+        "idle_rss_mb": round(lat["idle_rss_mb"], 1),
+        "throughput_peak_rss_mb": round(thr["peak_rss_mb"], 1),
+        "paced_wearables": n_wear,
+        "paced_behind_s": round(lat["behind_s"], 3),
+        "throughput_wearables": n_wear,
+        "throughput_sim_s": thr_s,
+        "windows_scored": int(thr["stats"].get("windows_scored", 0)),
+        "inference_calls": int(thr["stats"].get("inference_calls", 0)),
+        "repeats": repeats,
+        "quick": quick,
+    }
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import json
+
+    print(json.dumps(run(quick=True), indent=1))
