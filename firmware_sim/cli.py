@@ -1,0 +1,187 @@
+"""``fallwatch sim ...``: run scenarios, check them, and work with recorded frame logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+SCENARIO_DIR = Path(__file__).parent / "scenarios"
+
+
+def resolve_scenario(name: str) -> Path:
+    """A scenario file path, or the name of a bundled one (``flat``, ``care_home``, ``load_10k``)."""
+    p = Path(name)
+    if p.exists():
+        return p
+    bundled = SCENARIO_DIR / (name if name.endswith(".toml") else f"{name}.toml")
+    if bundled.exists():
+        return bundled
+    known = ", ".join(sorted(x.stem for x in SCENARIO_DIR.glob("*.toml")))
+    raise SystemExit(f"no scenario {name!r} (a file, or one of: {known}, demo)")
+
+
+def _load(name: str) -> Any:
+    from firmware_sim.scenario import ScenarioError, demo_scenario, load_scenario
+
+    if name == "demo":
+        return demo_scenario()
+    try:
+        return load_scenario(resolve_scenario(name))
+    except ScenarioError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("sim", help="simulated sensor fleet (wearables, room sensors) with ground truth",
+                       description=__doc__)
+    s = p.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", required=True)
+
+    r = s.add_parser("run", help="run a scenario, write ground truth, frames and a summary")
+    r.add_argument("scenario", help="scenario TOML file or bundled name (flat, care_home, load_10k, demo)")
+    r.add_argument("--duration", type=float, help="simulated seconds (default: the scenario's)")
+    pace = r.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=0.0,
+                      help="simulated seconds per wall second (default 0 = as fast as possible)")
+    pace.add_argument("--realtime", action="store_true", help="pace to the wall clock (= --speed 1)")
+    r.add_argument("--out", type=Path, help="write ground_truth.jsonl, frames.fwlog, summary.json here")
+    r.add_argument("--seed", type=int, help="override the scenario's seed")
+    r.add_argument("--step", type=float, default=1.0, help="chunk length in sim seconds (default 1)")
+    r.add_argument("--no-frames", action="store_true", help="do not write frames.fwlog")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r.set_defaults(func=cmd_run)
+
+    c = s.add_parser("check", help="validate a scenario and print what it expands to")
+    c.add_argument("scenario")
+    c.set_defaults(func=cmd_check)
+
+    ls = s.add_parser("list", help="list the bundled scenarios")
+    ls.set_defaults(func=cmd_list)
+
+    i = s.add_parser("inspect", help="summarise a frames.fwlog: frames, decode errors, seq gaps per sensor")
+    i.add_argument("fwlog", type=Path)
+    i.set_defaults(func=cmd_inspect)
+
+    e = s.add_parser("export", help="decode one wearable from a frames.fwlog into a replayable CSV/NPZ")
+    e.add_argument("fwlog", type=Path)
+    e.add_argument("sensor")
+    e.add_argument("out", type=Path, help="*.csv or *.npz")
+    e.set_defaults(func=cmd_export)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from firmware_sim.fleet import Fleet
+    from firmware_sim.replay import FrameLogWriter
+
+    scn = _load(args.scenario)
+    progress = sys.stderr.isatty() and not args.json
+    fleet = Fleet(scn, seed=args.seed, progress=progress)
+    duration = args.duration if args.duration is not None else scn.duration_s
+    speed = 1.0 if args.realtime else args.speed
+    writer = None
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        if not args.no_frames:
+            writer = FrameLogWriter(args.out / "frames.fwlog")
+    n_frames = n_bytes = 0
+    by_transport: Counter[str] = Counter()
+    t0 = time.perf_counter()
+    try:
+        for chunk in fleet.run(duration_s=duration, step_s=args.step, speed=speed, progress=progress):
+            n_frames += len(chunk.frames)
+            for f in chunk.frames:
+                n_bytes += len(f.payload)
+                by_transport[f.transport] += 1
+            if writer:
+                writer.write(chunk.frames)
+    except KeyboardInterrupt:
+        print("interrupted; writing what was simulated", file=sys.stderr)
+    finally:
+        if writer:
+            writer.close()
+    wall = time.perf_counter() - t0
+    truth = fleet.ground_truth
+    kinds = Counter(e.type for e in truth)
+    wearables = sum(1 for s in fleet.sensors if s.kind == "wearable")
+    summary = {
+        "scenario": scn.name, "seed": fleet.seed, "hubs": len(fleet.hubs), "devices": len(fleet.sensors),
+        "wearables": wearables, "sim_seconds": round(fleet.t_s, 3), "wall_seconds": round(wall, 3),
+        "device_seconds_per_s": round(len(fleet.sensors) * fleet.t_s / wall, 1) if wall > 0 else None,
+        "wearable_seconds_per_s": round(wearables * fleet.t_s / wall, 1) if wall > 0 else None,
+        "frames": n_frames, "frames_ble": by_transport["ble"], "frames_zigbee": by_transport["zigbee"],
+        "bytes": n_bytes, "falls": kinds["fall"], "near_falls": kinds["near_fall"], "faults": kinds["fault"],
+        "adl_events": kinds["adl"], **{k: v for k, v in fleet.stats().items() if k != "devices"},
+    }
+    if args.out:
+        fleet.write_ground_truth(args.out / "ground_truth.jsonl")
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        for k, v in summary.items():
+            print(f"{k:>24}: {v}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    scn = _load(args.scenario).expanded()
+    residents = sum(len(s.residents) for s in scn.sites)
+    sensors = sum(len(s.sensors) for s in scn.sites)
+    print(f"{scn.name}: ok — {len(scn.sites)} hubs, {residents} residents/wearables, {sensors} room sensors, "
+          f"{len(scn.events)} injected events, {len(scn.faults)} fault rules, {scn.duration_s:g} s, seed {scn.seed}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for p in sorted(SCENARIO_DIR.glob("*.toml")):
+        first = next((ln.lstrip("# ").strip() for ln in p.read_text().splitlines() if ln.startswith("#")), "")
+        print(f"{p.stem:>12}  {first}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from fallwatch.frames import FrameError, decode_imu, decode_room
+    from firmware_sim.replay import read_frames
+
+    stats: dict[str, Counter[str]] = {}
+    last: dict[str, tuple[int, int]] = {}
+    for f in read_frames(args.fwlog):
+        c = stats.setdefault(f.sensor_id, Counter())
+        c["frames"] += 1
+        try:
+            if f.transport == "ble":
+                p = decode_imu(f.payload)
+                prev = last.get(f.sensor_id)
+                if prev is not None:
+                    if p.boot_count != prev[0]:
+                        c["reboots"] += 1
+                    elif p.seq == prev[1]:
+                        c["duplicates"] += 1
+                    elif p.seq < prev[1]:
+                        c["out_of_order"] += 1
+                    elif p.seq > prev[1] + 1:
+                        c["gaps"] += 1
+                if prev is None or (p.boot_count, p.seq) > prev:
+                    last[f.sensor_id] = (p.boot_count, p.seq)
+            else:
+                decode_room(f.payload)
+        except FrameError as exc:
+            c[f"error_{exc.reason}"] += 1
+    keys = sorted({k for c in stats.values() for k in c})
+    print("sensor".ljust(28) + "".join(k.rjust(14) for k in keys))
+    for sid in sorted(stats):
+        print(sid.ljust(28) + "".join(str(stats[sid][k]).rjust(14) for k in keys))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from firmware_sim.replay import export_wearable, read_frames, save_csv, save_npz
+
+    rate, acc, gyro = export_wearable(read_frames(args.fwlog), args.sensor)
+    (save_npz if args.out.suffix == ".npz" else save_csv)(args.out, rate, acc, gyro)
+    print(f"{args.out}: {len(acc)} samples at {rate:g} Hz")
+    return 0
