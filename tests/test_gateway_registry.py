@@ -1,0 +1,240 @@
+"""Device registry, offline and test-alarm supervision, and the generated broker config on a real Mosquitto."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from fallwatch import contract
+from fallwatch.config import load_config
+from fallwatch.services import Mosquitto, find_binary, free_port
+from gateway import testing as t
+from gateway.app import Gateway
+from gateway.brokerconf import generate, read_credentials
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def gw(mosquitto: Mosquitto, tmp_path: Path, unique_name: str) -> Iterator[Gateway]:
+    g = Gateway(t.make_cfg(mosquitto, None, tmp_path, unique_name))
+    g.start()
+    assert t.wait_until(lambda: g.ready()[0])
+    yield g
+    g.stop()
+
+
+def test_offline_and_test_alarm_supervision(gw: Gateway, mosquitto: Mosquitto, unique_name: str) -> None:
+    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
+    site, a, b = "site-r", f"hub-a-{unique_name}"[:40], f"hub-b-{unique_name}"[:40]
+    now = contract.now_ms()
+    pub.publish(*t.health(site, a, 1, outbox=5))
+    pub.publish(*t.test_alarm(site, a, 2))
+    pub.publish(*t.health(site, b, 1))
+    pub.publish(*t.test_alarm(site, b, 2, ts_ms=now - 25 * 3600 * 1000))  # last test 25 h ago
+    assert pub.wait()
+    assert t.wait_until(lambda: gw.stats()["stored"] == 4)
+    assert gw.wait_idle(10)
+    reg = {d["device_id"]: d for d in gw.devices()}
+    assert reg[a]["outbox_depth"] == 5 and reg[a]["fw"] == "0.3.1" and reg[a]["last_test_ms"] >= now
+
+    gw.check_devices(now + 5_000)
+    kinds = {(x["kind"], x["device_id"]) for x in gw.device_alerts() if x["status"] == "raised"}
+    assert kinds == {("test_overdue", b)}  # b flagged, a fine, nobody offline yet
+
+    gw.check_devices(now + 179_000)
+    assert not [x for x in gw.device_alerts() if x["kind"] == "device_offline"]
+    gw.check_devices(now + 181_000)  # > 3 minutes of silence
+    offline = [x for x in gw.device_alerts() if x["kind"] == "device_offline"]
+    assert {x["device_id"] for x in offline} == {a, b} and all(x["status"] == "raised" for x in offline)
+    gw.check_devices(now + 200_000)  # still silent: no second alert for the same outage
+    assert len([x for x in gw.device_alerts() if x["kind"] == "device_offline"]) == 2
+    assert gw.stats()["devices_offline"] == 2
+
+    # b comes back and sends a fresh test alarm: its alerts clear; a stays offline
+    pub.publish(*t.health(site, b, 3))
+    pub.publish(*t.test_alarm(site, b, 4))
+    assert pub.wait()
+    assert t.wait_until(lambda: gw.stats()["stored"] == 6)
+    assert gw.wait_idle(10)
+    gw.check_devices(contract.now_ms())
+    open_ = {(x["kind"], x["device_id"]) for x in gw.device_alerts() if x["status"] == "raised"}
+    assert open_ == set()  # a is not silent in *real* time either: it just talked
+    cleared = {(x["kind"], x["device_id"]) for x in gw.device_alerts() if x["status"] == "cleared"}
+    assert {("device_offline", b), ("test_overdue", b), ("device_offline", a)} <= cleared
+
+    # a last will ("lost") is an offline alert straight away, no need to wait 3 minutes
+    pub.publish(*t.state(site, a, 10, "lost"))
+    assert pub.wait()
+    assert t.wait_until(lambda: gw.stats()["stored"] == 7)
+    assert gw.wait_idle(10)
+    gw.check_devices(contract.now_ms())
+    assert [x["device_id"] for x in gw.device_alerts() if x["status"] == "raised"] == [a]
+    pub.close()
+
+
+def test_supervisor_thread_raises_offline_in_real_time(mosquitto: Mosquitto, tmp_path: Path, unique_name: str) -> None:
+    g = Gateway(t.make_cfg(mosquitto, None, tmp_path, unique_name, offline_after_s=1.0))
+    g.start()
+    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
+    try:
+        assert t.wait_until(lambda: g.ready()[0])
+        pub.publish(*t.health("site-q", "hub-quiet", 1))
+        assert pub.wait()
+        t0 = time.monotonic()
+        assert t.wait_until(lambda: any(x["kind"] == "device_offline" for x in g.device_alerts()), 10)
+        assert time.monotonic() - t0 < 10
+        assert "fallwatch_gateway_devices_offline 1.0" in g.metrics.render().decode()
+    finally:
+        pub.close()
+        g.stop()
+
+
+# ---------------------------------------------------------------- generated broker config
+
+
+@pytest.fixture
+def prod_broker(tmp_path: Path) -> Iterator[tuple[int, dict[str, str], Path]]:
+    port = free_port()
+    # Mosquitto started as root drops to its own user before reading the password file and
+    # writing persistence, so everything lives in a world-traversable temp dir (not tmp_path)
+    work = Path(tempfile.mkdtemp(prefix="fw-prod-mosq-"))
+    work.chmod(0o755)
+    data, out = work / "data", work / "conf"
+    data.mkdir()
+    data.chmod(0o777)
+    generate(
+        out,
+        [("site-1", "hub-1"), ("site-1", "hub-2")],
+        ["gw-1", "gw-2"],
+        tls_dir=str(tmp_path),
+        data_dir=str(data),
+        plain_port=port,
+        tls_port=None,
+        log_file=None,
+    )
+    err = open(tmp_path / "mosq.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [find_binary("mosquitto"), "-c", str(out / "mosquitto.conf")], stdout=subprocess.DEVNULL, stderr=err
+    )
+    assert t.wait_until(lambda: _can_connect(port), 10), (tmp_path / "mosq.log").read_text()
+    yield port, read_credentials(out), out
+    proc.terminate()
+    proc.wait(10)
+    err.close()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _can_connect(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _client(port: int, user: str | None, pw: str | None, cid: str, clean: bool = True) -> tuple[mqtt.Client, int]:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+    if user:
+        c.username_pw_set(user, pw)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    result: dict[str, int] = {}
+    done = threading.Event()
+
+    def on_connect(client: mqtt.Client, u: object, flags: object, rc: mqtt.ReasonCode, p: object) -> None:
+        result["rc"] = rc.value
+        done.set()
+
+    c.on_connect = on_connect
+    c.connect("127.0.0.1", port, clean_start=clean, properties=props)
+    c.loop_start()
+    done.wait(5)
+    return c, result.get("rc", -1)
+
+
+def test_generated_broker_config_auth_acl_and_no_silent_drop(
+    prod_broker: tuple[int, dict[str, str], Path], tmp_path: Path
+) -> None:
+    port, creds, conf_dir = prod_broker
+    assert set(creds) == {"gw-1", "gw-2", "hub-1", "hub-2"} and len(set(creds.values())) == 4
+    assert (conf_dir / "credentials.txt").stat().st_mode & 0o777 == 0o600
+
+    anon, rc = _client(port, None, None, "anon")
+    assert rc != 0  # anonymous refused
+    anon.loop_stop()
+    _, rc = _client(port, "hub-1", "wrong", "hub-1")
+    assert rc != 0
+
+    cfg = load_config(
+        overrides={
+            "mqtt": {"url": f"mqtt://127.0.0.1:{port}", "username": "gw-1", "password": creds["gw-1"]},
+            "influx": {"url": "", "embedded_path": str(tmp_path / "series.sqlite")},
+            "gateway": {
+                "gateway_id": "gw-1",
+                "shared_group": "fw",
+                "state_db": str(tmp_path / "st.sqlite"),
+                "spool_dir": str(tmp_path / "spool"),
+                "http_port": 0,
+            },
+        }
+    )
+    gw = Gateway(cfg)
+    gw.start()
+    try:
+        assert t.wait_until(lambda: gw.ready()[0]), "gateway could not subscribe with $share under the ACL"
+        hub, rc = _client(port, "hub-1", creds["hub-1"], "hub-1")
+        assert rc == 0
+        hub.publish(*t.tele("site-1", "hub-1", 1), qos=1).wait_for_publish(5)
+        # hub-1 speaking for hub-2 is refused by the ACL (Mosquitto may also drop the connection)
+        # and never reaches the gateway
+        hub.publish(*t.tele("site-1", "hub-2", 1), qos=1)
+        time.sleep(0.5)
+        hub.disconnect()
+        hub.loop_stop()
+        hub, rc = _client(port, "hub-1", creds["hub-1"], "hub-1")
+        hub.publish(*t.tele("site-1", "hub-1", 2), qos=1).wait_for_publish(5)
+        assert t.wait_until(lambda: gw.stats()["stored"] == 2)
+        assert gw.wait_idle(5)
+        assert gw.stats()["received"] == 2 and {d["device_id"] for d in gw.devices()} == {"hub-1"}
+        hub.disconnect()
+        hub.loop_stop()
+    finally:
+        gw.stop()
+
+    # a persistent-session subscriber that is away while 5,000 QoS 1 messages arrive gets all of them
+    sub, rc = _client(port, "gw-2", creds["gw-2"], "gw-2", clean=True)
+    sub.subscribe("fallwatch/v1/+/+/tele/+", qos=1)
+    time.sleep(0.3)
+    sub.disconnect()
+    sub.loop_stop()
+    hub, rc = _client(port, "hub-2", creds["hub-2"], "hub-2")
+    n = 5000
+    infos = [hub.publish(*t.tele("site-1", "hub-2", i), qos=1) for i in range(n)]
+    for info in infos:
+        info.wait_for_publish(30)
+    hub.disconnect()
+    hub.loop_stop()
+    got: set[int] = set()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-2", protocol=mqtt.MQTTv5)
+    sub.username_pw_set("gw-2", creds["gw-2"])
+    sub.on_message = lambda c, u, m: got.add(int(m.payload.split(b'"seq":')[1].split(b",")[0]))
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    sub.connect("127.0.0.1", port, clean_start=False, properties=props)
+    sub.loop_start()
+    assert t.wait_until(lambda: len(got) == n, 30), f"broker dropped {n - len(got)} queued QoS 1 messages"
+    sub.disconnect()
+    sub.loop_stop()
