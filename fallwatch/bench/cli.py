@@ -16,6 +16,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 AREAS = ("sim", "edge", "gateway", "e2e")
@@ -29,6 +30,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="runs per area; median and spread are reported (default 3 for sim/edge, 1 otherwise)")
     p.add_argument("--quick", action="store_true", help="short runs (smoke check, noisier figures)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write results.json and plots (latency distributions, load curves) here")
     p.set_defaults(func=_cmd)
 
 
@@ -47,9 +50,19 @@ def machine() -> dict[str, Any]:
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median of each numeric figure over the runs, with ``<key>_min``/``_max`` when repeated."""
+    """Median of each numeric figure over the runs, with ``<key>_min``/``_max`` when repeated.
+
+    Keys starting with ``_`` carry raw samples for plots (latency lists, load curves); they
+    are pooled over runs and kept out of the printed figures.
+    """
     out: dict[str, Any] = {}
     keys = list(dict.fromkeys(k for r in runs for k in r))
+    for k in [k for k in keys if k.startswith("_")]:
+        pooled: list[Any] = []
+        for r in runs:
+            pooled.extend(r.get(k, []))
+        out[k] = pooled
+    keys = [k for k in keys if not k.startswith("_")]
     for k in keys:
         vals = [r[k] for r in runs if k in r]
         nums = [v for v in vals if isinstance(v, int | float) and not isinstance(v, bool)]
@@ -77,6 +90,41 @@ def run_area(area: str, repeat: int, quick: bool, progress: bool) -> dict[str, A
     return aggregate(runs)
 
 
+def plot(area: str, result: dict[str, Any], out: Path) -> list[Path]:
+    """One PNG per raw-sample key: a histogram for latency lists, a line for ``_load_curve``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for key, samples in result.items():
+        if not key.startswith("_") or not samples:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        name = key.lstrip("_")
+        if name == "load_curve":  # [(offered msgs/s, achieved msgs/s, p99 ms), ...]
+            xs, ys = [p[0] for p in samples], [p[1] for p in samples]
+            ax.plot(xs, ys, "o-", label="achieved")
+            ax.plot(xs, xs, "--", color="grey", label="offered")
+            ax.set_xlabel("offered load (msgs/s)")
+            ax.set_ylabel("stored (msgs/s)")
+            ax.legend()
+        else:
+            ax.hist(samples, bins=40)
+            ax.set_xlabel(name.replace("_", " "))
+            ax.set_ylabel("count")
+            ax.axvline(statistics.median(samples), color="k", linestyle="--", label="median")
+            ax.legend()
+        ax.set_title(f"{area}: {name.replace('_', ' ')}")
+        fig.tight_layout()
+        path = out / f"{area}-{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def _cmd(args: argparse.Namespace) -> int:
     areas = AREAS if args.area == "all" else (args.area,)
     progress = True
@@ -86,9 +134,18 @@ def _cmd(args: argparse.Namespace) -> int:
         results[area] = run_area(area, repeat, args.quick, progress)
         print(f"\n{area}:", file=sys.stderr)
         for k, v in results[area].items():
-            print(f"  {k:32s} {v}", file=sys.stderr)
+            if not k.startswith("_"):
+                print(f"  {k:32s} {v}", file=sys.stderr)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for area, result in results.items():
+            for p in plot(area, result, args.out):
+                print(f"wrote {p}", file=sys.stderr)
+    results = {a: {k: v for k, v in r.items() if not k.startswith("_")} for a, r in results.items()}
     payload: dict[str, Any] = results if args.area == "all" else dict(results[args.area])
     payload["machine"] = machine()
+    if args.out is not None:
+        (args.out / "results.json").write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     if args.json:
         print(json.dumps(payload, sort_keys=True, default=str))
     return 0

@@ -113,4 +113,5 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
         "impact_to_notify_p99_s": _pct(delays, 99),
         "notify_after_cancel_window_p50_s": _pct(after_window, 50),
         "notify_after_cancel_window_p99_s": _pct(after_window, 99),
+        "_impact_to_notify_s": delays,
     }
