@@ -45,6 +45,10 @@ from models import features as F
 
 log = logging.getLogger(__name__)
 
+#: A chunk whose acceleration magnitude spans more than this is body movement (g); lying
+#: still spans sensor noise only (~0.02 g).
+MOVE_RANGE_G = 0.15
+
 #: Keys of the remote config (retained on ``.../config``) the agent applies at run time.
 REMOTE_CONFIG_KEYS = frozenset({"cancel_window_s", "heartbeat_s", "telemetry_window_s", "upload_raw_imu"})
 
@@ -61,6 +65,18 @@ class _Wearable:
     act_sum: float = 0.0
     max_g: float = 0.0
     cancel_presses: list[float] = field(default_factory=list)
+    last_move_t: float = -1e9  # hub time of the last chunk with body movement
+    last_alert_t: float = -1e9  # impact time of the last alert (either path), for de-dup
+
+
+@dataclass(slots=True)
+class _SoftCandidate:
+    """An impact the model scored below its threshold but that ended lying and still:
+    held for ``confirm_s`` and raised only if the rooms confirm nobody got up."""
+
+    wearable: _Wearable
+    decision: FallDecision
+    confirm_t_s: float
 
 
 @dataclass(slots=True)
@@ -117,6 +133,7 @@ class EdgeAgent:
                 continue
             self._register(s)
         self._pending: list[_PendingAlert] = []
+        self._soft: list[_SoftCandidate] = []
         self._fault_notes: list[str] = []  # suppressed fall-like signals, reported in the next heartbeat
         self._counts: dict[str, int] = {}
         self._t0_wall = time.monotonic()
@@ -177,7 +194,7 @@ class EdgeAgent:
         self.publisher = Publisher(
             self.cfg.mqtt,
             self.outbox,
-            client_id=f"edge-{self.device_id}",
+            client_id=f"edge-{self.site_id}-{self.device_id}",
             will=will,
             on_connect=self._on_connect,
             on_message=self._on_downlink,
@@ -330,6 +347,8 @@ class EdgeAgent:
                     self._feed_chunk(w, ch.t_s, ch.acc_g, ch.gyro_dps)
                 fed[w.sensor_id] = w
         self._infer(fed.values(), now_s)
+        if self._soft:
+            self._confirm_soft(now_s)
         self._resolve_pending(now_s, wall)
         if now_s >= self._next_tele:
             self._telemetry(now_s)
@@ -343,7 +362,10 @@ class EdgeAgent:
         w.n += len(mag)
         w.act_sum += float(np.abs(mag - 1.0).sum())
         if len(mag):
-            w.max_g = max(w.max_g, float(mag.max()))
+            hi, lo = float(mag.max()), float(mag.min())
+            w.max_g = max(w.max_g, hi)
+            if hi - lo > MOVE_RANGE_G:
+                w.last_move_t = float(t[-1])
 
     def _room_event(self, ev: Any, rx_t_s: float) -> None:
         rs = self._room_sensors.get(ev.sensor_id)
@@ -374,15 +396,72 @@ class EdgeAgent:
         self._count("windows_scored", len(x))
         self._count("inference_calls")
         off = 0
+        soft_p = self.rooms.settings.soft_p
         for w, b in batches:
-            for d in w.det.resolve(probs[off : off + len(b)]):
+            p = probs[off : off + len(b)]
+            cands = w.det.inflight
+            for d in w.det.resolve(p):
                 self._new_decision(w, d, now_s)
+            low = [i for i, pi in enumerate(p) if soft_p <= pi < w.det.threshold]
+            if low and self._fusion_capable():
+                self._soft_candidates(w, [cands[i] for i in low], b[low], p[low], now_s)
             off += len(b)
 
-    def _new_decision(self, w: _Wearable, d: FallDecision, now_s: float) -> None:
+    def _fusion_capable(self) -> bool:
+        """Room confirmation needs one resident (whose rooms these are), motion sensors and a
+        bed sensor (lying still *in bed* must be told from lying on the floor)."""
+        kinds = {rs.kind for rs in self._room_sensors.values()}
+        return len(self._residents) <= 1 and "bed" in kinds and bool(kinds & {"pir", "bathroom"})
+
+    def _soft_candidates(self, w: _Wearable, cands: list, windows: np.ndarray, p: np.ndarray,
+                         now_s: float) -> None:
+        feats = F.window_features(windows)
+        still, lying = F.still_and_lying(feats)
+        col = {n: i for i, n in enumerate(F.FEATURE_NAMES)}
+        for i, c in enumerate(cands):
+            if not (still[i] and lying[i]) or abs(c.impact_t_s - w.last_alert_t) < self.detector_settings.dedup_s:
+                continue
+            tilt = float(feats[i, col["tilt_change_deg"]])
+            reasons = [
+                ("impact", f"peak {c.peak_g:.1f} g", round(min(1.0, (c.peak_g - 1.0) / 4.0), 3)),
+                ("model_score", f"p={float(p[i]):.2f} below threshold {w.det.threshold:.2f}", round(float(p[i]), 3)),
+                ("posture_change", f"{tilt:.0f} deg from pre-fall posture (lying)", round(min(1.0, tilt / 90), 3)),
+                ("stillness", "still after the impact", 0.5),
+            ]
+            conf = 0.5 + 0.4 * float(p[i])
+            d = FallDecision(impact_t_s=c.impact_t_s, decided_t_s=c.ready_t_s, probability=float(p[i]),
+                             confidence=conf, peak_g=c.peak_g, lying=True, still=True, reasons=reasons)
+            self._soft.append(_SoftCandidate(w, d, c.impact_t_s + self.rooms.settings.confirm_s))
+            self._count("soft_candidates")
+
+    def _confirm_soft(self, now_s: float) -> None:
+        keep = []
+        s = self.rooms.settings
+        for sc in self._soft:
+            if now_s < sc.confirm_t_s:
+                keep.append(sc)
+                continue
+            d, w = sc.decision, sc.wearable
+            moved = w.last_move_t > d.impact_t_s + s.settle_s
+            motion = self.rooms.motion_between(d.impact_t_s + s.quiet_after_s, now_s)
+            in_bed = any(self.rooms.bed_occupied.values())
+            if moved or motion or in_bed or abs(d.impact_t_s - w.last_alert_t) < self.detector_settings.dedup_s:
+                self._count("soft_rejected")
+                continue
+            quiet = now_s - d.impact_t_s
+            reasons = [*d.reasons, ("room_confirmed", f"no movement, no room motion, not in bed or chair for "
+                                                       f"{quiet:.0f} s after the impact", 0.5)]
+            d = FallDecision(d.impact_t_s, now_s, d.probability, d.confidence, d.peak_g, True, True, reasons)
+            self._count("soft_confirmed")
+            self._new_decision(w, d, now_s, due=max(now_s, d.impact_t_s + self.cancel_window_s))
+        self._soft = keep
+
+    def _new_decision(self, w: _Wearable, d: FallDecision, now_s: float, due: float | None = None) -> None:
         impact_ms = self._ts(d.impact_t_s)
         event_id = f"{self.device_id}-{w.sensor_id}-{impact_ms}"
-        due = max(d.decided_t_s, now_s) + self.cancel_window_s
+        w.last_alert_t = d.impact_t_s
+        if due is None:
+            due = max(d.decided_t_s, now_s) + self.cancel_window_s
         self._pending.append(_PendingAlert(event_id, w, d, due, now_s, 0.0))
         self._count("decisions")
 

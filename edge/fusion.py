@@ -31,6 +31,12 @@ class FusionSettings:
     night_end_h: int = 7
     bed_return_s: float = 30 * 60.0
     inactivity_s: float = 4 * 3600.0
+    #: room confirmation of impacts the model was unsure about: model score at least
+    #: ``soft_p``, lying and still, then ``confirm_s`` with no body movement after
+    #: ``settle_s``, no room motion and nobody in bed or chair
+    soft_p: float = 0.05
+    confirm_s: float = 30.0
+    settle_s: float = 3.0
 
 
 @dataclass(slots=True)
