@@ -131,6 +131,12 @@ def model_card(metrics: dict, path: Path) -> None:  # type: ignore[type-arg]
         f"{_fmt(v.get('SE_specificity'), True)} | {_fmt(v.get('false_alarms_per_hour'))} |"
         for k, v in comp.items()
     )
+    no_fall_groups = [g for g, s in sorted(cv["groups"].items()) if not s["fall_trials"]]
+    no_falls = (
+        f"Group(s) {', '.join(no_fall_groups)} have **no fall trials** in the available data, so their "
+        "**sensitivity is not measured** here: their figures are specificity and false alarms only."
+        if no_fall_groups else "Every group has fall trials in the available data."
+    )
     HEADER = ("| group | subjects | fall trials | ADL trials | sensitivity | specificity | F1 | ADL h "
               "| false alarms/h | median latency s |")
     text = f"""# Model card: {metrics['name']} {metrics['version']}
@@ -168,9 +174,8 @@ SisFall (Sucerquia et al., Sensors 17(1):198, 2017): waist device, ADXL345 accel
 ±16 g) and ITG3200 gyroscope, 200 Hz resampled to {F.RATE_HZ:g} Hz with `scipy.signal.resample_poly`.
 Available here: {len(data['subjects'])} subjects ({', '.join(data['subjects'])}), {data['trials']} trials
 ({data['fall_trials']} falls, {data['adl_trials']} ADL, {data['hours']} h), manifest hash `{data['hash']}`.
-Falls were performed by young adults (SA) onto mats; of the elderly only SE06 performed falls and
-SE06 is **not** in the available data, so **elderly sensitivity is not measured** here: the SE
-figures are specificity / false alarms only.
+Falls are simulated in a lab by young adults (SA); of the elderly only SE06 performed falls.
+{no_falls}
 
 ## Evaluation protocol
 Leave-subjects-out cross-validation, {metrics['outer_folds']} folds of subjects (SA and SE dealt

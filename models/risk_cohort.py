@@ -36,9 +36,9 @@ EFFECTS = {
     "tug_ge12": np.log(2.0),  # assumed size (TUG >= 12 s cut-off is published)
     "gait_per_0.1_m_s_slower": np.log(1.6),  # assumed
     "trend_per_1pct_wk_decline": np.log(1.8),  # assumed
-    "stride_cv_per_1pct": np.log(1.35),  # assumed
-    "sts_per_s": np.log(1.06),  # assumed
-    "upright_per_h_less": np.log(1.12),  # assumed
+    "stride_cv_per_0.01": np.log(1.35),  # assumed (per 1 percentage point of CV)
+    "sts_per_s": np.log(1.34),  # assumed: OR 1.06 per s of five-times STS ~ 1.34 per s of one transition
+    "upright_per_h_less": np.log(1.2),  # assumed
     "sway_per_10mg": np.log(1.1),  # assumed
 }
 BASE_LOGIT = -3.5
@@ -64,8 +64,8 @@ def simulate(n_residents: int = 4000, days: int = 7, seed: int = 0) -> Cohort:
         "gait_speed_m_s": 1.0 - 0.17 * z - 0.08 * acute + rng.normal(0, 0.06, n),
         "gait_speed_trend_pct_wk": rng.normal(0, 0.8, n) - 3.0 * acute,
         "cadence_spm": 104 - 7 * z - 4 * acute + rng.normal(0, 5, n),
-        "stride_time_cv": np.exp(np.log(2.6) + 0.28 * z + 0.2 * acute + rng.normal(0, 0.15, n)),
-        "sit_to_stand_s": 12 + 2.8 * z + rng.normal(0, 1.5, n),
+        "stride_time_cv": np.exp(np.log(0.026) + 0.28 * z + 0.2 * acute + rng.normal(0, 0.15, n)),
+        "sit_to_stand_s": 2.4 + 0.56 * z + rng.normal(0, 0.3, n),
         "tug_s": 10 + 2.8 * z + 1.5 * acute + rng.normal(0, 1.2, n),
         "time_upright_h": 5.5 - 1.1 * z - 0.8 * acute + rng.normal(0, 0.8, n),
         "night_bathroom_visits": np.exp(0.25 * z + 0.5 * nocturia + 0.3 * acute),  # Poisson mean
@@ -83,8 +83,8 @@ def simulate(n_residents: int = 4000, days: int = 7, seed: int = 0) -> Cohort:
         + e["tug_ge12"] * (true["tug_s"] >= 12)
         + e["gait_per_0.1_m_s_slower"] * (1.0 - true["gait_speed_m_s"]) / 0.1
         + e["trend_per_1pct_wk_decline"] * (-true["gait_speed_trend_pct_wk"])
-        + e["stride_cv_per_1pct"] * (true["stride_time_cv"] - 2.6)
-        + e["sts_per_s"] * (true["sit_to_stand_s"] - 12)
+        + e["stride_cv_per_0.01"] * (true["stride_time_cv"] - 0.026) / 0.01
+        + e["sts_per_s"] * (true["sit_to_stand_s"] - 2.4)
         + e["upright_per_h_less"] * (5.5 - true["time_upright_h"])
         + e["sway_per_10mg"] * (true["sway_rms_mg"] - 25) / 10
     )
@@ -93,8 +93,8 @@ def simulate(n_residents: int = 4000, days: int = 7, seed: int = 0) -> Cohort:
 
     # Day rows: true value + that day's measurement noise (counts drawn per night).
     noise_sd = {
-        "gait_speed_m_s": 0.05, "gait_speed_trend_pct_wk": 0.5, "cadence_spm": 3.0, "stride_time_cv": 0.3,
-        "sit_to_stand_s": 1.0, "tug_s": 0.8, "time_upright_h": 0.6, "sway_rms_mg": 3.0,
+        "gait_speed_m_s": 0.05, "gait_speed_trend_pct_wk": 0.5, "cadence_spm": 3.0, "stride_time_cv": 0.003,
+        "sit_to_stand_s": 0.2, "tug_s": 0.8, "time_upright_h": 0.6, "sway_rms_mg": 3.0,
     }
     rows = np.empty((n, days, len(NAMES)), dtype=np.float64)
     for j, name in enumerate(NAMES):

@@ -36,10 +36,11 @@ FEATURES: tuple[RiskFeature, ...] = (
                 "in-home walking speed falls week by week before a fall"),
     RiskFeature("cadence_spm", "steps/min", "median cadence over walking bouts", -1, 40.0, 160.0,
                 "+10 steps/min ~ 13 % fewer falls"),
-    RiskFeature("stride_time_cv", "%", "coefficient of variation of stride time within walking bouts",
-                +1, 0.5, 20.0, "stride-time variability predicts falls"),
-    RiskFeature("sit_to_stand_s", "s", "estimated five-times sit-to-stand time (from the day's transitions)",
-                +1, 4.0, 60.0, "5x sit-to-stand time"),
+    RiskFeature("stride_time_cv", "ratio", "coefficient of variation (std/mean, 0.03 = 3 %) of stride "
+                "time within walking bouts", +1, 0.005, 0.3, "stride-time variability predicts falls"),
+    RiskFeature("sit_to_stand_s", "s", "median duration of one sit-to-stand transition of the day "
+                "(x5 plus pauses ~ the clinical five-times sit-to-stand)", +1, 0.5, 15.0,
+                "5x sit-to-stand time"),
     RiskFeature("tug_s", "s", "estimated Timed Up and Go time (rise, walk 3 m, turn, sit)",
                 +1, 5.0, 60.0, "TUG >= 12 s marks fall risk"),
     RiskFeature("time_upright_h", "h", "hours standing or walking in the day", -1, 0.0, 18.0,
