@@ -25,6 +25,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -78,6 +79,9 @@ class Gateway:
         self._offline_open: set[tuple[str, str]] = set()
         self._test_open: set[tuple[str, str]] = set()
         self.http: Any = None
+        #: optional ``probe(path, e2e_ms)`` called per stored message with now - envelope ``sent_ms``
+        #: (benchmarks measure end-to-end latency with it; None costs nothing)
+        self.latency_probe: Callable[[str, float], None] | None = None
         self.client = make_client(cfg.mqtt, g.gateway_id, manual_ack=True)
         self.acks = AckTracker(self.client.ack)
         self.client.on_connect = self._on_connect
@@ -361,6 +365,10 @@ class Gateway:
         hist = self.metrics.ingest_latency.labels("bulk")
         for _, item, _ in good:
             hist.observe((done_ns - item[3]) / 1e9)
+        if self.latency_probe is not None:
+            done_ms = done_ns / 1e6
+            for msg, _, _ in good:
+                self.latency_probe("bulk", done_ms - msg.sent_ms)
         self.counters.add(stored=len(new_ids), duplicates=dups, telemetry_points=tele, batches=1)
         self._finish(batch)
 
@@ -387,7 +395,10 @@ class Gateway:
                 return
             new, alert_id = self.state.record_fall(msg, recv_ms)
             self.state.commit_batch([], recv_ms, [_device_update(msg, recv_ms)])
-            self.metrics.ingest_latency.labels("alert").observe((time.time_ns() - item[3]) / 1e9)
+            done_ns = time.time_ns()
+            self.metrics.ingest_latency.labels("alert").observe((done_ns - item[3]) / 1e9)
+            if self.latency_probe is not None:
+                self.latency_probe("alert", done_ns / 1e6 - msg.sent_ms)
             self.counters.add(stored=1, fall_alerts=1)
             d = msg.data
             if new and d.status == "alert":
