@@ -68,7 +68,8 @@ class Pending:
 class Outbox:
     """Thread-safe durable FIFO of outgoing MQTT messages, keyed by a persisted seq."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", bump_boot: bool = True) -> None:
+        """``bump_boot``: this open is a new boot of the agent (False for inspection tools)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -80,8 +81,9 @@ class Outbox:
         self.rejected = 0
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key='boot_id'").fetchone()
-            self.boot_id = (row[0] + 1) if row else 1
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('boot_id', ?)", (self.boot_id,))
+            self.boot_id = (row[0] if row else 0) + (1 if bump_boot else 0)
+            if bump_boot:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('boot_id', ?)", (self.boot_id,))
             self._next = self._load_next_seq()
 
     def _load_next_seq(self) -> int:

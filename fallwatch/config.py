@@ -115,6 +115,31 @@ class GatewayConfig(_Strict):
     batch_max_delay_ms: float = Field(default=50.0, ge=0)
 
 
+class EdgeSourceConfig(_Strict):
+    """Where the hub's sensor frames come from (``edge.sources``; one class per type)."""
+
+    type: Literal["sim", "replay", "zigbee2mqtt", "ble"] = "sim"
+    path: Path | None = None  # sim: scenario TOML (None = demo); replay: recorded JSONL
+    speed: float = Field(default=1.0, ge=0)  # sim/replay: sim seconds per wall second; 0 = flat out
+    bus_url: str = "mqtt://127.0.0.1:1883"  # zigbee2mqtt: the local bus broker
+    base_topic: str = "zigbee2mqtt"
+
+
+class EdgeRoomSensor(_Strict):
+    """A room sensor on the local zigbee bus (``topic`` = its zigbee2mqtt friendly name)."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    kind: Literal["pir", "bed", "chair", "door", "bathroom"]
+    room: str = Field(pattern=ID_PATTERN)
+    topic: str | None = None
+    resident_id: str | None = Field(default=None, pattern=ID_PATTERN)
+
+
+class EdgeWearable(_Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    resident_id: str | None = Field(default=None, pattern=ID_PATTERN)
+
+
 class EdgeConfig(_Strict):
     site_id: str = Field(default="home-1", pattern=ID_PATTERN)
     device_id: str = Field(default="hub-1", pattern=ID_PATTERN)
@@ -130,6 +155,9 @@ class EdgeConfig(_Strict):
     max_outbox_rows: int = Field(default=200_000, ge=0)  # telemetry thinned beyond this; 0 = never
     wearable_stale_s: float = Field(default=15.0, gt=0)
     room_stale_s: float = Field(default=2 * 3600.0, gt=0)
+    source: EdgeSourceConfig = EdgeSourceConfig()
+    wearables: list[EdgeWearable] = []
+    room_sensors: list[EdgeRoomSensor] = []
 
 
 class FallwatchConfig(_Strict):
