@@ -91,6 +91,8 @@ class TimelineBuilder:
         self.stairs = stairs
         self.wrist = resident.wearable.mount == "wrist"
         self.segments: list[Segment] = []
+        self.visits: list[float] = []
+        self.night_end = -1.0
         self.truth: list[Truth] = []
         self.buttons: list[float] = []
         self.t = 0.0
@@ -281,7 +283,8 @@ class TimelineBuilder:
             if place == "chair" and self.room != self.rooms["living"]:
                 place = "none"  # a kitchen chair or the toilet: no pressure sensor
             self.sit_down(place)
-            self.still(min(max(5.0, room_left - 10), float(self.rng.uniform(15, 240))), label="sit")
+            sit_s = float(self.rng.uniform(15, 240)) * (1.2 - p.activity)  # active people sit less
+            self.still(min(max(5.0, room_left - 10), sit_s), label="sit")
             self.stand_up()
         elif what == "pick_up" and room_left > 6:
             self.pick_up()
@@ -293,20 +296,30 @@ class TimelineBuilder:
         else:
             self.still(min(room_left, float(self.rng.uniform(2, 8))))
 
+    def _plan_night(self) -> None:
+        """Draw tonight's bathroom visits: Poisson(mean of the day's profile), uniform over the night."""
+        p = profile_at(self.r, self.t)
+        wake = self.t + ((p.wake_h - self.hour(self.t)) % 24.0) * 3600.0
+        n = int(self.rng.poisson(p.night_bathroom_visits))
+        self.night_end = wake
+        self.visits = sorted(float(x) for x in self.rng.uniform(self.t + 600.0, max(self.t + 601.0, wake - 900.0), n))
+
     def night_step(self, limit: float) -> None:
         if not self.posture.startswith("lie") or self.place != "bed":
             self.go_to_bed()
+            self._plan_night()
             return
-        p = profile_at(self.r, self.t)
-        # bathroom visits are Poisson over the night (~9 h); check once per lying period
-        mean_lying = 1800.0
-        visit_prob = min(0.9, p.night_bathroom_visits * mean_lying / (9 * 3600.0))
-        dur = float(self.rng.exponential(mean_lying))
-        if self.t + dur > limit:
+        if self.night_end <= self.t:
+            self._plan_night()
+        roll_at = self.t + float(self.rng.exponential(1800.0))
+        visit_at = self.visits[0] if self.visits else float("inf")
+        nxt = min(roll_at, visit_at, self.night_end + float(self.rng.uniform(0, 900)))
+        if nxt > limit:
             self.still(max(1.0, limit - self.t), label="lie")
             return
-        self.still(max(5.0, dur), label="lie")
-        if self.is_night(self.t) and self.rng.random() < visit_prob:
+        self.still(max(5.0, nxt - self.t), label="lie")
+        if nxt == visit_at:
+            self.visits.pop(0)
             t0 = self.t
             self.get_up_from_bed()
             self.stand_up()
@@ -318,7 +331,7 @@ class TimelineBuilder:
             self.sit_down("bed")
             self.lie_down()
             self.truth.append(Truth("adl", t0, None, self.t, {"activity": "bathroom_visit", "night": True}))
-        else:
+        elif nxt == roll_at:
             self.roll_in_bed()
 
     def get_up_from_floor(self, assisted: bool) -> None:
