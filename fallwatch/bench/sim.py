@@ -68,7 +68,7 @@ def _naive(duration_s: float, seed: int) -> float:
     return time.perf_counter() - t0
 
 
-def _load_10k(sim_s: float) -> tuple[float, float, int, int]:
+def _load_10k(sim_s: float) -> tuple[float, float, int, int, int]:
     from firmware_sim.cli import resolve_scenario
 
     scn = load_scenario(resolve_scenario("load_10k"))
@@ -79,7 +79,8 @@ def _load_10k(sim_s: float) -> tuple[float, float, int, int]:
     t0 = time.perf_counter()
     for chunk in fleet.run(duration_s=sim_s, step_s=1.0):
         frames += len(chunk.frames)
-    return time.perf_counter() - t0, build_s, len(fleet.sensors), frames
+    wearables = sum(1 for s in fleet.sensors if s.kind == "wearable")
+    return time.perf_counter() - t0, build_s, len(fleet.sensors), frames, wearables
 
 
 def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
         naive_wall = _naive(naive_s, seed=7)
         naive_rate = naive_s / naive_wall
         bar.update()
-        load_wall, load_build, load_devices, load_frames = _load_10k(load_s)
+        load_wall, load_build, load_devices, load_frames, load_wear = _load_10k(load_s)
         bar.update()
     med = statistics.median(rates)
     return {
@@ -118,6 +119,7 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
         "load_10k_sim_seconds": load_s,
         "load_10k_build_s": round(load_build, 2),
         "load_10k_device_seconds_per_s": round(load_devices * load_s / load_wall, 1),
+        "load_10k_wearable_seconds_per_s": round(load_wear * load_s / load_wall, 1),
         "load_10k_frames_per_s": round(load_frames / load_wall, 1),
     }
 
