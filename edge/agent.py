@@ -34,6 +34,7 @@ from edge.fall_detector import DetectorSettings, DeviceFallDetector, FallDecisio
 from edge.fusion import FusionSettings, RoomState
 from edge.outbox import Outbox, Pending
 from edge.publisher import Publisher
+from edge.risk import GaitAccumulator, NightCounter, load_risk_model
 from edge.stream import StreamSettings, WearableStream
 from edge.threshold_detector import load_scorer
 from fallwatch import contract as C
@@ -66,6 +67,8 @@ class _Wearable:
     max_g: float = 0.0
     cancel_presses: list[float] = field(default_factory=list)
     last_move_t: float = -1e9  # hub time of the last chunk with body movement
+    gait: GaitAccumulator = field(default_factory=GaitAccumulator)
+    falls: int = 0  # alerts raised for this wearer since start (falls_past_12m)
     last_alert_t: float = -1e9  # impact time of the last alert (either path), for de-dup
 
 
@@ -132,6 +135,9 @@ class EdgeAgent:
             if getattr(s, "hub_id", self.device_id) != self.device_id:
                 continue
             self._register(s)
+        self.risk_model = load_risk_model()
+        self.nights = NightCounter(self.start_epoch_ms)
+        self._risk_day = self._day_key(0.0)
         self._pending: list[_PendingAlert] = []
         self._soft: list[_SoftCandidate] = []
         self._fault_notes: list[str] = []  # suppressed fall-like signals, reported in the next heartbeat
@@ -352,12 +358,15 @@ class EdgeAgent:
         self._resolve_pending(now_s, wall)
         if now_s >= self._next_tele:
             self._telemetry(now_s)
+        if self._day_key(now_s) != self._risk_day:
+            self.score_risk(now_s)
         if now_s >= self._next_health:
             self._health(now_s)
             self._next_health = now_s + self.heartbeat_s
 
     def _feed_chunk(self, w: _Wearable, t: np.ndarray, acc: np.ndarray, gyro: np.ndarray) -> None:
         w.det.feed(t, acc, gyro)
+        w.gait.push(acc)
         mag = F.magnitude(acc)
         w.n += len(mag)
         w.act_sum += float(np.abs(mag - 1.0).sum())
@@ -381,6 +390,7 @@ class EdgeAgent:
         if "linkquality" in ev.state:
             rs.linkquality = float(ev.state["linkquality"])
         self.rooms.update(ev, rx_t_s)
+        self.nights.update(ev, rx_t_s)
 
     def _infer(self, fed: Iterable[_Wearable], now_s: float) -> None:
         """One model call for every window that became ready anywhere (batched across devices)."""
@@ -487,6 +497,7 @@ class EdgeAgent:
                 self._fault_notes.append(note)
                 log.warning("fall-like signal from %s suppressed: sensor fault", pa.wearable.sensor_id)
             elif now_s >= pa.due_t_s:
+                pa.wearable.falls += 1
                 pa.feed_wall = wall
                 out.append(self._fall_msg(pa, "alert", now_s))
                 self._count("alerts_raised")
@@ -571,6 +582,42 @@ class EdgeAgent:
             d.impact_t_s,
             resident_id=w.resident_id,
         )
+
+    # ------------------------------------------------------------------ daily fall risk
+
+    def _day_key(self, t_s: float) -> str:
+        """The risk day a time belongs to: days roll over at ``risk_hour`` local time, after the night."""
+        wall = self.start_epoch_ms / 1000.0 + t_s - self.cfg.edge.risk_hour * 3600
+        return time.strftime("%Y-%m-%d", time.localtime(wall))
+
+    def score_risk(self, now_s: float) -> list[C.RiskData]:
+        """Score and publish the day that ends now, per wearer; then start a new day.
+
+        Called automatically when the day rolls over (``edge.risk_hour``); callable any time.
+        """
+        day, self._risk_day = self._risk_day, self._day_key(now_s)
+        out: list[C.RiskData] = []
+        if self.risk_model is None:
+            return out
+        items = []
+        night = self.nights.features() if len(self._residents) <= 1 else {}
+        for w in self._wearables.values():
+            if w.gait.seconds < 60.0:
+                continue  # nothing worn today: no score rather than a made-up one
+            feats = {**w.gait.features(day), **night, "falls_past_12m": float(w.falls)}
+            score, level, factors = self.risk_model.score(feats)
+            data = C.RiskData(day=day, score=float(np.clip(score, 0, 1)), level=level, factors=factors[:16],
+                              features={k: float(v) for k, v in list(feats.items())[:32]},
+                              model=self.risk_model.tag[:80])
+            out.append(data)
+            items.append(self._pending_msg("risk", topics.risk(self.site_id, self.device_id), C.RiskScore, data,
+                                           now_s, resident_id=w.resident_id))
+            w.gait.reset_day()
+            self._count("risk_scores")
+        self.nights.reset_day()
+        if self.outbox is not None:
+            self._enqueue(items)
+        return out
 
     # ------------------------------------------------------------------ telemetry and health
 

@@ -155,6 +155,7 @@ class EdgeConfig(_Strict):
     max_outbox_rows: int = Field(default=200_000, ge=0)  # telemetry thinned beyond this; 0 = never
     wearable_stale_s: float = Field(default=15.0, gt=0)
     room_stale_s: float = Field(default=2 * 3600.0, gt=0)
+    risk_hour: int = Field(default=8, ge=0, le=23)  # local hour the daily risk score is published
     source: EdgeSourceConfig = EdgeSourceConfig()
     wearables: list[EdgeWearable] = []
     room_sensors: list[EdgeRoomSensor] = []
