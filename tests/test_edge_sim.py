@@ -73,7 +73,10 @@ def test_flat_fall_alerts_once_cancelled_fall_only_logged(mosquitto: Mosquitto, 
     assert [m.data.status for m in per_fall[0]] == ["alert"]  # exactly one alert
     assert [m.data.status for m in per_fall[1]] == ["cancelled"]  # no alert, but logged
     alert = per_fall[0][0]
-    assert alert.resident_id == "r01" and alert.data.room == "kitchen"
+    assert alert.resident_id == "r01"
+    # the room is the last room with motion before the impact; PIRs latch for their timeout,
+    # so it can be the room just left (here living or kitchen) but never a made-up one
+    assert alert.data.room in ("kitchen", "living")
     assert {"impact", "model_score", "posture_change", "stillness"} <= {r.code for r in alert.data.reasons}
     st = agents["hub-flat-01"].stats()
     assert st["frame_errors"] > 0 and st["stream_duplicates"] > 0 and st["stream_reboots"] == 1
