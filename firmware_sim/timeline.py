@@ -283,7 +283,7 @@ class TimelineBuilder:
             if place == "chair" and self.room != self.rooms["living"]:
                 place = "none"  # a kitchen chair or the toilet: no pressure sensor
             self.sit_down(place)
-            sit_s = float(self.rng.uniform(15, 240)) * (1.2 - p.activity)  # active people sit less
+            sit_s = float(self.rng.uniform(15, 240)) * (1.5 - p.activity)  # active people sit less
             self.still(min(max(5.0, room_left - 10), sit_s), label="sit")
             self.stand_up()
         elif what == "pick_up" and room_left > 6:
