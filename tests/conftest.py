@@ -1,6 +1,6 @@
 """Shared fixtures: a real Mosquitto and a real InfluxDB 1.x on free loopback ports.
 
-Session-scoped instances serve tests that only publish and read; tests that stop or
+Shared instances serve tests that only publish and read; tests that stop or
 restart a service ask for their own through the ``*_factory`` fixtures so they never
 disturb other tests.
 """
@@ -21,8 +21,10 @@ SISFALL_DIR = Path(
 )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mosquitto() -> Iterator[Mosquitto]:
+    # One broker per test module (it starts in ~50 ms): persistent sessions and retained
+    # messages left by one module's clients can never reach another module's tests.
     with Mosquitto() as broker:
         yield broker
 

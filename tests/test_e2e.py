@@ -19,9 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_simulated_falls_reach_influxdb_exactly_once(mosquitto: Mosquitto, influxdb_factory,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, unique_name: str) -> None:
     db: InfluxDB1 = influxdb_factory()
-    cfg = load_config(overrides={"mqtt": {"url": mosquitto.url}, "influx": {"url": db.url, "version": 1}})
+    cfg = load_config(overrides={"mqtt": {"url": mosquitto.url}, "influx": {"url": db.url, "version": 1},
+                                 "gateway": {"gateway_id": unique_name}})
     summary = run_demo(cfg, residents=2, duration_s=90.0, falls=1, seed=11, workdir=tmp_path,
                        progress=False)
     assert summary["falls_injected"] >= 2
@@ -59,12 +60,13 @@ def test_demo_cli_json_on_embedded_defaults(tmp_path: Path) -> None:
 
 
 def test_dashboard_queries_run_on_the_data_the_system_writes(mosquitto: Mosquitto, influxdb_factory,
-                                                             tmp_path: Path) -> None:
+                                                             tmp_path: Path, unique_name: str) -> None:
     """Every Grafana panel's InfluxQL runs on real InfluxDB 1.x over data the chain wrote."""
     from dashboards.cli import check
 
     db: InfluxDB1 = influxdb_factory()
-    cfg = load_config(overrides={"mqtt": {"url": mosquitto.url}, "influx": {"url": db.url, "version": 1}})
+    cfg = load_config(overrides={"mqtt": {"url": mosquitto.url}, "influx": {"url": db.url, "version": 1},
+                                 "gateway": {"gateway_id": unique_name}})
     run_demo(cfg, residents=1, duration_s=60.0, falls=1, seed=3, workdir=tmp_path, progress=False)
     results = check(db.url, "fallwatch")
     errors = [r for r in results if r["error"]]
