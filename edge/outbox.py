@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     retain INTEGER NOT NULL,
     created_ms INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS outbox_kind_seq ON outbox (kind, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected (
     seq INTEGER PRIMARY KEY, kind TEXT, topic TEXT, payload BLOB, reason TEXT, at_ms INTEGER
@@ -132,12 +133,17 @@ class Outbox:
 
     # ------------------------------------------------------------------ reading / acking
 
-    def peek(self, after_seq: int = 0, limit: int = 100) -> list[Row]:
-        """The oldest rows with seq > ``after_seq``, in seq order."""
+    def peek(self, after_seq: int = 0, limit: int = 100, lane: str | None = None) -> list[Row]:
+        """The oldest rows with seq > ``after_seq``, in seq order; ``lane`` "prio" = alerts,
+        state, health, risk, replies; "bulk" = telemetry; None = all."""
+        where = ""
+        if lane is not None:
+            kinds = ",".join(f"'{k}'" for k in sorted(THINNABLE))
+            where = f" AND kind {'NOT IN' if lane == 'prio' else 'IN'} ({kinds})"
         with self._lock:
             cur = self._db.execute(
                 "SELECT seq, kind, topic, payload, qos, retain FROM outbox"
-                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                f" WHERE seq > ?{where} ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             )
             return [Row(s, k, t, bytes(p), q, bool(r)) for s, k, t, p, q, r in cur]

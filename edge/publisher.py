@@ -61,7 +61,11 @@ class Publisher:
         self._jitter_s = jitter_s
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # mid -> seq
-        self._sent_upto = 0  # highest seq handed to paho in this process
+        #: highest seq handed to paho in this process, per lane: alerts (and state, health,
+        #: risk, replies) never queue behind a telemetry backlog; order holds within a lane
+        self._sent_upto = {"prio": 0, "bulk": 0}
+        self.prio_extra = 64  # in-flight slots only the priority lane may use
+        self.client.max_inflight_messages_set(window + self.prio_extra)  # paho must not queue on its own
         self._acked: list[int] = []
         self._early: dict[int, Any] = {}  # mid -> reason code of PUBACKs seen before the mid was mapped
         self._wake = threading.Event()
@@ -174,29 +178,35 @@ class Publisher:
             self._wake.wait(0.2)
             self._wake.clear()
             self._flush_acks()
-            with self._lock:
-                room = self.window - len(self._inflight)
-            if room <= 0:
-                continue
-            rows = self.outbox.peek(self._sent_upto, room)
-            for row in rows:
-                # not under self._lock: paho calls on_publish holding its own mutex (lock order)
-                info = self.client.publish(
-                    row.topic, row.payload, qos=row.qos, retain=row.retain, properties=props
-                )
-                if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                    log.warning("publish of seq %d failed locally: %s; will retry", row.seq, info.rc)
-                    break
+            full = False
+            for lane in ("prio", "bulk"):
                 with self._lock:
-                    early = self._early.pop(info.mid, _MISSING)
-                    if early is _MISSING:
-                        self._inflight[info.mid] = row.seq
-                if early is not _MISSING:
-                    self._settle(row.seq, early)
-                self._sent_upto = row.seq
-                self.published += 1
-            if len(rows) == room:
+                    room = self.window - len(self._inflight) + (self.prio_extra if lane == "prio" else 0)
+                if room <= 0:
+                    continue
+                rows = self.outbox.peek(self._sent_upto[lane], room, lane=lane)
+                self._send(rows, lane, props)
+                full = full or len(rows) == room
+            if full:
                 self._wake.set()
+
+    def _send(self, rows: list[Any], lane: str, props: Any) -> None:
+        for row in rows:
+            # not under self._lock: paho calls on_publish holding its own mutex (lock order)
+            info = self.client.publish(
+                row.topic, row.payload, qos=row.qos, retain=row.retain, properties=props
+            )
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                log.warning("publish of seq %d failed locally: %s; will retry", row.seq, info.rc)
+                break
+            with self._lock:
+                early = self._early.pop(info.mid, _MISSING)
+                if early is _MISSING:
+                    self._inflight[info.mid] = row.seq
+            if early is not _MISSING:
+                self._settle(row.seq, early)
+            self._sent_upto[lane] = row.seq
+            self.published += 1
 
     def inflight(self) -> int:
         with self._lock:

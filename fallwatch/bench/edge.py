@@ -15,7 +15,8 @@ What is measured, in one run (``run()``):
   arrives (a Python loop over windows, one model call per window; no trigger, no
   batching across devices). Runs interleave with the real ones.
 * **latency** (``decision_latency_p50_ms``/``p99``): a *paced* run (frames handed to the
-  agent when their last sample would have been taken, in real time) with a share of the
+  agent when their last sample would have been taken, in real time, the wearables'
+  frame phases spread over the 0.5 s frame period, fed every 50 ms) with a share of the
   wearables falling; latency = broker arrival of the FallAlert (seen by a subscriber in
   this process) minus the moment the frame holding the last sample the decision needs
   was given to the agent. The cancel window is set to 0 so the confirmation window
@@ -40,6 +41,7 @@ import numpy as np
 FRAME_S = 0.5
 PER_FRAME = 25
 RATE = 50.0
+PHASES = 10  # paced run: wearables' frames spread over 10 x 50 ms ticks per frame period
 
 
 def _signals(n_wear: int, sim_s: float, fall_share: float, seed: int = 0) -> tuple[list, list[int]]:
@@ -72,18 +74,24 @@ def _signals(n_wear: int, sim_s: float, fall_share: float, seed: int = 0) -> tup
     return out, sorted(fallers)
 
 
-def _frames_by_tick(hub: str, sig: list, sim_s: float) -> list[list]:
+def _frames_by_tick(hub: str, sig: list, sim_s: float, phases: int = 1) -> list[list]:
+    """Encoded frames grouped by reception tick. ``phases`` > 1 spreads the wearables'
+    frame times over the frame period (real wearables are not in lock-step), giving
+    ``phases`` ticks per frame period."""
     from fallwatch.frames import ImuPacket, SensorFrame, encode_imu
 
     ticks = int(sim_s / FRAME_S)
-    out: list[list] = [[] for _ in range(ticks)]
+    out: list[list] = [[] for _ in range(ticks * phases)]
     for k, (a, g) in enumerate(sig):
         sid = f"wear-{k:04d}"
+        ph = k % phases
+        t_off = FRAME_S * ph / phases
         for i in range(ticks):
             s = slice(i * PER_FRAME, (i + 1) * PER_FRAME)
-            p = ImuPacket(sensor_id=sid, boot_count=1, seq=i, t0_ms=int(i * FRAME_S * 1000), rate_hz=RATE,
+            p = ImuPacket(sensor_id=sid, boot_count=1, seq=i, t0_ms=int((i * FRAME_S + t_off) * 1000), rate_hz=RATE,
                           acc_g=a[s], gyro_dps=g[s], battery_pct=80.0, rssi_dbm=-60.0)
-            out[i].append(SensorFrame(hub, sid, "ble", (i + 1) * FRAME_S + 0.005, encode_imu(p)))
+            rx = (i + 1) * FRAME_S + t_off + 0.005
+            out[i * phases + ph].append(SensorFrame(hub, sid, "ble", rx, encode_imu(p)))
     return out
 
 
@@ -123,17 +131,18 @@ def _worker(mode: str, url: str, workdir: str, site: str, n_wear: int, sim_s: fl
         res["baseline_rates"] = base
     else:
         sig, fallers = _signals(n_wear, sim_s, fall_share, seed=1)
-        ticks = _frames_by_tick("hub-1", sig, sim_s)
+        ticks = _frames_by_tick("hub-1", sig, sim_s, phases=PHASES)
         del sig
         agent = _agent(url, workdir, site)
         t0 = time.monotonic()
+        step = FRAME_S / PHASES
         for i, frames in enumerate(ticks):
-            due = t0 + (i + 1) * FRAME_S + 0.005  # when the frame's last sample exists (+ radio)
+            due = t0 + (i + 1) * step + 0.005  # when the frames' last samples exist (+ radio)
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            agent.feed(frames, (i + 1) * FRAME_S + 0.01)
-        behind = time.monotonic() - (t0 + len(ticks) * FRAME_S)
+            agent.feed(frames, (i + 1) * step + 0.005)
+        behind = time.monotonic() - (t0 + len(ticks) * step)
         agent.flush(30)
         res["events"] = [(e["event_id"], e["feed_wall"]) for e in agent.alert_events if e["status"] == "alert"]
         res["fallers"] = len(fallers)
