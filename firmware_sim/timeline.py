@@ -158,14 +158,14 @@ class TimelineBuilder:
         steps = np.concatenate(([0.0], np.cumsum(times))) + self.rng.uniform(0, step_t)  # phase offset
         steps = np.concatenate(([0.0], steps))
         amp = 1 + self.rng.normal(0, 0.4 * p.stride_cv + 0.03, len(steps))
-        a_v = (0.10 + 0.28 * p.gait_speed_mps) * (1 - 0.3 * p.frailty) * (1.0, 1.3, 1.5)[stairs]
+        a_v = (0.05 + 0.18 * p.gait_speed_mps) * (1 - 0.3 * p.frailty) * (1.0, 1.3, 1.5)[stairs]
         turns = []
         if dur > 2.0:
-            turns.append((0.6, float(self.rng.choice([-1, 1]) * self.rng.uniform(30, 180)), 0.35))
+            turns.append((0.6, float(self.rng.choice([-1, 1]) * self.rng.uniform(30, 180)), 0.6))
         if dur > 8.0 and self.rng.random() < 0.5:
-            turns.append((float(self.rng.uniform(3, dur - 2)), float(self.rng.uniform(-90, 90)), 0.4))
+            turns.append((float(self.rng.uniform(3, dur - 2)), float(self.rng.uniform(-90, 90)), 0.7))
         return {"steps": steps, "amp": amp, "dur": dur, "a_v": a_v, "a_ap": 0.55 * a_v,
-                "a_ml": 0.25 * a_v + 0.04 * p.frailty, "a_heel": 0.25 * a_v * (1.0, 1.2, 1.6)[stairs],
+                "a_ml": 0.25 * a_v + 0.04 * p.frailty, "a_heel": 2.0 * a_v * (1.0, 1.2, 1.6)[stairs],
                 "lean": POSTURES["stand"][0] + 5 * p.frailty + (0, 8, -2)[stairs],
                 "roll_deg": 2.5 + 2 * p.frailty, "yaw_amp": 2 * np.pi * cad / 120 * 5.0, "turns": turns,
                 "wrist": self.wrist, "arm_deg": 15.0 * p.gait_speed_mps, "cadence": cad}
@@ -207,8 +207,9 @@ class TimelineBuilder:
     def stand_up(self) -> Segment:
         p = profile_at(self.r, self.t)
         T = p.sit_to_stand_s * self.rng.uniform(0.9, 1.1)
+        push = float(np.clip(0.3 * 2.5 / T, 0.12, 0.45))  # seat-off push, stronger when quicker
         seg = self.transition("stand_up", "stand", T, "none", hump_th=float(self.rng.uniform(25, 40)),
-                              d_vert=0.45, d_fwd=0.15)
+                              d_vert=0.45, d_fwd=0.15, bumps=[(0.4, push, 0.15), (0.72, -0.5 * push, 0.15)])
         self._adl(seg, duration_s=round(T, 3))
         return seg
 
@@ -230,8 +231,9 @@ class TimelineBuilder:
 
     def pick_up(self) -> Segment:
         T = float(self.rng.uniform(2.5, 5.0))
-        seg = self.transition("pick_up", "stand", T, "none", hump_th=float(self.rng.uniform(55, 85)),
-                              dip=-float(self.rng.uniform(0.15, 0.4)))
+        dip = float(self.rng.uniform(0.15, 0.4))  # how far the hips go down (m)
+        seg = self.transition("pick_up", "stand", T, "none", hump_th=float(self.rng.uniform(55, 85)), dip=-dip,
+                              bumps=[(0.2, -0.5 * dip, 0.12), (0.6, 0.1 + 0.6 * dip, 0.12)])
         self._adl(seg)
         return seg
 

@@ -266,3 +266,28 @@ def test_room_sensors_follow_the_resident() -> None:
             if ev.kind == "bathroom" and ev.value:
                 assert seg.room_at(t) == "bathroom"
     assert seen["pir"] > 3 and seen["door"] >= 2
+
+
+@pytest.mark.data
+def test_transfers_and_bending_comparable_to_sisfall() -> None:
+    """Sit down / stand up / pick up peaks sit inside SisFall's sit, lie and bend trials (D07-D16)."""
+    if not SISFALL.exists():
+        pytest.skip(f"SisFall recordings not found at {SISFALL}")
+    real = []
+    for subj in SUBJECTS[:2]:
+        for name, acc, _ in iter_sisfall(SISFALL / f"{subj}.tar.xz", "D"):
+            if 7 <= int(name[1:3]) <= 16:
+                real.append(np.linalg.norm(resample(acc, 200.0, 50.0), axis=1).max())
+    res = [Resident(id=f"r{i}", profile=Profile(activity=0.3)) for i in range(3)]
+    fleet, sig = _run(res, 1200.0, seed=11)
+    sim: dict[str, list[float]] = {}
+    for e in fleet.ground_truth:
+        if e.type == "adl" and e.sensor_id in sig and e.t_end_s < 1195 and e.details["activity"] in (
+                "sit_down", "stand_up", "pick_up"):
+            acc = sig[e.sensor_id][0][int(e.t_start_s * 50):int(e.t_end_s * 50) + 10]
+            sim.setdefault(e.details["activity"], []).append(np.linalg.norm(acc, axis=1).max())
+    assert set(sim) == {"sit_down", "stand_up", "pick_up"}
+    lo, hi = min(real), max(real)
+    for activity, peaks in sim.items():
+        assert lo <= np.median(peaks) <= np.median(real) * 1.5, activity
+        assert max(peaks) <= hi, activity
