@@ -194,9 +194,44 @@ def influx_point(p: SeriesPoint) -> _InfluxPoint:
     return point.time(ts_ms, WritePrecision.MS)
 
 
+_prefix_cache: dict[tuple[str, ...], str] = {}
+_PROBE_SUFFIX = " x=1i"
+
+
+def _series_prefix(measurement: str, tags: dict[str, str]) -> str:
+    """``measurement,tag=value,…`` as influxdb-client escapes it, cached per series.
+
+    A gateway sees the same few thousand series over and over, and escaping the tag set
+    was the biggest single cost of serialising a point; the cache is bounded (cleared
+    when it passes 100,000 series, which bounded tag cardinality never reaches).
+    """
+    key = (measurement, *(x for kv in tags.items() for x in kv))
+    prefix = _prefix_cache.get(key)
+    if prefix is None:
+        probe = _InfluxPoint(measurement)
+        for k, v in tags.items():
+            probe.tag(k, v)
+        prefix = probe.field("x", 1).to_line_protocol()[: -len(_PROBE_SUFFIX)]
+        if len(_prefix_cache) > 100_000:
+            _prefix_cache.clear()
+        _prefix_cache[key] = prefix
+    return prefix
+
+
 def to_line(p: SeriesPoint) -> str:
-    """One line of InfluxDB line protocol; escaping is influxdb-client's, not ours."""
-    return influx_point(p).to_line_protocol()
+    """One line of InfluxDB line protocol ("" for a point without fields).
+
+    The escaping is influxdb-client's, not ours: the series prefix comes from a cached
+    ``Point`` with the same tags, the field set from a ``Point`` without tags or time.
+    """
+    measurement, tags, fields, ts_ms = p
+    fp = _InfluxPoint("m")
+    for k, v in fields.items():
+        fp.field(k, v.replace("\n", "\\n").replace("\r", "\\r") if isinstance(v, str) else v)
+    field_part = fp.to_line_protocol()[2:]
+    if not field_part:
+        return ""
+    return f"{_series_prefix(measurement, tags)} {field_part} {ts_ms}"
 
 
 def series_key(tags: dict[str, str]) -> str:

@@ -88,7 +88,7 @@ class Influx1Sink:
     def write(self, points: list[SeriesPoint]) -> None:
         if not points:
             return
-        body = "\n".join(to_line(p) for p in points).encode()
+        body = "\n".join(line for line in map(to_line, points) if line).encode()
         try:
             r = self.session.post(f"{self.base}/write", params=self._params, data=body, timeout=self.cfg.timeout_s)
         except requests.RequestException as exc:

@@ -52,9 +52,18 @@ _enc = msgspec.json.Encoder()
 
 def tele_line(seq: int, device: str = DEVICE, sent_ms: int | None = None) -> bytes:
     """One ~200-byte telemetry envelope (distinct ts per seq, so every message is its own point)."""
-    msg = {"kind": "tele", "schema": 1, "site_id": SITE, "device_id": device, "boot_id": 1, "seq": seq,
-           "msg_id": f"{device}:{seq}", "ts_ms": BASE_TS + seq, "sent_ms": sent_ms or contract.now_ms(),
-           "data": {"sensor": SENSOR, "window_s": 1.0, "fields": {"acc": 1.02, "steps": 3}}}
+    msg = {
+        "kind": "tele",
+        "schema": 1,
+        "site_id": SITE,
+        "device_id": device,
+        "boot_id": 1,
+        "seq": seq,
+        "msg_id": f"{device}:{seq}",
+        "ts_ms": BASE_TS + seq,
+        "sent_ms": sent_ms or contract.now_ms(),
+        "data": {"sensor": SENSOR, "window_s": 1.0, "fields": {"acc": 1.02, "steps": 3}},
+    }
     return _enc.encode(msg)
 
 
@@ -67,14 +76,33 @@ def _pct(values: list[float], q: float) -> float:
 
 # ------------------------------------------------------------------ 1. raw broker
 def raw_broker(broker: Mosquitto, n: int, lines_path: Path) -> tuple[float, int]:
-    sub = subprocess.Popen([find_binary("mosquitto_sub"), "-p", str(broker.port), "-q", "1", "-t", "raw/#",
-                            "-C", str(n), "-W", "120", "-i", f"rawsub-{time.monotonic_ns()}"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    sub = subprocess.Popen(
+        [
+            find_binary("mosquitto_sub"),
+            "-p",
+            str(broker.port),
+            "-q",
+            "1",
+            "-t",
+            "raw/#",
+            "-C",
+            str(n),
+            "-W",
+            "120",
+            "-i",
+            f"rawsub-{time.monotonic_ns()}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(0.5)  # let it subscribe
     t0 = time.perf_counter()
     with open(lines_path, "rb") as f:
-        pub = subprocess.Popen([find_binary("mosquitto_pub"), "-p", str(broker.port), "-q", "1", "-l",
-                                "-t", "raw/bench"], stdin=f, stderr=subprocess.DEVNULL)
+        pub = subprocess.Popen(
+            [find_binary("mosquitto_pub"), "-p", str(broker.port), "-q", "1", "-l", "-t", "raw/bench"],
+            stdin=f,
+            stderr=subprocess.DEVNULL,
+        )
         out, _ = sub.communicate(timeout=180)
     elapsed = time.perf_counter() - t0
     pub.wait(30)
@@ -86,9 +114,11 @@ def raw_broker(broker: Mosquitto, n: int, lines_path: Path) -> tuple[float, int]
 def raw_db(db: InfluxDB1, n: int, batch: int = 5000) -> float:
     database = f"rawdb_{time.monotonic_ns()}"
     requests.post(f"{db.url}/query", params={"q": f"CREATE DATABASE {database}"}, timeout=10).raise_for_status()
-    lines = [f"telemetry,site_id=bench,device_id=hub-{i % 50},sensor=wear-b01 acc=1.02,steps=3 {BASE_TS + i}"
-             for i in range(n)]
-    bodies = ["\n".join(lines[i:i + batch]).encode() for i in range(0, n, batch)]
+    lines = [
+        f"telemetry,site_id=bench,device_id=hub-{i % 50},sensor=wear-b01 acc=1.02,steps=3 {BASE_TS + i}"
+        for i in range(n)
+    ]
+    bodies = ["\n".join(lines[i : i + batch]).encode() for i in range(0, n, batch)]
     s = requests.Session()
     t0 = time.perf_counter()
     for body in bodies:
@@ -111,19 +141,22 @@ def naive_gateway(broker: Mosquitto, db: InfluxDB1, n: int, lines_path: Path) ->
         if not state["n"]:
             state["t_first"] = time.perf_counter()
         d = json.loads(m.payload)
-        p = (Point("telemetry").tag("site_id", d["site_id"]).tag("device_id", d["device_id"])
-             .tag("sensor", d["data"]["sensor"]).time(d["ts_ms"], WritePrecision.MS))
+        p = (
+            Point("telemetry")
+            .tag("site_id", d["site_id"])
+            .tag("device_id", d["device_id"])
+            .tag("sensor", d["data"]["sensor"])
+            .time(d["ts_ms"], WritePrecision.MS)
+        )
         for k, v in d["data"]["fields"].items():
             p.field(k, float(v))
-        s.post(f"{db.url}/write", params={"db": database, "precision": "ms"}, data=p.to_line_protocol(),
-               timeout=30)
+        s.post(f"{db.url}/write", params={"db": database, "precision": "ms"}, data=p.to_line_protocol(), timeout=30)
         state["n"] += 1
         state["t_last"] = time.perf_counter()
         if state["n"] >= n:
             done.set()
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"naive-{time.monotonic_ns()}",
-                    protocol=mqtt.MQTTv5)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"naive-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
     c.on_message = on_message
     c.connect("127.0.0.1", broker.port)
     c.subscribe("naive/#", qos=1)
@@ -131,8 +164,13 @@ def naive_gateway(broker: Mosquitto, db: InfluxDB1, n: int, lines_path: Path) ->
     time.sleep(0.5)
     t0 = time.perf_counter()
     with open(lines_path, "rb") as f:
-        subprocess.run([find_binary("mosquitto_pub"), "-p", str(broker.port), "-q", "1", "-l", "-t", "naive/x"],
-                       stdin=f, stderr=subprocess.DEVNULL, timeout=300, check=False)
+        subprocess.run(
+            [find_binary("mosquitto_pub"), "-p", str(broker.port), "-q", "1", "-l", "-t", "naive/x"],
+            stdin=f,
+            stderr=subprocess.DEVNULL,
+            timeout=300,
+            check=False,
+        )
     done.wait(max(60, n / 200))
     elapsed = (state["t_last"] or time.perf_counter()) - t0
     c.disconnect()
@@ -147,8 +185,16 @@ def _count(db: InfluxDB1, database: str, measurement: str = "telemetry", field: 
 
 
 # ------------------------------------------------------------------ 4. fallwatch gateway (processes)
-def _write_cfg(path: Path, broker: Mosquitto, db: InfluxDB1, database: str, gw_id: str, group: str | None,
-               work: Path, http_port: int) -> None:
+def _write_cfg(
+    path: Path,
+    broker: Mosquitto,
+    db: InfluxDB1,
+    database: str,
+    gw_id: str,
+    group: str | None,
+    work: Path,
+    http_port: int,
+) -> None:
     shared = f'shared_group = "{group}"\n' if group else ""
     path.write_text(f"""
 [mqtt]
@@ -159,8 +205,8 @@ version = 1
 database = "{database}"
 [gateway]
 gateway_id = "{gw_id}"
-{shared}state_db = "{work / 'state.sqlite'}"
-spool_dir = "{work / f'spool-{gw_id}'}"
+{shared}state_db = "{work / f"state-{database}.sqlite"}"
+spool_dir = "{work / f"spool-{gw_id}"}"
 http_port = {http_port}
 batch_max = 2000
 """)
@@ -173,8 +219,9 @@ def _stats(port: int) -> dict[str, Any]:
         return {}
 
 
-def fallwatch_gateway(broker: Mosquitto, db: InfluxDB1, n: int, lines_path: Path, replicas: int,
-                      work: Path) -> tuple[float, int]:
+def fallwatch_gateway(
+    broker: Mosquitto, db: InfluxDB1, n: int, lines_path: Path, replicas: int, work: Path
+) -> tuple[float, int]:
     database = f"fw_{replicas}_{time.monotonic_ns()}"
     group = f"bench{time.monotonic_ns()}" if replicas > 1 else None
     procs, ports = [], []
@@ -183,20 +230,30 @@ def fallwatch_gateway(broker: Mosquitto, db: InfluxDB1, n: int, lines_path: Path
         port = free_port()
         cfg = work / f"gw{i}-{database}.toml"
         _write_cfg(cfg, broker, db, database, f"gw{i}-{database[-8:]}", group, work, port)
-        procs.append(subprocess.Popen([sys.executable, "-m", "fallwatch.cli", "gateway", "run", "--config", str(cfg)],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "fallwatch.cli", "gateway", "run", "--config", str(cfg)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         ports.append(port)
     try:
         deadline = time.monotonic() + 60
-        while not all((requests.get(f"http://127.0.0.1:{p}/readyz", timeout=2).ok
-                       if _stats(p) else False) for p in ports):
+        while not all(
+            (requests.get(f"http://127.0.0.1:{p}/readyz", timeout=2).ok if _stats(p) else False) for p in ports
+        ):
             if time.monotonic() > deadline:
                 raise RuntimeError("gateway replicas did not become ready")
             time.sleep(0.2)
         t0 = time.perf_counter()
         with open(lines_path, "rb") as f:
-            pub = subprocess.Popen([find_binary("mosquitto_pub"), "-p", str(broker.port), "-q", "1", "-l",
-                                    "-t", TOPIC], stdin=f, stderr=subprocess.DEVNULL)
+            pub = subprocess.Popen(
+                [find_binary("mosquitto_pub"), "-p", str(broker.port), "-q", "1", "-l", "-t", TOPIC],
+                stdin=f,
+                stderr=subprocess.DEVNULL,
+            )
         t_end = None
         deadline = time.monotonic() + max(120, n / 500)
         while time.monotonic() < deadline:
@@ -220,16 +277,26 @@ def fallwatch_gateway(broker: Mosquitto, db: InfluxDB1, n: int, lines_path: Path
 
 
 # ------------------------------------------------------------------ 5. latency (in-process gateway)
-def latency(broker: Mosquitto, db: InfluxDB1, rate: float, duration_s: float, work: Path,
-            progress: bool) -> dict[str, float]:
+def latency(
+    broker: Mosquitto, db: InfluxDB1, rate: float, duration_s: float, work: Path, progress: bool
+) -> dict[str, float]:
     from gateway.app import Gateway
     from gateway.testing import Publisher, fall
 
     database = f"lat_{time.monotonic_ns()}"
-    cfg = load_config(overrides={
-        "mqtt": {"url": broker.url}, "influx": {"url": db.url, "version": 1, "database": database},
-        "gateway": {"gateway_id": f"gw-lat-{time.monotonic_ns() % 10**8}", "state_db": str(work / "lat.sqlite"),
-                    "spool_dir": str(work / "lat-spool"), "http_port": 0, "batch_max": 2000}})
+    cfg = load_config(
+        overrides={
+            "mqtt": {"url": broker.url},
+            "influx": {"url": db.url, "version": 1, "database": database},
+            "gateway": {
+                "gateway_id": f"gw-lat-{time.monotonic_ns() % 10**8}",
+                "state_db": str(work / "lat.sqlite"),
+                "spool_dir": str(work / "lat-spool"),
+                "http_port": 0,
+                "batch_max": 2000,
+            },
+        }
+    )
     gw = Gateway(cfg)
     lat: dict[str, list[float]] = {"bulk": [], "alert": []}
     gw.latency_probe = lambda path, ms: lat[path].append(ms)
@@ -239,15 +306,19 @@ def latency(broker: Mosquitto, db: InfluxDB1, rate: float, duration_s: float, wo
         deadline = time.monotonic() + 30
         while not gw.ready()[0] and time.monotonic() < deadline:
             time.sleep(0.05)
-        pub = subprocess.Popen([find_binary("mosquitto_pub"), "-p", str(broker.port), "-q", "1", "-l",
-                                "-M", "1000", "-t", TOPIC], stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        pub = subprocess.Popen(
+            [find_binary("mosquitto_pub"), "-p", str(broker.port), "-q", "1", "-l", "-M", "1000", "-t", TOPIC],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         assert pub.stdin is not None
         n = int(rate * duration_s)
         t0 = time.perf_counter()
         sent = alerts = 0
         tick = 0.005
-        with tqdm(total=n, desc=f"latency @ {rate:.0f} msg/s", unit="msg", disable=not progress,
-                  file=sys.stderr, leave=False) as bar:
+        with tqdm(
+            total=n, desc=f"latency @ {rate:.0f} msg/s", unit="msg", disable=not progress, file=sys.stderr, leave=False
+        ) as bar:
             while sent < n:
                 due = min(n, int((time.perf_counter() - t0) * rate))
                 if due > sent:
@@ -264,7 +335,7 @@ def latency(broker: Mosquitto, db: InfluxDB1, rate: float, duration_s: float, wo
         pub.wait(60)
         alerts_pub.wait(30)
         gw.wait_idle(60)
-        warm = lat["bulk"][int(len(lat["bulk"]) * 0.1):]  # skip the start-up second
+        warm = lat["bulk"][int(len(lat["bulk"]) * 0.1) :]  # skip the start-up second
         return {
             "latency_rate_msgs_per_s": round(rate, 1),
             "latency_p50_ms": round(_pct(warm, 0.50), 1),
