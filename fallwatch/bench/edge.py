@@ -44,55 +44,64 @@ RATE = 50.0
 PHASES = 10  # paced run: wearables' frames spread over 10 x 50 ms ticks per frame period
 
 
-def _signals(n_wear: int, sim_s: float, fall_share: float, seed: int = 0) -> tuple[list, list[int]]:
-    """Per wearable (acc, gyro) for ``sim_s`` seconds, plus the ids of those that fall.
+class _Traffic:
+    """Synthetic wearables, generated frame by frame (so the paced run holds no signal
+    backlog in memory and its RSS is the agent's).
 
-    Everyone walks or stands; everyone sits down hard once (a 2 g bump that triggers the
-    detector and costs a model call but is not a fall); ``fall_share`` of them fall once.
+    Everyone walks; everyone sits down hard once (a 2 g bump that triggers the detector
+    and costs a model call but is not a fall); ``fall_share`` of them fall once.
     """
-    from edge import synth
 
-    rng = np.random.default_rng(seed)
-    n = int(sim_s * RATE)
-    base_a, base_g = synth.quiet(n + 500, rng, walking=True)
-    fa, fg, imp = synth.fall(pre_s=2.0, post_s=max(4.0, sim_s))
-    out = []
-    fallers = set(rng.choice(n_wear, size=round(n_wear * fall_share), replace=False).tolist())
-    for k in range(n_wear):
-        off = int(rng.integers(0, 500))
-        a = base_a[off:off + n].copy()
-        g = base_g[off:off + n].copy()
-        bump = int(rng.uniform(1.0, max(1.5, sim_s - 2.0)) * RATE)
-        a[bump:bump + 3, 2] += 1.2
-        if k in fallers:
-            at = int(rng.uniform(5.0, max(5.5, sim_s - 4.0)) * RATE)  # impact time
-            start = at - imp
-            length = min(n - start, len(fa))
-            a[start:start + length] = fa[:length]
-            g[start:start + length] = fg[:length]
-        out.append((a, g))
-    return out, sorted(fallers)
+    def __init__(self, n_wear: int, sim_s: float, fall_share: float, seed: int = 0,
+                 hub: str = "hub-1") -> None:
+        from edge import synth
 
+        rng = np.random.default_rng(seed)
+        self.n_wear, self.sim_s, self.hub = n_wear, sim_s, hub
+        self.n = int(sim_s * RATE)
+        self.base_a, self.base_g = synth.quiet(self.n + 500, rng, walking=True)
+        self.fa, self.fg, imp = synth.fall(pre_s=2.0, post_s=max(4.0, sim_s))
+        self.fallers = sorted(rng.choice(n_wear, size=round(n_wear * fall_share), replace=False).tolist())
+        fall_set = set(self.fallers)
+        self.off = rng.integers(0, 500, n_wear)
+        self.bump = (rng.uniform(1.0, max(1.5, sim_s - 2.0), n_wear) * RATE).astype(int)
+        self.fall_start = np.full(n_wear, -10**9)
+        for k in fall_set:
+            self.fall_start[k] = int(rng.uniform(5.0, max(5.5, sim_s - 4.0)) * RATE) - imp
+        self.ticks = int(sim_s / FRAME_S)
 
-def _frames_by_tick(hub: str, sig: list, sim_s: float, phases: int = 1) -> list[list]:
-    """Encoded frames grouped by reception tick. ``phases`` > 1 spreads the wearables'
-    frame times over the frame period (real wearables are not in lock-step), giving
-    ``phases`` ticks per frame period."""
-    from fallwatch.frames import ImuPacket, SensorFrame, encode_imu
+    def samples(self, k: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = i * PER_FRAME, (i + 1) * PER_FRAME
+        o = int(self.off[k])
+        a = self.base_a[o + lo:o + hi].copy()
+        g = self.base_g[o + lo:o + hi].copy()
+        b = int(self.bump[k])
+        if lo <= b + 2 and b < hi:
+            idx = np.arange(max(lo, b), min(hi, b + 3)) - lo
+            a[idx, 2] += 1.2
+        fs = int(self.fall_start[k])
+        if fs + len(self.fa) > lo and fs < hi:
+            src = np.arange(lo, hi) - fs
+            ok = (src >= 0) & (src < len(self.fa))
+            a[ok] = self.fa[src[ok]]
+            g[ok] = self.fg[src[ok]]
+        return a, g
 
-    ticks = int(sim_s / FRAME_S)
-    out: list[list] = [[] for _ in range(ticks * phases)]
-    for k, (a, g) in enumerate(sig):
-        sid = f"wear-{k:04d}"
-        ph = k % phases
+    def tick(self, j: int, phases: int) -> list:
+        """Encoded frames received in reception tick ``j`` (``phases`` ticks per frame
+        period: real wearables are not in lock-step, so their frame times are spread)."""
+        from fallwatch.frames import ImuPacket, SensorFrame, encode_imu
+
+        i, ph = divmod(j, phases)
         t_off = FRAME_S * ph / phases
-        for i in range(ticks):
-            s = slice(i * PER_FRAME, (i + 1) * PER_FRAME)
-            p = ImuPacket(sensor_id=sid, boot_count=1, seq=i, t0_ms=int((i * FRAME_S + t_off) * 1000), rate_hz=RATE,
-                          acc_g=a[s], gyro_dps=g[s], battery_pct=80.0, rssi_dbm=-60.0)
-            rx = (i + 1) * FRAME_S + t_off + 0.005
-            out[i * phases + ph].append(SensorFrame(hub, sid, "ble", rx, encode_imu(p)))
-    return out
+        out = []
+        for k in range(ph, self.n_wear, phases):
+            a, g = self.samples(k, i)
+            sid = f"wear-{k:04d}"
+            p = ImuPacket(sensor_id=sid, boot_count=1, seq=i, t0_ms=int((i * FRAME_S + t_off) * 1000),
+                          rate_hz=RATE, acc_g=a, gyro_dps=g, battery_pct=80.0, rssi_dbm=-60.0)
+            out.append(SensorFrame(self.hub, sid, "ble", (i + 1) * FRAME_S + t_off + 0.005, encode_imu(p)))
+        return out
 
 
 def _agent(url: str, workdir: str, site: str) -> Any:
@@ -117,9 +126,8 @@ def _worker(mode: str, url: str, workdir: str, site: str, n_wear: int, sim_s: fl
     idle_rss = psutil.Process(os.getpid()).memory_info().rss / 2**20
     res: dict[str, Any] = {"idle_rss_mb": idle_rss}
     if mode == "throughput":
-        sig, _ = _signals(n_wear, sim_s, fall_share)
-        ticks = _frames_by_tick("hub-1", sig, sim_s)
-        del sig
+        traffic = _Traffic(n_wear, sim_s, fall_share)
+        ticks = [traffic.tick(j, 1) for j in range(traffic.ticks)]  # pre-encoded: not in the CPU time
         rates, base = [], []
         for r in range(repeats):  # interleaved, so machine load affects both alike
             rate, st = _feed_rate(url, workdir, f"{site}-t{r}", ticks, n_wear, sim_s)
@@ -130,19 +138,20 @@ def _worker(mode: str, url: str, workdir: str, site: str, n_wear: int, sim_s: fl
         res["stats"] = st
         res["baseline_rates"] = base
     else:
-        sig, fallers = _signals(n_wear, sim_s, fall_share, seed=1)
-        ticks = _frames_by_tick("hub-1", sig, sim_s, phases=PHASES)
-        del sig
+        traffic = _Traffic(n_wear, sim_s, fall_share, seed=1)
+        fallers = traffic.fallers
         agent = _agent(url, workdir, site)
         t0 = time.monotonic()
         step = FRAME_S / PHASES
-        for i, frames in enumerate(ticks):
-            due = t0 + (i + 1) * step + 0.005  # when the frames' last samples exist (+ radio)
+        n_ticks = traffic.ticks * PHASES
+        for j in range(n_ticks):
+            frames = traffic.tick(j, PHASES)  # made on the fly (the wearables' radios)
+            due = t0 + (j + 1) * step + 0.005  # when the frames' last samples exist (+ radio)
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            agent.feed(frames, (i + 1) * step + 0.005)
-        behind = time.monotonic() - (t0 + len(ticks) * step)
+            agent.feed(frames, (j + 1) * step + 0.005)
+        behind = time.monotonic() - (t0 + n_ticks * step)
         agent.flush(30)
         res["events"] = [(e["event_id"], e["feed_wall"]) for e in agent.alert_events if e["status"] == "alert"]
         res["fallers"] = len(fallers)
