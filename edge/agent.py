@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 #: still spans sensor noise only (~0.02 g).
 MOVE_RANGE_G = 0.15
 
+#: The silent end-to-end test alarm (``evt/test``) goes out at start and then this often.
+TEST_ALARM_EVERY_S = 24 * 3600.0
+
 #: Keys of the remote config (retained on ``.../config``) the agent applies at run time.
 REMOTE_CONFIG_KEYS = frozenset({"cancel_window_s", "heartbeat_s", "telemetry_window_s", "upload_raw_imu"})
 
@@ -146,6 +149,7 @@ class EdgeAgent:
         self._now_s = 0.0
         self._next_tele = self.telemetry_window_s
         self._next_health = 0.0
+        self._next_test = 0.0
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
         self.started = False
@@ -358,6 +362,11 @@ class EdgeAgent:
         self._resolve_pending(now_s, wall)
         if now_s >= self._next_tele:
             self._telemetry(now_s)
+        if now_s >= self._next_test:
+            # R3: a silent end-to-end test alarm every day, so a dead path is found before a fall
+            self._next_test = now_s + TEST_ALARM_EVERY_S
+            self._enqueue([self._pending_msg("test", topics.test_alarm(self.site_id, self.device_id), C.TestAlarm,
+                                             C.TestData(), now_s)])
         if self._day_key(now_s) != self._risk_day:
             self.score_risk(now_s)
         if now_s >= self._next_health:

@@ -73,6 +73,7 @@ def test_one_fall_gives_exactly_one_alert_with_reasons(agent: EdgeAgent, recorde
     assert msg.msg_id == f"hub-1:{msg.seq}"
     assert recorder.errors == []  # everything the agent sent passed the strict contract
     assert recorder.of_kind("health") and recorder.of_kind("tele")
+    assert len(recorder.of_kind("test")) == 1  # the daily silent test alarm, sent at start
     st = agent.stats()
     assert st["alerts_raised"] == 1 and st["frame_errors"] == 0 and st["outbox_depth"] == 0
 
@@ -169,3 +170,30 @@ def test_duplicated_and_reordered_packets_still_one_alert(agent: EdgeAgent, reco
     assert agent.flush(10)
     assert recorder.wait_for(lambda r: len(r.falls()) >= 1)
     assert len(recorder.falls()) == 1
+
+
+def test_remote_config_applied_and_bad_config_rejected(agent: EdgeAgent, recorder: UplinkRecorder,
+                                                       mosquitto: Mosquitto, unique_name: str) -> None:
+    import paho.mqtt.client as mqtt
+
+    from fallwatch import topics
+
+    # the birth message follows the agent's downlink subscriptions: it is listening after it
+    assert recorder.wait_for(lambda r: any(m.msg.data.state == "ready" for m in r.of_kind("state")))
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    topic = topics.config(unique_name, "hub-1")
+    try:
+        pub.publish(topic, b'{"version": "7", "cancel_window_s": 25.0, "heartbeat_s": 20}', qos=1).wait_for_publish(5)
+        assert recorder.wait_for(lambda r: len(r.of_kind("cmd_res")) >= 1)
+        pub.publish(topic, b'{"version": "8", "cancel_window_s": 600}', qos=1).wait_for_publish(5)  # above 60 s
+        pub.publish(topic, b'{"version": "9", "password": "x"}', qos=1).wait_for_publish(5)  # not remotely settable
+        assert recorder.wait_for(lambda r: len(r.of_kind("cmd_res")) >= 3)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+    replies = [m.msg.data for m in recorder.of_kind("cmd_res")]
+    assert [r.status for r in replies] == ["ok", "rejected", "rejected"]
+    assert replies[0].version == "7" and "unknown keys" in replies[2].detail
+    assert agent.cancel_window_s == 25.0 and agent.heartbeat_s == 20.0  # the good one stays applied
