@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -166,7 +167,7 @@ class Fleet:
             self.devices.append(dev)
 
     def _drift_truth(self, res: Any, sensor_id: str, hub_id: str) -> None:
-        days = int(self.duration_s // 86400) + 1
+        days = max(1, math.ceil(self.duration_s / 86400.0))
         sink = []
         for d in range(days):
             p = profile_at(res, d * 86400.0)

@@ -39,15 +39,26 @@ class Timeline:
     truth: list[Truth]
     button_presses: list[float]  # sim times the wearer pressed the cancel button
 
+    _hint: int = 0
+
     def segment_at(self, t: float) -> Segment:
-        lo, hi = 0, len(self.segments) - 1
+        """The segment covering ``t``; O(1) for the near-monotonic queries of room sensors."""
+        segs = self.segments
+        i = self._hint
+        if i < len(segs) and segs[i].t0 <= t and (i + 1 == len(segs) or t < segs[i + 1].t0):
+            return segs[i]
+        if i + 1 < len(segs) and segs[i + 1].t0 <= t and (i + 2 == len(segs) or t < segs[i + 2].t0):
+            self._hint = i + 1
+            return segs[i + 1]
+        lo, hi = 0, len(segs) - 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self.segments[mid].t0 <= t:
+            if segs[mid].t0 <= t:
                 lo = mid
             else:
                 hi = mid - 1
-        return self.segments[lo]
+        self._hint = lo
+        return segs[lo]
 
 
 def profile_at(resident: Resident, t_s: float) -> Profile:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -179,3 +180,23 @@ def test_run_continues_where_it_stopped() -> None:
     parts = [f.payload for ch in fleet.run(duration_s=8.0) for f in ch.frames]
     parts += [f.payload for ch in fleet.run(duration_s=12.0) for f in ch.frames]
     assert parts == whole
+
+
+def test_drift_week_ground_truth_declines_day_by_day() -> None:
+    fleet = Fleet(load_scenario(SCENARIOS / "drift_week.toml"))
+    days = [e.details for e in fleet.ground_truth if e.type == "risk_drift"]
+    assert [d["day"] for d in days] == list(range(7))
+    speeds = [d["gait_speed_mps"] for d in days]
+    assert speeds[1] == speeds[0] and all(b < a for a, b in itertools.pairwise(speeds[1:]))
+    walks = [e for e in fleet.ground_truth if e.type == "adl" and e.details["activity"] == "walk"]
+    first = np.median([w.details["speed_mps"] for w in walks if w.t_start_s < 86400])
+    last = np.median([w.details["speed_mps"] for w in walks if w.t_start_s > 6 * 86400])
+    assert last < first - 0.15
+
+
+def test_load_10k_runs_in_fleet_mode() -> None:
+    fleet = Fleet(load_scenario(SCENARIOS / "load_10k.toml"), progress=True)
+    assert len(fleet.sensors) == 10_000 and len(fleet.hubs) == 2_500
+    chunks = list(fleet.run(duration_s=2.0, progress=True))
+    hubs = {f.hub_id for c in chunks for f in c.frames}
+    assert len(hubs) > 2_400  # nearly every hub heard its wearable within 2 s (1 % loss)
