@@ -28,10 +28,9 @@ def resolve_scenario(name: str) -> Path:
 def _load(name: str) -> Any:
     from firmware_sim.scenario import ScenarioError, demo_scenario, load_scenario
 
-    if name == "demo":
-        return demo_scenario()
     try:
-        return load_scenario(resolve_scenario(name))
+        scn = demo_scenario() if name == "demo" else load_scenario(resolve_scenario(name))
+        return scn.expanded()
     except ScenarioError as exc:
         raise SystemExit(str(exc)) from None
 
@@ -55,6 +54,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=cmd_run)
 
+    rp = s.add_parser("replay", help="replay a recording (CSV/NPZ/SisFall) as one wearable; same outputs as run")
+    rp.add_argument("recording", help="file.csv, file.npz, a SisFall trial .txt or SUBJECT.tar.xz#TRIAL")
+    rp.add_argument("--format", choices=("csv", "npz", "sisfall"), help="default: from the file name")
+    rp.add_argument("--rate", type=float, default=50.0, help="wearable rate in Hz (default 50)")
+    rp.add_argument("--loop", action="store_true", help="repeat the recording until --duration")
+    rp.add_argument("--duration", type=float, help="simulated seconds (default: the recording's length)")
+    pace = rp.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=0.0, help="sim seconds per wall second (0 = fast)")
+    pace.add_argument("--realtime", action="store_true")
+    rp.add_argument("--out", type=Path)
+    rp.add_argument("--seed", type=int)
+    rp.add_argument("--step", type=float, default=1.0)
+    rp.add_argument("--no-frames", action="store_true")
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(func=cmd_replay)
+
     c = s.add_parser("check", help="validate a scenario and print what it expands to")
     c.add_argument("scenario")
     c.set_defaults(func=cmd_check)
@@ -74,10 +89,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    return _run(_load(args.scenario), args)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from firmware_sim.replay import ReplayError, ReplaySource
+    from firmware_sim.scenario import ReplaySpec, Resident, Scenario, Site, Wearable
+
+    fmt = args.format or ("npz" if args.recording.endswith(".npz") else
+                          "csv" if args.recording.endswith(".csv") else "sisfall")
+    spec = ReplaySpec(path=Path(args.recording), format=fmt, loop=args.loop)
+    try:
+        length = ReplaySource.from_spec(spec, args.rate).duration_s
+    except (ReplayError, OSError, ValueError) as exc:
+        raise SystemExit(f"cannot replay {args.recording}: {exc}") from None
+    res = Resident(id="replay", wearable=Wearable(id="wear-replay", rate_hz=args.rate, replay=spec))
+    scn = Scenario(name="replay", duration_s=args.duration or length,
+                   sites=[Site(site_id="replay", hub_id="hub-replay", residents=[res])])
+    return _run(scn, args)
+
+
+def _run(scn: Any, args: argparse.Namespace) -> int:
     from firmware_sim.fleet import Fleet
     from firmware_sim.replay import FrameLogWriter
 
-    scn = _load(args.scenario)
     progress = sys.stderr.isatty() and not args.json
     fleet = Fleet(scn, seed=args.seed, progress=progress)
     duration = args.duration if args.duration is not None else scn.duration_s

@@ -173,6 +173,7 @@ class WearableDevice:
         self.boot_flag = True
         self.jump_flag = False
         self.clock_ms = 0.0  # accumulated clock jumps
+        self.sync_t = 0.0  # sim time the device clock was last set from the hub (drift restarts there)
         self.off_until = -1.0
         self.dead = False
         self.block_idx = -1
@@ -267,6 +268,7 @@ class WearableDevice:
         self.boot += 1
         self.boot_flag = True
         self.clock_ms = 0.0  # the clock is resynchronised by the hub after boot
+        self.sync_t = t
         self.stats["reboots"] += 1
 
     def _life(self, t: float) -> bool:
@@ -307,7 +309,8 @@ class WearableDevice:
 
     def _frame(self, k: int, t_first: float, flags: int, bat: float) -> bytes:
         counts, sat = self.samples(k)
-        t0_ms = self.start_epoch_ms + t_first * 1000.0 * (1 + self.ppm * 1e-6) + self.clock_ms
+        t0_ms = (self.start_epoch_ms + self.sync_t * 1000.0 + (t_first - self.sync_t) * 1000.0 * (1 + self.ppm * 1e-6)
+                 + self.clock_ms)
         return pack_imu(self.sensor_id, self.boot, self.seq, int(t0_ms), self.rate, counts, bat,
                         self.spec.rssi_dbm + 3.0 * float(self.rng_dev.standard_normal()),
                         flags | (FLAG_SATURATED if sat else 0), self.acc_lsb, self.gyro_lsb)

@@ -139,7 +139,18 @@ class Fleet:
             wid = res.wearable.id or f"wear-{res.id}"
             self.sensors.append(SensorInfo(wid, site.hub_id, site.site_id, res.id, "wearable", None,
                                            res.wearable.rate_hz))
-            self._device_truth.append((res.id, wid, site.hub_id, tl.truth))
+            rp = res.wearable.replay
+            if rp is None:
+                self._device_truth.append((res.id, wid, site.hub_id, tl.truth))
+            else:  # the motion is the recording's, so the model's timeline is not the truth
+                trial = Path(str(rp.path).split("#")[-1]).stem
+                details: dict[str, Any] = {"path": str(rp.path), "format": rp.format, "loop": rp.loop,
+                                           "trial": trial}
+                if rp.format == "sisfall":
+                    details["activity"] = trial[:3]
+                    details["is_fall"] = trial.startswith("F")
+                self._device_truth.append((res.id, wid, site.hub_id,
+                                           [Truth("replay", 0.0, None, self.duration_s, details)]))
             if res.drift is not None:
                 self._drift_truth(res, wid, site.hub_id)
             source = None

@@ -206,6 +206,10 @@ class Scenario(_Strict):
             rng = random.Random(f"{self.seed}:{gi}:{gen.prefix}")
             for i in range(gen.sites):
                 sites.append(_generated_site(gen, i, rng))
+        known = {r.id for s in sites for r in s.residents}
+        unknown = sorted({ev.resident for ev in self.events} - known)
+        if unknown:
+            raise ScenarioError(f"events for unknown residents: {', '.join(unknown[:5])}")
         return self.model_copy(update={"sites": sites, "generate": []})
 
 

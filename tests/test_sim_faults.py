@@ -155,3 +155,16 @@ def test_fault_pattern_only_hits_matching_sensors() -> None:
     _, frames = _fleet([Fault(type="loss", sensor="pir-*", rate=1.0)], duration_s=200.0, room_sensors=True)
     kinds = Counter(f.sensor_id.split("-")[0] for f in frames)
     assert kinds["pir"] == 0 and kinds["wear"] > 0 and kinds["bed"] + kinds["door"] > 0
+
+
+def test_clock_drift_restarts_after_a_reboot_resync() -> None:
+    _, frames = _fleet([Fault(type="clock_skew", ppm=1000.0), Fault(type="brownout", at_s=100.0)],
+                           duration_s=150.0)
+    pk = _packets(frames)
+    before = [p for p in pk if p.boot_count == 0]
+    after = [p for p in pk if p.boot_count == 1]
+    err_before = before[-1].t0_ms - (EPOCH + before[-1].seq * 500)
+    assert err_before == pytest.approx(99.5 * 1000 * 1e-3, abs=1)  # 1000 ppm over ~100 s
+    first = after[0]
+    t_first = frames[pk.index(first)].rx_t_s - 0.5  # sampled during the half second before sending
+    assert first.t0_ms - (EPOCH + t_first * 1000) == pytest.approx(0, abs=20)  # resynced at boot

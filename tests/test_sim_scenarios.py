@@ -200,3 +200,26 @@ def test_load_10k_runs_in_fleet_mode() -> None:
     chunks = list(fleet.run(duration_s=2.0, progress=True))
     hubs = {f.hub_id for c in chunks for f in c.frames}
     assert len(hubs) > 2_400  # nearly every hub heard its wearable within 2 s (1 % loss)
+
+
+def test_cli_replay_a_csv_recording(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    t = np.arange(500) / 50.0
+    acc = np.column_stack([np.zeros_like(t), np.zeros_like(t), 1 + 0.2 * np.sin(2 * np.pi * 1.6 * t)])
+    save_csv(tmp_path / "rec.csv", 50.0, acc, np.zeros_like(acc))
+    out = tmp_path / "out"
+    assert main(["sim", "replay", str(tmp_path / "rec.csv"), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["sim_seconds"] == 10.0 and summary["wearables"] == 1
+    truth = [json.loads(x) for x in (out / "ground_truth.jsonl").read_text().splitlines()[1:]]
+    assert [e["type"] for e in truth] == ["replay"] and truth[0]["details"]["format"] == "csv"
+    _, got, _ = export_wearable(read_frames(out / "frames.fwlog"), "wear-replay")
+    assert np.abs(got[:, 2] - acc[:len(got), 2]).max() < 0.1  # same signal, plus the part's noise/bias
+    with pytest.raises(SystemExit, match="cannot replay"):
+        main(["sim", "replay", str(tmp_path / "missing.csv")])
+
+
+def test_events_for_unknown_generated_residents_are_rejected() -> None:
+    scn = load_scenario(SCENARIOS / "care_home.toml")
+    bad = scn.model_copy(update={"events": [*scn.events, scn.events[0].model_copy(update={"resident": "r-x"})]})
+    with pytest.raises(ScenarioError, match="r-x"):
+        Fleet(bad)
