@@ -580,6 +580,7 @@ class EdgeAgent:
                 "feed_wall": pa.feed_wall,
             }
         )
+        del self.alert_events[:-1000]  # a record for tests and the bench, bounded
         log.warning(
             "fall %s for %s (%s): confidence %.2f", status, w.sensor_id, w.resident_id, data.confidence
         )
@@ -711,8 +712,10 @@ class EdgeAgent:
         for w in self._wearables.values():
             st = w.stream
             status = st.status
-            if st.last_seen_s is None or now_s - st.last_seen_s > stale_w:
-                status = "stale" if st.last_seen_s is not None else "silent"
+            if st.last_seen_s is None:
+                status = "silent" if now_s > stale_w else "ok"  # not yet expected at start-up
+            elif now_s - st.last_seen_s > stale_w:
+                status = "stale"
             if status != "ok":
                 since = (
                     "never seen"
@@ -733,7 +736,7 @@ class EdgeAgent:
         for rs in self._room_sensors.values():
             status = "ok"
             if rs.last_seen_s is None:
-                status = "silent"
+                status = "silent" if now_s > self.cfg.edge.room_stale_s else "ok"
             elif now_s - rs.last_seen_s > self.cfg.edge.room_stale_s:
                 status = "stale"
             if status != "ok":
@@ -777,7 +780,9 @@ class EdgeAgent:
             self._apply_remote_config(bytes(msg.payload))
         elif msg.topic == topics.ota_model(self.site_id, self.device_id):
             if msg.payload:
-                self.apply_model_update(bytes(msg.payload))
+                # verify/load/self-test off the network thread: PUBACKs keep flowing meanwhile
+                threading.Thread(target=self.apply_model_update, args=(bytes(msg.payload),),
+                                 name="edge-model-update", daemon=True).start()
         elif len(parsed) == 4 and parsed[1] == "req":
             self._count("commands_unknown")
 
