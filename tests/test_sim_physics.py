@@ -291,3 +291,23 @@ def test_transfers_and_bending_comparable_to_sisfall() -> None:
     for activity, peaks in sim.items():
         assert lo <= np.median(peaks) <= np.median(real) * 1.5, activity
         assert max(peaks) <= hi, activity
+
+
+def test_stairs_are_slower_and_bouncier_than_level_walking() -> None:
+    res = [Resident(id="r1", profile=Profile(activity=1.0, stride_cv=0.02))]
+    sites = [flat_site(1, res[0]).model_copy(update={"stairs": True, "sensors": []})]
+    fleet = Fleet(Scenario(seed=5, duration_s=1500.0, start_epoch_ms=0, sites=sites))
+    pk = sorted((decode_imu(f.payload) for ch in fleet.run(step_s=10.0) for f in ch.frames), key=lambda p: p.seq)
+    acc = np.concatenate([p.acc_g for p in pk])
+    stats: dict[str, list[tuple[float, float]]] = {}
+    for e in fleet.ground_truth:
+        if e.type == "adl" and e.details["activity"] in ("walk", "stairs_up", "stairs_down") and e.t_end_s < 1495 \
+                and e.t_end_s - e.t_start_s > 4:
+            mag = np.linalg.norm(acc[int(e.t_start_s * 50) + 40:int(e.t_end_s * 50) - 40], axis=1)
+            stats.setdefault(e.details["activity"], []).append((mag.std(), e.details["cadence_spm"]))
+    assert {"walk", "stairs_up", "stairs_down"} <= set(stats)
+    level_std = np.median([s for s, _ in stats["walk"]])
+    level_cad = np.median([c for _, c in stats["walk"]])
+    for kind in ("stairs_up", "stairs_down"):
+        assert np.median([s for s, _ in stats[kind]]) > 1.15 * level_std, kind
+        assert np.median([c for _, c in stats[kind]]) < 0.9 * level_cad, kind
