@@ -191,7 +191,7 @@ def render_fall(tau: np.ndarray, p: dict[str, Any]) -> Rendered:
         th = th0 + (th1 - th0) * prog
         ph = ph0 + (ph1 - ph0) * prog
     before = (tau > t_start) & ~after
-    av = np.where(before, -p["free"] * u**1.5, 0.0)
+    av = np.where(before, -p["free"] * u ** p.get("free_exp", 1.5), 0.0)  # exponent 0: free fall at once
     sig = p["width"]
     pulse = _gauss(tau, t_imp, sig)
     av = av + p["peak"] * pulse - 0.25 * p["peak"] * _gauss(tau, t_imp + 2.2 * sig, sig)

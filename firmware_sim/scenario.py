@@ -48,6 +48,7 @@ class Profile(_Strict):
     activity: float = Field(default=0.5, ge=0.0, le=1.0)  # share of waking time on the move
     falls_per_day: float = Field(default=0.0, ge=0.0, le=50.0)  # random falls on top of injected ones
     near_falls_per_day: float = Field(default=0.0, ge=0.0, le=200.0)
+    device_drops_per_day: float = Field(default=0.0, ge=0.0, le=50.0)  # wearable dropped while taken off
     cancel_prob: float = Field(default=0.15, ge=0.0, le=1.0)  # falls the wearer cancels (button)
     recover_prob: float = Field(default=0.5, ge=0.0, le=1.0)  # gets up alone after a fall
 
@@ -140,7 +141,7 @@ class Generate(_Strict):
 class Event(_Strict):
     """An injected event at a given time (seconds since scenario start)."""
 
-    type: Literal["fall", "near_fall"]
+    type: Literal["fall", "near_fall", "device_drop"]
     resident: str = Field(pattern=ID)
     at_s: float = Field(ge=0)
     kind: FallKind | None = None  # falls only; default drawn at random

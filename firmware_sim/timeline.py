@@ -118,7 +118,8 @@ class TimelineBuilder:
     def _random_events(self, duration_s: float) -> list[Event]:
         p = self.r.profile
         out: list[Event] = []
-        for typ, rate in (("fall", p.falls_per_day), ("near_fall", p.near_falls_per_day)):
+        for typ, rate in (("fall", p.falls_per_day), ("near_fall", p.near_falls_per_day),
+                          ("device_drop", p.device_drops_per_day)):
             n = int(self.rng.poisson(rate * duration_s / 86400.0)) if rate > 0 else 0
             for at in sorted(self.rng.uniform(min(60.0, duration_s / 4), duration_s * 0.95, n)):
                 out.append(Event(type=typ, resident=self.r.id, at_s=float(at)))
@@ -454,6 +455,39 @@ class TimelineBuilder:
         self.truth.append(Truth("near_fall", seg.t0, seg.t0 + 0.8, seg.t1, {
             "pitch_deg": round(params["pitch_deg"], 2), "room": self.room}))
 
+    def device_drop(self, ev: Event) -> None:
+        """The wearer takes the wearable off and drops it: a hard negative for fall detection.
+
+        The device free-falls ~1 m tumbling, hits the floor harder than a body does (no
+        soft tissue), lies still in a random orientation, and is picked up and worn again.
+        The resident stays upright and moving throughout.
+        """
+        self.to_standing()
+        t0 = self.t
+        if ev.at_s - 0.5 - self.t > 0.5:
+            self.still(ev.at_s - 0.5 - self.t)
+        rng = self.rng
+        rest_pose = (float(rng.uniform(-80, 80)), float(rng.uniform(-170, 170)))
+        peak = float(rng.uniform(5.0, 14.0))
+        params: dict[str, Any] = {
+            "T_fall": 0.45, "t_impact": 0.5, "from": POSTURES["stand"], "to": rest_pose, "free": 1.0,
+            "free_exp": 0.0, "peak": peak - 1.0, "width": 0.012, "spread": rng.normal(0, 0.5, 3).tolist(),
+            "gyro_kick": rng.normal(0, 400, 3).tolist(), "yaw_deg": float(rng.uniform(-300, 300))}
+        start = self.t
+        self.segments.append(Segment("fall", start, start + 1.3, "stand", "stand", self.room, "none", True,
+                                     label="device_drop", params=params))
+        rest = float(rng.uniform(3.0, 20.0))
+        self.segments.append(Segment("still", start + 1.3, start + 1.3 + rest, "stand", "stand", self.room,
+                                     "none", True, label="device_on_floor",
+                                     params={"pose": rest_pose, "sway_th": [], "sway_ph": []}))
+        T = float(rng.uniform(1.2, 2.0))
+        self.segments.append(Segment("transition", start + 1.3 + rest, start + 1.3 + rest + T, "stand", "stand",
+                                     self.room, "none", True, label="device_picked_up",
+                                     params={"T": T, "from": rest_pose, "to": POSTURES["stand"], "d_vert": 0.8}))
+        self.t = start + 1.3 + rest + T
+        self.truth.append(Truth("device_drop", t0, start + 0.5, self.t, {
+            "peak_g": round(peak, 3), "rest_s": round(rest, 3), "room": self.room, "requested_at_s": ev.at_s}))
+
     def build(self) -> Timeline:
         pending = list(self.events)
         while self.t < self.end:
@@ -462,6 +496,8 @@ class TimelineBuilder:
                 pending.pop(0)
                 if nxt.type == "fall":
                     self.fall(nxt)
+                elif nxt.type == "device_drop":
+                    self.device_drop(nxt)
                 else:
                     self.near_fall(nxt)
                 continue

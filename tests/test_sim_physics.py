@@ -311,3 +311,20 @@ def test_stairs_are_slower_and_bouncier_than_level_walking() -> None:
     for kind in ("stairs_up", "stairs_down"):
         assert np.median([s for s, _ in stats[kind]]) > 1.15 * level_std, kind
         assert np.median([c for _, c in stats[kind]]) < 0.9 * level_cad, kind
+
+
+def test_device_drop_is_free_fall_hard_impact_then_still() -> None:
+    events = [Event(type="device_drop", resident="r1", at_s=40.0), Event(type="device_drop", resident="r1", at_s=90.0)]
+    fleet, sig = _run([Resident(id="r1")], 140.0, events=events, seed=12)
+    acc, gyro, _ = sig["wear-r1"]
+    drops = [e for e in fleet.ground_truth if e.type == "device_drop"]
+    assert len(drops) == 2
+    for e in drops:
+        i = round(e.t_impact_s * 50)
+        mag = np.linalg.norm(acc, axis=1)
+        assert (mag[i - 18:i - 3] < 0.35).all()  # ~0.4 s of free fall
+        assert mag[i - 3:i + 3].max() > 4.0  # the hard floor
+        rest = slice(i + 50, i + int(e.details["rest_s"] * 50) + 20)
+        assert np.linalg.norm(gyro[rest], axis=1).max() < 6.0  # lying untouched: gyro noise and bias only
+        assert mag[rest].mean() == pytest.approx(1.0, abs=0.05)
+    assert not [e for e in fleet.ground_truth if e.type == "fall"]
