@@ -8,9 +8,8 @@ a new publisher starts from the oldest row still on disk. Each row is therefore 
 to paho once per process, and at most ``window`` rows are in paho's memory at a time so
 a long outage costs disk, not RAM.
 
-Reconnects use paho's backoff (``reconnect_delay_set`` in :mod:`fallwatch.mqtt`) plus a
-random start-up jitter so a site's hubs do not reconnect in lock-step after a broker
-restart.
+Reconnects use paho's exponential backoff (up to 30 s) starting from a random 0.5-2 s
+after each outage, so a site's hubs do not reconnect in lock-step after a broker restart.
 """
 
 from __future__ import annotations
@@ -132,6 +131,9 @@ class Publisher:
         if self.connected.is_set():
             self.disconnects += 1
             log.info("disconnected from broker: %s", reason_code)
+            # jitter: paho's backoff doubles from min_delay; a random start per outage keeps a
+            # site's hubs from reconnecting in lock-step after a broker restart
+            client.reconnect_delay_set(min_delay=random.uniform(0.5, 2.0), max_delay=30)  # type: ignore[arg-type]
         self.connected.clear()
 
     def _on_publish(
