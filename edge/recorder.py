@@ -41,6 +41,7 @@ class UplinkRecorder:
                         for f in topics.UPLINK_FILTERS]
         self._clean = not persistent
         self.client = make_client(cfg, client_id, clean_start=self._clean)
+        self.client.reconnect_delay_set(min_delay=0.2, max_delay=2)  # type: ignore[arg-type]  # an observer: come back fast
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.messages: list[Received] = []
