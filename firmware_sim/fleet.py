@@ -219,19 +219,31 @@ class Fleet:
 
     @property
     def ground_truth(self) -> list[GroundTruthEvent]:
+        """Every injected event that has started by the current sim time.
+
+        Before the first ``run`` it is the whole plan (up to the scenario's duration), so a
+        scenario can be inspected without simulating it; after a run shorter than the
+        scenario it holds only what actually happened in the simulated span.
+        """
+        return self.truth_until(self.t_s if self.t_s > 0 else self.duration_s)
+
+    def truth_until(self, t_s: float) -> list[GroundTruthEvent]:
+        """Injected events that start at or before sim time ``t_s``, sorted by start."""
         out = []
         for resident, sensor, hub, truths in self._device_truth:
             for tr in truths:
+                if tr.t_start_s > t_s:
+                    continue
                 sid = tr.details.get("sensor", sensor)
                 out.append(GroundTruthEvent(tr.type, resident, sid, hub, round(tr.t_start_s, 3),
                                             None if tr.t_impact_s is None else round(tr.t_impact_s, 3),
                                             round(tr.t_end_s, 3), dict(tr.details)))
         for resident, sensor, hub, fl in self._fault_logs:
-            if fl.fault.type == "brownout" and "reboots" not in fl.counts and fl.truth.t_start_s > self.t_s:
-                continue
             tr = fl.truth
+            if tr.t_start_s > t_s:
+                continue
             out.append(GroundTruthEvent("fault", resident, sensor, hub, round(tr.t_start_s, 3), None,
-                                        round(tr.t_end_s, 3), dict(tr.details)))
+                                        round(min(tr.t_end_s, max(t_s, tr.t_start_s)), 3), dict(tr.details)))
         out.sort(key=lambda e: (e.t_start_s, e.hub_id, e.sensor_id or "", e.type))
         return out
 
@@ -241,6 +253,7 @@ class Fleet:
         with open(path, "w") as fh:
             fh.write(json.dumps({"type": "header", "scenario": self.scenario.name, "seed": self.seed,
                                  "start_epoch_ms": self.start_epoch_ms, "duration_s": self.duration_s,
+                                 "simulated_s": round(self.t_s, 3),
                                  "format": "fallwatch-ground-truth/1"}) + "\n")
             for ev in events:
                 fh.write(json.dumps(asdict(ev), sort_keys=True, default=float) + "\n")

@@ -102,3 +102,18 @@ def test_gravity_at_rest_and_walking_signal(demo: tuple[Fleet, list]) -> None:
             mag = np.linalg.norm(acc[sl], axis=1)
             assert mag.mean() == pytest.approx(1.0, abs=0.05)
             assert mag.std() < 0.03
+
+
+def test_ground_truth_of_a_shortened_run_holds_only_what_happened() -> None:
+    scn = demo_scenario(residents=2, duration_s=200.0, falls=1, seed=4)
+    fleet = Fleet(scn)
+    planned = fleet.ground_truth
+    falls = [e for e in planned if e.type == "fall"]
+    assert len(falls) == 2
+    cut = min(e.t_start_s for e in falls) - 1.0
+    for _ in fleet.run(duration_s=cut):
+        pass
+    happened = fleet.ground_truth
+    assert not [e for e in happened if e.type == "fall"]
+    assert all(e.t_start_s <= cut for e in happened)
+    assert len(happened) < len(planned)
