@@ -182,9 +182,10 @@ class WearableDevice:
         self.order = 0
         self.buttons = sorted(timeline.button_presses) if timeline else []
         self._battery_init()
-        self.brownouts = sorted(
-            (f.fault.at_s or 0.0, f) for f in faults if f.fault.type == "brownout")
-        self.jumps = sorted((f.fault.at_s or 0.0, f) for f in faults if f.fault.type == "clock_jump")
+        self.brownouts = sorted(((f.fault.at_s or 0.0, f) for f in faults if f.fault.type == "brownout"),
+                                key=lambda x: x[0])
+        self.jumps = sorted(((f.fault.at_s or 0.0, f) for f in faults if f.fault.type == "clock_jump"),
+                            key=lambda x: x[0])
         skew = [f for f in faults if f.fault.type == "clock_skew"]
         self.ppm = sum(f.fault.ppm for f in skew)
         self.stats = {"frames_sent": 0, "frames_delivered": 0, "reboots": 0}
@@ -285,20 +286,19 @@ class WearableDevice:
             self.jump_flag = True
             fl.count("jumps")
         bat = self.battery(t)
-        if self.battery_fault is not None:
-            if bat <= 0.0:
-                self.dead = True
+        if bat <= 0.0 and (self.drain > 0 or self.bat0 <= 0):  # flat: silent from now on
+            self.dead = True
+            if self.battery_fault is not None:
                 self.battery_fault.count("dead")
-                self.truth_sink.append(Truth("fault", t, None, t, {"fault": "battery_dead",
-                                                                   "sensor": self.sensor_id}))
-                return False
-            if bat < self.brownout_below:
-                if self.next_bat_brownout is None:
-                    self.next_bat_brownout = t + float(self.rng_dev.exponential(60.0))
-                elif t >= self.next_bat_brownout:
-                    self.battery_fault.count("reboots")
-                    self._reboot(t, "low_battery", float(self.rng_dev.uniform(2, 8)))
-                    self.next_bat_brownout = t + float(self.rng_dev.exponential(60.0))
+            self.truth_sink.append(Truth("fault", t, None, t, {"fault": "battery_dead", "sensor": self.sensor_id}))
+            return False
+        if self.battery_fault is not None and bat < self.brownout_below:
+            if self.next_bat_brownout is None:
+                self.next_bat_brownout = t + float(self.rng_dev.exponential(60.0))
+            elif t >= self.next_bat_brownout:
+                self.battery_fault.count("reboots")
+                self._reboot(t, "low_battery", float(self.rng_dev.uniform(2, 8)))
+                self.next_bat_brownout = t + float(self.rng_dev.exponential(60.0))
         if t < self.off_until:
             return False
         for fl in self.faults:

@@ -168,3 +168,14 @@ def test_clock_drift_restarts_after_a_reboot_resync() -> None:
     first = after[0]
     t_first = frames[pk.index(first)].rx_t_s - 0.5  # sampled during the half second before sending
     assert first.t0_ms - (EPOCH + t_first * 1000) == pytest.approx(0, abs=20)  # resynced at boot
+
+
+def test_two_brownouts_at_once_and_a_flat_battery_without_a_fault_rule() -> None:
+    fleet, frames = _fleet([Fault(type="brownout", at_s=20.0), Fault(type="brownout", at_s=20.0)], duration_s=40.0)
+    assert max(p.boot_count for p in _packets(frames)) == 2
+    res = Resident(id="r01", wearable=Wearable(id="wear-r01", battery_pct=0.25, drain_pct_per_h=90.0))
+    site = flat_site(1, res).model_copy(update={"sensors": []})
+    fleet = Fleet(Scenario(seed=1, duration_s=30.0, start_epoch_ms=EPOCH, sites=[site]))
+    frames = [f for ch in fleet.run() for f in ch.frames]
+    assert max(f.rx_t_s for f in frames) < 10.6  # 0.25 % at 90 %/h lasts 10 s
+    assert _fault_truth(fleet, "battery_dead")
