@@ -180,7 +180,8 @@ def render_fall(tau: np.ndarray, p: dict[str, Any]) -> Rendered:
     after = tau >= t_imp
     x = np.clip(tau - t_imp, 0.0, None)
     # falling like an inverted pendulum: rotation accelerates, most of it before impact
-    prog = np.where(after, 1 - 0.08 * np.exp(-x / 0.25) * np.cos(2 * np.pi * 3.0 * x), 0.92 * u**2)
+    settle = 1 - 0.08 * np.exp(-x / 0.25) * np.cos(2 * np.pi * 3.0 * x)
+    prog = np.where(after, settle, 0.92 * u ** p.get("rot_exp", 2.5))
     if p.get("pre_roll"):  # rolling to the bed edge before dropping
         roll_u = np.clip((tau - (t_start - p["pre_roll"])) / p["pre_roll"], 0, 1)
         roll, _ = _min_jerk(roll_u)
@@ -191,7 +192,7 @@ def render_fall(tau: np.ndarray, p: dict[str, Any]) -> Rendered:
         th = th0 + (th1 - th0) * prog
         ph = ph0 + (ph1 - ph0) * prog
     before = (tau > t_start) & ~after
-    av = np.where(before, -p["free"] * u ** p.get("free_exp", 1.5), 0.0)  # exponent 0: free fall at once
+    av = np.where(before, -p["free"] * u ** p.get("free_exp", 1.0), 0.0)  # exponent 0: free fall at once
     sig = p["width"]
     pulse = _gauss(tau, t_imp, sig)
     av = av + p["peak"] * pulse - 0.25 * p["peak"] * _gauss(tau, t_imp + 2.2 * sig, sig)

@@ -399,9 +399,9 @@ class TimelineBuilder:
         spread = self.rng.normal(0, 0.25, 3)
         params: dict[str, Any] = {
             "T_fall": T_fall, "t_impact": impact - self.t, "from": POSTURES[self.posture], "to": POSTURES[final],
-            "free": float(self.rng.uniform(0.2, 0.4) if kind == "collapse" else self.rng.uniform(0.45, 0.8)),
+            "free": float(self.rng.uniform(0.3, 0.5) if kind == "collapse" else self.rng.uniform(0.55, 0.9)),
             "peak": peak, "width": float(self.rng.uniform(0.025, 0.04)), "spread": spread.tolist(),
-            "gyro_kick": self.rng.normal(0, 120, 3).tolist(), "yaw_deg": float(self.rng.uniform(-40, 40)),
+            "gyro_kick": self.rng.normal(0, 200, 3).tolist(), "yaw_deg": float(self.rng.uniform(-40, 40)),
         }
         if kind == "from_bed":
             params["pre_roll"] = 1.0

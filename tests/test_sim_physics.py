@@ -55,6 +55,20 @@ def _sisfall_peaks(pattern: str) -> tuple[np.ndarray, list[np.ndarray]]:
     return np.array(peaks), signals
 
 
+def _sisfall_descent() -> tuple[np.ndarray, np.ndarray]:
+    """Per SisFall fall trial: min |acc| in the second before the peak, max |gyro| around it (50 Hz)."""
+    mins, rots = [], []
+    for subj in SUBJECTS[:2]:
+        for _, acc, gyro in iter_sisfall(SISFALL / f"{subj}.tar.xz", "F"):
+            a, g = resample(acc, 200.0, 50.0), resample(gyro, 200.0, 50.0)
+            mag = np.linalg.norm(a, axis=1)
+            i = int(np.argmax(mag))
+            if i >= 50:
+                mins.append(mag[i - 50:i].min())
+                rots.append(np.linalg.norm(g[i - 50:i + 10], axis=1).max())
+    return np.array(mins), np.array(rots)
+
+
 def test_gravity_magnitude_and_direction_at_rest() -> None:
     res = [Resident(id=f"r{i}", wearable=Wearable(acc_bias_g=0.0)) for i in range(2)]
     fleet, sig = _run(res, 400.0)
@@ -168,18 +182,28 @@ def test_fall_impact_peaks_comparable_to_sisfall() -> None:
             events.append(Event(type="fall", resident=r.id, at_s=40.0 + 110 * i,
                                 kind=FALL_KINDS[(i + j) % 6], lying_s=30.0, recovered=True))
     fleet, sig = _run(residents, 720.0, events=events, seed=6)
-    sim = []
+    sim, sim_min, sim_rot = [], [], []
     for e in fleet.ground_truth:
         if e.type == "fall":
-            acc = sig[e.sensor_id][0]
+            acc, gyro, _ = sig[e.sensor_id]
+            mag = np.linalg.norm(acc, axis=1)
             i = int(e.t_impact_s * 50)
-            sim.append(np.linalg.norm(acc[i - 25:i + 25], axis=1).max())
+            i = i - 25 + int(np.argmax(mag[i - 25:i + 25]))
+            sim.append(mag[i])
+            sim_min.append(mag[i - 50:i].min())  # how close to free fall the descent gets
+            sim_rot.append(np.linalg.norm(gyro[i - 50:i + 10], axis=1).max())  # how fast the trunk turns
     sim = np.array(sim)
     assert len(sim) == 36
     lo, p5, p25, p75, p95, hi = np.percentile(real, [0, 5, 25, 75, 95, 100])
     assert sim.min() >= 0.9 * lo and sim.max() <= hi
     assert p25 <= np.median(sim) <= p75
     assert np.mean((sim >= p5) & (sim <= p95)) >= 0.85
+    real_min, real_rot = _sisfall_descent()
+    for simulated, recorded in ((sim_min, real_min), (sim_rot, real_rot)):
+        q25, q75 = np.percentile(recorded, [25, 75])
+        assert q25 <= np.median(simulated) <= q75
+        r5, r95 = np.percentile(recorded, [5, 95])
+        assert np.mean((np.array(simulated) >= r5) & (np.array(simulated) <= r95)) >= 0.8
 
 
 @pytest.mark.data
