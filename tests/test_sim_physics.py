@@ -6,6 +6,7 @@ Reference values from real recordings (SisFall) are computed here at test time f
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -38,34 +39,35 @@ def _run(residents: list[Resident], duration_s: float, events: list[Event] | Non
     return fleet, out
 
 
-def _sisfall_peaks(pattern: str) -> tuple[np.ndarray, list[np.ndarray]]:
+@functools.cache
+def _sisfall() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every trial of SUBJECTS at 50 Hz (acc g, gyro deg/s), read once per test session."""
     if not SISFALL.exists():
         pytest.skip(f"SisFall recordings not found at {SISFALL}")
-    peaks, signals = [], []
+    out = {}
     for subj in SUBJECTS:
         archive = SISFALL / f"{subj}.tar.xz"
-        if not archive.exists():
-            continue
-        for _, acc, _ in iter_sisfall(archive, pattern):
-            a50 = resample(acc, 200.0, 50.0)
-            peaks.append(np.linalg.norm(a50, axis=1).max())
-            signals.append(a50)
-    if len(peaks) < 20:
-        pytest.skip("too few SisFall trials present")
-    return np.array(peaks), signals
+        if archive.exists():
+            for name, acc, gyro in iter_sisfall(archive, ""):
+                out[name] = (resample(acc, 200.0, 50.0), resample(gyro, 200.0, 50.0))
+    if sum(n.startswith("F") for n in out) < 20:
+        pytest.skip("too few SisFall fall trials present")
+    return out
+
+
+def _trials(prefix: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    return [(n, a, g) for n, (a, g) in sorted(_sisfall().items()) if n.startswith(prefix)]
 
 
 def _sisfall_descent() -> tuple[np.ndarray, np.ndarray]:
     """Per SisFall fall trial: min |acc| in the second before the peak, max |gyro| around it (50 Hz)."""
     mins, rots = [], []
-    for subj in SUBJECTS[:2]:
-        for _, acc, gyro in iter_sisfall(SISFALL / f"{subj}.tar.xz", "F"):
-            a, g = resample(acc, 200.0, 50.0), resample(gyro, 200.0, 50.0)
-            mag = np.linalg.norm(a, axis=1)
-            i = int(np.argmax(mag))
-            if i >= 50:
-                mins.append(mag[i - 50:i].min())
-                rots.append(np.linalg.norm(g[i - 50:i + 10], axis=1).max())
+    for _, a, g in _trials("F"):
+        mag = np.linalg.norm(a, axis=1)
+        i = int(np.argmax(mag))
+        if i >= 50:
+            mins.append(mag[i - 50:i].min())
+            rots.append(np.linalg.norm(g[i - 50:i + 10], axis=1).max())
     return np.array(mins), np.array(rots)
 
 
@@ -174,7 +176,7 @@ def test_falls_end_lying_and_near_falls_stay_upright() -> None:
 
 @pytest.mark.data
 def test_fall_impact_peaks_comparable_to_sisfall() -> None:
-    real, _ = _sisfall_peaks("F")
+    real = np.array([np.linalg.norm(a, axis=1).max() for _, a, _ in _trials("F")])
     events = []
     residents = [Resident(id=f"r{j}", profile=Profile(frailty=0.3)) for j in range(6)]
     for j, r in enumerate(residents):
@@ -208,13 +210,7 @@ def test_fall_impact_peaks_comparable_to_sisfall() -> None:
 
 @pytest.mark.data
 def test_walking_intensity_comparable_to_sisfall() -> None:
-    if not SISFALL.exists():
-        pytest.skip(f"SisFall recordings not found at {SISFALL}")
-    stds = []
-    for subj in SUBJECTS[:2]:
-        for _, acc, _ in iter_sisfall(SISFALL / f"{subj}.tar.xz", "D01"):  # walking slowly
-            mag = np.linalg.norm(resample(acc, 200.0, 50.0), axis=1)
-            stds.append(mag[500:-500].std())
+    stds = [np.linalg.norm(a, axis=1)[500:-500].std() for _, a, _ in _trials("D01")]  # walking slowly
     res = [Resident(id="r1", profile=Profile(gait_speed_mps=0.9, activity=1.0, frailty=0.2))]
     fleet, sig = _run(res, 300.0, seed=8)
     acc = sig["wear-r1"][0]
@@ -295,13 +291,7 @@ def test_room_sensors_follow_the_resident() -> None:
 @pytest.mark.data
 def test_transfers_and_bending_comparable_to_sisfall() -> None:
     """Sit down / stand up / pick up peaks sit inside SisFall's sit, lie and bend trials (D07-D16)."""
-    if not SISFALL.exists():
-        pytest.skip(f"SisFall recordings not found at {SISFALL}")
-    real = []
-    for subj in SUBJECTS[:2]:
-        for name, acc, _ in iter_sisfall(SISFALL / f"{subj}.tar.xz", "D"):
-            if 7 <= int(name[1:3]) <= 16:
-                real.append(np.linalg.norm(resample(acc, 200.0, 50.0), axis=1).max())
+    real = [np.linalg.norm(a, axis=1).max() for n, a, _ in _trials("D") if 7 <= int(n[1:3]) <= 16]
     res = [Resident(id=f"r{i}", profile=Profile(activity=0.3)) for i in range(3)]
     fleet, sig = _run(res, 1200.0, seed=11)
     sim: dict[str, list[float]] = {}
