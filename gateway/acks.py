@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterable
 
 
 class AckEntry:
-    __slots__ = ("done", "gen", "mid", "qos")
+    __slots__ = ("done", "gen", "mid", "owner", "qos")
 
-    def __init__(self, mid: int, qos: int, gen: int) -> None:
+    def __init__(self, owner: AckTracker, mid: int, qos: int, gen: int) -> None:
+        self.owner = owner
         self.mid = mid
         self.qos = qos
         self.gen = gen
@@ -42,7 +43,7 @@ class AckTracker:
             self._pending.clear()
 
     def track(self, mid: int, qos: int) -> AckEntry:
-        entry = AckEntry(mid, qos, self._gen)
+        entry = AckEntry(self, mid, qos, self._gen)
         with self._lock:
             self._pending.append(entry)
         return entry

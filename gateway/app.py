@@ -71,8 +71,6 @@ class Gateway:
         self._threads: list[threading.Thread] = []
         self._sinks: list[SeriesSink] = []
         self._store_ready = False
-        self.connected = False
-        self.subscribed = False
         self._closing = False
         self._last_rx = 0.0
         self._in_progress = 0
@@ -82,14 +80,23 @@ class Gateway:
         #: optional ``probe(path, e2e_ms)`` called per stored message with now - envelope ``sent_ms``
         #: (benchmarks measure end-to-end latency with it; None costs nothing)
         self.latency_probe: Callable[[str, float], None] | None = None
-        self.client = make_client(cfg.mqtt, g.gateway_id, manual_ack=True)
-        self.acks = AckTracker(self.client.ack)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
         prefix = f"$share/{g.shared_group}/" if g.shared_group else ""
-        self.filters = [prefix + f for f in topics.UPLINK_FILTERS]
+        base_id = cfg.mqtt.client_id or g.gateway_id
+        # two connections: fall alerts get their own TCP stream, session and paho thread, so
+        # they are never parsed behind a burst of telemetry queued on the same socket
+        self.bulk_link = _Link(
+            self,
+            "bulk",
+            base_id,
+            [prefix + f for f in BULK_FILTERS],
+            self._bulk_q,
+            receive_max=min(65535, max(100, 20 * g.batch_max)),
+        )
+        self.alert_link = _Link(
+            self, "alerts", f"{base_id}-alerts", [prefix + f for f in ALERT_FILTERS], self._alert_q, receive_max=100
+        )
+        self.links = (self.alert_link, self.bulk_link)
+        self.client = self.bulk_link.client  # publishes dead letters
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -101,8 +108,8 @@ class Gateway:
         self._start_thread("drain", self._drain_loop)
         self._start_thread("supervisor", self._supervise_loop)
         self._start_http()
-        self._connect()
-        self.client.loop_start()
+        for link in self.links:
+            link.start()
         log.info(
             "gateway %s started: store %s, state %s, spool %s",
             self.gateway_id,
@@ -114,10 +121,8 @@ class Gateway:
     def stop(self) -> None:
         """Disconnect first (no new messages), let the workers finish what they hold, close."""
         self._closing = True
-        try:
-            self.client.disconnect()
-        finally:
-            self.client.loop_stop()
+        for link in self.links:
+            link.stop()
         self._stop.set()
         for t in self._threads:
             t.join(timeout=30)
@@ -164,60 +169,15 @@ class Gateway:
         self._sinks.append(sink)
         return sink
 
-    # ------------------------------------------------------------------ MQTT
-    def _connect(self) -> None:
-        m = self.cfg.mqtt
-        if is_v5(m):
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = m.session_expiry_s
-            # bound what the broker sends us unacknowledged: the rest waits, queued, at the broker
-            props.ReceiveMaximum = min(65535, max(100, 20 * self.cfg.gateway.batch_max))
-            self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
-        else:
-            self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
+    @property
+    def connected(self) -> bool:
+        return all(link.connected for link in self.links)
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        if rc.is_failure:
-            log.error("MQTT connect refused: %s", rc)
-            return
-        self.acks.new_connection()
-        self.connected = True
-        client.subscribe([(f, 1) for f in self.filters])
-        log.info(
-            "MQTT connected (session present: %s); subscribing %d filters",
-            getattr(flags, "session_present", "?"),
-            len(self.filters),
-        )
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
-        bad = [str(r) for r in rcs if getattr(r, "is_failure", False)]
-        if bad:
-            log.error("subscription refused by the broker (check its ACL): %s", bad)
-            return
-        self.subscribed = True
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        self.connected = False
-        self.subscribed = False
-        if not self._closing:
-            log.warning("MQTT disconnected (%s); paho reconnects with backoff", rc)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        recv = time.time_ns()
+    def _received(self, item: Item) -> None:
         self._last_rx = time.monotonic()
-        entry = self.acks.track(msg.mid, msg.qos) if msg.qos > 0 else None
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            topic = msg._topic.decode("utf-8", "replace")  # broker should have refused it; reject below
-        item: Item = (topic, msg.payload, entry, recv, bool(msg.retain))
         with self.counters.lock:
             self.counters.received += 1
             self._in_progress += 1
-        if topic.endswith("/evt/fall"):
-            self._alert_q.put(item)
-        else:
-            self._bulk_q.put(item)
 
     # ------------------------------------------------------------------ decode / reject
     def _decode(self, items: list[Item]) -> list[tuple[contract.Message, Item, list[SeriesPoint]]]:
@@ -291,7 +251,13 @@ class Gateway:
     def _finish(self, items: list[Item]) -> None:
         with self.counters.lock:
             self._in_progress -= len(items)
-        self.acks.done(i[2] for i in items)
+        trackers: dict[int, tuple[AckTracker, list[AckEntry]]] = {}
+        for i in items:
+            e = i[2]
+            if e is not None:
+                trackers.setdefault(id(e.owner), (e.owner, []))[1].append(e)
+        for tracker, entries in trackers.values():
+            tracker.done(entries)
 
     def _retrying(self, fn: Any, *args: Any) -> None:
         """Run one batch to completion: an unexpected error (state DB locked, a bug) is logged
@@ -393,8 +359,7 @@ class Gateway:
             recv_ms = item[3] // 1_000_000
             if not self._store(points, sink, "alert"):
                 return
-            new, alert_id = self.state.record_fall(msg, recv_ms)
-            self.state.commit_batch([], recv_ms, [_device_update(msg, recv_ms)])
+            new, alert_id = self.state.record_fall(msg, recv_ms, _device_update(msg, recv_ms))
             done_ns = time.time_ns()
             self.metrics.ingest_latency.labels("alert").observe((done_ns - item[3]) / 1e9)
             if self.latency_probe is not None:
@@ -554,7 +519,7 @@ class Gateway:
                 "dead_lettered": c.dead_lettered,
                 "spool_depth": self.spool.depth,
                 "in_progress": self._in_progress,
-                "acked": self.acks.acked,
+                "acked": sum(link.acks.acked for link in self.links),
                 "batches": c.batches,
                 "connected": self.connected,
                 "devices_offline": len(self._offline_open),
@@ -562,8 +527,9 @@ class Gateway:
             }
 
     def ready(self) -> tuple[bool, str]:
-        if not self.connected or not self.subscribed:
-            return False, "MQTT not connected/subscribed"
+        for link in self.links:
+            if not link.connected or not link.subscribed:
+                return False, f"MQTT link {link.name!r} not connected/subscribed"
         if self.spool.full:
             return False, "spool full"
         return True, "ok"
@@ -594,6 +560,88 @@ class Gateway:
             return sink.count(measurement)
         finally:
             sink.close()
+
+
+#: Subscriptions of the two links: together exactly the uplink kinds of ``topics.UPLINK_FILTERS``.
+ALERT_FILTERS = (f"{topics.PREFIX}/+/+/evt/fall",)
+BULK_FILTERS = (
+    *(f for f in topics.UPLINK_FILTERS if not f.endswith("/evt/+")),
+    f"{topics.PREFIX}/+/+/evt/risk",
+    f"{topics.PREFIX}/+/+/evt/test",
+)
+
+
+class _Link:
+    """One MQTT connection: its own persistent session, subscriptions, queue and in-order acks."""
+
+    def __init__(
+        self, gw: Gateway, name: str, client_id: str, filters: list[str], q: queue.SimpleQueue[Item], receive_max: int
+    ) -> None:
+        self.gw = gw
+        self.name = name
+        self.filters = filters
+        self.q = q
+        self.receive_max = receive_max
+        self.connected = False
+        self.subscribed = False
+        mcfg = gw.cfg.mqtt.model_copy(update={"client_id": None})
+        self.client = make_client(mcfg, client_id, manual_ack=True)
+        self.acks = AckTracker(self.client.ack)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        m = self.gw.cfg.mqtt
+        if is_v5(m):
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = m.session_expiry_s
+            # bound what the broker sends us unacknowledged: the rest waits, queued, at the broker
+            props.ReceiveMaximum = self.receive_max
+            self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
+        else:
+            self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        if rc.is_failure:
+            log.error("MQTT %s link: connect refused: %s", self.name, rc)
+            return
+        self.acks.new_connection()
+        self.connected = True
+        client.subscribe([(f, 1) for f in self.filters])
+        log.info("MQTT %s link connected (session present: %s)", self.name, getattr(flags, "session_present", "?"))
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
+        bad = [str(r) for r in rcs if getattr(r, "is_failure", False)]
+        if bad:
+            log.error("MQTT %s link: subscription refused by the broker (check its ACL): %s", self.name, bad)
+            return
+        self.subscribed = True
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        self.connected = False
+        self.subscribed = False
+        if not self.gw._closing:
+            log.warning("MQTT %s link disconnected (%s); paho reconnects with backoff", self.name, rc)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        recv = time.time_ns()
+        entry = self.acks.track(msg.mid, msg.qos) if msg.qos > 0 else None
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = msg._topic.decode("utf-8", "replace")  # broker should have refused it; rejected later
+        item: Item = (topic, msg.payload, entry, recv, bool(msg.retain))
+        self.gw._received(item)
+        self.q.put(item)
 
 
 def _device_update(msg: contract.Message, seen_ms: int) -> DeviceUpdate:

@@ -243,7 +243,7 @@ class StateStore:
         return rows
 
     # ------------------------------------------------------------ alerts
-    def record_fall(self, msg: c.FallAlert, received_ms: int) -> tuple[bool, str]:
+    def record_fall(self, msg: c.FallAlert, received_ms: int, device: DeviceUpdate | None = None) -> tuple[bool, str]:
         """Store a fall alert (idempotent by event); returns (new event?, alert_id).
 
         Also marks the message seen in the same transaction. A re-sent or updated alert
@@ -295,6 +295,8 @@ class StateStore:
                 "INSERT INTO seen (msg_id, received_ms) VALUES (?, ?) ON CONFLICT (msg_id) DO NOTHING",
                 (msg.msg_id, received_ms),
             )
+            if device is not None:
+                self._upsert_device(cur, device)
             self._log(
                 cur,
                 alert_id,

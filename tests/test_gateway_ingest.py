@@ -117,9 +117,7 @@ def test_telemetry_from_several_devices(
     assert gateway.count_points("telemetry") == 200
     reg = {d["device_id"]: d for d in gateway.devices()}
     assert set(reg) == set(devices)
-    assert all(
-        r["outbox_depth"] == 3 and r["fw"] == "0.3.1" and r["min_battery_pct"] == 64.0 for r in reg.values()
-    )
+    assert all(r["outbox_depth"] == 3 and r["fw"] == "0.3.1" and r["min_battery_pct"] == 64.0 for r in reg.values())
     assert reg[devices[0]]["sensors"]["wear-r01"]["battery_pct"] == 64.0
     assert gateway.stats()["rejected"] == 0
 
@@ -155,7 +153,7 @@ def test_bad_messages_rejected_by_reason_and_dead_lettered(
         (good_topic, json.dumps(wrong_version).encode(), "unsupported_version"),
         (good_topic, json.dumps(wrong_type).encode(), "invalid_payload"),
         (topics.tele(site, "other-hub", "wear-r01"), good, "topic_mismatch"),
-        (f"{topics.PREFIX}/{site}/{dev}/evt/bogus", good, "bad_topic"),
+        (f"{topics.PREFIX}/Bad_Site/{dev}/health", good, "bad_topic"),
         (topics.health(site, dev), good, "topic_mismatch"),  # a telemetry body on the health topic
     ]
     for topic, payload, _ in cases:
@@ -190,9 +188,7 @@ def test_bad_messages_rejected_by_reason_and_dead_lettered(
     assert "fallwatch_gateway_spool_depth_points 0.0" in text
 
 
-def test_embedded_store_and_mqtt311(
-    mosquitto: Mosquitto, tmp_path: Path, unique_name: str, pub: t.Publisher
-) -> None:
+def test_embedded_store_and_mqtt311(mosquitto: Mosquitto, tmp_path: Path, unique_name: str, pub: t.Publisher) -> None:
     cfg = make_cfg(mosquitto, None, tmp_path, unique_name)
     cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"protocol": "3.1.1"})})
     gw = Gateway(cfg)
