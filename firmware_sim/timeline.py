@@ -426,12 +426,37 @@ class TimelineBuilder:
         if cancelled:
             press = impact + float(self.rng.uniform(3, min(10, max(3.5, lying - 1))))
             self.buttons.append(press)
-        self.still(impact + lying - self.t, label="lying_on_floor")
+        moves = self.lie_on_floor(impact + lying, attempts=not recovered)
         self.get_up_from_floor(assisted=not recovered)
         self.truth.append(Truth("fall", t_start, impact, self.t, {
             "kind": kind, "lying_s": round(lying, 3), "recovered": recovered, "cancelled_by_wearer": cancelled,
+            "floor_movements": moves,
             "button_press_s": press, "peak_g": round(peak + 1.0, 3), "fall_duration_s": round(T_fall, 3),
             "final_posture": final, "room": self.room, "requested_at_s": ev.at_s}))
+
+    def lie_on_floor(self, until: float, attempts: bool) -> int:
+        """Lie after a fall until ``until``; someone who cannot get up shifts and tries now and then.
+
+        The first attempt comes no sooner than 25 s after the impact (the body stays still
+        while the person takes stock), then about one every 40 s: the trunk pitches and
+        rolls by 5-15 degrees for 2-4 s and settles back. Returns how many there were.
+        """
+        n = int(max(0.0, until - self.t - 25.0) // 40.0) if attempts else 0
+        times = sorted(float(x) for x in self.rng.uniform(self.t + 25.0, max(self.t + 25.0, until - 5.0), n))
+        moves = 0
+        for t_move in times:
+            if t_move < self.t + 1.0:
+                continue
+            self.still(t_move - self.t, label="lying_on_floor")
+            sign = self.rng.choice([-1.0, 1.0], 2)
+            T = float(self.rng.uniform(2.0, 4.0))
+            self.transition("floor_movement", self.posture, T, "floor",
+                            hump_th=float(sign[0] * self.rng.uniform(5, 15)),
+                            hump_ph=float(sign[1] * self.rng.uniform(5, 15)))
+            moves += 1
+        if until - self.t > 0:
+            self.still(until - self.t, label="lying_on_floor")
+        return moves
 
     def near_fall(self, ev: Event) -> None:
         earliest = self.prelude(ev, None)

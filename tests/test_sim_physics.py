@@ -342,3 +342,18 @@ def test_device_drop_is_free_fall_hard_impact_then_still() -> None:
         assert np.linalg.norm(gyro[rest], axis=1).max() < 6.0  # lying untouched: gyro noise and bias only
         assert mag[rest].mean() == pytest.approx(1.0, abs=0.05)
     assert not [e for e in fleet.ground_truth if e.type == "fall"]
+
+
+def test_a_long_lie_has_attempts_to_move_but_stays_on_the_floor() -> None:
+    events = [Event(type="fall", resident="r1", at_s=30.0, kind="backward", lying_s=200.0, recovered=False)]
+    fleet, sig = _run([Resident(id="r1")], 300.0, events=events, seed=3)
+    acc, gyro, _ = sig["wear-r1"]
+    (fall,) = [e for e in fleet.ground_truth if e.type == "fall"]
+    assert fall.details["floor_movements"] >= 3
+    i = int(fall.t_impact_s * 50)
+    still = slice(i + 100, i + 25 * 50)  # the first 25 s after the impact: motionless
+    assert np.linalg.norm(gyro[still], axis=1).max() < 6.0
+    lying = slice(i + 25 * 50, i + 200 * 50)
+    moving = np.linalg.norm(gyro[lying], axis=1) > 8.0
+    assert 0.03 < moving.mean() < 0.4  # brief shifts, mostly still
+    assert np.abs(acc[lying, 2]).max() < 0.5  # never upright: still on the floor
