@@ -108,7 +108,7 @@ def _broker_config(args: argparse.Namespace) -> int:
     from gateway.brokerconf import generate
 
     pairs = []
-    for line in args.devices.read_text().splitlines():
+    for line in Path(args.devices).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             site, device = line.split()

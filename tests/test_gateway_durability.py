@@ -80,9 +80,7 @@ def test_influxdb_outage_mid_stream_loses_nothing(
     try:
         assert wait_until(lambda: gw.ready()[0])
         events: dict[int, threading.Event] = {1000: threading.Event(), 2000: threading.Event()}
-        th = stream(
-            pub, "site-o", dev, n, per_s=2000, hook=lambda i: events[i].set() if i in events else None
-        )
+        th = stream(pub, "site-o", dev, n, per_s=2000, hook=lambda i: events[i].set() if i in events else None)
         events[1000].wait(30)
         db.stop()  # InfluxDB goes away mid-stream
         events[2000].wait(30)
@@ -155,9 +153,7 @@ http_port = {port}
         th.join(60)
         assert pub.wait(30)  # the broker holds the rest for the gateway's persistent session
         proc = _gateway_proc(cfg_path, log_path)
-        assert wait_until(lambda: len(seqs_in_influx(influxdb, database, dev)) >= n, 60), (
-            log_path.read_text()[-2000:]
-        )
+        assert wait_until(lambda: len(seqs_in_influx(influxdb, database, dev)) >= n, 60), log_path.read_text()[-2000:]
         time.sleep(0.5)
         seqs = seqs_in_influx(influxdb, database, dev)
         assert sorted(seqs) == list(range(n))

@@ -1,0 +1,72 @@
+"""``fallwatch gateway …`` commands: config validation, broker config, alerts list / ack / clear."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fallwatch.cli import main
+from fallwatch.config import load_config
+from gateway import testing as t
+from gateway.state import StateStore
+
+
+def test_validate_config_reports_unknown_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('[gateway]\ngateway_id = "gw-7"\n')
+    assert main(["gateway", "run", "--config", str(good), "--validate-config"]) == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[gateway]\ngateway_idd = "gw-7"\n')
+    with pytest.raises(SystemExit) as exc:
+        main(["gateway", "run", "--config", str(bad), "--validate-config"])
+    assert exc.value.code == 2
+    assert "gateway.gateway_idd" in capsys.readouterr().err
+
+
+def test_broker_config_command_writes_hashed_passwords_and_acl(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hubs = tmp_path / "hubs.txt"
+    hubs.write_text("# site device\nhome-1 hub-1\nhome-2 hub-2\n")
+    out = tmp_path / "broker"
+    assert main(["gateway", "broker-config", "--out", str(out), "--devices", str(hubs), "--gateways", "gw-1"]) == 0
+    conf = (out / "mosquitto.conf").read_text()
+    for line in (
+        "allow_anonymous false",
+        "max_queued_messages 0",
+        "persistent_client_expiration 14d",
+        "listener 8883",
+        "listener 1883 127.0.0.1",
+    ):
+        assert line in conf
+    creds = dict(line.split() for line in (out / "credentials.txt").read_text().splitlines()[1:])
+    passwd = (out / "passwd").read_text()
+    assert set(creds) == {"gw-1", "hub-1", "hub-2"}
+    assert all(pw not in passwd for pw in creds.values())  # only hashes on the broker
+    assert "$7$" in passwd
+    acl = (out / "acl").read_text()
+    assert "pattern write fallwatch/v1/+/%u/evt/+" in acl and "user gw-1" in acl
+
+
+def test_alerts_ack_clear_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "state.sqlite"
+    cfg_path = tmp_path / "gw.toml"
+    cfg_path.write_text(f'[gateway]\nstate_db = "{db}"\n')
+    st = StateStore(str(db))
+    st.setup()
+    from fallwatch import contract
+
+    topic, payload = t.fall("site-a", "hub-1", 1)
+    st.record_fall(contract.decode(topic, payload), 1000)  # type: ignore[arg-type]
+    assert load_config(cfg_path).gateway.state_db == str(db)
+    assert main(["gateway", "alerts", "--config", str(cfg_path)]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 1 and rows[0]["status"] == "raised"
+    aid = rows[0]["alert_id"]
+    assert main(["gateway", "ack", aid, "--by", "nurse", "--config", str(cfg_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "acknowledged"
+    assert main(["gateway", "clear", aid, "--by", "nurse", "--config", str(cfg_path)]) == 0
+    assert main(["gateway", "clear", aid, "--by", "nurse", "--config", str(cfg_path)]) == 1
+    assert main(["gateway", "ack", "nope", "--by", "nurse", "--config", str(cfg_path)]) == 1
