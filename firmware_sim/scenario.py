@@ -121,6 +121,9 @@ class Site(_Strict):
         for s in self.sensors:
             if s.room not in self.rooms:
                 raise ValueError(f"sensor {s.id} is in unknown room {s.room!r}")
+        for r in self.residents:
+            if r.start_room is not None and r.start_room not in self.rooms:
+                raise ValueError(f"resident {r.id} starts in unknown room {r.start_room!r}")
         return self
 
 
@@ -188,7 +191,8 @@ class Scenario(_Strict):
             if site.hub_id in hubs:
                 raise ValueError(f"duplicate hub id {site.hub_id}")
             hubs.add(site.hub_id)
-            for sid in [s.id for s in site.sensors] + [r.id for r in site.residents]:
+            wearables = [r.wearable.id or f"wear-{r.id}" for r in site.residents]
+            for sid in [s.id for s in site.sensors] + [r.id for r in site.residents] + wearables:
                 if sid in ids:
                     raise ValueError(f"duplicate id {sid}")
                 ids.add(sid)

@@ -223,3 +223,14 @@ def test_events_for_unknown_generated_residents_are_rejected() -> None:
     bad = scn.model_copy(update={"events": [*scn.events, scn.events[0].model_copy(update={"resident": "r-x"})]})
     with pytest.raises(ScenarioError, match="r-x"):
         Fleet(bad)
+
+
+@pytest.mark.parametrize(("site", "message"), [
+    ({"site_id": "a", "hub_id": "h", "residents": [{"id": "r1", "start_room": "attic"}]}, "attic"),
+    ({"site_id": "a", "hub_id": "h", "residents": [{"id": "r1"}, {"id": "r2", "wearable": {"id": "wear-r1"}}]},
+     "duplicate id wear-r1"),
+    ({"site_id": "a", "hub_id": "h", "sensors": [{"id": "p", "kind": "pir", "room": "garage"}]}, "garage"),
+])
+def test_inconsistent_sites_are_rejected(site: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Scenario(sites=[site])
