@@ -306,6 +306,7 @@ def export_onnx(clf: object, names: tuple[str, ...], threshold: float, path: Pat
             options={id(clf): {"zipmap": False}},
             target_opset={"": 17, "ai.onnx.ml": 3},
         )
+    onx.graph.name = MODEL_NAME  # skl2onnx names graphs with a random uuid: keep the file reproducible
     onx.doc_string = "fallwatch fall detector: impact-centred window features -> P(fall)"
     onx.producer_name = "fallwatch"
     onx.model_version = int(MODEL_VERSION.split(".")[0])

@@ -41,6 +41,8 @@ EFFECTS = {
     "upright_per_h_less": np.log(1.2),  # assumed
     "sway_per_10mg": np.log(1.1),  # assumed
 }
+#: The effects whose size is a published figure (the others only have a published direction).
+PUBLISHED = frozenset({"previous_fall", "bathroom_ge2", "cadence_per_10spm"})
 BASE_LOGIT = -3.5
 
 
