@@ -145,6 +145,11 @@ class FallModel:
         self.predict(np.zeros((2, F.WINDOW, len(F.CHANNELS)), dtype=np.float32))
 
     @property
+    def requires_gyro(self) -> bool:
+        """True if the model reads gyroscope features (then feed ``gyro_dps``)."""
+        return any(n.startswith("gyro_") for n in self.feature_names)
+
+    @property
     def tag(self) -> str:
         """Short model id for alerts (``FallData.model``)."""
         return f"{self.name}@{self.version}"
@@ -231,6 +236,7 @@ class DeviceFallDetector:
         self._pending: list[tuple[Candidate, np.ndarray]] = []
         self._inflight: list[tuple[Candidate, np.ndarray]] = []
         self._last_alert_t: float | None = None
+        self._warned_no_gyro = False
         self.suppressed = 0  # alerts folded into an earlier one (de-dup)
         self.triggers = 0
 
@@ -242,9 +248,16 @@ class DeviceFallDetector:
         t = np.asarray(t_s, dtype=np.float64).reshape(-1)
         if len(t) != len(acc):
             raise ValueError(f"{len(t)} timestamps for {len(acc)} samples")
-        gyro = (
-            np.zeros_like(acc) if gyro_dps is None else np.asarray(gyro_dps, dtype=np.float32).reshape(-1, 3)
-        )
+        if gyro_dps is None:
+            if not self._warned_no_gyro and getattr(self.model, "requires_gyro", False):
+                # Zeros stand in for the gyro; the model was trained with one, so its scores
+                # are degraded: say so once rather than silently.
+                log.warning("no gyroscope samples, but model %s reads gyro features",
+                            getattr(self.model, "version", "?"))
+                self._warned_no_gyro = True
+            gyro = np.zeros_like(acc)
+        else:
+            gyro = np.asarray(gyro_dps, dtype=np.float32).reshape(-1, 3)
         for a in range(0, len(t), self._piece):
             b = min(len(t), a + self._piece)
             self._feed_piece(t[a:b], acc[a:b], gyro[a:b])

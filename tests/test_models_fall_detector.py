@@ -219,3 +219,16 @@ def test_flush_pads_a_window_cut_short_by_the_end_of_the_stream() -> None:
     decisions = det.close()
     assert len(decisions) == 1 and decisions[0].padded
     assert decisions[0].decided_t_s == pytest.approx(t[impact] + F.POST_S)
+
+
+def test_missing_gyro_is_reported_once_when_the_model_needs_it(
+    model: FallModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert model.requires_gyro == any(n.startswith("gyro_") for n in model.feature_names)
+    t, acc, _, _ = fall_signal()
+    det = DeviceFallDetector(model)
+    with caplog.at_level("WARNING", logger="edge.fall_detector"):
+        det.push(t[:50], acc[:50])
+        det.push(t[50:100], acc[50:100])
+    warned = [r for r in caplog.records if "gyro" in r.getMessage()]
+    assert len(warned) == (1 if model.requires_gyro else 0)
