@@ -112,7 +112,7 @@ class GatewayConfig(_Strict):
     offline_after_s: float = Field(default=180.0, gt=0, le=180.0)
     test_alarm_max_age_h: float = Field(default=24.0, gt=0)
     batch_max: int = Field(default=1000, ge=1)
-    batch_max_delay_ms: float = Field(default=50.0, ge=0)
+    batch_max_delay_ms: float = Field(default=0.0, ge=0)  # 0 = natural batching (measured best)
 
 
 class EdgeSourceConfig(_Strict):

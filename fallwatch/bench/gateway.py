@@ -45,6 +45,7 @@ from fallwatch import contract
 from fallwatch.config import load_config
 from fallwatch.services import InfluxDB1, Mosquitto, find_binary, free_port
 
+_EXTRA = ""  # extra [gateway] settings for the replica processes (experiments)
 SITE, DEVICE, SENSOR = "bench", "hub-bench", "wear-b01"
 TOPIC = f"fallwatch/v1/{SITE}/{DEVICE}/tele/{SENSOR}"
 BASE_TS = 1_700_000_000_000
@@ -237,7 +238,7 @@ gateway_id = "{gw_id}"
 spool_dir = "{work / f"spool-{gw_id}"}"
 http_port = {http_port}
 batch_max = 2000
-""")
+{_EXTRA}""")
 
 
 def _stats(port: int) -> dict[str, Any]:
@@ -302,7 +303,13 @@ def fallwatch_gateway(
 
 # ------------------------------------------------------------------ 5. latency (in-process gateway)
 def latency(
-    broker: Mosquitto, db: InfluxDB1, rate: float, duration_s: float, work: Path, progress: bool
+    broker: Mosquitto,
+    db: InfluxDB1,
+    rate: float,
+    duration_s: float,
+    work: Path,
+    progress: bool,
+    batch_max_delay_ms: float | None = None,
 ) -> dict[str, float]:
     from gateway.app import Gateway
     from gateway.testing import Publisher, fall
@@ -318,6 +325,7 @@ def latency(
                 "spool_dir": str(work / "lat-spool"),
                 "http_port": 0,
                 "batch_max": 2000,
+                **({} if batch_max_delay_ms is None else {"batch_max_delay_ms": batch_max_delay_ms}),
             },
         }
     )
