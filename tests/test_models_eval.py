@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_models_sisfall import SISFALL, need_data
 
 from models import sisfall
-
-SISFALL = Path(os.environ.get("FALLWATCH_SISFALL",
-                              Path(__file__).resolve().parents[1].parent / "shared/data/sisfall"))
 
 pytestmark = pytest.mark.data
 
 
 def _subjects() -> list[str]:
-    if not SISFALL.is_dir() or not sisfall.list_subjects(SISFALL):
-        pytest.skip(f"SisFall recordings not found at {SISFALL} (set FALLWATCH_SISFALL)")
-    return sisfall.list_subjects(SISFALL)
+    return sisfall.list_subjects(need_data())
 
 
 def _subset_dir(tmp_path: Path, subjects: list[str]) -> Path:
