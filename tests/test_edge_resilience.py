@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +69,21 @@ def feed(
         i = j
 
 
+@pytest.fixture
+def brokerdir() -> Iterator[Path]:
+    """A broker work dir the broker can write even when it drops root to the 'mosquitto'
+    user: otherwise its persistence file (the subscribers' sessions) silently fails to save
+    and a restart forgets who was subscribed."""
+    d = Path(tempfile.mkdtemp(prefix="fw-edge-res-"))
+    os.chmod(d, 0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def test_broker_outage_every_alert_delivered_in_order_once(
-    mosquitto_factory, tmp_path: Path, unique_name: str
+    mosquitto_factory, tmp_path: Path, unique_name: str, brokerdir: Path
 ) -> None:
-    broker = mosquitto_factory()
+    broker = mosquitto_factory(workdir=brokerdir)
     cfg = _cfg(broker.url, tmp_path, unique_name)
     rec = UplinkRecorder(cfg.mqtt, f"rec-{unique_name}", site=unique_name, persistent=True).start()
     agent = EdgeAgent(cfg)
@@ -199,3 +213,25 @@ def test_sigkill_mid_stream_loses_nothing_from_the_outbox(
     finally:
         agent.stop()
         rec.stop()
+
+
+def test_long_outage_thins_telemetry_never_alerts(tmp_path: Path, unique_name: str) -> None:
+    from fallwatch.services import free_port
+
+    cfg = load_config(None, {"mqtt": {"url": f"mqtt://127.0.0.1:{free_port()}"},  # nothing listens: uplink down
+                             "edge": {"site_id": unique_name, "device_id": "hub-1", "cancel_window_s": 0.0,
+                                      "telemetry_window_s": 1.0, "max_outbox_rows": 150,
+                                      "outbox_path": str(tmp_path / "o.sqlite"), "model_dir": str(tmp_path / "m")}})
+    agent = EdgeAgent(cfg)
+    agent.start()
+    try:
+        wearables = [f"wear-{i:02d}" for i in range(20)]  # 20 summaries a second pile up
+        feed(agent, falls_for(wearables, 5.0, 1.5), tail_s=20.0)
+        assert agent.outbox is not None
+        kinds = agent.outbox.depth_by_kind()
+        assert kinds["fall"] == 20  # every alert kept
+        assert agent.stats()["telemetry_thinned"] > 0
+        assert agent.outbox.depth() <= 150 + 20  # bounded: the cap + one window of summaries
+        assert agent.stats()["connects"] == 0
+    finally:
+        agent.publisher.stop()  # type: ignore[union-attr]
