@@ -133,7 +133,7 @@ class Fleet:
             events = [e for e in sc.events if e.resident == res.id]
             tl = TimelineBuilder(res, _roles(site, i), seed=self.seed, duration_s=self.duration_s,
                                  start_hour=sc.start_hour, events=events, stairs=site.stairs,
-                                 rate_hz=res.wearable.rate_hz, key=key_of(res.id)).build()
+                                 key=key_of(res.id)).build()
             self.timelines[res.id] = tl
             timelines.append(tl)
             wid = res.wearable.id or f"wear-{res.id}"

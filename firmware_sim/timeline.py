@@ -92,7 +92,7 @@ IMPACT = {"forward": (5.2, 0.30), "backward": (5.6, 0.30), "sideways": (4.8, 0.3
 
 class TimelineBuilder:
     def __init__(self, resident: Resident, rooms: dict[str, str], *, seed: int, duration_s: float,
-                 start_hour: float, events: list[Event], stairs: bool = False, rate_hz: float = 50.0,
+                 start_hour: float, events: list[Event], stairs: bool = False,
                  key: int = 0) -> None:
         self.r = resident
         self.rooms = rooms
