@@ -46,6 +46,7 @@ class Spool:
         self._enc = msgspec.msgpack.Encoder()
         self._dec = msgspec.msgpack.Decoder(list[tuple[str, dict[str, str], dict[str, bool | int | float | str], int]])
         self._last_warn = 0.0
+        self._last_level = 0
         if self._points:
             log.warning("spool %s holds %d points from before the restart; draining", self.path, self._points)
 
@@ -100,15 +101,18 @@ class Spool:
             self._bytes -= int(row[2])
             if self._batches == 0:
                 self._points = self._bytes = 0
+        self._check_bound()
 
     def _check_bound(self) -> None:
+        """Log on entering the warning band or the full state, then at most every 10 s."""
         frac = self._bytes / self.max_bytes
+        level = 2 if frac >= 1.0 else 1 if frac >= self.warn_fraction else 0
         now = time.monotonic()
-        if frac >= self.warn_fraction and now - self._last_warn > 10.0:
+        if level and (level > self._last_level or now - self._last_warn > 10.0):
             self._last_warn = now
-            if frac >= 1.0:
+            if level == 2:
                 log.error(
-                    "SPOOL FULL: %.1f MB of %.1f MB at %s; the gateway has stopped taking messages "
+                    "SPOOL FULL: %.2f MB of %.2f MB at %s; the gateway has stopped taking messages "
                     "(they stay queued at the broker) until the series store accepts writes again",
                     self._bytes / 1e6,
                     self.max_bytes / 1e6,
@@ -116,13 +120,14 @@ class Spool:
                 )
             else:
                 log.warning(
-                    "spool at %.0f%% of its %.1f MB bound (%d points waiting) at %s: "
+                    "spool at %.0f%% of its %.2f MB bound (%d points waiting) at %s: "
                     "the series store is not keeping up",
                     frac * 100,
                     self.max_bytes / 1e6,
                     self._points,
                     self.path,
                 )
+        self._last_level = level
 
     def close(self) -> None:
         with self._lock:

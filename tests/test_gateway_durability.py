@@ -88,13 +88,49 @@ def test_influxdb_outage_mid_stream_loses_nothing(
         assert pub.wait(30)
         assert wait_until(lambda: gw.stats()["stored"] == n, 30), gw.stats()
         assert gw.stats()["spool_depth"] > 0 and gw.stats()["points_spooled"] > 0
+        # a fall during the outage still reaches staff at once (state DB + log), its point is spooled
+        pub.publish(*t.fall("site-o", dev, n + 1))
+        assert pub.wait(10)
+        assert wait_until(lambda: any(a["device_id"] == dev for a in gw.alerts()), 10)
         db.start()  # ... and comes back
         assert gw.wait_idle(60), gw.stats()
         seqs = seqs_in_influx(db, gw.cfg.influx.database, dev)
         assert sorted(seqs) == list(range(n)), "points missing or doubled after the outage"
+        assert db.query("SELECT count(confidence) FROM fall_alert", db=gw.cfg.influx.database)[0]["values"][0][1] == 1
         st = gw.stats()
         assert st["spool_depth"] == 0 and st["duplicates"] == 0 and st["rejected"] == 0
-        assert st["points_written"] == n  # each point written exactly once (directly or from the spool)
+        assert st["points_written"] == n + 1  # each point written exactly once (directly or from the spool)
+    finally:
+        pub.close()
+        gw.stop()
+
+
+def test_full_spool_pushes_back_to_the_broker_and_loses_nothing(
+    mosquitto: Mosquitto, influxdb_factory: Any, tmp_path: Path, unique_name: str, caplog: Any
+) -> None:
+    """InfluxDB down long enough to fill a tiny spool: the gateway stops taking messages
+    (they wait, unacknowledged, at the broker), says so loudly, and stores everything later."""
+    db: InfluxDB1 = influxdb_factory()
+    gw = Gateway(make_cfg(mosquitto, db, tmp_path, unique_name, spool_max_mb=0.02))
+    gw.start()
+    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
+    n, dev = 2000, "hub-full"
+    try:
+        assert wait_until(lambda: gw.ready()[0])
+        db.stop()
+        stream(pub, "site-o", dev, n, per_s=4000).join(60)
+        assert pub.wait(30)
+        assert wait_until(lambda: gw.spool.full, 30), gw.stats()
+        assert gw.ready() == (False, "spool full")
+        time.sleep(1.0)
+        st = gw.stats()
+        assert st["stored"] < n and st["in_progress"] > 0  # held back, not dropped
+        assert any("SPOOL FULL" in r.getMessage() for r in caplog.records)
+        db.start()
+        assert wait_until(lambda: gw.stats()["stored"] == n, 60), gw.stats()
+        assert gw.wait_idle(60)
+        assert sorted(seqs_in_influx(db, gw.cfg.influx.database, dev)) == list(range(n))
+        assert gw.ready()[0]
     finally:
         pub.close()
         gw.stop()
