@@ -397,9 +397,9 @@ class StateStore:
         if status:
             q += " AND status = ?"
             args.append(status)
-        q += " ORDER BY raised_ms, alert_id LIMIT ?"
+        q += " ORDER BY raised_ms DESC, alert_id DESC LIMIT ?"  # the newest `limit`, oldest first
         args.append(limit)
-        return self._select(q, tuple(args))
+        return self._select(q, tuple(args))[::-1]
 
     def audit(self, alert_id: str | None = None) -> list[dict[str, Any]]:
         if alert_id:

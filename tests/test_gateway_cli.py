@@ -70,3 +70,40 @@ def test_alerts_ack_clear_commands(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["gateway", "clear", aid, "--by", "nurse", "--config", str(cfg_path)]) == 0
     assert main(["gateway", "clear", aid, "--by", "nurse", "--config", str(cfg_path)]) == 1
     assert main(["gateway", "ack", "nope", "--by", "nurse", "--config", str(cfg_path)]) == 1
+
+
+def test_http_api_token_protects_everything_but_health(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+    import urllib.request
+
+    from gateway.app import Gateway
+
+    monkeypatch.setenv("FALLWATCH_GATEWAY_API_TOKEN", "s3cret-token")
+    cfg = load_config(
+        overrides={
+            "influx": {"url": "", "embedded_path": str(tmp_path / "series.sqlite")},
+            "gateway": {"state_db": str(tmp_path / "st.sqlite"), "spool_dir": str(tmp_path / "spool"), "http_port": 0},
+        }
+    )
+    gw = Gateway(cfg)
+    gw.state.setup()
+    gw._start_http()
+    try:
+
+        def get(path: str, token: str | None = None) -> int:
+            req = urllib.request.Request(f"{gw.http_url}{path}")
+            if token:
+                req.add_header("Authorization", f"Bearer {token}")
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as e:
+                return int(e.code)
+
+        assert get("/healthz") == 200
+        assert get("/readyz") == 503  # not connected: no broker in this test
+        assert get("/alerts") == 401 and get("/metrics", "wrong") == 401
+        assert get("/alerts", "s3cret-token") == 200 and get("/metrics", "s3cret-token") == 200
+    finally:
+        gw.http.close()
+        gw.state.close()
