@@ -111,3 +111,21 @@ def test_device_faults_give_health_warnings_not_falls(mosquitto: Mosquitto, tmp_
     assert "wear-r07 stuck" in warnings and "wear-r07 saturated" in warnings and "wear-r07 stale" in warnings
     st = agents["hub-flat-07"].stats()
     assert st["stream_clock_jumps"] >= 1 and st["stream_reboots"] == 1 and st["frame_errors"] > 0
+
+
+def test_dropped_wearable_is_not_a_fall(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    from firmware_sim.scenario import Event
+
+    scn = Scenario(name="drops", seed=9, duration_s=300.0, sites=[flat_site(8)], events=[
+        Event(type="device_drop", resident="r08", at_s=60.0),
+        Event(type="fall", resident="r08", at_s=130.0, kind="forward", lying_s=40.0, cancelled=False),
+        Event(type="device_drop", resident="r08", at_s=220.0),
+    ])
+    fleet = Fleet(scn)
+    agents, rec = run_fleet(fleet, mosquitto, tmp_path, "drops")
+    falls = [e for e in fleet.ground_truth if e.type == "fall"]
+    per_fall = match(site_falls(rec, fleet), falls, fleet)  # a drop alert would match no fall
+    assert [m.data.status for m in per_fall[0]] == ["alert"]
+    assert agents["hub-flat-08"].stats()["device_drops"] == 2
+    warnings = " ".join(w for m in rec.of_kind("health") if m.msg.site_id == "flat-08" for w in m.msg.data.warnings)
+    assert "wear-r08 dropped" in warnings
