@@ -218,7 +218,7 @@ def test_generated_broker_config_auth_acl_and_no_silent_drop(
     assert _away_subscriber_burst(port, 5000, creds) == 5000
 
 
-def _away_subscriber_burst(port: int, n: int, auth: dict[str, str] | None = None) -> int:
+def _away_subscriber_burst(port: int, n: int, auth: dict[str, str] | None = None, wait_s: float = 10) -> int:
     """Publish n QoS 1 messages while a persistent-session subscriber is away; count what it gets."""
 
     def connect(cid: str, clean: bool) -> mqtt.Client:
@@ -252,7 +252,7 @@ def _away_subscriber_burst(port: int, n: int, auth: dict[str, str] | None = None
     props.SessionExpiryInterval = 3600
     sub.connect("127.0.0.1", port, clean_start=False, properties=props)
     sub.loop_start()
-    t.wait_until(lambda: len(got) >= n, 10)
+    t.wait_until(lambda: len(got) >= n, wait_s)
     time.sleep(0.5)
     sub.disconnect()
     sub.loop_stop()
@@ -262,4 +262,4 @@ def _away_subscriber_burst(port: int, n: int, auth: dict[str, str] | None = None
 def test_control_mosquitto_default_queue_limit_drops_silently(mosquitto_factory: object) -> None:
     """The failure the generated config prevents, shown with Mosquitto's default limit."""
     broker = mosquitto_factory(extra_conf="max_queued_messages 1000\n")  # type: ignore[operator]
-    assert _away_subscriber_burst(broker.port, 3000) == 1000
+    assert _away_subscriber_burst(broker.port, 3000, wait_s=2) == 1000
