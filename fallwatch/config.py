@@ -111,6 +111,7 @@ class GatewayConfig(_Strict):
     http_port: int = Field(default=8080, ge=0, le=65535)
     offline_after_s: float = Field(default=180.0, gt=0, le=180.0)
     test_alarm_max_age_h: float = Field(default=24.0, gt=0)
+    escalate_after_s: float = Field(default=120.0, gt=0)  # re-announce an unacknowledged fall alert
     batch_max: int = Field(default=1000, ge=1)
     batch_max_delay_ms: float = Field(default=0.0, ge=0)  # 0 = natural batching (measured best)
 

@@ -461,9 +461,29 @@ class Gateway:
         last_prune = 0.0
         while not self._stop.wait(period):
             self.check_devices(_now_ms())
+            self.check_escalations(_now_ms())
             if time.monotonic() - last_prune > 3600:
                 last_prune = time.monotonic()
                 self.state.prune_seen(_now_ms() - self.cfg.mqtt.session_expiry_s * 1000 * 2)
+
+    def check_escalations(self, now_ms: int) -> list[dict[str, Any]]:
+        """Re-announce fall alerts nobody acknowledged within ``escalate_after_s``, and again
+        every ``escalate_after_s`` until someone does (social-alarm practice: an alarm is
+        repeated until the receiving side confirms it)."""
+        escalated = self.state.escalate_due(now_ms, int(self.cfg.gateway.escalate_after_s * 1000))
+        for a in escalated:
+            staff_log.error(
+                "ESCALATION %d: fall alert %s (site %s hub %s resident %s) not acknowledged for %.0f s",
+                a["escalations"],
+                a["alert_id"],
+                a["site_id"],
+                a["device_id"],
+                a.get("resident_id") or "?",
+                (now_ms - int(a["raised_ms"])) / 1000,
+            )
+        with self.counters.lock:
+            self.counters.escalations += len(escalated)
+        return escalated
 
     def check_devices(self, now_ms: int) -> None:
         """Raise or clear "device offline" and "test alarm overdue" alerts (called periodically)."""
@@ -529,6 +549,7 @@ class Gateway:
                 "acked": sum(link.acks.acked for link in self.links),
                 "batches": c.batches,
                 "connected": self.connected,
+                "escalations": c.escalations,
                 "devices_offline": len(self._offline_open),
                 "devices_test_overdue": len(self._test_open),
             }

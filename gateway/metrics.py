@@ -34,6 +34,7 @@ class Counters:
         self.telemetry_points = 0
         self.dead_lettered = 0
         self.batches = 0
+        self.escalations = 0
 
     def add(self, **kw: int) -> None:
         with self.lock:
@@ -92,6 +93,7 @@ class _Collector:
             "points_refused": ("Points the series store refused for good", c.points_refused),
             "fall_alerts": ("Fall alert messages stored", c.fall_alerts),
             "dead_lettered": ("Rejected messages published to the dead-letter topic", c.dead_lettered),
+            "escalations": ("Fall alerts re-announced because nobody acknowledged them", c.escalations),
         }
         for name, (doc, value) in simple.items():
             m = CounterMetricFamily(f"fallwatch_gateway_{name}", doc)

@@ -95,7 +95,8 @@ _SCHEMA = [
         confidence DOUBLE PRECISION, peak_g DOUBLE PRECISION, lying_s DOUBLE PRECISION,
         impact_ms BIGINT, ts_ms BIGINT, msg_id TEXT, detail TEXT,
         status TEXT NOT NULL, raised_ms BIGINT NOT NULL,
-        acked_ms BIGINT, acked_by TEXT, cleared_ms BIGINT, cleared_by TEXT)""",
+        acked_ms BIGINT, acked_by TEXT, cleared_ms BIGINT, cleared_by TEXT,
+        escalations BIGINT NOT NULL DEFAULT 0, last_escalated_ms BIGINT)""",
     "CREATE INDEX IF NOT EXISTS alerts_open ON alerts (status, kind, device_id)",
     """CREATE TABLE IF NOT EXISTS alert_log (
         id {autoinc}, alert_id TEXT NOT NULL, action TEXT NOT NULL, actor TEXT NOT NULL,
@@ -346,6 +347,40 @@ class StateStore:
                 )
                 self._log(cur, alert_id, "cleared", "gateway", now_ms, why)
         return ids
+
+    def escalate_due(self, now_ms: int, after_ms: int) -> list[dict[str, Any]]:
+        """Fall alerts still ``raised`` (nobody acknowledged) ``after_ms`` after they were raised
+        or last escalated; each is marked escalated once, even with several replicas checking
+        (the conditional UPDATE only succeeds for one of them)."""
+        due = self._select(
+            "SELECT alert_id, COALESCE(last_escalated_ms, raised_ms) AS since FROM alerts "
+            "WHERE kind = 'fall' AND status = 'raised' AND COALESCE(last_escalated_ms, raised_ms) < ?",
+            (now_ms - after_ms,),
+        )
+        out = []
+        for row in due:
+            with self._tx() as cur:
+                self._exec(
+                    cur,
+                    "UPDATE alerts SET escalations = escalations + 1, last_escalated_ms = ? "
+                    "WHERE alert_id = ? AND status = 'raised' AND COALESCE(last_escalated_ms, raised_ms) = ?",
+                    (now_ms, row["alert_id"], row["since"]),
+                )
+                won = bool(cur.rowcount)
+                if won:
+                    self._log(
+                        cur,
+                        row["alert_id"],
+                        "escalated",
+                        "gateway",
+                        now_ms,
+                        f"not acknowledged for {(now_ms - row['since']) / 1000:.0f} s",
+                    )
+            if won:
+                alert = self.alert(row["alert_id"])
+                if alert is not None:
+                    out.append(alert)
+        return out
 
     def transition(self, alert_id: str, action: str, actor: str, now_ms: int) -> dict[str, Any] | None:
         """``acknowledge`` or ``clear`` an alert; returns the updated alert, None if unknown.

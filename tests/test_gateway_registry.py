@@ -263,3 +263,26 @@ def test_control_mosquitto_default_queue_limit_drops_silently(mosquitto_factory:
     """The failure the generated config prevents, shown with Mosquitto's default limit."""
     broker = mosquitto_factory(extra_conf="max_queued_messages 1000\n")  # type: ignore[operator]
     assert _away_subscriber_burst(broker.port, 3000, wait_s=2) == 1000
+
+
+def test_unacknowledged_fall_alert_escalates_until_acknowledged(
+    gw: Gateway, mosquitto: Mosquitto, unique_name: str
+) -> None:
+    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
+    pub.publish(*t.fall("site-e", "hub-e", 1))
+    pub.publish(*t.fall("site-e", "hub-e", 2, status="cancelled"))  # a cancelled pre-alarm never escalates
+    assert pub.wait()
+    pub.close()
+    assert t.wait_until(lambda: len(gw.alerts()) == 2)
+    raised = next(a for a in gw.alerts() if a["status"] == "raised")
+    t0 = int(raised["raised_ms"])
+    assert gw.check_escalations(t0 + 60_000) == []
+    first = gw.check_escalations(t0 + 121_000)
+    assert [a["alert_id"] for a in first] == [raised["alert_id"]] and first[0]["escalations"] == 1
+    assert gw.check_escalations(t0 + 130_000) == []  # not again before another escalate_after_s
+    assert gw.check_escalations(t0 + 250_000)[0]["escalations"] == 2
+    gw.state.transition(raised["alert_id"], "acknowledge", "nurse", t0 + 260_000)
+    assert gw.check_escalations(t0 + 900_000) == []
+    actions = [e["action"] for e in gw.state.audit(raised["alert_id"])]
+    assert actions == ["raised", "escalated", "escalated", "acknowledge"]
+    assert gw.stats()["escalations"] == 2
