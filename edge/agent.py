@@ -148,6 +148,10 @@ class EdgeAgent:
         self.stream_settings = StreamSettings(rate_hz=F.RATE_HZ)
         self.detector_settings = DetectorSettings()
         self.rooms = RoomState(FusionSettings(), self.start_epoch_ms)
+        #: per-resident room state from the sensors that belong to one resident (a care-home
+        #: resident's own room: PIR, bed, chair); shared rooms only feed ``self.rooms``
+        self._res_rooms: dict[str, RoomState] = {}
+        self._shared_rooms = RoomState(self.rooms.settings, self.start_epoch_ms)  # bathroom, dining, hall
         #: builds each wearable's detector (the benchmark swaps in its naive baseline here)
         self.make_detector: Any = DeviceFallDetector
         self._wearables: dict[str, _Wearable] = {}
@@ -418,6 +422,14 @@ class EdgeAgent:
         if "linkquality" in ev.state:
             rs.linkquality = float(ev.state["linkquality"])
         self.rooms.update(ev, rx_t_s)
+        if len(self._residents) > 1:
+            if rs.resident_id:
+                own = self._res_rooms.get(rs.resident_id)
+                if own is None:
+                    own = self._res_rooms[rs.resident_id] = RoomState(self.rooms.settings, self.start_epoch_ms)
+                own.update(ev, rx_t_s)
+            else:
+                self._shared_rooms.update(ev, rx_t_s)
         self.nights.update(ev, rx_t_s)
 
     def _infer(self, fed: Iterable[_Wearable], now_s: float) -> None:
@@ -452,15 +464,25 @@ class EdgeAgent:
                     continue
                 self._new_decision(w, d, now_s)
             low = [i for i, pi in enumerate(p) if soft_p <= pi < w.det.threshold]
-            if low and self._fusion_capable():
+            if low and self._fusion_capable(w):
                 self._soft_candidates(w, [cands[i] for i in low], b[low], p[low], now_s)
             off += len(b)
 
-    def _fusion_capable(self) -> bool:
-        """Room confirmation needs one resident (whose rooms these are), motion sensors and a
-        bed sensor (lying still *in bed* must be told from lying on the floor)."""
-        kinds = {rs.kind for rs in self._room_sensors.values()}
-        return len(self._residents) <= 1 and "bed" in kinds and bool(kinds & {"pir", "bathroom"})
+    def _rooms_for(self, w: _Wearable) -> RoomState | None:
+        """The room state that speaks for this wearer: the whole home when one resident lives
+        there, else the wearer's own room sensors (None when there are none)."""
+        if len(self._residents) <= 1:
+            return self.rooms
+        return self._res_rooms.get(w.resident_id or "")
+
+    def _fusion_capable(self, w: _Wearable) -> bool:
+        """Room confirmation needs rooms that are the wearer's, with motion sensors and a bed
+        sensor (lying still *in bed* must be told from lying on the floor)."""
+        if self._rooms_for(w) is None:
+            return False
+        single = len(self._residents) <= 1
+        kinds = {rs.kind for rs in self._room_sensors.values() if single or rs.resident_id == w.resident_id}
+        return "bed" in kinds and bool(kinds & {"pir", "bathroom"})
 
     def _soft_candidates(self, w: _Wearable, cands: list, windows: np.ndarray, p: np.ndarray,
                          now_s: float) -> None:
@@ -491,9 +513,10 @@ class EdgeAgent:
                 keep.append(sc)
                 continue
             d, w = sc.decision, sc.wearable
+            rooms = self._rooms_for(w) or self.rooms
             moved = w.last_move_t > d.impact_t_s + s.settle_s
-            motion = self.rooms.motion_between(d.impact_t_s + s.quiet_after_s, now_s)
-            in_bed = any(self.rooms.bed_occupied.values())
+            motion = rooms.motion_between(d.impact_t_s + s.quiet_after_s, now_s)
+            in_bed = any(rooms.bed_occupied.values())
             if moved or motion or in_bed or abs(d.impact_t_s - w.last_alert_t) < self.detector_settings.dedup_s:
                 self._count("soft_rejected")
                 continue
@@ -554,11 +577,25 @@ class EdgeAgent:
         w = pa.wearable
         reasons = [C.Reason(code=c[:40], detail=det[:200], weight=float(wt)) for c, det, wt in d.reasons]
         conf = float(d.confidence)
-        room = self.rooms.room_at(d.impact_t_s) or w.room
-        if self.rooms.motion_log and len(self._residents) <= 1:
-            after = self.rooms.motion_between(d.impact_t_s + self.rooms.settings.quiet_after_s, now_s)
+        rooms = self._rooms_for(w)
+        room = (rooms.room_at(d.impact_t_s) if rooms else None) or w.room
+        recent = rooms is not None
+        if len(self._residents) > 1:
+            # care-home unit: the resident's own room, unless a shared room (bathroom, dining)
+            # saw motion after it - then probably there (another resident may also have been)
+            own = rooms.last_motion_before(d.impact_t_s) if rooms else None
+            shared = self._shared_rooms.last_motion_before(d.impact_t_s)
+            if shared and (own is None or shared[0] > own[0]) and d.impact_t_s - shared[0] <= 120.0:
+                room, recent = shared[1], False  # others move in shared rooms: no motion reasoning
+            else:
+                # own sensors speak only if they saw the resident shortly before the impact;
+                # otherwise the room is unknown (no guess that would send staff to the wrong room)
+                recent = own is not None and d.impact_t_s - own[0] <= 120.0
+                room = own[1] if recent and own else None
+        if rooms is not None and rooms.motion_log and recent:
+            after = rooms.motion_between(d.impact_t_s + rooms.settings.quiet_after_s, now_s)
             quiet_s = now_s - d.impact_t_s
-            if not after and quiet_s > self.rooms.settings.quiet_after_s:
+            if not after and quiet_s > rooms.settings.quiet_after_s:
                 conf = 1.0 - (1.0 - conf) * 0.5
                 reasons.append(
                     C.Reason(

@@ -99,14 +99,17 @@ class RoomState:
         """Rooms with motion in (a, b]."""
         return sorted({room for t, room in self.motion_log if a_s < t <= b_s})
 
-    def room_at(self, t_s: float) -> str | None:
-        """The room with the last motion at or before ``t_s`` (where the resident probably is)."""
-        best: tuple[float, str] | None = None
+    def last_motion_before(self, t_s: float) -> tuple[float, str] | None:
+        """(time, room) of the last motion at or before ``t_s``."""
         for t, room in reversed(self.motion_log):
             if t <= t_s:
-                best = (t, room)
-                break
-        return best[1] if best else None
+                return t, room
+        return None
+
+    def room_at(self, t_s: float) -> str | None:
+        """The room with the last motion at or before ``t_s`` (where the resident probably is)."""
+        last = self.last_motion_before(t_s)
+        return last[1] if last else None
 
     def concerns(self, now_s: float) -> list[Concern]:
         """Room-only concerns that became due; each is raised once."""

@@ -129,3 +129,24 @@ def test_dropped_wearable_is_not_a_fall(mosquitto: Mosquitto, tmp_path: Path) ->
     assert agents["hub-flat-08"].stats()["device_drops"] == 2
     warnings = " ".join(w for m in rec.of_kind("health") if m.msg.site_id == "flat-08" for w in m.msg.data.warnings)
     assert "wear-r08 dropped" in warnings
+
+
+def test_care_home_unit_uses_each_residents_own_room(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    from firmware_sim.scenario import Event, Generate
+
+    scn = Scenario(name="unit", seed=4, duration_s=260.0, start_hour=14.0,
+                   generate=[Generate(sites=1, prefix="unit", residents_per_site=4,
+                                      room_sensors=["pir", "bed", "chair", "bathroom", "door"])],
+                   events=[Event(type="fall", resident="r-unit-001-2", at_s=120.0, kind="backward",
+                                 lying_s=90.0, cancelled=False)])
+    fleet = Fleet(scn)
+    _, rec = run_fleet(fleet, mosquitto, tmp_path, "unit")
+    falls = [e for e in fleet.ground_truth if e.type == "fall"]
+    per_fall = match(site_falls(rec, fleet), falls, fleet)
+    assert len(falls) == 1 and len(per_fall[0]) == 1
+    alert = per_fall[0][0]
+    assert alert.resident_id == "r-unit-001-2"
+    # where the resident was last seen by their own sensors (room-2, a minute earlier), the true
+    # room, or unknown - never a neighbour's room (here the shared bathroom's PIR was still
+    # latched from an earlier visit, so it could not report the resident walking in)
+    assert alert.data.room in (falls[0].details["room"], "room-2", None)
