@@ -21,6 +21,7 @@ dead-lettered, duplicates straight away. Nothing is acknowledged out of arrival 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import queue
 import threading
@@ -35,7 +36,7 @@ from paho.mqtt.properties import Properties
 
 from fallwatch import contract, topics
 from fallwatch.config import FallwatchConfig
-from fallwatch.mqtt import is_v5, make_client
+from fallwatch.mqtt import Will, is_v5, make_client
 from gateway.acks import AckEntry, AckTracker
 from gateway.metrics import Counters, Metrics
 from gateway.points import SeriesPoint, to_points
@@ -590,6 +591,8 @@ class Gateway:
             sink.close()
 
 
+_GW_PRESENCE_PREFIX = f"{topics.PREFIX}/_gw/"
+
 #: Subscriptions of the two links: together exactly the uplink kinds of ``topics.UPLINK_FILTERS``.
 ALERT_FILTERS = (f"{topics.PREFIX}/+/+/evt/fall",)
 BULK_FILTERS = (
@@ -613,7 +616,13 @@ class _Link:
         self.connected = False
         self.subscribed = False
         mcfg = gw.cfg.mqtt.model_copy(update={"client_id": None})
-        self.client = make_client(mcfg, client_id, manual_ack=True)
+        self.presence = f"{topics.PREFIX}/_gw/{gw.gateway_id}/state" if name == "bulk" else None
+        will = None
+        if self.presence:
+            # retained gateway presence (Homie/Sparkplug style): dashboards and ops alerting see a
+            # dead gateway as "lost" without polling it
+            will = Will(self.presence, _presence("lost", gw.gateway_id))
+        self.client = make_client(mcfg, client_id, manual_ack=True, will=will)
         self.acks = AckTracker(self.client.ack)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -634,6 +643,10 @@ class _Link:
 
     def stop(self) -> None:
         try:
+            if self.presence and self.connected:
+                info = self.client.publish(self.presence, _presence("offline", self.gw.gateway_id), qos=1, retain=True)
+                with contextlib.suppress(RuntimeError, ValueError):
+                    info.wait_for_publish(2.0)
             self.client.disconnect()
         finally:
             self.client.loop_stop()
@@ -645,6 +658,8 @@ class _Link:
         self.acks.new_connection()
         self.connected = True
         client.subscribe([(f, 1) for f in self.filters])
+        if self.presence:
+            client.publish(self.presence, _presence("ready", self.gw.gateway_id), qos=1, retain=True)
         log.info("MQTT %s link connected (session present: %s)", self.name, getattr(flags, "session_present", "?"))
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
@@ -667,9 +682,17 @@ class _Link:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "replace")  # broker should have refused it; rejected later
+        if topic.startswith(_GW_PRESENCE_PREFIX):
+            # gateways' own presence matches the uplink filter {site}/{device}/state: not device data
+            self.acks.done([entry])
+            return
         item: Item = (topic, msg.payload, entry, recv, bool(msg.retain))
         self.gw._received(item)
         self.q.put(item)
+
+
+def _presence(state: str, gateway_id: str) -> bytes:
+    return _dlq_encoder.encode({"state": state, "gateway_id": gateway_id, "ts_ms": _now_ms()})
 
 
 def _device_update(msg: contract.Message, seen_ms: int) -> DeviceUpdate:

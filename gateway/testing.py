@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -181,3 +182,17 @@ class Publisher:
         self.wait(10)
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def retained(port: int, topic: str) -> dict[str, object] | None:
+    """The last retained JSON message on a topic (None if there is none)."""
+    got: list[bytes] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
+    c.on_message = lambda cl, u, m: got.append(m.payload)
+    c.connect("127.0.0.1", port)
+    c.subscribe(topic, qos=1)
+    c.loop_start()
+    wait_until(lambda: bool(got), 3)
+    c.disconnect()
+    c.loop_stop()
+    return json.loads(got[-1]) if got else None

@@ -186,6 +186,9 @@ http_port = {port}
         assert wait_until(lambda: ((_get(f"http://127.0.0.1:{port}/stats") or {}).get("stored", 0)) > 800, 30)
         proc.send_signal(signal.SIGKILL)  # no goodbye: in-flight batches, unacked messages, open transactions
         proc.wait(10)
+        assert wait_until(
+            lambda: (t.retained(mosquitto.port, "fallwatch/v1/_gw/gw-kill/state") or {}).get("state") == "lost", 10
+        )  # the gateway's last will
         th.join(60)
         assert pub.wait(30)  # the broker holds the rest for the gateway's persistent session
         proc = _gateway_proc(cfg_path, log_path)

@@ -286,3 +286,15 @@ def test_unacknowledged_fall_alert_escalates_until_acknowledged(
     actions = [e["action"] for e in gw.state.audit(raised["alert_id"])]
     assert actions == ["raised", "escalated", "escalated", "acknowledge"]
     assert gw.stats()["escalations"] == 2
+
+
+def test_gateway_presence_is_retained(mosquitto: Mosquitto, tmp_path: Path, unique_name: str) -> None:
+    g = Gateway(t.make_cfg(mosquitto, None, tmp_path, unique_name, gateway_id="gw-presence"))
+    topic = "fallwatch/v1/_gw/gw-presence/state"
+    g.start()
+    try:
+        assert t.wait_until(lambda: g.ready()[0])
+        assert t.wait_until(lambda: (t.retained(mosquitto.port, topic) or {}).get("state") == "ready", 10)
+    finally:
+        g.stop()
+    assert (t.retained(mosquitto.port, topic) or {}).get("state") == "offline"
