@@ -18,6 +18,7 @@ stamped on messages.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -166,6 +167,7 @@ class EdgeAgent:
         self._risk_day = self._day_key(0.0)
         self._pending: list[_PendingAlert] = []
         self._soft: list[_SoftCandidate] = []
+        self._risk_dirty = False
         self._fault_notes: list[str] = []  # suppressed fall-like signals, reported in the next heartbeat
         self._counts: dict[str, int] = {}
         self._t0_wall = time.monotonic()
@@ -209,6 +211,7 @@ class EdgeAgent:
         """Open the outbox, connect (birth on every connect, last will 'lost'), start draining."""
         e = self.cfg.edge
         self.outbox = Outbox(e.outbox_path)
+        self._load_risk_state()
         will_seq = self.outbox.reserve()
         will = Will(
             topics.state(self.site_id, self.device_id),
@@ -560,6 +563,7 @@ class EdgeAgent:
                 log.warning("fall-like signal from %s suppressed: sensor fault", pa.wearable.sensor_id)
             elif now_s >= pa.due_t_s:
                 pa.wearable.falls += 1
+                self._risk_dirty = True
                 pa.feed_wall = wall
                 out.append(self._fall_msg(pa, "alert", now_s))
                 self._count("alerts_raised")
@@ -567,6 +571,9 @@ class EdgeAgent:
                 keep.append(pa)
         self._pending = keep
         seqs = self._enqueue(out)
+        if self._risk_dirty:
+            self._risk_dirty = False
+            self._save_risk_state()
         for seq, ev in zip(seqs, self.alert_events[-len(seqs) :] if seqs else [], strict=False):
             ev["seq"] = seq
 
@@ -667,6 +674,29 @@ class EdgeAgent:
         wall = self.start_epoch_ms / 1000.0 + t_s - self.cfg.edge.risk_hour * 3600
         return time.strftime("%Y-%m-%d", time.localtime(wall))
 
+    def _load_risk_state(self) -> None:
+        """Falls counted and daily gait speeds kept by an earlier run (risk trend, falls_past_12m)."""
+        assert self.outbox is not None
+        raw = self.outbox.get_state("risk")
+        if not raw:
+            return
+        try:
+            saved = json.loads(raw)
+        except ValueError:
+            log.error("unreadable risk state in the outbox db: starting afresh")
+            return
+        for sid, st in saved.items():
+            w = self._wearables.get(sid) or self._add_wearable(sid, st.get("resident_id"))
+            w.falls = int(st.get("falls", 0))
+            w.gait.history = [(str(d), float(v)) for d, v in st.get("history", [])][-28:]
+
+    def _save_risk_state(self) -> None:
+        if self.outbox is None:
+            return
+        state = {w.sensor_id: {"resident_id": w.resident_id, "falls": w.falls, "history": w.gait.history}
+                 for w in self._wearables.values() if w.falls or w.gait.history}
+        self.outbox.set_state("risk", json.dumps(state))
+
     def score_risk(self, now_s: float) -> list[C.RiskData]:
         """Score and publish the day that ends now, per wearer; then start a new day.
 
@@ -694,6 +724,7 @@ class EdgeAgent:
         self.nights.reset_day()
         if self.outbox is not None:
             self._enqueue(items)
+            self._save_risk_state()
         return out
 
     # ------------------------------------------------------------------ telemetry and health

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_kind_seq ON outbox (kind, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected (
     seq INTEGER PRIMARY KEY, kind TEXT, topic TEXT, payload BLOB, reason TEXT, at_ms INTEGER
 );
@@ -195,6 +196,16 @@ class Outbox:
             self._db.execute("COMMIT")
             self.thinned += len(drop)
             return len(drop)
+
+    def get_state(self, key: str) -> str | None:
+        """Small agent state that must survive restarts (risk history), kept beside the outbox."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_state(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
 
     def depth(self) -> int:
         with self._lock:

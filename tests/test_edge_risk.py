@@ -77,3 +77,32 @@ def test_daily_risk_score_is_published_with_factors(agent: EdgeAgent, unique_nam
     assert d.factors and all(f.name in d.features or f.name in ("sit_to_stand_s", "tug_s") for f in d.factors)
     assert d.model.startswith("fallwatch-risk@")
     assert agent.score_risk(fleet.t_s) == []  # a new day with nothing worn yet: no score
+
+
+@pytest.mark.integration
+def test_falls_and_gait_history_survive_a_restart(mosquitto: Mosquitto, tmp_path: Path, unique_name: str) -> None:
+    import numpy as np
+
+    from edge import synth
+
+    cfg = load_config(None, {"mqtt": {"url": mosquitto.url}, "edge": {
+        "site_id": unique_name, "device_id": "hub-1", "cancel_window_s": 0.0,
+        "outbox_path": str(tmp_path / "o.sqlite"), "model_dir": str(tmp_path / "m")}})
+    a = EdgeAgent(cfg)
+    a.start()
+    a0, g0 = synth.quiet(50 * 120, walking=True)
+    fa, fg, _ = synth.fall(post_s=8)
+    for f in synth.frames("hub-1", synth.packets("wear-1", np.vstack([a0, fa]), np.vstack([g0, fg]), per_packet=25)):
+        a.feed([f], f.rx_t_s)
+    a.feed([], 200.0)
+    assert a.stats()["alerts_raised"] == 1
+    a._wearables["wear-1"].gait.history = [("2026-01-01", 0.8), ("2026-01-02", 0.78)]
+    a._save_risk_state()
+    a.stop()
+    b = EdgeAgent(cfg)
+    b.start()
+    try:
+        w = b._wearables["wear-1"]
+        assert w.falls == 1 and w.gait.history == [("2026-01-01", 0.8), ("2026-01-02", 0.78)]
+    finally:
+        b.stop()
