@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what fallwatch's tests, benchmarks and demo need from Debian's packages when it is
-# missing: Mosquitto (+ its C clients, used by the broker benchmark) and InfluxDB 1.x.
+# missing: Mosquitto (+ its C clients, used by the broker benchmark), InfluxDB 1.x, and
+# Chromium + ChromeDriver for the staff-page browser test.
 # They are only installed here, never started as system services: every test run starts its
 # own private instances on free loopback ports (fallwatch/services.py).
 set -euo pipefail
@@ -8,8 +9,10 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
-if [ "${FALLWATCH_WITH_BROWSER:-0}" = 1 ]; then
+# the carer's web page is tested in a real headless Chromium (FALLWATCH_NO_BROWSER=1 skips it)
+if [ "${FALLWATCH_NO_BROWSER:-0}" != 1 ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 fi
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
