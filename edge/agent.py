@@ -542,8 +542,9 @@ class EdgeAgent:
 
     def _resolve_pending(self, now_s: float, wall: float) -> None:
         if not self._pending:
-            for w in self._wearables.values():  # presses with no fall pending are just logged
-                w.cancel_presses = [p for p in w.cancel_presses if p > now_s - 120.0]
+            for w in self._wearables.values():  # presses with no fall pending expire after 2 min
+                if w.cancel_presses:
+                    w.cancel_presses = [p for p in w.cancel_presses if p > now_s - 120.0]
             return
         keep: list[_PendingAlert] = []
         out: list[Pending] = []
