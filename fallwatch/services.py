@@ -79,6 +79,9 @@ class Mosquitto:
     def _write_conf(self) -> Path:
         assert self.workdir is not None
         lines = [
+            # Started as root, Mosquitto drops to the 'mosquitto' user, which cannot use our
+            # private temp dir (persistence, password file, log). Stay the user who started it.
+            *(["user root"] if os.geteuid() == 0 else []),
             f"listener {self.port} 127.0.0.1",
             "persistence true",
             f"persistence_location {self.workdir}/",
