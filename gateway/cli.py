@@ -35,6 +35,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         a.add_argument("--config", type=Path)
         a.set_defaults(func=_transition, action="acknowledge" if action == "ack" else "clear")
 
+    ds = gsub.add_parser("downsample", help="aggregate recent raw series into a long-retention policy (1.x)")
+    ds.add_argument("--config", type=Path)
+    ds.add_argument("--every", default="5m", help="bucket width (default 5m)")
+    ds.add_argument("--since", default="2h", help="window to (re)aggregate (default 2h)")
+    ds.add_argument("--into", default="agg_1y", help="target retention policy (default agg_1y, 400 d)")
+    ds.set_defaults(func=_downsample)
+
     bc = gsub.add_parser("broker-config", help="generate a production Mosquitto config, per-device passwords and ACLs")
     bc.add_argument("--out", type=Path, required=True, help="directory to write into")
     bc.add_argument("--devices", required=True, help="file with one 'site_id device_id' per line (hubs to provision)")
@@ -122,4 +129,18 @@ def _broker_config(args: argparse.Namespace) -> int:
     )
     for p in out:
         print(p)
+    return 0
+
+
+def _downsample(args: argparse.Namespace) -> int:
+    from gateway.downsample import downsample
+    from gateway.sinks import SinkError
+
+    cfg = _load(args)
+    try:
+        written = downsample(cfg.influx, every=args.every, since=args.since, into=args.into)
+    except (SinkError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(written))
     return 0
