@@ -112,6 +112,9 @@ class GatewayConfig(_Strict):
     offline_after_s: float = Field(default=180.0, gt=0, le=180.0)
     test_alarm_max_age_h: float = Field(default=24.0, gt=0)
     escalate_after_s: float = Field(default=120.0, gt=0)  # re-announce an unacknowledged fall alert
+    # staff accounts (roles + hashed personal tokens, `fallwatch gateway staff add`); when set,
+    # every request for staff data is authenticated, role-checked and written to the audit log
+    staff_users_file: Path | None = None
     batch_max: int = Field(default=1000, ge=1)
     batch_max_delay_ms: float = Field(default=0.0, ge=0)  # 0 = natural batching (measured best)
 

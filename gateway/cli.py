@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from fallwatch.config import ConfigError, load_config
 
@@ -54,6 +55,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bc.add_argument("--data-dir", default="/var/lib/mosquitto")
     bc.set_defaults(func=_broker_config)
 
+    st = gsub.add_parser("staff", help="staff accounts for the alert page and API (roles, personal tokens)")
+    ssub = st.add_subparsers(dest="staff_command", required=True)
+    sa = ssub.add_parser("add", help="create an account; its token is printed once and stored only as a hash")
+    sa.add_argument("name")
+    sa.add_argument("--role", required=True, choices=("carer", "technician", "admin"))
+    sa.add_argument("--config", type=Path, help="TOML config whose gateway.staff_users_file is used")
+    sa.add_argument("--file", type=Path, help="accounts file (overrides the config)")
+    sa.set_defaults(func=_staff_add)
+    sl = ssub.add_parser("list", help="list accounts (names and roles)")
+    sl.add_argument("--config", type=Path)
+    sl.add_argument("--file", type=Path)
+    sl.set_defaults(func=_staff_list)
+
 
 def _load(args: argparse.Namespace):
     try:
@@ -90,6 +104,37 @@ def _alerts(args: argparse.Namespace) -> int:
     st.setup()
     for a in st.alerts(kind=args.kind, status=args.status):
         print(json.dumps(a, default=str))
+    return 0
+
+
+def _staff_dir(args: argparse.Namespace) -> Any:
+    from gateway.staff import StaffDirectory
+
+    path = args.file
+    if path is None:
+        path = load_config(args.config).gateway.staff_users_file
+    if path is None:
+        raise SystemExit("no accounts file: pass --file or set gateway.staff_users_file in the config")
+    return StaffDirectory(Path(path))
+
+
+def _staff_add(args: argparse.Namespace) -> int:
+    from gateway.staff import StaffError
+
+    try:
+        token = _staff_dir(args).add(args.name, args.role)
+    except StaffError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"created {args.name} ({args.role}); personal token (shown once, give it to them privately):",
+          file=sys.stderr)
+    print(token)
+    return 0
+
+
+def _staff_list(args: argparse.Namespace) -> int:
+    for u in _staff_dir(args).users():
+        print(f"{u.name}\t{u.role}")
     return 0
 
 

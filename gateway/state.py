@@ -101,6 +101,10 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS alert_log (
         id {autoinc}, alert_id TEXT NOT NULL, action TEXT NOT NULL, actor TEXT NOT NULL,
         at_ms BIGINT NOT NULL, detail TEXT)""",
+    # append-only: who looked at or changed staff data, when, and what the answer was (EN 50134 R8)
+    """CREATE TABLE IF NOT EXISTS access_log (
+        id {autoinc}, at_ms BIGINT NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL,
+        method TEXT NOT NULL, path TEXT NOT NULL, status INTEGER NOT NULL, client TEXT)""",
 ]
 
 
@@ -435,6 +439,15 @@ class StateStore:
         q += " ORDER BY raised_ms DESC, alert_id DESC LIMIT ?"  # the newest `limit`, oldest first
         args.append(limit)
         return self._select(q, tuple(args))[::-1]
+
+    def log_access(self, actor: str, role: str, method: str, path: str, status: int, client: str,
+                   now_ms: int) -> None:
+        with self._tx() as cur:
+            self._exec(cur, "INSERT INTO access_log (at_ms, actor, role, method, path, status, client) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (now_ms, actor, role, method, path, status, client))
+
+    def access_log(self, limit: int = 1000) -> list[dict[str, Any]]:
+        return self._select("SELECT * FROM access_log ORDER BY id DESC LIMIT ?", (limit,))
 
     def audit(self, alert_id: str | None = None) -> list[dict[str, Any]]:
         if alert_id:
