@@ -116,16 +116,10 @@ class FallModel:
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
-        import onnxruntime as ort
+        from models.onnx_runtime import edge_session
 
         self.path = Path(path) if path is not None else DEFAULT_MODEL_PATH
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        self.session = edge_session(self.path)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         check_metadata(self.metadata, self.session.get_inputs())
         m = self.metadata

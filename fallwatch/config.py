@@ -201,8 +201,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, o
     try:
         return FallwatchConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"invalid config{f' {path}' if path else ''}:"]
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  - {where}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(validation_report(f"invalid config{f' {path}' if path else ''}", exc)) from None
+
+
+def validation_report(title: str, exc: ValidationError) -> str:
+    """A readable multi-line report of every problem pydantic found, one line each."""
+    lines = [f"{title}:"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        lines.append(f"  - {where}: {err['msg']}")
+    return "\n".join(lines)

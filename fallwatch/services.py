@@ -55,8 +55,38 @@ def find_binary(name: str, extra: tuple[str, ...] = ("/usr/sbin", "/usr/bin")) -
                        "(scripts/ensure-services.sh does this)")
 
 
+class _Managed:
+    """A private service process with a temporary work dir: stop/close and ``with`` support."""
+
+    proc: subprocess.Popen[bytes] | None
+    _tmp: tempfile.TemporaryDirectory[str] | None
+    _stop_timeout_s = 10.0
+
+    def start(self) -> _Managed:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(self._stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass
-class Mosquitto:
+class Mosquitto(_Managed):
     """A private Mosquitto broker.
 
     ``max_queued_messages 0`` (no limit) and a large ``max_queued_bytes`` bound are set
@@ -125,16 +155,6 @@ class Mosquitto:
         _wait_port(self.port, 10, self.proc)
         return self
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
     def restart(self) -> None:
         self.stop()
         # same port, same persistence dir: sessions and queued messages survive
@@ -148,27 +168,19 @@ class Mosquitto:
                     raise
                 time.sleep(0.2)
 
-    def close(self) -> None:
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
     def __enter__(self) -> Mosquitto:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 @dataclass
-class InfluxDB1:
+class InfluxDB1(_Managed):
     """A private InfluxDB 1.x (Debian's ``influxdb`` package) with its own data dirs."""
 
     port: int = 0
     workdir: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _rpc_port: int = field(default=0, init=False)
+    _stop_timeout_s = 15.0
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
 
     @property
@@ -239,28 +251,9 @@ bind-address = "127.0.0.1:{self._rpc_port}"
             raise ServiceError(res["error"])
         return list(res.get("series", []))
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
     def restart(self) -> None:
         self.stop()
         self.start()
 
-    def close(self) -> None:
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
     def __enter__(self) -> InfluxDB1:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fallwatch.config import validation_report
+
 ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 FallKind = Literal["forward", "backward", "sideways", "from_bed", "from_chair", "collapse"]
@@ -265,11 +267,7 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"invalid scenario {path}:"]
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  - {where}: {err['msg']}")
-        raise ScenarioError("\n".join(lines)) from None
+        raise ScenarioError(validation_report(f"invalid scenario {path}", exc)) from None
 
 
 def flat_site(n: int, resident: Resident | None = None) -> Site:

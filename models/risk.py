@@ -88,15 +88,10 @@ class RiskModel:
     """The shipped risk model: ONNX session + the linear decomposition for factors."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        import onnxruntime as ort
+        from models.onnx_runtime import edge_session
 
         self.path = Path(path) if path is not None else DEFAULT_PATH
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        self.session = edge_session(self.path)
         m = dict(self.session.get_modelmeta().custom_metadata_map)
         self.metadata = m
         self.names: tuple[str, ...] = tuple(m["features"].split(","))
