@@ -108,7 +108,9 @@ class Pipeline:
             for hub in self.fleet.hubs:
                 edge_cfg = cfg.edge.model_copy(update={
                     "site_id": hub.site_id, "device_id": hub.hub_id,
-                    "outbox_path": workdir / f"outbox-{hub.hub_id}.sqlite"})
+                    "outbox_path": workdir / f"outbox-{hub.hub_id}.sqlite",
+                    # the shipped model, never one a previous `edge install-model` left in ./var
+                    "model_dir": workdir / f"models-{hub.hub_id}"})
                 mqtt_cfg = cfg.mqtt.model_copy(update={"client_id": None})
                 agent = EdgeAgent(cfg.model_copy(update={"edge": edge_cfg, "mqtt": mqtt_cfg}),
                                   sensors=[s for s in self.fleet.sensors if s.hub_id == hub.hub_id],

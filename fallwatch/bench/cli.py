@@ -126,6 +126,23 @@ def plot(area: str, result: dict[str, Any], out: Path) -> list[Path]:
     return written
 
 
+def _run_isolated(area: str, repeat: int, quick: bool, out: Path | None) -> dict[str, Any]:
+    import subprocess
+
+    cmd = [sys.executable, "-m", "fallwatch.cli", "bench", area, "--json", "--repeat", str(repeat)]
+    if quick:
+        cmd.append("--quick")
+    if out is not None:
+        cmd += ["--out", str(out)]  # the child writes its own plots there
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        return {"error": f"bench {area} exited with {proc.returncode}"}
+    result = json.loads(lines[-1])
+    result.pop("machine", None)
+    return dict(result)
+
+
 def _cmd(args: argparse.Namespace) -> int:
     import logging
 
@@ -137,7 +154,12 @@ def _cmd(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     for area in areas:
         repeat = args.repeat or (3 if area == "sim" else 1)
-        results[area] = run_area(area, repeat, args.quick, progress)
+        if args.area == "all":
+            # each area in its own process: peak RSS, imports and threads of one benchmark
+            # must not be charged to the next
+            results[area] = _run_isolated(area, repeat, args.quick, args.out)
+        else:
+            results[area] = run_area(area, repeat, args.quick, progress)
         print(f"\n{area}:", file=sys.stderr)
         for k, v in results[area].items():
             if not k.startswith("_"):
