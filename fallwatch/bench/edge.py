@@ -260,6 +260,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
         "decision_latency_p99_ms": round(float(np.percentile(lats, 99)), 2) if lats else None,
         "decision_latency_max_ms": round(max(lats), 2) if lats else None,
         "alerts_measured": len(lats),
+        "_decision_latency_ms": lats,
         "falls_injected": lat["fallers"],
         "alerts_missing_at_broker": n_alerts - len(lats),
         "peak_rss_mb": round(lat["peak_rss_mb"], 1),
