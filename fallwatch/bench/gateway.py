@@ -321,8 +321,10 @@ def latency(
             "influx": {"url": db.url, "version": 1, "database": database},
             "gateway": {
                 "gateway_id": f"gw-lat-{time.monotonic_ns() % 10**8}",
-                "state_db": str(work / "lat.sqlite"),
-                "spool_dir": str(work / "lat-spool"),
+                # a fresh state DB per run: the same message ids are replayed each run, and the
+                # de-duplication would (rightly) drop them as already stored
+                "state_db": str(work / f"{database}.sqlite"),
+                "spool_dir": str(work / f"{database}-spool"),
                 "http_port": 0,
                 "batch_max": 2000,
                 **({} if batch_max_delay_ms is None else {"batch_max_delay_ms": batch_max_delay_ms}),
