@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,6 +64,13 @@ def agent(
     )
     a = EdgeAgent(cfg)
     a.start()
+    # the hub subscribes to its downlinks in on_connect, then publishes its 'ready' birth on the
+    # same connection: once the broker has acked that, the subscriptions are in place, so a
+    # manifest published by the test cannot slip past an agent that is not listening yet
+    deadline = time.monotonic() + 10
+    while a.stats().get("acked", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert a.stats().get("acked", 0) >= 1, "agent never got its birth message acknowledged"
     yield a
     a.stop()
 
