@@ -238,15 +238,7 @@ class WearableDevice:
         return quantise(acc, gyro, self.acc_lsb, self.gyro_lsb)
 
     def _seg_index(self, t: float) -> int:
-        segs = self.timeline.segments
-        lo, hi = 0, len(segs) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if segs[mid].t0 <= t:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        return self.timeline.index_at(t)
 
     def samples(self, k: int) -> tuple[np.ndarray, bool]:
         """Counts (m, 6) of frame ``k`` and whether any sample saturated."""

@@ -13,6 +13,7 @@ the samples later is a pure function of the segments.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,15 +51,12 @@ class Timeline:
         if i + 1 < len(segs) and segs[i + 1].t0 <= t and (i + 2 == len(segs) or t < segs[i + 2].t0):
             self._hint = i + 1
             return segs[i + 1]
-        lo, hi = 0, len(segs) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if segs[mid].t0 <= t:
-                lo = mid
-            else:
-                hi = mid - 1
-        self._hint = lo
-        return segs[lo]
+        self._hint = self.index_at(t)
+        return segs[self._hint]
+
+    def index_at(self, t: float) -> int:
+        """Index of the last segment starting at or before ``t`` (0 before the first)."""
+        return max(0, bisect.bisect_right(self.segments, t, key=lambda s: s.t0) - 1)
 
 
 def profile_at(resident: Resident, t_s: float) -> Profile:

@@ -50,17 +50,7 @@ class DeviceUpdate:
     sensors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def merge(self, other: DeviceUpdate) -> None:
-        for name in (
-            "fw",
-            "model_version",
-            "outbox_depth",
-            "uptime_s",
-            "min_battery_pct",
-            "state",
-            "heartbeat_s",
-            "boot_id",
-            "last_test_ms",
-        ):
+        for name in (*_DEVICE_COLS, "last_test_ms"):
             v = getattr(other, name)
             if v is not None:
                 setattr(self, name, v)
