@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from dashboards.spec import DASHBOARDS, DATASOURCE_UID, concrete_query, to_grafana
+from fallwatch.dashboards.spec import DASHBOARDS, DATASOURCE_UID, concrete_query, to_grafana
 
 HERE = Path(__file__).resolve().parent
 

@@ -3,7 +3,7 @@
 Wiring, top to bottom (each step is one module):
 
     SensorFrame --decode--> WearableStream (edge.stream) --50 Hz--> DeviceFallDetector
-      (edge.fall_detector; one batched model call per feed across all wearables)
+      (models.detector; one batched model call per feed across all wearables)
       --FallDecision--> cancel window (sim/hub time) --fusion with rooms (edge.fusion)-->
       FallAlert --> Outbox (edge.outbox, SQLite WAL, fsync) --> Publisher (edge.publisher,
       QoS 1, deletes on PUBACK) --> broker
@@ -30,20 +30,20 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from edge import ota
-from edge.fall_detector import DetectorSettings, DeviceFallDetector, FallDecision
-from edge.fusion import FusionSettings, RoomState
-from edge.outbox import Outbox, Pending
-from edge.publisher import Publisher
-from edge.risk import GaitAccumulator, NightCounter, load_risk_model
-from edge.stream import StreamSettings, WearableStream
-from edge.threshold_detector import load_scorer
-from fallwatch import contract as C
-from fallwatch import topics
 from fallwatch.config import FallwatchConfig
-from fallwatch.frames import FrameError, SensorFrame, decode_imu, decode_room
+from fallwatch.edge import ota
+from fallwatch.edge.fusion import FusionSettings, RoomState
+from fallwatch.edge.outbox import Outbox, Pending
+from fallwatch.edge.publisher import Publisher
+from fallwatch.edge.risk import GaitAccumulator, NightCounter, load_risk_model
+from fallwatch.edge.stream import StreamSettings, WearableStream
+from fallwatch.models import features as F
+from fallwatch.models.detector import DetectorSettings, DeviceFallDetector, FallDecision
+from fallwatch.models.scorers import load_scorer
 from fallwatch.mqtt import Will
-from models import features as F
+from fallwatch.protocol import contract as C
+from fallwatch.protocol import topics
+from fallwatch.protocol.frames import FrameError, SensorFrame, decode_imu, decode_room
 
 log = logging.getLogger(__name__)
 

@@ -69,9 +69,9 @@ def _load(path: Path | None, args: argparse.Namespace | None = None) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edge.agent import EdgeAgent
-    from edge.sources import configured_sensors, make_source
     from fallwatch.config import ConfigError
+    from fallwatch.edge.agent import EdgeAgent
+    from fallwatch.edge.sources import configured_sensors, make_source
 
     try:
         cfg = _load(args.config, args)
@@ -121,12 +121,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    from edge.sources import SimSource, record
     from fallwatch.config import EdgeConfig, EdgeSourceConfig
+    from fallwatch.edge.sources import SimSource, record
 
     cfg = EdgeConfig(source=EdgeSourceConfig(path=args.scenario, speed=0))
     if args.hub is None:  # the scenario's first hub
-        from firmware_sim.scenario import demo_scenario, load_scenario
+        from fallwatch.sim.scenario import demo_scenario, load_scenario
 
         scn = load_scenario(args.scenario) if args.scenario else demo_scenario(residents=1, duration_s=600.0)
         args.hub = scn.expanded().sites[0].hub_id
@@ -144,7 +144,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from edge.ota import public_key_b64
+    from fallwatch.edge.ota import public_key_b64
 
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -158,7 +158,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 def _cmd_sign(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
 
-    from edge.ota import sign_update
+    from fallwatch.edge.ota import sign_update
 
     key = serialization.load_pem_private_key(args.key.read_bytes(), password=None)
     doc = sign_update(key, args.model.read_bytes(), args.version, inline=args.url is None,  # type: ignore[arg-type]
@@ -169,8 +169,8 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
-    from edge import ota
-    from edge.threshold_detector import load_scorer
+    from fallwatch.edge import ota
+    from fallwatch.models.scorers import load_scorer
 
     cfg = _load(args.config)
     running = ota.load_installed(cfg.edge) or load_scorer(cfg.edge.model_path)
@@ -184,7 +184,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
 
 
 def _cmd_outbox(args: argparse.Namespace) -> int:
-    from edge.outbox import Outbox
+    from fallwatch.edge.outbox import Outbox
 
     cfg = _load(args.config)
     ob = Outbox(cfg.edge.outbox_path, bump_boot=False)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from fallwatch.frames import RoomEvent
+from fallwatch.protocol.frames import RoomEvent
 
 
 @dataclass(slots=True)

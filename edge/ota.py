@@ -12,7 +12,7 @@ Canonical manifest = JSON with sorted keys and no spaces. The update is accepted
 the signature verifies with the configured ``edge.model_pubkey`` (no key: updates are
 disabled), the manifest has not expired, the version is higher than the running one
 (anti-rollback), the bytes match size and sha256, the model loads with metadata that
-matches the feature code (:func:`edge.fall_detector.check_metadata`), and it passes the
+matches the feature code (:func:`models.detector.check_metadata`), and it passes the
 golden self-test (:func:`edge.synth.golden_windows`). Only then is it moved into place
 with ``os.replace`` (the previous file kept as ``previous.onnx``) and swapped in between
 two ``feed()`` calls. On any failure the running model is untouched.
@@ -97,7 +97,7 @@ def _version_tuple(v: str) -> tuple[int, ...] | None:
 
 def self_test(model: Any) -> str | None:
     """None if the model scores the golden vectors right, else why not."""
-    from edge.synth import golden_windows
+    from fallwatch.edge.synth import golden_windows
 
     windows, labels = golden_windows()
     try:
@@ -160,7 +160,7 @@ class ModelStore:
         tmp = self.dir / f"incoming-{os.getpid()}.onnx"
         tmp.write_bytes(data)
         try:
-            from edge.fall_detector import FallModel
+            from fallwatch.models.detector import FallModel
 
             try:
                 model = FallModel(tmp)
@@ -208,7 +208,7 @@ class ModelStore:
 def load_installed(cfg: EdgeConfig) -> Any | None:
     """The model installed by an earlier update, if any (it survives restarts); falls back to
     ``previous.onnx`` if the current one no longer loads."""
-    from edge.fall_detector import FallModel
+    from fallwatch.models.detector import FallModel
 
     d = Path(cfg.model_dir)
     for name in ("current.onnx", "previous.onnx"):

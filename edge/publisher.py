@@ -24,8 +24,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge.outbox import Outbox
 from fallwatch.config import MqttConfig
+from fallwatch.edge.outbox import Outbox
 from fallwatch.mqtt import Will, connect, make_client, publish_properties
 
 log = logging.getLogger(__name__)

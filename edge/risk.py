@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fallwatch.frames import RoomEvent
+from fallwatch.protocol.frames import RoomEvent
 
 SEG = 250  # 5 s at 50 Hz
 RATE = 50.0
@@ -190,7 +190,7 @@ class NightCounter:
 def load_risk_model():  # type: ignore[no-untyped-def]
     """The shipped risk model, or None when this build has none (risk scoring is then off)."""
     try:
-        from models.risk import DEFAULT_PATH, RiskModel
+        from fallwatch.models.risk import DEFAULT_PATH, RiskModel
     except ImportError:
         return None
     return RiskModel() if DEFAULT_PATH.exists() else None

@@ -1,6 +1,6 @@
 """Sensor sources: where a hub's frames come from, behind one small interface.
 
-A source yields ``(frames, now_s)`` batches: the :class:`~fallwatch.frames.SensorFrame`
+A source yields ``(frames, now_s)`` batches: the :class:`~fallwatch.protocol.frames.SensorFrame`
 objects received since the previous batch and the hub clock at the end of it. Live
 sources yield at least every ``tick_s`` even when nothing arrived, so the agent's timers
 (cancel window, heartbeat, telemetry) run on quiet nights too.
@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import msgspec
 
 from fallwatch.config import EdgeConfig, EdgeRoomSensor, MqttConfig
-from fallwatch.frames import SensorFrame
+from fallwatch.protocol.frames import SensorFrame
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ class SimSource:
                  seed: int | None = None, hub_id: str | None = None) -> None:
         """``hub_id``: which hub to serve (default ``cfg.device_id``; a one-hub scenario's hub
         is taken whatever its id)."""
-        from firmware_sim.fleet import Fleet
-        from firmware_sim.scenario import demo_scenario, load_scenario
+        from fallwatch.sim.fleet import Fleet
+        from fallwatch.sim.scenario import demo_scenario, load_scenario
 
         scn = load_scenario(cfg.source.path) if cfg.source.path else demo_scenario(residents=1, duration_s=600.0)
         self.fleet = Fleet(scn, seed=seed)
@@ -263,7 +263,7 @@ class BleSource(_LiveSource):
 
     An implementation connects to each configured wearable, subscribes to its IMU
     characteristic and calls ``self.put(sensor_id, "ble", payload)`` with each
-    notification's bytes (the frame format of :func:`fallwatch.frames.decode_imu`).
+    notification's bytes (the frame format of :func:`fallwatch.protocol.frames.decode_imu`).
     Everything after that — reordering, clock, faults, detection — is shared. A BLE
     stack (e.g. ``bleak``) is not a dependency yet, so this refuses to start.
     """

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fallwatch.frames import FLAG_CANCEL, FLAG_CLOCK_JUMP
-from models import features as F
+from fallwatch.models import features as F
+from fallwatch.protocol.frames import FLAG_CANCEL, FLAG_CLOCK_JUMP
 
 
 @dataclass(slots=True)

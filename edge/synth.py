@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fallwatch.frames import ImuPacket, SensorFrame, encode_imu
+from fallwatch.protocol.frames import ImuPacket, SensorFrame, encode_imu
 
 RATE = 50.0
 
@@ -72,7 +72,7 @@ def lie_down(n: int = 1500) -> tuple[np.ndarray, np.ndarray]:
 
 def golden_windows() -> tuple[np.ndarray, np.ndarray]:
     """(windows (k, WINDOW, 6), expected labels (k,)) for a model self-test."""
-    from models import features as F
+    from fallwatch.models import features as F
 
     windows, labels = [], []
     for peak in (3.5, 5.0):

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 
 #: Packages whose ``cli.register`` adds sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
-    "fallwatch.demo",
-    "firmware_sim.cli",
-    "edge.cli",
-    "gateway.cli",
-    "models.cli",
-    "fallwatch.bench.cli",
-    "dashboards.cli",
+    "fallwatch.app.demo",
+    "fallwatch.sim.cli",
+    "fallwatch.edge.cli",
+    "fallwatch.gateway.cli",
+    "fallwatch.models.cli",
+    "fallwatch.app.bench.cli",
+    "fallwatch.dashboards.cli",
 )
 
 

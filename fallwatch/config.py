@@ -25,6 +25,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PluginSection(BaseModel):
+    """A plug-in's section as read from the file: its ``type`` plus that plug-in's own keys.
+
+    The keys are checked by the plug-in's registry (:mod:`fallwatch.plugins`) against the
+    config class the plug-in declares, so adding a plug-in never edits this file.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+
 class TlsConfig(_Strict):
     ca_file: Path
     cert_file: Path | None = None

@@ -8,6 +8,7 @@ is set up here once. paho does the protocol; this module only applies our policy
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -26,6 +27,12 @@ class Will:
     delay_s: int = 0
 
 
+#: The paho boundary: every fallwatch MQTT client is built by this callable (paho's
+#: ``Client`` signature). Broker-free unit tests swap in
+#: :class:`fallwatch.testing.fake_mqtt.FakeBroker`'s factory; nothing else should.
+client_factory: Callable[..., mqtt.Client] = mqtt.Client
+
+
 def is_v5(cfg: MqttConfig) -> bool:
     return cfg.protocol == "5"
 
@@ -39,7 +46,7 @@ def make_client(cfg: MqttConfig, client_id: str, *, will: Will | None = None,
     memory only, which is why the edge keeps a durable outbox on top of it.
     """
     v5 = is_v5(cfg)
-    client = mqtt.Client(
+    client = client_factory(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=cfg.client_id or client_id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,

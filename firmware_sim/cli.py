@@ -26,7 +26,7 @@ def resolve_scenario(name: str) -> Path:
 
 
 def _load(name: str) -> Any:
-    from firmware_sim.scenario import ScenarioError, demo_scenario, load_scenario
+    from fallwatch.sim.scenario import ScenarioError, demo_scenario, load_scenario
 
     try:
         scn = demo_scenario() if name == "demo" else load_scenario(resolve_scenario(name))
@@ -93,8 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from firmware_sim.replay import ReplayError, ReplaySource
-    from firmware_sim.scenario import ReplaySpec, Resident, Scenario, Site, Wearable
+    from fallwatch.sim.replay import ReplayError, ReplaySource
+    from fallwatch.sim.scenario import ReplaySpec, Resident, Scenario, Site, Wearable
 
     fmt = args.format or ("npz" if args.recording.endswith(".npz") else
                           "csv" if args.recording.endswith(".csv") else "sisfall")
@@ -110,8 +110,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _run(scn: Any, args: argparse.Namespace) -> int:
-    from firmware_sim.fleet import Fleet
-    from firmware_sim.replay import FrameLogWriter
+    from fallwatch.sim.fleet import Fleet
+    from fallwatch.sim.replay import FrameLogWriter
 
     progress = sys.stderr.isatty() and not args.json
     fleet = Fleet(scn, seed=args.seed, progress=progress)
@@ -179,8 +179,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from fallwatch.frames import FrameError, decode_imu, decode_room
-    from firmware_sim.replay import read_frames
+    from fallwatch.protocol.frames import FrameError, decode_imu, decode_room
+    from fallwatch.sim.replay import read_frames
 
     stats: dict[str, Counter[str]] = {}
     last: dict[str, tuple[int, int]] = {}
@@ -214,7 +214,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from firmware_sim.replay import export_wearable, read_frames, save_csv, save_npz
+    from fallwatch.sim.replay import export_wearable, read_frames, save_csv, save_npz
 
     rate, acc, gyro = export_wearable(read_frames(args.fwlog), args.sensor)
     (save_npz if args.out.suffix == ".npz" else save_csv)(args.out, rate, acc, gyro)

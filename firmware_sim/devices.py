@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fallwatch.frames import (
+from fallwatch.protocol.frames import (
     FLAG_BOOT,
     FLAG_CANCEL,
     FLAG_CLOCK_JUMP,
@@ -30,9 +30,9 @@ from fallwatch.frames import (
     pack_imu,
     quantise,
 )
-from firmware_sim.motion import render_block
-from firmware_sim.scenario import Fault, RoomSensor, Wearable
-from firmware_sim.timeline import Timeline, Truth
+from fallwatch.sim.motion import render_block
+from fallwatch.sim.scenario import Fault, RoomSensor, Wearable
+from fallwatch.sim.timeline import Timeline, Truth
 
 LOW_BATTERY_PCT = 15.0
 BLOCK_S = 10.0  # motion is rendered this many seconds at a time

@@ -19,10 +19,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from fallwatch.frames import SensorFrame
-from firmware_sim.devices import FaultLog, RoomSensorDevice, WearableDevice, faults_for, key_of
-from firmware_sim.scenario import Scenario, Site
-from firmware_sim.timeline import Timeline, TimelineBuilder, Truth, profile_at
+from fallwatch.protocol.frames import SensorFrame
+from fallwatch.sim.devices import FaultLog, RoomSensorDevice, WearableDevice, faults_for, key_of
+from fallwatch.sim.scenario import Scenario, Site
+from fallwatch.sim.timeline import Timeline, TimelineBuilder, Truth, profile_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +155,7 @@ class Fleet:
                 self._drift_truth(res, wid, site.hub_id)
             source = None
             if res.wearable.replay is not None:
-                from firmware_sim.replay import ReplaySource
+                from fallwatch.sim.replay import ReplaySource
 
                 source = ReplaySource.from_spec(res.wearable.replay, res.wearable.rate_hz)
             logs = self._fault_logs_for(wid, res.id, site.hub_id)

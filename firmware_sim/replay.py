@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import resample_poly
 
-from fallwatch.frames import SensorFrame, decode_imu
-from firmware_sim.scenario import ReplaySpec
+from fallwatch.protocol.frames import SensorFrame, decode_imu
+from fallwatch.sim.scenario import ReplaySpec
 
 CSV_HEADER = "t_s,ax_g,ay_g,az_g,gx_dps,gy_dps,gz_dps"
 SISFALL_HZ = 200.0

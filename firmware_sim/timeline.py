@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from firmware_sim.motion import POSTURES, Segment
-from firmware_sim.scenario import FALL_KINDS, Event, Profile, Resident
+from fallwatch.sim.motion import POSTURES, Segment
+from fallwatch.sim.scenario import FALL_KINDS, Event, Profile, Resident
 
 PRELUDE_S = 20.0  # start steering into an event's posture this long before it
 

@@ -34,15 +34,15 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fallwatch import contract, topics
 from fallwatch.config import FallwatchConfig
+from fallwatch.gateway.acks import AckEntry, AckTracker
+from fallwatch.gateway.metrics import Counters, Metrics
+from fallwatch.gateway.points import SeriesPoint, to_points
+from fallwatch.gateway.sinks import SeriesSink, SinkError, make_sink
+from fallwatch.gateway.spool import Spool
+from fallwatch.gateway.state import DeviceUpdate, StateStore
 from fallwatch.mqtt import Will, is_v5, make_client
-from gateway.acks import AckEntry, AckTracker
-from gateway.metrics import Counters, Metrics
-from gateway.points import SeriesPoint, to_points
-from gateway.sinks import SeriesSink, SinkError, make_sink
-from gateway.spool import Spool
-from gateway.state import DeviceUpdate, StateStore
+from fallwatch.protocol import contract, topics
 
 log = logging.getLogger("fallwatch.gateway")
 staff_log = logging.getLogger("fallwatch.gateway.alerts")
@@ -155,7 +155,7 @@ class Gateway:
         return run
 
     def _start_http(self) -> None:
-        from gateway.http import HttpServer
+        from fallwatch.gateway.http import HttpServer
 
         g = self.cfg.gateway
         self.http = HttpServer(self, g.http_host, g.http_port)

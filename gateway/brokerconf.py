@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from fallwatch import topics
-from fallwatch.services import find_binary
+from fallwatch.protocol import topics
 
 
 def acl_text(gateways: Iterable[str]) -> str:
@@ -146,7 +146,7 @@ def generate(
     creds = {u: secrets.token_urlsafe(24) for u in users}
     passwd = out / "passwd"
     passwd.write_text("")  # hashed; on the broker host: chown mosquitto, chmod 0640 (docs/gateway.md)
-    binary = find_binary("mosquitto_passwd")
+    binary = _mosquitto_passwd()
     for user, pw in creds.items():
         subprocess.run([binary, "-b", str(passwd), user, pw], check=True, capture_output=True)
     cred_file = out / "credentials.txt"
@@ -172,3 +172,14 @@ def read_credentials(out: Path) -> dict[str, str]:
             user, pw = line.split()
             creds[user] = pw
     return creds
+
+
+def _mosquitto_passwd() -> str:
+    """Debian puts mosquitto_passwd in /usr/bin, which a service user's PATH may lack."""
+    found = shutil.which("mosquitto_passwd") or next(
+        (p for p in ("/usr/bin/mosquitto_passwd", "/usr/sbin/mosquitto_passwd") if os.path.exists(p)), None)
+    if found is None:
+        raise FileNotFoundError("mosquitto_passwd not found: install Debian's mosquitto package "
+                                "(apt-get install -y mosquitto)")
+    return found
+

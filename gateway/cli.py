@@ -78,7 +78,7 @@ def _load(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gateway.app import Gateway
+    from fallwatch.gateway.app import Gateway
 
     cfg = _load(args)
     if args.validate_config:
@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _alerts(args: argparse.Namespace) -> int:
-    from gateway.state import StateStore
+    from fallwatch.gateway.state import StateStore
 
     cfg = _load(args)
     st = StateStore(cfg.gateway.state_db)
@@ -108,7 +108,7 @@ def _alerts(args: argparse.Namespace) -> int:
 
 
 def _staff_dir(args: argparse.Namespace) -> Any:
-    from gateway.staff import StaffDirectory
+    from fallwatch.gateway.staff import StaffDirectory
 
     path = args.file
     if path is None:
@@ -119,7 +119,7 @@ def _staff_dir(args: argparse.Namespace) -> Any:
 
 
 def _staff_add(args: argparse.Namespace) -> int:
-    from gateway.staff import StaffError
+    from fallwatch.gateway.staff import StaffError
 
     try:
         token = _staff_dir(args).add(args.name, args.role)
@@ -139,7 +139,7 @@ def _staff_list(args: argparse.Namespace) -> int:
 
 
 def _transition(args: argparse.Namespace) -> int:
-    from gateway.state import StateError, StateStore
+    from fallwatch.gateway.state import StateError, StateStore
 
     cfg = _load(args)
     st = StateStore(cfg.gateway.state_db)
@@ -157,7 +157,7 @@ def _transition(args: argparse.Namespace) -> int:
 
 
 def _broker_config(args: argparse.Namespace) -> int:
-    from gateway.brokerconf import generate
+    from fallwatch.gateway.brokerconf import generate
 
     pairs = []
     for line in Path(args.devices).read_text().splitlines():
@@ -178,8 +178,8 @@ def _broker_config(args: argparse.Namespace) -> int:
 
 
 def _downsample(args: argparse.Namespace) -> int:
-    from gateway.downsample import downsample
-    from gateway.sinks import SinkError
+    from fallwatch.gateway.downsample import downsample
+    from fallwatch.gateway.sinks import SinkError
 
     cfg = _load(args)
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from fallwatch.config import InfluxConfig
-from gateway.sinks import Influx1Sink, SinkError
+from fallwatch.gateway.sinks import Influx1Sink, SinkError
 
 #: measurements whose raw points are aggregated (events — falls, risk — are kept as they are)
 DOWNSAMPLED = ("telemetry", "health", "sensor_health")

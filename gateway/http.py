@@ -33,11 +33,11 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway.staff import StaffDirectory, StaffUser
-from gateway.state import StateError
+from fallwatch.gateway.staff import StaffDirectory, StaffUser
+from fallwatch.gateway.state import StateError
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from fallwatch.gateway.app import Gateway
 
 log = logging.getLogger("fallwatch.gateway.http")
 _STAFF_PAGE = Path(__file__).with_name("static") / "staff.html"

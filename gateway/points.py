@@ -24,7 +24,7 @@ import msgspec
 from influxdb_client import Point as _InfluxPoint
 from influxdb_client import WritePrecision
 
-from fallwatch import contract as c
+from fallwatch.protocol import contract as c
 
 #: (measurement, tags, fields, ts_ms)
 SeriesPoint = tuple[str, dict[str, str], dict[str, Any], int]

@@ -24,7 +24,7 @@ import msgspec
 import requests
 
 from fallwatch.config import InfluxConfig
-from gateway.points import SeriesPoint, influx_point, series_key, to_line
+from fallwatch.gateway.points import SeriesPoint, influx_point, series_key, to_line
 
 
 class SinkError(RuntimeError):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import msgspec
 
-from gateway.points import SeriesPoint
+from fallwatch.gateway.points import SeriesPoint
 
 log = logging.getLogger("fallwatch.gateway.spool")
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fallwatch import contract as c
+from fallwatch.protocol import contract as c
 
 OPEN_STATUSES = ("raised", "acknowledged")
 

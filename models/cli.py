@@ -56,9 +56,9 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
     import numpy as np
     from threadpoolctl import threadpool_limits
 
-    from edge.fall_detector import FallModel
-    from models import fall_train as T
-    from models import report, sisfall
+    from fallwatch.models import fall_train as T
+    from fallwatch.models import report, sisfall
+    from fallwatch.models.detector import FallModel
 
     out: Path = args.out or T.DEFAULT_OUT
     rep = out / "report"
@@ -141,9 +141,9 @@ def _print_summary(s: dict) -> None:  # type: ignore[type-arg]
 
 
 def cmd_eval_fall(args: argparse.Namespace) -> int:
-    from edge.fall_detector import FallModel
-    from models import sisfall
-    from models.fall_eval import run_trial, summarise
+    from fallwatch.models import sisfall
+    from fallwatch.models.detector import FallModel
+    from fallwatch.models.fall_eval import run_trial, summarise
 
     model = FallModel(args.model)
     subjects = sisfall.list_subjects(args.data)
@@ -174,7 +174,7 @@ def cmd_eval_fall(args: argparse.Namespace) -> int:
 
 
 def cmd_train_risk(args: argparse.Namespace) -> int:
-    from models import risk
+    from fallwatch.models import risk
 
     metrics = risk.train(out=args.out, seed=args.seed, n_residents=args.residents)
     print(json.dumps({k: metrics[k] for k in ("auc", "brier", "n_train", "n_test")}, indent=2))
@@ -182,7 +182,7 @@ def cmd_train_risk(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_risk(args: argparse.Namespace) -> int:
-    from models import risk
+    from fallwatch.models import risk
 
     metrics = risk.evaluate(model_path=args.model, seed=args.seed, n_residents=args.residents)
     if args.json:

@@ -1,7 +1,7 @@
 """Trial-level evaluation of the streaming detector, as the edge runs it.
 
 Used by ``eval-fall`` (shipped ONNX model) and by the cross-validation in training (fold
-models), so the reported numbers always come from :class:`edge.fall_detector.DeviceFallDetector`
+models), so the reported numbers always come from :class:`models.detector.DeviceFallDetector`
 with its deployed settings, never from a shortcut over window scores.
 
 Rules:
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.fall_detector import DetectorSettings, DeviceFallDetector, FallDecision, WindowScorer
-from models import features as F
-from models.sisfall import Trial
+from fallwatch.models import features as F
+from fallwatch.models.detector import DetectorSettings, DeviceFallDetector, FallDecision, WindowScorer
+from fallwatch.models.sisfall import Trial
 
 CHUNK_S = 0.5
 

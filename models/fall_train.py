@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.fall_detector import DetectorSettings, DeviceFallDetector, FallModel
-from models import features as F
-from models import sisfall
-from models.fall_eval import TrialResult, run_trials, summarise
+from fallwatch.models import features as F
+from fallwatch.models import sisfall
+from fallwatch.models.detector import DetectorSettings, DeviceFallDetector, FallModel
+from fallwatch.models.fall_eval import TrialResult, run_trials, summarise
 
 log = logging.getLogger(__name__)
 

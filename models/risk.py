@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fallwatch.contract import Factor
-from models import risk_features as RF
-from models.risk_cohort import EFFECTS, PUBLISHED, simulate
+from fallwatch.models import risk_features as RF
+from fallwatch.models.risk_cohort import EFFECTS, PUBLISHED, simulate
+from fallwatch.protocol.contract import Factor
 
 MODEL_NAME = "fallwatch-risk"
 MODEL_VERSION = "1.0.0"
@@ -88,7 +88,7 @@ class RiskModel:
     """The shipped risk model: ONNX session + the linear decomposition for factors."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        from models.onnx_runtime import edge_session
+        from fallwatch.models.onnx_runtime import edge_session
 
         self.path = Path(path) if path is not None else DEFAULT_PATH
         self.session = edge_session(self.path)
@@ -190,7 +190,7 @@ def _metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 def train(out: Path | None = None, seed: int = 11, n_residents: int = 4000) -> dict[str, object]:
     """Simulate a cohort, split by resident (75/25), fit, export, report, write the card."""
-    from models.fall_train import git_sha
+    from fallwatch.models.fall_train import git_sha
 
     out = out or DEFAULT_DIR
     out.mkdir(parents=True, exist_ok=True)

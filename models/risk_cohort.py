@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.risk_features import BY_NAME, NAMES
+from fallwatch.models.risk_features import BY_NAME, NAMES
 
 #: Log-odds effects on the 30-day fall outcome (per unit stated). "published": the size
 #: quoted in docs/domain.md; "assumed": direction published, size chosen for this simulation.

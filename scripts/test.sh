@@ -8,4 +8,6 @@ cd "$(dirname "$0")/.."
 bash scripts/ensure-services.sh
 bash scripts/venv.sh dev
 .venv/bin/ruff check .
+.venv/bin/lint-imports            # layers only point down (pyproject.toml [tool.importlinter])
+.venv/bin/mypy                    # types (pyproject.toml [tool.mypy]; strict for protocol and config)
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

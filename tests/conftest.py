@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fallwatch.services import InfluxDB1, Mosquitto
+from fallwatch.testing.services import InfluxDB1, Mosquitto
 
 SISFALL_DIR = Path(
     os.environ.get("FALLWATCH_SISFALL", Path(__file__).resolve().parents[2] / "shared/data/sisfall")

@@ -1,0 +1,271 @@
+"""The versioned edge↔gateway message contract (documented in docs/protocol.md).
+
+One JSON envelope for every uplink message, decoded strictly with msgspec: unknown
+fields, wrong types, out-of-range values and unknown schema versions are rejected
+with a :class:`ContractError` carrying a short machine-readable ``reason`` (used as a
+counter label and dead-letter topic) and a human-readable ``detail``.
+
+msgspec is used rather than pydantic here because the gateway decodes every message
+on its hot path; it validates while parsing, with no intermediate dict.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from fallwatch.protocol import topics
+
+SCHEMA_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+Id = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
+Ms = Annotated[int, Meta(ge=0, le=10_000_000_000_000)]
+Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+ShortText = Annotated[str, Meta(max_length=200)]
+FieldValue = float | int | bool | str
+FieldName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+
+
+class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="kind"):
+    schema: int
+    site_id: Id
+    device_id: Id
+    resident_id: Id | None = None
+    boot_id: Annotated[int, Meta(ge=0)]
+    seq: Seq
+    msg_id: Annotated[str, Meta(max_length=140)]
+    ts_ms: Ms
+    sent_ms: Ms
+    clock_synced: bool = True
+
+
+# ---------------------------------------------------------------- payload bodies
+
+
+class Reason(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One piece of evidence behind an alert, so staff can see *why* it fired."""
+
+    code: Annotated[str, Meta(max_length=40)]
+    detail: ShortText = ""
+    weight: float = 0.0
+
+
+class FallData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    event_id: Annotated[str, Meta(max_length=140)]
+    status: Literal["alert", "cancelled"]
+    impact_ms: Ms
+    confidence: Unit
+    peak_g: Annotated[float, Meta(ge=0.0, le=64.0)]
+    lying_s: Annotated[float, Meta(ge=0.0)] = 0.0
+    room: Id | None = None
+    sensor: Id | None = None
+    reasons: Annotated[list[Reason], Meta(max_length=16)] = []
+    model: Annotated[str, Meta(max_length=80)] = ""
+
+
+class Factor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(max_length=40)]
+    value: float
+    contribution: float
+
+
+class RiskData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    day: Annotated[str, Meta(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    score: Unit
+    level: Literal["low", "medium", "high"]
+    factors: Annotated[list[Factor], Meta(max_length=16)] = []
+    features: Annotated[dict[Annotated[str, Meta(max_length=40)], float], Meta(max_length=32)] = {}
+    model: Annotated[str, Meta(max_length=80)] = ""
+
+
+class SensorHealth(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    last_seen_ms: Ms
+    battery_pct: Annotated[float, Meta(ge=0, le=100)] | None = None
+    rssi_dbm: Annotated[float, Meta(ge=-150, le=20)] | None = None
+    status: Literal["ok", "stale", "stuck", "saturated", "silent", "rebooted"] = "ok"
+
+
+class HealthData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    uptime_s: Annotated[float, Meta(ge=0)]
+    outbox_depth: Annotated[int, Meta(ge=0)]
+    cpu_pct: Annotated[float, Meta(ge=0, le=100 * 64)] | None = None
+    mem_mb: Annotated[float, Meta(ge=0)] | None = None
+    temp_c: Annotated[float, Meta(ge=-60, le=150)] | None = None
+    model_version: Annotated[str, Meta(max_length=40)] = ""
+    fw: Annotated[str, Meta(max_length=40)] = ""
+    sensors: Annotated[dict[Id, SensorHealth], Meta(max_length=64)] = {}
+    warnings: Annotated[list[ShortText], Meta(max_length=32)] = []
+
+
+class TeleData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    sensor: Id
+    window_s: Annotated[float, Meta(gt=0, le=3600)]
+    fields: Annotated[dict[FieldName, FieldValue], Meta(max_length=32)]
+    room: Id | None = None
+
+
+class StateData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    state: Literal["ready", "offline", "lost"]
+    fw: Annotated[str, Meta(max_length=40)] = ""
+    model_version: Annotated[str, Meta(max_length=40)] = ""
+    heartbeat_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+
+
+class TestData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    note: ShortText = "daily silent test alarm"
+
+
+class StatusData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    transaction: Annotated[str, Meta(max_length=80)] = ""
+    status: Literal["ok", "error", "accepted", "rejected", "rolled_back", "installed"]
+    detail: ShortText = ""
+    version: Annotated[str, Meta(max_length=40)] = ""
+
+
+# ---------------------------------------------------------------- envelopes
+
+
+class FallAlert(_Base, frozen=True, tag="fall"):
+    data: FallData
+
+
+class RiskScore(_Base, frozen=True, tag="risk"):
+    data: RiskData
+
+
+class Health(_Base, frozen=True, tag="health"):
+    data: HealthData
+
+
+class Telemetry(_Base, frozen=True, tag="tele"):
+    data: TeleData
+
+
+class State(_Base, frozen=True, tag="state"):
+    data: StateData
+
+
+class TestAlarm(_Base, frozen=True, tag="test"):
+    data: TestData
+
+
+class CommandResult(_Base, frozen=True, tag="cmd_res"):
+    data: StatusData
+
+
+class OtaStatus(_Base, frozen=True, tag="ota_status"):
+    data: StatusData
+
+
+Message = FallAlert | RiskScore | Health | Telemetry | State | TestAlarm | CommandResult | OtaStatus
+
+#: Which envelope kind each topic kind must carry.
+TOPIC_KIND = {
+    "evt/fall": "fall",
+    "evt/risk": "risk",
+    "evt/test": "test",
+    "health": "health",
+    "tele": "tele",
+    "state": "state",
+    "cmd/res": "cmd_res",
+    "ota/status": "ota_status",
+}
+
+
+class _Head(msgspec.Struct):
+    """Just enough of an envelope to give a precise reason when the full decode fails."""
+
+    schema: int | None = None
+    kind: str | None = None
+
+
+class ContractError(ValueError):
+    """A message that breaks the contract. ``reason`` is a short, stable counter label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+_decoder = msgspec.json.Decoder(Message)
+_head_decoder = msgspec.json.Decoder(_Head)
+_encoder = msgspec.json.Encoder()
+
+
+def make_msg_id(device_id: str, seq: int) -> str:
+    """Deterministic idempotency key: the same message keeps it across every retry."""
+    return f"{device_id}:{seq}"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def encode(msg: Message) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode_payload(payload: bytes) -> Message:
+    """Decode and validate one envelope (without the topic cross-checks)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ContractError("too_large", f"payload of {len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        msg = _decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        try:
+            head = _head_decoder.decode(payload)
+        except msgspec.DecodeError:
+            try:
+                msgspec.json.decode(payload)
+            except msgspec.DecodeError:
+                raise ContractError("bad_json", str(exc)) from None
+            raise ContractError("invalid_payload", str(exc)) from None
+        if head.schema is not None and head.schema not in SUPPORTED_VERSIONS:
+            raise ContractError(
+                "unsupported_version", f"schema {head.schema} not in {sorted(SUPPORTED_VERSIONS)}"
+            ) from None
+        raise ContractError("invalid_payload", str(exc)) from None
+    if msg.schema not in SUPPORTED_VERSIONS:
+        raise ContractError("unsupported_version", f"schema {msg.schema} not in {sorted(SUPPORTED_VERSIONS)}")
+    if msg.msg_id != make_msg_id(msg.device_id, msg.seq):
+        raise ContractError("invalid_payload", f"msg_id {msg.msg_id!r} != '<device_id>:<seq>'")
+    return msg
+
+
+def decode(topic: str, payload: bytes) -> Message:
+    """Decode an uplink message and check it against the topic it arrived on.
+
+    The topic's site and device must match the envelope's: a device's credentials only
+    let it publish under its own topic (broker ACL), so this stops a device speaking
+    for another inside the payload.
+    """
+    try:
+        parsed = topics.parse(topic)
+    except topics.TopicError as exc:
+        raise ContractError("bad_topic", str(exc)) from None
+    expected = TOPIC_KIND.get(parsed.kind)
+    if expected is None:
+        raise ContractError("bad_topic", f"{parsed.kind!r} is not an uplink topic")
+    msg = decode_payload(payload)
+    if msg.device_id != parsed.device or msg.site_id != parsed.site:
+        raise ContractError(
+            "topic_mismatch",
+            f"envelope {msg.site_id}/{msg.device_id} published on {parsed.site}/{parsed.device}",
+        )
+    kind = type(msg).__struct_config__.tag
+    if kind != expected:
+        raise ContractError("topic_mismatch", f"kind {kind!r} published on a {parsed.kind!r} topic")
+    if isinstance(msg, Telemetry) and msg.data.sensor != parsed.sub:
+        raise ContractError("topic_mismatch", f"sensor {msg.data.sensor!r} published on tele/{parsed.sub}")
+    return msg
+
+
+def kind_of(msg: Message) -> str:
+    return str(type(msg).__struct_config__.tag)

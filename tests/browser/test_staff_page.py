@@ -1,0 +1,117 @@
+"""The carer's alert page, driven in a real headless Chromium against a real gateway and broker.
+
+A fall published over MQTT must appear on the page of a signed-in carer, who acknowledges
+it with one click; the gateway records who did it (from the token, not from anything the
+page claims) and writes every access to staff data to its audit log. A technician's
+token must not reveal fall alerts or residents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fallwatch.gateway.app import Gateway
+from fallwatch.gateway.staff import StaffDirectory
+from fallwatch.testing import publisher as t
+from fallwatch.testing.services import Mosquitto
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def _api(gw: Gateway, path: str, token: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(f"{gw.http_url}{path}", data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                                 method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture
+def staffed_gateway(mosquitto: Mosquitto, tmp_path: Path, unique_name: str) -> Iterator[tuple[Gateway, dict[str, str]]]:
+    users = StaffDirectory(tmp_path / "staff.toml")
+    tokens = {"carer": users.add("Anna Carer", "carer"), "technician": users.add("Tom Tech", "technician"),
+              "admin": users.add("Ada Admin", "admin")}
+    cfg = t.make_cfg(mosquitto, None, tmp_path, unique_name, staff_users_file=str(tmp_path / "staff.toml"))
+    gw = Gateway(cfg)
+    gw.start()
+    assert t.wait_until(lambda: gw.ready()[0])
+    yield gw, tokens
+    gw.stop()
+
+
+def _publish_fall(mosquitto: Mosquitto, site: str, gw: Gateway) -> None:
+    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{site}")
+    pub.publish(*t.fall(site, "hub-1", 1, resident="r07"))
+    assert pub.wait(10)
+    pub.close()
+    assert t.wait_until(lambda: len(gw.alerts()) == 1)
+
+
+def test_roles_and_audit_over_http(staffed_gateway: tuple[Gateway, dict[str, str]], mosquitto: Mosquitto,
+                                   unique_name: str) -> None:
+    gw, tokens = staffed_gateway
+    _publish_fall(mosquitto, unique_name, gw)
+    assert _api(gw, "/alerts", "wrong-token")[0] == 401
+    code, alerts = _api(gw, "/alerts", tokens["carer"])
+    assert code == 200 and [a["resident_id"] for a in alerts] == ["r07"]
+    code, tech_view = _api(gw, "/alerts", tokens["technician"])
+    assert code == 200 and all(a["kind"] != "fall" for a in tech_view)  # no residents for technicians
+    assert _api(gw, "/alerts/x/ack", tokens["technician"], {})[0] == 403
+    assert _api(gw, "/audit", tokens["carer"])[0] == 403
+    assert _api(gw, "/devices", tokens["technician"])[0] == 200
+    code, audit = _api(gw, "/audit", tokens["admin"])
+    assert code == 200
+    seen = {(e["actor"], e["path"], e["status"]) for e in audit}
+    assert ("Anna Carer", "/alerts", 200) in seen and ("Tom Tech", "/alerts/x/ack", 403) in seen
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                    reason="needs Debian's chromium + chromium-driver (scripts/ensure-services.sh installs them)")
+def test_carer_acknowledges_a_fall_in_the_browser(staffed_gateway: tuple[Gateway, dict[str, str]],
+                                                  mosquitto: Mosquitto, unique_name: str, tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    gw, tokens = staffed_gateway
+    _publish_fall(mosquitto, unique_name, gw)
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM  # type: ignore[assignment]
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    try:
+        wait = WebDriverWait(driver, 15)
+        driver.get(f"{gw.http_url}/staff")
+        wait.until(ec.visibility_of_element_located((By.ID, "token"))).send_keys(tokens["carer"])
+        driver.find_element(By.ID, "signin").click()
+        card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".card.raised")))
+        assert "r07" in card.text and "kitchen" in card.text
+        assert "Anna Carer" in driver.find_element(By.ID, "who").text
+        driver.save_screenshot(os.environ.get("FALLWATCH_SCREENSHOT", str(tmp_path / "staff-page.png")))
+        card.find_element(By.CSS_SELECTOR, "button.ack").click()
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".card.acknowledged")))
+    finally:
+        driver.quit()
+    alert = gw.alerts()[0]
+    assert alert["status"] == "acknowledged" and alert["acked_by"] == "Anna Carer"

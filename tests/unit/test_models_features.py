@@ -1,0 +1,78 @@
+"""Window features: shapes, orientation invariance, and that they respond to what they name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_models_signals import fall_signal, walking_signal
+
+from fallwatch.models import features as F
+
+
+def _rotation(rng: np.random.Generator) -> np.ndarray:
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    return q * np.sign(np.linalg.det(q))
+
+
+def _window(acc: np.ndarray, gyro: np.ndarray, impact: int) -> np.ndarray:
+    x = np.concatenate([acc, gyro], axis=1)
+    return x[impact - F.PRE: impact + F.POST][None].astype(np.float32)
+
+
+def test_shapes_and_dtype() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(7, F.WINDOW, 6)).astype(np.float32)
+    f = F.window_features(w)
+    assert f.shape == (7, len(F.FEATURE_NAMES))
+    assert f.dtype == np.float32
+    assert np.isfinite(f).all()
+    assert F.window_features(np.zeros((0, F.WINDOW, 6))).shape == (0, len(F.FEATURE_NAMES))
+    with pytest.raises(ValueError):
+        F.window_features(np.zeros((1, F.WINDOW - 1, 6)))
+
+
+def test_batch_rows_are_independent() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(5, F.WINDOW, 6)).astype(np.float32)
+    together = F.window_features(w)
+    alone = np.concatenate([F.window_features(w[i:i + 1]) for i in range(5)])
+    assert np.allclose(together, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_features_are_invariant_to_sensor_orientation() -> None:
+    _t, acc, gyro, impact = fall_signal()
+    w = _window(acc, gyro, impact)
+    rng = np.random.default_rng(2)
+    r = _rotation(rng)
+    wr = _window(acc @ r.T, gyro @ r.T, impact)
+    assert np.allclose(F.window_features(w), F.window_features(wr), rtol=1e-3, atol=1e-2)
+
+
+def test_fall_window_shows_impact_posture_change_and_stillness() -> None:
+    _, acc, gyro, impact = fall_signal()
+    f = F.window_features(_window(acc, gyro, impact))[0]
+    col = {n: i for i, n in enumerate(F.FEATURE_NAMES)}
+    assert f[col["peak_g"]] > 3.0
+    assert f[col["min_descent_g"]] < 0.5
+    assert 80 < f[col["tilt_change_deg"]] < 100
+    assert f[col["std_rest_g"]] < 0.05
+    still, lying = F.still_and_lying(f[None])
+    assert still[0] and lying[0]
+
+
+def test_walking_window_is_neither_still_nor_lying() -> None:
+    _, acc, gyro = walking_signal(seconds=10)
+    w = _window(acc, gyro, 250)
+    still, lying = F.still_and_lying(F.window_features(w))
+    assert not still[0] and not lying[0]
+
+
+def test_acc_only_windows_zero_the_gyro_features() -> None:
+    _, acc, gyro, impact = fall_signal()
+    w = _window(acc, gyro, impact)
+    f6 = F.window_features(w)[0]
+    f3 = F.window_features(w[:, :, :3])[0]
+    acc_cols = F.feature_index(F.ACC_FEATURES)
+    assert np.allclose(f6[acc_cols], f3[acc_cols])
+    gyro_cols = [i for i, n in enumerate(F.FEATURE_NAMES) if n.startswith("gyro_")]
+    assert np.all(f3[gyro_cols] == 0) and np.any(f6[gyro_cols] != 0)
