@@ -18,8 +18,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from fallwatch.models.detector import FallDecision
+from fallwatch.protocol import contract as C
 from fallwatch.protocol.frames import RoomEvent
+
+if TYPE_CHECKING:
+    from fallwatch.edge.sensors import RoomSensor, Sensors, Wearable
 
 
 @dataclass(slots=True)
@@ -148,3 +154,104 @@ class RoomState:
                     )
                 )
         return out
+
+
+#: Motion a wearer's own sensors saw more than this before an impact says nothing about
+#: where the fall happened (care-home units).
+RECENT_S = 120.0
+
+
+class RoomFusion:
+    """The room-fusion stage: which rooms speak for a wearer, and what they add to a fall.
+
+    A single-resident home: every room sensor is the wearer's (``rooms``). A care-home unit
+    (several residents on one hub): each resident's own sensors (own room's PIR, bed, chair)
+    feed a per-resident :class:`RoomState`, sensors of shared rooms (bathroom, dining, hall)
+    feed ``shared``; the whole-hub ``rooms`` still sees everything (concerns).
+    """
+
+    def __init__(self, sensors: Sensors, start_epoch_ms: int, settings: FusionSettings | None = None) -> None:
+        self.sensors = sensors
+        self.settings = settings or FusionSettings()
+        self.start_epoch_ms = start_epoch_ms
+        self.rooms = RoomState(self.settings, start_epoch_ms)
+        self.per_resident: dict[str, RoomState] = {}
+        self.shared = RoomState(self.settings, start_epoch_ms)
+
+    def update(self, ev: RoomEvent, t_s: float, rs: RoomSensor) -> None:
+        """One room event from sensor ``rs`` (already counted and recorded by ingest)."""
+        self.rooms.update(ev, t_s)
+        if not self.sensors.single_resident:
+            if rs.resident_id:
+                own = self.per_resident.get(rs.resident_id)
+                if own is None:
+                    own = self.per_resident[rs.resident_id] = RoomState(self.settings, self.start_epoch_ms)
+                own.update(ev, t_s)
+            else:
+                self.shared.update(ev, t_s)
+
+    def rooms_for(self, resident_id: str | None) -> RoomState | None:
+        """The room state that speaks for this wearer: the whole home when one resident lives
+        there, else the wearer's own room sensors (None when there are none)."""
+        if self.sensors.single_resident:
+            return self.rooms
+        return self.per_resident.get(resident_id or "")
+
+    def can_confirm(self, resident_id: str | None) -> bool:
+        """Room confirmation needs rooms that are the wearer's, with motion sensors and a bed
+        sensor (lying still *in bed* must be told from lying on the floor)."""
+        if self.rooms_for(resident_id) is None:
+            return False
+        single = self.sensors.single_resident
+        kinds = {rs.kind for rs in self.sensors.room_sensors.values() if single or rs.resident_id == resident_id}
+        return "bed" in kinds and bool(kinds & {"pir", "bathroom"})
+
+    def confirms(self, w: Wearable, d: FallDecision, now_s: float, dedup_s: float) -> bool:
+        """A soft candidate whose ``confirm_s`` is over: nobody got up (no movement of the
+        wearable after ``settle_s``), no room saw motion, nobody is in bed or chair."""
+        s = self.settings
+        rooms = self.rooms_for(w.resident_id) or self.rooms
+        moved = w.last_move_t > d.impact_t_s + s.settle_s
+        motion = rooms.motion_between(d.impact_t_s + s.quiet_after_s, now_s)
+        in_bed = any(rooms.bed_occupied.values())
+        return not (moved or motion or in_bed or abs(d.impact_t_s - w.last_alert_t) < dedup_s)
+
+    def attribute(self, w: Wearable, d: FallDecision, now_s: float) -> tuple[str | None, float, list[C.Reason]]:
+        """(room, confidence, extra reasons) of a fall about to be reported: where it probably
+        happened and what the rooms say about it since."""
+        conf = float(d.confidence)
+        reasons: list[C.Reason] = []
+        rooms = self.rooms_for(w.resident_id)
+        room = (rooms.room_at(d.impact_t_s) if rooms else None) or w.room
+        recent = rooms is not None
+        if not self.sensors.single_resident:
+            # care-home unit: the resident's own room, unless a shared room (bathroom, dining)
+            # saw motion after it - then probably there (another resident may also have been)
+            own = rooms.last_motion_before(d.impact_t_s) if rooms else None
+            shared = self.shared.last_motion_before(d.impact_t_s)
+            if shared and (own is None or shared[0] > own[0]) and d.impact_t_s - shared[0] <= RECENT_S:
+                room, recent = shared[1], False  # others move in shared rooms: no motion reasoning
+            else:
+                # own sensors speak only if they saw the resident shortly before the impact;
+                # otherwise the room is unknown (no guess that would send staff to the wrong room)
+                recent = own is not None and d.impact_t_s - own[0] <= RECENT_S
+                room = own[1] if recent and own else None
+        if rooms is not None and rooms.motion_log and recent:
+            after = rooms.motion_between(d.impact_t_s + rooms.settings.quiet_after_s, now_s)
+            quiet_s = now_s - d.impact_t_s
+            if not after and quiet_s > rooms.settings.quiet_after_s:
+                conf = 1.0 - (1.0 - conf) * 0.5
+                reasons.append(C.Reason(code="no_room_motion",
+                                        detail=f"no motion in any room for {quiet_s:.0f} s after the impact",
+                                        weight=0.5))
+            elif after:
+                conf *= 0.9
+                reasons.append(C.Reason(code="room_motion_after",
+                                        detail=f"motion in {', '.join(after)[:150]} after the impact",
+                                        weight=-0.1))
+        if room and ("bath" in room or "wc" in room or "toilet" in room):
+            reasons.append(C.Reason(code="bathroom", detail=f"last seen in {room}", weight=0.2))
+        return room, conf, reasons
+
+    def concerns(self, now_s: float) -> list[Concern]:
+        return self.rooms.concerns(now_s)

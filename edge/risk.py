@@ -28,10 +28,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fallwatch.protocol.frames import RoomEvent
+
+if TYPE_CHECKING:
+    from fallwatch.models.risk import RiskModel
 
 SEG = 250  # 5 s at 50 Hz
 RATE = 50.0
@@ -187,7 +191,7 @@ class NightCounter:
         self.bed_exits = 0
 
 
-def load_risk_model():  # type: ignore[no-untyped-def]
+def load_risk_model() -> RiskModel | None:
     """The shipped risk model, or None when this build has none (risk scoring is then off)."""
     try:
         from fallwatch.models.risk import DEFAULT_PATH, RiskModel

@@ -88,6 +88,9 @@ class WearableStream:
         self._boot: int | None = None
         self._expect: int | None = None
         self._held: dict[int, _Held] = {}
+        #: packets waiting in the reorder buffer (the same dict; read-only for callers, who
+        #: check it once per feed and then call :meth:`flush`)
+        self.held = self._held
         self._recent: deque[int] = deque(maxlen=64)  # recently released seqs (duplicate vs late)
         self._offset: float | None = None
         self._last_rx: float = 0.0

@@ -269,3 +269,105 @@ def decode(topic: str, payload: bytes) -> Message:
 
 def kind_of(msg: Message) -> str:
     return str(type(msg).__struct_config__.tag)
+
+
+# ================================================================ downlinks (to the hub)
+# What a hub receives: the retained desired config on ``.../config`` and command requests
+# on ``.../cmd/req/{name}`` (the signed model update on ``.../ota/model`` is its own format,
+# see fallwatch.edge.ota). Replies go up as ``cmd_res`` / ``ota_status`` envelopes whose body
+# is :class:`StatusData` (above). Built by the gateway/tools, decoded by the edge.
+
+#: Commands a hub answers on ``cmd/res/{name}``; any other name gets status "error".
+COMMANDS = ("ping", "self-test")
+
+Transaction = Annotated[str, Meta(max_length=80)]
+
+
+class RemoteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The desired config (retained on ``.../config``): a version plus any of the keys an
+    operator may set remotely. The hub validates the values with the same limits as its
+    config file; the reply's ``transaction`` and ``version`` echo ``version``."""
+
+    version: str | int = ""
+    cancel_window_s: float | None = None
+    heartbeat_s: float | None = None
+    telemetry_window_s: float | None = None
+    upload_raw_imu: bool | None = None
+
+    def settings(self) -> dict[str, float | bool]:
+        """The keys this document sets (everything but ``version`` that is not None)."""
+        out: dict[str, float | bool] = {}
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name != "version" and value is not None:
+                out[name] = value
+        return out
+
+
+#: Keys of :class:`RemoteConfig` that set something.
+REMOTE_CONFIG_KEYS = frozenset(RemoteConfig.__struct_fields__) - {"version"}
+
+
+class CommandRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A command on ``.../cmd/req/{name}`` (QoS 1, message expiry 300 s). The reply on
+    ``.../cmd/res/{name}`` carries the same ``transaction``."""
+
+    transaction: Transaction
+    args: Annotated[dict[FieldName, FieldValue], Meta(max_length=16)] = {}
+
+
+class _TransactionHead(msgspec.Struct):
+    """Just the transaction of a request that failed to decode, so it can still be answered."""
+
+    transaction: str | None = None
+
+
+def decode_remote_config(payload: bytes) -> RemoteConfig:
+    """Decode a desired config; an empty payload (retained config cleared) sets nothing."""
+    if not payload:
+        return RemoteConfig()
+    try:
+        raw = msgspec.json.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise ContractError("bad_json", str(exc)) from None
+    if not isinstance(raw, dict):
+        raise ContractError("invalid_payload", "the config must be a JSON object")
+    unknown = sorted(set(raw) - set(RemoteConfig.__struct_fields__))
+    if unknown:
+        raise ContractError("invalid_payload", f"unknown keys {unknown}")
+    try:
+        return msgspec.convert(raw, RemoteConfig)
+    except msgspec.ValidationError as exc:
+        raise ContractError("invalid_payload", str(exc)) from None
+
+
+_command_decoder = msgspec.json.Decoder(CommandRequest)
+_transaction_decoder = msgspec.json.Decoder(_TransactionHead)
+
+
+def decode_command(payload: bytes) -> CommandRequest:
+    """Decode a command request strictly (reasons ``too_large``, ``bad_json``, ``invalid_payload``)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ContractError("too_large", f"payload of {len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        return _command_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise ContractError("invalid_payload", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise ContractError("bad_json", str(exc)) from None
+
+
+def transaction_of(payload: bytes) -> str | None:
+    """The transaction id of a (possibly malformed) request, if one can be read (≤ 80 chars)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        head = _transaction_decoder.decode(payload)
+    except msgspec.DecodeError:
+        return None
+    tx = head.transaction
+    return tx if isinstance(tx, str) and 0 < len(tx) <= 80 else None
+
+
+def encode_downlink(msg: RemoteConfig | CommandRequest) -> bytes:
+    return _encoder.encode(msg)

@@ -138,3 +138,21 @@ def parse(topic: str) -> ParsedTopic:
     if head == "config" and len(rest) == 1:
         return ParsedTopic(site, device, "config", None)
     raise TopicError(f"unknown topic kind in {topic!r}")
+
+
+# ---------------------------------------------------------------- downlinks (to one hub)
+
+
+def cmd_req_filter(site: str, device: str) -> str:
+    """Every command request to one hub (what the hub subscribes to)."""
+    return f"{device_base(site, device)}/cmd/req/+"
+
+
+def downlink_filters(site: str, device: str) -> tuple[str, ...]:
+    """What a hub subscribes to: its desired config, its model updates, its commands."""
+    return (config(site, device), ota_model(site, device), cmd_req_filter(site, device))
+
+
+def is_level(value: str) -> bool:
+    """True if ``value`` may be a topic level (a command name that can be answered, a room)."""
+    return bool(_LEVEL.match(value))

@@ -10,13 +10,15 @@ callbacks run on its own "network" thread like paho's ``loop_start``.
 
 What it does not model (keep those in the integration tests on the real Mosquitto):
 the wire format, keepalive, flow control, ACL enforcement, message expiry and TLS.
+PUBACKs can be withheld (:meth:`FakeBroker.hold_acks`) to observe a client between
+the broker accepting a message and the client hearing so.
 
 Use::
 
     with FakeBroker() as broker:          # installs itself as the client factory
         agent = EdgeAgent(cfg, ...)       # cfg.mqtt.url may be anything
         ...
-        broker.published("fallwatch/v1/+/+/alert/fall")
+        broker.published("fallwatch/v1/+/+/evt/fall")
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ class FakeBroker:
         self.log: list[FakeMessage] = []  # every accepted publish, in order
         self.online = True
         self._saved: Callable[..., mqtt.Client] | None = None
+        self._hold_acks = False
+        self._held_acks: list[tuple[FakeClient, Callable[[], None]]] = []
 
     # -------------------------------------------------------------- installation
 
@@ -123,6 +127,25 @@ class FakeBroker:
             clients = list(self._clients.values())
         for c in clients:
             c._drop(fire_will=True)
+
+    def hold_acks(self) -> None:
+        """Keep routing publishes but withhold their PUBACKs (a slow broker, or acks lost on
+        the way) until :meth:`release_acks`: what a client does before the ack is observable."""
+        with self._lock:
+            self._hold_acks = True
+
+    def release_acks(self) -> int:
+        """Send every withheld PUBACK (in order) and stop withholding; returns how many."""
+        with self._lock:
+            self._hold_acks = False
+            held, self._held_acks = self._held_acks, []
+        for c, done in held:
+            c._post(done)
+        return len(held)
+
+    def held_acks(self) -> int:
+        with self._lock:
+            return len(self._held_acks)
 
     def come_up(self) -> None:
         with self._lock:
@@ -221,6 +244,13 @@ class FakeBroker:
                 if c.manual_ack:
                     self._sessions[c.client_id].unacked[m.mid] = m
         c._post(lambda: c._dispatch(m))
+
+    def _puback(self, c: FakeClient, done: Callable[[], None]) -> None:
+        with self._lock:
+            if self._hold_acks:
+                self._held_acks.append((c, done))
+                return
+        c._post(done)
 
     def _ack(self, c: FakeClient, mid: int) -> None:
         with self._lock:
@@ -327,7 +357,10 @@ class FakeClient:
             self._call(self.on_publish, self, self.userdata, info.mid,
                        ReasonCode(mqtt.PacketTypes.PUBACK, identifier=0), None)
 
-        self._post(done)
+        if qos > 0:
+            self.broker._puback(self, done)
+        else:
+            self._post(done)
         return info
 
     def subscribe(self, topic: str | list[tuple[str, int]], qos: int = 0, options: Any = None,

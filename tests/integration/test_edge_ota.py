@@ -148,7 +148,7 @@ def test_valid_update_is_installed_swapped_and_survives_restart(
     assert detects_a_fall(agent, "wear-1", 0.0)
     assert agent.apply_model_update(ota.sign_update(key, model_bytes("1.5.0"), "1.5.0"))
     assert agent.model_version == "1.5.0"
-    assert all(w.det.model is agent.model for w in agent._wearables.values())
+    assert all(w.det.model is agent.model for w in agent.sensors.wearables.values())
     assert detects_a_fall(agent, "wear-2", 100.0)
     assert (Path(agent.cfg.edge.model_dir) / "current.onnx").exists()
     again = EdgeAgent(agent.cfg)  # a restarted agent loads the installed model

@@ -21,6 +21,7 @@ import pytest
 
 from fallwatch.config import load_config
 from fallwatch.edge.agent import EdgeAgent
+from fallwatch.edge.decision import AlertEvent
 from fallwatch.sim.fleet import Fleet
 from fallwatch.sim.scenario import demo_scenario
 from fallwatch.testing.recorder import UplinkRecorder
@@ -44,12 +45,14 @@ def _drive(broker: Mosquitto, tmp: Path, *, speed: float, start_epoch_ms: int) -
     mq = load_config(None, {"mqtt": {"url": broker.url}}).mqtt
     rec = UplinkRecorder(mq, "rec-pacing").start()
     agents: dict[str, EdgeAgent] = {}
+    alert_events: list[AlertEvent] = []
     for hub in fleet.hubs:
         cfg = load_config(None, {"mqtt": {"url": broker.url}, "edge": {
             "site_id": hub.site_id, "device_id": hub.hub_id, "outbox_path": str(tmp / f"{hub.hub_id}.sqlite"),
             "model_dir": str(tmp / "models")}})
         agents[hub.hub_id] = EdgeAgent(cfg, sensors=[s for s in fleet.sensors if s.hub_id == hub.hub_id],
                                        start_epoch_ms=fleet.start_epoch_ms)
+        agents[hub.hub_id].on_alert(alert_events.append)
         agents[hub.hub_id].start()
     try:
         wall0 = time.monotonic()
@@ -78,14 +81,13 @@ def _drive(broker: Mosquitto, tmp: Path, *, speed: float, start_epoch_ms: int) -
                 agent.feed([], DURATION_S + tail_s)
         for agent in agents.values():
             assert agent.flush(20)
-        n = sum(len(a.alert_events) for a in agents.values())
+        n = len(alert_events)
         assert rec.wait_for(lambda r: len(r.falls()) >= n)
     finally:
         for agent in agents.values():
             agent.stop()
         rec.stop()
-    events = sorted((e["sensor"], e["status"], round(e["impact_t_s"], 3)) for a in agents.values()
-                    for e in a.alert_events)
+    events = sorted((e.sensor, e.status, round(e.impact_t_s, 3)) for e in alert_events)
     wire = sorted((m.msg.data.sensor, m.msg.data.status, m.msg.data.impact_ms - fleet.start_epoch_ms,
                    round(m.msg.data.confidence, 4), round(m.msg.data.peak_g, 3), m.msg.data.room,
                    tuple(r.code for r in m.msg.data.reasons)) for m in rec.falls())

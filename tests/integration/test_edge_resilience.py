@@ -137,9 +137,10 @@ CHILD = textwrap.dedent("""
                       "cancel_window_s": 0.0, "outbox_path": outbox, "telemetry_window_s": 1.0,
                       "model_dir": outbox + ".models"}})
     agent = EdgeAgent(cfg)
+    committed = []
+    agent.on_alert(committed.append)  # told only once the alert is in the outbox
     agent.start()
     fa, fg, imp = synth.fall(pre_s=2.0, post_s=3.0)
-    reported = 0
     t = 0.0
     k = 0
     while True:  # a new wearable falls every simulated 4 s, forever (until SIGKILL)
@@ -149,9 +150,9 @@ CHILD = textwrap.dedent("""
             agent.feed([fr], fr.rx_t_s)
         t += 4.0
         agent.feed([], t)
-        for ev in agent.alert_events[reported:]:
-            print("ALERT", ev["seq"], ev["event_id"], flush=True)  # printed only once committed
-        reported = len(agent.alert_events)
+        for ev in committed:
+            print("ALERT", ev.seq, ev.event_id, flush=True)  # printed only once committed
+        committed.clear()
         time.sleep(0.01)
 """)
 

@@ -96,13 +96,13 @@ def test_falls_and_gait_history_survive_a_restart(mosquitto: Mosquitto, tmp_path
         a.feed([f], f.rx_t_s)
     a.feed([], 200.0)
     assert a.stats()["alerts_raised"] == 1
-    a._wearables["wear-1"].gait.history = [("2026-01-01", 0.8), ("2026-01-02", 0.78)]
-    a._save_risk_state()
+    a.sensors.wearables["wear-1"].gait.history = [("2026-01-01", 0.8), ("2026-01-02", 0.78)]
+    a.risk.save()
     a.stop()
     b = EdgeAgent(cfg)
     b.start()
     try:
-        w = b._wearables["wear-1"]
+        w = b.sensors.wearables["wear-1"]
         assert w.falls == 1 and w.gait.history == [("2026-01-01", 0.8), ("2026-01-02", 0.78)]
     finally:
         b.stop()

@@ -9,6 +9,7 @@ import pytest
 
 from fallwatch.config import load_config
 from fallwatch.edge.agent import EdgeAgent
+from fallwatch.edge.decision import AlertEvent
 from fallwatch.sim.fleet import Fleet
 from fallwatch.sim.scenario import Fault, Scenario, demo_scenario, flat_site, load_scenario
 from fallwatch.testing.recorder import UplinkRecorder
@@ -24,11 +25,13 @@ def run_fleet(fleet: Fleet, broker: Mosquitto, tmp: Path, prefix: str) -> tuple[
     mq = load_config(None, {"mqtt": {"url": broker.url}}).mqtt
     rec = UplinkRecorder(mq, f"rec-{prefix}").start()
     agents: dict[str, EdgeAgent] = {}
+    alert_events: list[AlertEvent] = []
     for hub in fleet.hubs:
         cfg = load_config(None, {"mqtt": {"url": broker.url}, "edge": {
             "site_id": hub.site_id, "device_id": hub.hub_id, "outbox_path": str(tmp / f"{hub.hub_id}.sqlite"),
             "model_dir": str(tmp / "models")}})
         agents[hub.hub_id] = EdgeAgent(cfg, sensors=fleet.sensors, start_epoch_ms=fleet.start_epoch_ms)
+        agents[hub.hub_id].on_alert(alert_events.append)
         agents[hub.hub_id].start()
     for chunk in fleet.run(step_s=1.0):
         by_hub: dict[str, list] = defaultdict(list)
@@ -38,7 +41,7 @@ def run_fleet(fleet: Fleet, broker: Mosquitto, tmp: Path, prefix: str) -> tuple[
             agent.feed(by_hub.get(hub_id, []), chunk.t_s)
     for agent in agents.values():
         assert agent.flush(20)
-    n = sum(len(a.alert_events) for a in agents.values())
+    n = len(alert_events)
     rec.wait_for(lambda r: len([m for m in r.falls() if m.msg.site_id in {h.site_id for h in fleet.hubs}]) >= n)
     for agent in agents.values():
         agent.stop()

@@ -104,14 +104,14 @@ class _Traffic:
         return out
 
 
-def _agent(url: str, workdir: str, site: str) -> Any:
+def _agent(url: str, workdir: str, site: str, make_detector: Any = None) -> Any:
     from fallwatch.config import load_config
     from fallwatch.edge.agent import EdgeAgent
 
     cfg = load_config(None, {"mqtt": {"url": url}, "edge": {
         "site_id": site, "device_id": "hub-1", "cancel_window_s": 0.0,
         "outbox_path": f"{workdir}/{site}.sqlite", "model_dir": f"{workdir}/models"}})
-    agent = EdgeAgent(cfg)
+    agent = EdgeAgent(cfg, make_detector=make_detector)
     agent.start()
     return agent
 
@@ -141,6 +141,8 @@ def _worker(mode: str, url: str, workdir: str, site: str, n_wear: int, sim_s: fl
         traffic = _Traffic(n_wear, sim_s, fall_share, seed=1)
         fallers = traffic.fallers
         agent = _agent(url, workdir, site)
+        alerts: list[tuple[str, float]] = []  # (event id, monotonic time of the feed that decided it)
+        agent.on_alert(lambda ev: alerts.append((ev.event_id, ev.feed_wall)) if ev.status == "alert" else None)
         t0 = time.monotonic()
         step = FRAME_S / PHASES
         n_ticks = traffic.ticks * PHASES
@@ -153,7 +155,7 @@ def _worker(mode: str, url: str, workdir: str, site: str, n_wear: int, sim_s: fl
             agent.feed(frames, (j + 1) * step + 0.005)
         behind = time.monotonic() - (t0 + n_ticks * step)
         agent.flush(30)
-        res["events"] = [(e["event_id"], e["feed_wall"]) for e in agent.alert_events if e["status"] == "alert"]
+        res["events"] = alerts
         res["fallers"] = len(fallers)
         res["behind_s"] = behind
         res["stats"] = agent.stats()
@@ -189,6 +191,10 @@ class NaiveDetector:
     def pending_windows(self) -> np.ndarray:
         return np.zeros((0, self.window, 6), dtype=np.float32)
 
+    @property
+    def inflight(self) -> list:
+        return []
+
     def resolve(self, probs: np.ndarray) -> list:
         return []
 
@@ -196,9 +202,7 @@ class NaiveDetector:
 def _feed_rate(url: str, workdir: str, site: str, ticks: list[list], n_wear: int, sim_s: float,
                naive: bool = False) -> tuple[float, dict]:
     """wearables per core of one agent fed ``ticks`` as fast as it takes them."""
-    agent = _agent(url, workdir, site)
-    if naive:
-        agent.make_detector = NaiveDetector
+    agent = _agent(url, workdir, site, make_detector=NaiveDetector if naive else None)
     c0 = time.process_time()
     for i, frames in enumerate(ticks):
         agent.feed(frames, (i + 1) * FRAME_S + 0.01)

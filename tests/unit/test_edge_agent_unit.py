@@ -1,0 +1,253 @@
+"""The whole edge agent without a broker: frames fed directly, MQTT replaced at the paho seam
+by :class:`fallwatch.testing.fake_mqtt.FakeBroker` (the integration twin of these tests runs
+on a real Mosquitto: tests/integration/test_edge_agent.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+
+from fallwatch.config import load_config
+from fallwatch.edge import synth
+from fallwatch.edge.agent import EdgeAgent
+from fallwatch.edge.decision import AlertEvent
+from fallwatch.protocol import contract as C
+from fallwatch.protocol import topics
+from fallwatch.protocol.frames import FLAG_CANCEL, SensorFrame
+from fallwatch.testing.fake_mqtt import FakeBroker, FakeClient, wait_for
+
+SITE, HUB = "unit-site", "hub-1"
+CANCEL_S = 10.0
+
+
+@pytest.fixture
+def broker() -> Iterator[FakeBroker]:
+    with FakeBroker() as b:
+        yield b
+
+
+@pytest.fixture
+def agent(broker: FakeBroker, tmp_path: Path) -> Iterator[EdgeAgent]:
+    cfg = load_config(None, {"mqtt": {"url": "mqtt://127.0.0.1:1883"}, "edge": {
+        "site_id": SITE, "device_id": HUB, "cancel_window_s": CANCEL_S,
+        "outbox_path": str(tmp_path / "outbox.sqlite"), "model_dir": str(tmp_path / "models")}})
+    a = EdgeAgent(cfg)
+    a.start()
+    # subscriptions are made in on_connect, before the birth: once 'ready' is out, it listens
+    assert wait_for(lambda: any(_decode(m).data.state == "ready" for m in broker.published(topics.state(SITE, HUB))))
+    yield a
+    a.stop()
+
+
+@pytest.fixture
+def operator(broker: FakeBroker) -> Iterator[FakeClient]:
+    """The gateway/operator side: publishes downlinks."""
+    c = broker.factory(mqtt.CallbackAPIVersion.VERSION2, client_id="operator", protocol=mqtt.MQTTv5)
+    c.connect_async("127.0.0.1", 1883)
+    c.loop_start()
+    assert wait_for(c.is_connected)
+    yield c
+    c.disconnect()
+    c.loop_stop()
+
+
+def _decode(m: object) -> C.Message:
+    return C.decode(m.topic, m.payload)  # type: ignore[attr-defined]  # a FakeMessage
+
+
+def uplinks(broker: FakeBroker, kind: str) -> list[C.Message]:
+    """Decoded (strictly, as the gateway does) uplinks of this hub of one envelope kind."""
+    out = []
+    for m in broker.published(f"{topics.device_base(SITE, HUB)}/#"):
+        if topics.parse(m.topic).kind in C.TOPIC_KIND:
+            msg = C.decode(m.topic, m.payload)
+            if C.kind_of(msg) == kind:
+                out.append(msg)
+    return out
+
+
+def fall_frames(cancel_after_impact_s: float | None = None) -> tuple[list[SensorFrame], float]:
+    """10 s of walking, then a fall and 30 s lying still; returns (frames, impact hub time)."""
+    a0, g0 = synth.quiet(500, walking=True)
+    fa, fg, imp = synth.fall(post_s=30)
+    acc, gyro, i = np.vstack([a0, fa]), np.vstack([g0, fg]), len(a0) + imp
+    flags = {} if cancel_after_impact_s is None else {i + int(cancel_after_impact_s * 50): FLAG_CANCEL}
+    return synth.frames(HUB, synth.packets("wear-r01", acc, gyro, flags_at=flags)), i / 50.0
+
+
+def feed(agent: EdgeAgent, frames: list[SensorFrame], until_s: float | None = None) -> None:
+    """Frames in groups of 5, each group at its last frame's receive time; stop at ``until_s``."""
+    for k in range(0, len(frames), 5):
+        chunk = frames[k:k + 5]
+        if until_s is not None and chunk[-1].rx_t_s > until_s:
+            return
+        agent.feed(chunk, chunk[-1].rx_t_s)
+
+
+def test_injected_fall_gives_exactly_one_alert_after_the_cancel_window(
+    agent: EdgeAgent, broker: FakeBroker
+) -> None:
+    events: list[AlertEvent] = []
+    agent.on_alert(events.append)
+    frames, impact_s = fall_frames()
+    decided_s = impact_s + 2.5  # the window's post-impact part must have arrived
+    feed(agent, frames, until_s=decided_s + CANCEL_S - 1.0)
+    st = agent.stats()
+    assert st["decisions"] == 1 and st["alerts_raised"] == 0 and st["pending_alerts"] == 1  # held
+    feed(agent, [f for f in frames if f.rx_t_s > decided_s + CANCEL_S - 1.0])
+    for k in range(1, 40):  # and long after: still one
+        agent.feed([], frames[-1].rx_t_s + k)
+    assert agent.flush(5)
+    falls = uplinks(broker, "fall")
+    assert len(falls) == 1 and agent.stats()["alerts_raised"] == 1
+    fall = falls[0]
+    assert isinstance(fall, C.FallAlert) and fall.data.status == "alert" and fall.data.sensor == "wear-r01"
+    assert abs(fall.data.impact_ms - (agent.start_epoch_ms + impact_s * 1000)) <= 100
+    assert fall.ts_ms >= fall.data.impact_ms
+    assert [(e.status, e.seq) for e in events] == [("alert", fall.seq)]  # told once committed, with its row
+
+
+def test_cancel_press_within_the_window_gives_no_alert(agent: EdgeAgent, broker: FakeBroker) -> None:
+    frames, _ = fall_frames(cancel_after_impact_s=5.0)
+    feed(agent, frames)
+    for k in range(1, 20):
+        agent.feed([], frames[-1].rx_t_s + k)
+    assert agent.flush(5)
+    falls = uplinks(broker, "fall")
+    assert [m.data.status for m in falls] == ["cancelled"]  # type: ignore[union-attr]  # FallAlert
+    assert "cancelled_by_wearer" in {r.code for r in falls[0].data.reasons}  # type: ignore[union-attr]
+    st = agent.stats()
+    assert st["alerts_raised"] == 0 and st["alerts_cancelled"] == 1
+
+
+def test_device_fault_is_a_health_warning_and_no_fall(agent: EdgeAgent, broker: FakeBroker) -> None:
+    a0, g0 = synth.quiet(500, walking=True)
+    stuck = np.zeros((1000, 3), dtype=np.float32)
+    stuck[:] = (0.0, 2.7, 1.9)  # frozen at an odd, large reading
+    frames = synth.frames(HUB, synth.packets("wear-r01", np.vstack([a0, stuck]), np.vstack([g0, np.zeros_like(stuck)])))
+    feed(agent, frames)
+    for k in range(1, 36):
+        agent.feed([], frames[-1].rx_t_s + k)
+    assert agent.flush(5)
+    health = [m for m in uplinks(broker, "health") if any("stuck" in w for w in m.data.warnings)]  # type: ignore[union-attr]
+    assert health, "no health warning about the stuck sensor"
+    assert health[-1].data.sensors["wear-r01"].status == "stuck"  # type: ignore[union-attr]
+    assert uplinks(broker, "fall") == [] and agent.stats()["alerts_raised"] == 0
+
+
+def _command(operator: FakeClient, name: str, payload: bytes) -> None:
+    operator.publish(f"{topics.device_base(SITE, HUB)}/cmd/req/{name}", payload, qos=1)
+
+
+def _replies(broker: FakeBroker, name: str) -> list[C.StatusData]:
+    """Bodies of the hub's replies on ``cmd/res/{name}`` (decoded strictly)."""
+    out = []
+    for m in broker.published(topics.cmd_res(SITE, HUB, name)):
+        msg = C.decode(m.topic, m.payload)
+        assert isinstance(msg, C.CommandResult)
+        out.append(msg.data)
+    return out
+
+
+def test_ping_and_self_test_are_answered_with_the_transaction(
+    agent: EdgeAgent, broker: FakeBroker, operator: FakeClient
+) -> None:
+    frames, _ = fall_frames()
+    feed(agent, frames[:100])  # a wearable the self-test can report on
+    _command(operator, "ping", C.encode_downlink(C.CommandRequest(transaction="tx-ping-1")))
+    _command(operator, "self-test", b'{"transaction": "tx-st-7"}')
+    assert wait_for(lambda: _replies(broker, "ping") and _replies(broker, "self-test"))
+    [ping] = _replies(broker, "ping")
+    assert ping.status == "ok" and ping.transaction == "tx-ping-1" and ping.detail == "pong"
+    assert ping.version == agent.model_version
+    [st] = _replies(broker, "self-test")
+    assert st.transaction == "tx-st-7" and st.status == "ok", st.detail
+    assert "golden self-test passed" in st.detail and "sensors: 1 ok" in st.detail
+    # the sensor health itself went out as a heartbeat right before the reply
+    health = uplinks(broker, "health")
+    assert "wear-r01" in health[-1].data.sensors  # type: ignore[union-attr]
+    assert agent.stats()["commands_ping"] == 1 and agent.stats()["commands_self-test"] == 1
+
+
+def test_self_test_reports_a_sensor_that_went_silent(
+    agent: EdgeAgent, broker: FakeBroker, operator: FakeClient
+) -> None:
+    frames, _ = fall_frames()
+    feed(agent, frames[:100])
+    agent.feed([], frames[99].rx_t_s + agent.cfg.edge.wearable_stale_s + 5)
+    _command(operator, "self-test", b'{"transaction": "tx-2"}')
+    assert wait_for(lambda: _replies(broker, "self-test"))
+    [st] = _replies(broker, "self-test")
+    assert st.status == "error" and "wear-r01 stale" in st.detail and st.transaction == "tx-2"
+
+
+def test_unknown_and_malformed_commands_are_counted_and_answered(
+    agent: EdgeAgent, broker: FakeBroker, operator: FakeClient
+) -> None:
+    _command(operator, "reboot", b'{"transaction": "tx-u"}')
+    _command(operator, "ping", b'{"transaction": "tx-m", "surprise": 1}')  # unknown field: malformed
+    _command(operator, "ping", b"not json")  # malformed, no transaction to answer with
+    assert wait_for(lambda: agent.stats().get("commands_malformed", 0) == 2 and _replies(broker, "reboot")
+                    and _replies(broker, "ping"))
+    [unknown] = _replies(broker, "reboot")
+    assert unknown.status == "error" and unknown.transaction == "tx-u" and "unknown command" in unknown.detail
+    assert "ping" in unknown.detail and "self-test" in unknown.detail  # says what is known
+    [malformed] = _replies(broker, "ping")  # only the one with a readable transaction
+    assert malformed.status == "rejected" and malformed.transaction == "tx-m" and "surprise" in malformed.detail
+    st = agent.stats()
+    assert st["commands_unknown"] == 1 and st.get("commands_ping", 0) == 0
+
+
+def test_remote_config_is_applied_and_a_bad_one_rejected(
+    agent: EdgeAgent, broker: FakeBroker, operator: FakeClient
+) -> None:
+    t = topics.config(SITE, HUB)
+    operator.publish(t, C.encode_downlink(C.RemoteConfig(version="7", cancel_window_s=25.0, heartbeat_s=20)), qos=1)
+    assert wait_for(lambda: len(_replies(broker, "config")) == 1)
+    operator.publish(t, b'{"version": "8", "cancel_window_s": 600}', qos=1)  # above the file's 60 s limit
+    operator.publish(t, b'{"version": "9", "password": "x"}', qos=1)  # not remotely settable
+    assert wait_for(lambda: len(_replies(broker, "config")) == 3)
+    replies = _replies(broker, "config")
+    assert [r.status for r in replies] == ["ok", "rejected", "rejected"]
+    assert replies[0].version == "7" and replies[0].transaction == "7" and "unknown keys" in replies[2].detail
+    assert agent.cancel_window_s == 25.0 and agent.heartbeat_s == 20.0
+
+
+def test_outbox_rows_are_deleted_only_after_the_puback(agent: EdgeAgent, broker: FakeBroker) -> None:
+    assert agent.flush(5)
+    broker.hold_acks()
+    frames, _ = fall_frames()
+    feed(agent, frames)
+    for k in range(1, 15):
+        agent.feed([], frames[-1].rx_t_s + k)
+    assert agent.stats()["alerts_raised"] == 1
+    # the broker has the alert, but has not acknowledged it: the row stays on disk
+    assert wait_for(lambda: len(broker.published(topics.fall(SITE, HUB))) == 1)
+    assert not agent.flush(0.3)
+    assert agent.outbox is not None and agent.outbox.depth_by_kind().get("fall") == 1
+    assert broker.held_acks() >= 1
+    broker.release_acks()
+    assert agent.flush(5)
+    assert agent.outbox.depth() == 0
+
+
+def test_contract_valid_uplinks_only(agent: EdgeAgent, broker: FakeBroker) -> None:
+    frames, _ = fall_frames()
+    feed(agent, frames)
+    for k in range(1, 15):
+        agent.feed([], frames[-1].rx_t_s + k)
+    assert agent.flush(5)
+    kinds = set()
+    for m in broker.published(f"{topics.device_base(SITE, HUB)}/#"):
+        msg = C.decode(m.topic, m.payload)  # raises on anything the gateway would dead-letter
+        assert msg.msg_id == f"{HUB}:{msg.seq}"
+        kinds.add(C.kind_of(msg))
+    assert {"state", "fall", "health", "tele", "test"} <= kinds
+    seqs = [C.decode(m.topic, m.payload).seq for m in broker.published(f"{topics.device_base(SITE, HUB)}/#")]
+    assert len(set(seqs)) == len(seqs)
+    json.loads(broker.published(topics.fall(SITE, HUB))[0].payload)  # plain JSON on the wire
