@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+from fallwatch.protocol.ids import ID_PATTERN as ID_PATTERN  # re-exported: older imports use it from here
 
 
 class _Strict(BaseModel):

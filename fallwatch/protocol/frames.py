@@ -18,7 +18,6 @@ short ``reason`` that the edge uses as a counter label.
 
 from __future__ import annotations
 
-import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from typing import Any
 
 import msgspec
 import numpy as np
+
+from fallwatch.protocol.ids import ID_RE
 
 __all__ = [
     "FLAG_BOOT",
@@ -63,7 +64,7 @@ DEFAULT_ACC_LSB_G = 16.0 / 32768.0
 DEFAULT_GYRO_LSB_DPS = 2000.0 / 32768.0
 
 MAX_SAMPLES = 2000  # 10 s at 200 Hz: anything larger is not a frame a radio would carry
-_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_ID_RE = ID_RE
 
 # magic, version, flags, boot_count, seq, t0_ms, rate_mhz, acc_lsb, gyro_lsb,
 # battery (0.5 % units), rssi_dbm, n samples, sensor-id length
