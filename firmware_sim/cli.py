@@ -7,8 +7,12 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fallwatch.protocol.frames import SensorFrame
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
@@ -47,10 +51,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pace.add_argument("--speed", type=float, default=0.0,
                       help="simulated seconds per wall second (default 0 = as fast as possible)")
     pace.add_argument("--realtime", action="store_true", help="pace to the wall clock (= --speed 1)")
-    r.add_argument("--out", type=Path, help="write ground_truth.jsonl, frames.fwlog, summary.json here")
+    r.add_argument("--out", type=Path, help="write ground_truth.jsonl, frames.jsonl (a frame log), summary.json here")
     r.add_argument("--seed", type=int, help="override the scenario's seed")
     r.add_argument("--step", type=float, default=1.0, help="chunk length in sim seconds (default 1)")
-    r.add_argument("--no-frames", action="store_true", help="do not write frames.fwlog")
+    r.add_argument("--no-frames", action="store_true", help="do not write frames.jsonl")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=cmd_run)
 
@@ -81,12 +85,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls = s.add_parser("list", help="list the bundled scenarios")
     ls.set_defaults(func=cmd_list)
 
-    i = s.add_parser("inspect", help="summarise a frames.fwlog: frames, decode errors, seq gaps per sensor")
-    i.add_argument("fwlog", type=Path)
+    i = s.add_parser("inspect", help="summarise a frame log: frames, decode errors, seq gaps per sensor")
+    i.add_argument("framelog", type=Path, help="frames.jsonl (or an older frames.fwlog)")
     i.set_defaults(func=cmd_inspect)
 
-    e = s.add_parser("export", help="decode one wearable from a frames.fwlog into a replayable CSV/NPZ")
-    e.add_argument("fwlog", type=Path)
+    e = s.add_parser("export", help="decode one wearable from a frame log into a replayable CSV/NPZ")
+    e.add_argument("framelog", type=Path, help="frames.jsonl (or an older frames.fwlog)")
     e.add_argument("sensor")
     e.add_argument("out", type=Path, help="*.csv or *.npz")
     e.set_defaults(func=cmd_export)
@@ -130,14 +134,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from fallwatch.sim.replay import ReplayError, ReplaySource
+    from fallwatch.sim.replay import ImuRecording, ReplayError
     from fallwatch.sim.scenario import ReplaySpec, Resident, Scenario, Site, Wearable
 
     fmt = args.format or ("npz" if args.recording.endswith(".npz") else
                           "csv" if args.recording.endswith(".csv") else "sisfall")
     spec = ReplaySpec(path=Path(args.recording), format=fmt, loop=args.loop)
     try:
-        length = ReplaySource.from_spec(spec, args.rate).duration_s
+        length = ImuRecording.from_spec(spec, args.rate).duration_s
     except (ReplayError, OSError, ValueError) as exc:
         raise SystemExit(f"cannot replay {args.recording}: {exc}") from None
     res = Resident(id="replay", wearable=Wearable(id="wear-replay", rate_hz=args.rate, replay=spec))
@@ -147,8 +151,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _run(scn: Any, args: argparse.Namespace) -> int:
+    from fallwatch.protocol.framelog import FrameLogWriter
     from fallwatch.sim.fleet import Fleet
-    from fallwatch.sim.replay import FrameLogWriter
 
     progress = sys.stderr.isatty() and not args.json
     fleet = Fleet(scn, seed=args.seed, progress=progress)
@@ -158,7 +162,7 @@ def _run(scn: Any, args: argparse.Namespace) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         if not args.no_frames:
-            writer = FrameLogWriter(args.out / "frames.fwlog")
+            writer = FrameLogWriter(args.out / "frames.jsonl")
     n_frames = n_bytes = 0
     by_transport: Counter[str] = Counter()
     t0 = time.perf_counter()
@@ -216,12 +220,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from fallwatch.protocol.framelog import read_frames
     from fallwatch.protocol.frames import FrameError, decode_imu, decode_room
-    from fallwatch.sim.replay import read_frames
 
     stats: dict[str, Counter[str]] = {}
     last: dict[str, tuple[int, int]] = {}
-    for f in read_frames(args.fwlog):
+    for f in _frames(read_frames(args.framelog)):
         c = stats.setdefault(f.sensor_id, Counter())
         c["frames"] += 1
         try:
@@ -251,9 +255,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fallwatch.sim.replay import export_wearable, read_frames, save_csv, save_npz
+    from fallwatch.protocol.framelog import read_frames
+    from fallwatch.sim.replay import ReplayError, export_wearable, save_csv, save_npz
 
-    rate, acc, gyro = export_wearable(read_frames(args.fwlog), args.sensor)
+    try:
+        rate, acc, gyro = export_wearable(_frames(read_frames(args.framelog)), args.sensor)
+    except ReplayError as exc:
+        raise SystemExit(f"cannot export {args.sensor}: {exc}") from None
     (save_npz if args.out.suffix == ".npz" else save_csv)(args.out, rate, acc, gyro)
     print(f"{args.out}: {len(acc)} samples at {rate:g} Hz")
     return 0
+
+
+def _frames(frames: Iterator[SensorFrame]) -> Iterator[SensorFrame]:
+    """A frame log's frames; a damaged or foreign file ends the command with its reason."""
+    from fallwatch.protocol.framelog import FrameLogError
+
+    try:
+        yield from frames
+    except (FrameLogError, OSError) as exc:
+        raise SystemExit(f"cannot read the frame log: {exc}") from None

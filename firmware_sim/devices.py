@@ -157,7 +157,7 @@ class WearableDevice:
         self.block_frames = max(1, round(BLOCK_S / self.frame_s))
         self.start_epoch_ms = start_epoch_ms
         self.truth_sink = truth_sink
-        self.source = source  # replay source (firmware_sim.replay), or None for the motion model
+        self.source = source  # an ImuRecording (fallwatch.sim.replay), or None for the motion model
         rng = np.random.default_rng([self.seed, self.key, 3])
         self.acc_bias = rng.normal(0, spec.acc_bias_g, 3)
         self.gyro_bias = rng.normal(0, spec.gyro_bias_dps, 3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -11,6 +10,7 @@ from pydantic import Field
 
 from fallwatch.config import EdgeConfig
 from fallwatch.edge.sources._base import SOURCES
+from fallwatch.pacing import Pacer
 from fallwatch.plugins import PluginConfig
 from fallwatch.protocol.framelog import FrameLogReader, FrameLogWriter
 from fallwatch.protocol.frames import SensorFrame
@@ -42,23 +42,18 @@ class FrameReplaySource:
         return self._log.bad_lines
 
     def batches(self) -> Iterator[tuple[list[SensorFrame], float]]:
-        wall0 = time.monotonic()
+        pacer = Pacer(self.speed)
         batch: list[SensorFrame] = []
         edge = self.step_s
         for f in self._log:
             while f.rx_t_s > edge:
-                yield self._pace(batch, edge, wall0)
+                pacer.wait(edge)
+                yield batch, edge
                 batch = []
                 edge += self.step_s
             batch.append(f)
-        yield self._pace(batch, edge, wall0)
-
-    def _pace(self, batch: list[SensorFrame], t: float, wall0: float) -> tuple[list[SensorFrame], float]:
-        if self.speed:
-            lag = t / self.speed - (time.monotonic() - wall0)
-            if lag > 0:
-                time.sleep(lag)
-        return batch, t
+        pacer.wait(edge)
+        yield batch, edge
 
     def close(self) -> None:
         pass
