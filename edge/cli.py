@@ -160,12 +160,15 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def _cmd_sign(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from fallwatch.edge.ota import sign_update
 
     key = serialization.load_pem_private_key(args.key.read_bytes(), password=None)
-    doc = sign_update(key, args.model.read_bytes(), args.version, inline=args.url is None,  # type: ignore[arg-type]
-                      url=args.url)
+    if not isinstance(key, Ed25519PrivateKey):
+        print(f"{args.key} is not an ed25519 key (make one with 'fallwatch edge keygen')", file=sys.stderr)
+        return 2
+    doc = sign_update(key, args.model.read_bytes(), args.version, inline=args.url is None, url=args.url)
     args.out.write_bytes(doc)
     print(f"wrote {args.out} ({len(doc)} bytes); publish it retained on fallwatch/v1/<site>/<hub>/ota/model")
     return 0

@@ -9,10 +9,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fallwatch.protocol.frames import SensorFrame
+    from fallwatch.sim.scenario import Scenario
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
@@ -29,7 +30,7 @@ def resolve_scenario(name: str) -> Path:
     raise SystemExit(f"no scenario {name!r} (a file, or one of: {known}, demo)")
 
 
-def _load(name: str) -> Any:
+def _load(name: str) -> Scenario:
     from fallwatch.sim.scenario import ScenarioError, demo_scenario, load_scenario
 
     try:
@@ -150,7 +151,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return _run(scn, args)
 
 
-def _run(scn: Any, args: argparse.Namespace) -> int:
+def _run(scn: Scenario, args: argparse.Namespace) -> int:
     from fallwatch.protocol.framelog import FrameLogWriter
     from fallwatch.sim.fleet import Fleet
 

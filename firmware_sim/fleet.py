@@ -22,7 +22,7 @@ from tqdm import tqdm
 from fallwatch.pacing import Pacer
 from fallwatch.protocol.frames import SensorFrame
 from fallwatch.sim.devices import FaultLog, RoomSensorDevice, WearableDevice, faults_for, key_of
-from fallwatch.sim.scenario import Scenario, Site
+from fallwatch.sim.scenario import Resident, Scenario, Site
 from fallwatch.sim.timeline import Timeline, TimelineBuilder, Truth, profile_at
 
 
@@ -178,7 +178,7 @@ class Fleet:
             self._device_truth.append((resident, rs.id, site.hub_id, dev.truth))
             self.devices.append(dev)
 
-    def _drift_truth(self, res: Any, sensor_id: str, hub_id: str) -> None:
+    def _drift_truth(self, res: Resident, sensor_id: str, hub_id: str) -> None:
         days = max(1, math.ceil(self.duration_s / 86400.0))
         sink = []
         for d in range(days):

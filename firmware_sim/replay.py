@@ -42,8 +42,9 @@ def resample(x: np.ndarray, from_hz: float, to_hz: float) -> np.ndarray:
     if abs(from_hz - to_hz) < 1e-9:
         return np.asarray(x, dtype=np.float64)
     ratio = Fraction(to_hz / from_hz).limit_denominator(1000)
-    return resample_poly(np.asarray(x, dtype=np.float64), ratio.numerator, ratio.denominator, axis=0,
-                         padtype="line")
+    out: np.ndarray = resample_poly(np.asarray(x, dtype=np.float64), ratio.numerator, ratio.denominator, axis=0,
+                                    padtype="line")  # scipy has no type information
+    return out
 
 
 def load_csv(path: Path) -> tuple[float, np.ndarray, np.ndarray]:

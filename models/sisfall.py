@@ -167,7 +167,8 @@ def _resample(x: np.ndarray, rate_hz: float) -> np.ndarray:
     up, down = _ratio(rate_hz)
     # resample_poly applies a Kaiser-windowed anti-alias FIR, so the 50 Hz stream carries
     # no aliased 25-100 Hz vibration that a real 50 Hz wearable would have filtered out.
-    return resample_poly(x, up, down, axis=0)
+    out: np.ndarray = resample_poly(x, up, down, axis=0)  # scipy has no type information
+    return out
 
 
 def _ratio(rate_hz: float) -> tuple[int, int]:
@@ -249,7 +250,7 @@ def _write_cache(path: Path, trials: list[Trial]) -> None:
     for t in trials:
         arrays[t.name] = np.concatenate([t.acc_g, t.gyro_dps, t.acc2_g], axis=1)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub matches **kwds against allow_pickle: bool
     tmp.replace(path)  # atomic: parallel workers never read half a file
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 import numpy as np
@@ -141,7 +140,7 @@ def quantise(acc_g: np.ndarray, gyro_dps: np.ndarray, acc_lsb_g: float, gyro_lsb
     np.divide(acc_g, acc_lsb_g, out=scaled[:, :3])
     np.divide(gyro_dps, gyro_lsb_dps, out=scaled[:, 3:])
     np.rint(scaled, out=scaled)
-    sat = ((scaled > 32767) | (scaled < -32768)).any(axis=1)
+    sat = np.asarray(((scaled > 32767) | (scaled < -32768)).any(axis=1))  # (n,) bool, never a scalar
     np.clip(scaled, -32768, 32767, out=scaled)
     return scaled.astype("<i2"), sat
 
@@ -262,7 +261,7 @@ def encode_room(ev: RoomEvent) -> bytes:
 
 
 _room_head = msgspec.json.Decoder(_RoomWire)
-_room_any = msgspec.json.Decoder(dict[str, Any])
+_room_any = msgspec.json.Decoder(dict[str, object])
 
 
 def decode_room(payload: bytes) -> RoomEvent:
@@ -293,7 +292,7 @@ def decode_room(payload: bytes) -> RoomEvent:
             raise FrameError("schema", f"unknown state key {key!r}")
         ok = isinstance(value, bool) if want is bool else (
             isinstance(value, want) and not isinstance(value, bool))
-        if not ok:
+        if not ok or not isinstance(value, bool | int | float):  # (the second test only narrows the type)
             raise FrameError("schema", f"{key}={value!r} has the wrong type")
         state[key] = value
     if PRIMARY_KEY[head.kind] not in state:
