@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
@@ -21,8 +21,9 @@ from fallwatch.edge.sources import SOURCES
 from fallwatch.plugins import PluginConfig
 from fallwatch.protocol.frames import SensorFrame
 from fallwatch.sim import cli as sim_cli
-from fallwatch.sim.fleet import Fleet, SensorInfo
-from fallwatch.sim.scenario import demo_scenario, load_scenario
+
+if TYPE_CHECKING:
+    from fallwatch.sim.fleet import SensorInfo
 
 
 class SimSourceConfig(PluginConfig):
@@ -38,6 +39,10 @@ class SimSource:
                  step_s: float = 0.5, seed: int | None = None, hub_id: str | None = None) -> None:
         """``hub_id``: which hub to serve (default ``edge.device_id``; a one-hub scenario's hub
         is taken whatever its id)."""
+        # imported here: every ``fallwatch`` command registers this source, few run it
+        from fallwatch.sim.fleet import Fleet
+        from fallwatch.sim.scenario import demo_scenario, load_scenario
+
         scn = load_scenario(cfg.path) if cfg.path else demo_scenario(residents=1, duration_s=600.0)
         self.fleet = Fleet(scn, seed=seed)
         hubs = {h.hub_id: h for h in self.fleet.hubs}
