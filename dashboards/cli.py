@@ -108,7 +108,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from grafana_client import GrafanaApi
+    from grafana_client.api import GrafanaApi
 
     token = os.environ.get("FALLWATCH_GRAFANA_TOKEN")
     if not token:

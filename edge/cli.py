@@ -1,4 +1,8 @@
-"""``fallwatch edge ...``: run a hub's agent, record/replay frames, keys and signed model updates."""
+"""``fallwatch edge ...``: run a hub's agent, keys, signed model updates, the outbox.
+
+``fallwatch edge record`` (a simulated hub's frames for replay) needs the simulator, which
+the edge must not import: the composition layer adds it through :func:`add_command`.
+"""
 
 from __future__ import annotations
 
@@ -9,31 +13,44 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
+
+from fallwatch.config import FallwatchConfig
 
 log = logging.getLogger(__name__)
 
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+#: ``fallwatch edge`` sub-commands contributed by a higher layer (see :func:`add_command`).
+_EXTRA_COMMANDS: list[Callable[[SubParsers], None]] = []
+
+
+def add_command(add: Callable[[SubParsers], None]) -> None:
+    """Let a higher layer add a ``fallwatch edge`` sub-command: ``add(edge_subparsers)``
+    is called when the parser is built (adding the same function twice is a no-op)."""
+    if add not in _EXTRA_COMMANDS:
+        _EXTRA_COMMANDS.append(add)
+
+
+def register(sub: SubParsers) -> None:
+    from fallwatch.edge.sources import SOURCES
+
     p = sub.add_parser("edge", help="the edge agent that runs on a hub (docs/edge.md)")
     esub = p.add_subparsers(dest="edge_command", metavar="EDGE_COMMAND", required=True)
 
     r = esub.add_parser("run", help="run the agent for one hub until stopped (SIGTERM/Ctrl-C)")
     r.add_argument("--config", type=Path, help="TOML config (edge/edge.example.toml documents it)")
-    r.add_argument("--source", choices=("sim", "replay", "zigbee2mqtt", "ble"), help="override edge.source.type")
-    r.add_argument("--path", type=Path, help="override edge.source.path (scenario TOML or replay JSONL)")
+    r.add_argument("--source", choices=SOURCES.names(), help="override edge.source.type")
+    r.add_argument("--path", type=Path, help="override edge.source.path (scenario TOML or replay frame log)")
     r.add_argument("--speed", type=float, help="override edge.source.speed (0 = as fast as possible)")
     r.add_argument("--duration", type=float, help="stop after this many source seconds")
     r.add_argument("--validate-config", action="store_true", help="check the config, print it, and exit")
     r.set_defaults(func=_cmd_run)
 
-    rec = esub.add_parser("record", help="record a simulated hub's frames to a replay file (JSONL)")
-    rec.add_argument("--scenario", type=Path, help="scenario TOML (default: a one-flat demo)")
-    rec.add_argument("--hub", help="hub id (default: the scenario's first hub)")
-    rec.add_argument("--duration", type=float, default=None, help="seconds of simulation (default: scenario)")
-    rec.add_argument("--out", type=Path, required=True)
-    rec.set_defaults(func=_cmd_record)
+    for add in _EXTRA_COMMANDS:
+        add(esub)
 
     k = esub.add_parser("keygen", help="make an ed25519 model-signing key; prints the public key for the config")
     k.add_argument("--out", type=Path, required=True, help="private key file (PEM, mode 600)")
@@ -57,13 +74,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     o.set_defaults(func=_cmd_outbox)
 
 
-def _load(path: Path | None, args: argparse.Namespace | None = None) -> Any:
-    from fallwatch.config import load_config
+def _load(path: Path | None, args: argparse.Namespace | None = None) -> FallwatchConfig:
+    from fallwatch.config import PluginSection, load_config
+    from fallwatch.edge.sources import SOURCES
 
     cfg = load_config(path)
     if args is not None and any(getattr(args, k, None) is not None for k in ("source", "path", "speed")):
-        src = cfg.edge.source.model_copy(update={k2: v for k2, v in (
-            ("type", args.source), ("path", args.path), ("speed", args.speed)) if v is not None})
+        raw = cfg.edge.source.model_dump()
+        if args.source is not None and args.source != raw["type"]:
+            # another source type: keep only the keys it has (the file's bus_url means nothing to replay)
+            keys = SOURCES.get(args.source).config.model_fields
+            raw = {k: v for k, v in raw.items() if k in keys} | {"type": args.source}
+        raw |= {k: v for k, v in (("path", args.path), ("speed", args.speed)) if v is not None}
+        src = PluginSection.model_validate(raw)
         cfg = cfg.model_copy(update={"edge": cfg.edge.model_copy(update={"source": src})})
     return cfg
 
@@ -71,20 +94,20 @@ def _load(path: Path | None, args: argparse.Namespace | None = None) -> Any:
 def _cmd_run(args: argparse.Namespace) -> int:
     from fallwatch.config import ConfigError
     from fallwatch.edge.agent import EdgeAgent
-    from fallwatch.edge.sources import configured_sensors, make_source
+    from fallwatch.edge.sources import configured_sensors, make_source, source_config
 
     try:
         cfg = _load(args.config, args)
+        src_cfg = source_config(cfg.edge)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
     if args.validate_config:
-        print(json.dumps(cfg.edge.model_dump(mode="json"), indent=1))
+        print(json.dumps(cfg.edge.model_dump(mode="json") | {"source": src_cfg.model_dump(mode="json")}, indent=1))
         print("config OK", file=sys.stderr)
         return 0
     try:
-        kwargs: dict[str, Any] = {"duration_s": args.duration} if cfg.edge.source.type == "sim" else {}
-        source = make_source(cfg.edge, **kwargs)
+        source = make_source(cfg.edge, duration_s=args.duration)
     except (ValueError, NotImplementedError, OSError) as exc:
         print(f"cannot open source: {exc}", file=sys.stderr)
         return 2
@@ -120,26 +143,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_record(args: argparse.Namespace) -> int:
-    from fallwatch.config import EdgeConfig, EdgeSourceConfig
-    from fallwatch.edge.sources import SimSource, record
-
-    cfg = EdgeConfig(source=EdgeSourceConfig(path=args.scenario, speed=0))
-    if args.hub is None:  # the scenario's first hub
-        from fallwatch.sim.scenario import demo_scenario, load_scenario
-
-        scn = load_scenario(args.scenario) if args.scenario else demo_scenario(residents=1, duration_s=600.0)
-        args.hub = scn.expanded().sites[0].hub_id
-    try:
-        src = SimSource(cfg, duration_s=args.duration, hub_id=args.hub)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    n = record(src.batches(), args.out)
-    print(f"recorded {n} frames of hub {src.hub_id} to {args.out}")
-    return 0
-
-
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -157,12 +160,15 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def _cmd_sign(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from fallwatch.edge.ota import sign_update
 
     key = serialization.load_pem_private_key(args.key.read_bytes(), password=None)
-    doc = sign_update(key, args.model.read_bytes(), args.version, inline=args.url is None,  # type: ignore[arg-type]
-                      url=args.url)
+    if not isinstance(key, Ed25519PrivateKey):
+        print(f"{args.key} is not an ed25519 key (make one with 'fallwatch edge keygen')", file=sys.stderr)
+        return 2
+    doc = sign_update(key, args.model.read_bytes(), args.version, inline=args.url is None, url=args.url)
     args.out.write_bytes(doc)
     print(f"wrote {args.out} ({len(doc)} bytes); publish it retained on fallwatch/v1/<site>/<hub>/ota/model")
     return 0

@@ -25,7 +25,16 @@ COMMAND_MODULES = (
 )
 
 
+def register_plugins() -> None:
+    """Plug-ins that live in the composition layer because the layer they plug into must
+    not import them (the simulator as an edge source, and ``fallwatch edge record``)."""
+    from fallwatch.app import sim_source
+
+    sim_source.register()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    register_plugins()
     parser = argparse.ArgumentParser(
         prog="fallwatch",
         description="Camera-free fall detection and fall-risk monitoring for home care.",

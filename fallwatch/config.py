@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+from fallwatch.protocol.ids import ID_PATTERN as ID_PATTERN  # re-exported: older imports use it from here
 
 
 class _Strict(BaseModel):
@@ -130,16 +130,6 @@ class GatewayConfig(_Strict):
     batch_max_delay_ms: float = Field(default=0.0, ge=0)  # 0 = natural batching (measured best)
 
 
-class EdgeSourceConfig(_Strict):
-    """Where the hub's sensor frames come from (``edge.sources``; one class per type)."""
-
-    type: Literal["sim", "replay", "zigbee2mqtt", "ble"] = "sim"
-    path: Path | None = None  # sim: scenario TOML (None = demo); replay: recorded JSONL
-    speed: float = Field(default=1.0, ge=0)  # sim/replay: sim seconds per wall second; 0 = flat out
-    bus_url: str = "mqtt://127.0.0.1:1883"  # zigbee2mqtt: the local bus broker
-    base_topic: str = "zigbee2mqtt"
-
-
 class EdgeRoomSensor(_Strict):
     """A room sensor on the local zigbee bus (``topic`` = its zigbee2mqtt friendly name)."""
 
@@ -171,7 +161,9 @@ class EdgeConfig(_Strict):
     wearable_stale_s: float = Field(default=15.0, gt=0)
     room_stale_s: float = Field(default=2 * 3600.0, gt=0)
     risk_hour: int = Field(default=8, ge=0, le=23)  # local hour the daily risk score is published
-    source: EdgeSourceConfig = EdgeSourceConfig()
+    # where the frames come from: ``type`` picks a source of fallwatch.edge.sources.SOURCES, which
+    # checks the rest of the section against that source's own keys (path, speed, bus_url, ...)
+    source: PluginSection = PluginSection(type="sim")
     wearables: list[EdgeWearable] = []
     room_sensors: list[EdgeRoomSensor] = []
 

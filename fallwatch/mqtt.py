@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -33,6 +34,10 @@ class Will:
 client_factory: Callable[..., mqtt.Client] = mqtt.Client
 
 
+def _properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho's Properties.__init__ has no annotations
+
+
 def is_v5(cfg: MqttConfig) -> bool:
     return cfg.protocol == "5"
 
@@ -47,7 +52,7 @@ def make_client(cfg: MqttConfig, client_id: str, *, will: Will | None = None,
     """
     v5 = is_v5(cfg)
     client = client_factory(
-        mqtt.CallbackAPIVersion.VERSION2,
+        CallbackAPIVersion.VERSION2,
         client_id=cfg.client_id or client_id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
         clean_session=None if v5 else clean_start,
@@ -69,7 +74,7 @@ def make_client(cfg: MqttConfig, client_id: str, *, will: Will | None = None,
     if will is not None:
         props = None
         if v5 and will.delay_s:
-            props = Properties(PacketTypes.WILLMESSAGE)
+            props = _properties(PacketTypes.WILLMESSAGE)
             props.WillDelayInterval = will.delay_s
         client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain, properties=props)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -80,7 +85,7 @@ def make_client(cfg: MqttConfig, client_id: str, *, will: Will | None = None,
 def connect(client: mqtt.Client, cfg: MqttConfig, *, clean_start: bool = False) -> None:
     """Start connecting (asynchronously); paho's loop reconnects with backoff afterwards."""
     if is_v5(cfg):
-        props = Properties(PacketTypes.CONNECT)
+        props = _properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = cfg.session_expiry_s
         client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=clean_start,
                              properties=props)
@@ -93,7 +98,7 @@ def publish_properties(cfg: MqttConfig, *, expiry_s: int | None = None,
     """MQTT 5 properties every fallwatch message carries (None on 3.1.1)."""
     if not is_v5(cfg):
         return None
-    props = Properties(PacketTypes.PUBLISH)
+    props = _properties(PacketTypes.PUBLISH)
     props.ContentType = "application/json"
     props.UserProperty = [("schema", schema)]
     if expiry_s is not None:

@@ -105,7 +105,7 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown {self.kind} type {name!r} (known: {', '.join(self.names()) or 'none'})"
                               ) from None
 
-    def parse(self, section: PluginSection | PluginConfig | Mapping[str, Any], where: str = "") -> PluginConfig:
+    def parse(self, section: PluginSection | PluginConfig | Mapping[str, object], where: str = "") -> PluginConfig:
         """Validate a raw section into its plug-in's config class (a discriminated union)."""
         if isinstance(section, PluginConfig):
             return section
@@ -115,7 +115,9 @@ class Registry(Generic[T]):
             if self._adapter is None:
                 configs = tuple(p.config for p in self._plugins.values())
                 union = configs[0] if len(configs) == 1 else Union[configs]  # noqa: UP007 (runtime union)
-                self._adapter = TypeAdapter(Annotated[union, Field(discriminator="type")])
+                # a type built at run time from what is registered, so it is not a static type form
+                form: Any = Annotated[union, Field(discriminator="type")]
+                self._adapter = TypeAdapter(form)
             adapter = self._adapter
         try:
             cfg: PluginConfig = adapter.validate_python(raw)
@@ -124,7 +126,8 @@ class Registry(Generic[T]):
                                                 exc)) from None
         return cfg
 
-    def create(self, section: PluginSection | PluginConfig | Mapping[str, Any], *args: Any, **kwargs: Any) -> T:
+    def create(self, section: PluginSection | PluginConfig | Mapping[str, object], *args: object,
+               **kwargs: object) -> T:
         """Validate ``section`` and build the plug-in it names."""
         cfg = self.parse(section)
         return self.get(cfg.type).factory(cfg, *args, **kwargs)

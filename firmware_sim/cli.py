@@ -7,8 +7,13 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fallwatch.protocol.frames import SensorFrame
+    from fallwatch.sim.scenario import Scenario
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
@@ -25,7 +30,7 @@ def resolve_scenario(name: str) -> Path:
     raise SystemExit(f"no scenario {name!r} (a file, or one of: {known}, demo)")
 
 
-def _load(name: str) -> Any:
+def _load(name: str) -> Scenario:
     from fallwatch.sim.scenario import ScenarioError, demo_scenario, load_scenario
 
     try:
@@ -47,10 +52,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pace.add_argument("--speed", type=float, default=0.0,
                       help="simulated seconds per wall second (default 0 = as fast as possible)")
     pace.add_argument("--realtime", action="store_true", help="pace to the wall clock (= --speed 1)")
-    r.add_argument("--out", type=Path, help="write ground_truth.jsonl, frames.fwlog, summary.json here")
+    r.add_argument("--out", type=Path, help="write ground_truth.jsonl, frames.jsonl (a frame log), summary.json here")
     r.add_argument("--seed", type=int, help="override the scenario's seed")
     r.add_argument("--step", type=float, default=1.0, help="chunk length in sim seconds (default 1)")
-    r.add_argument("--no-frames", action="store_true", help="do not write frames.fwlog")
+    r.add_argument("--no-frames", action="store_true", help="do not write frames.jsonl")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=cmd_run)
 
@@ -70,6 +75,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rp.add_argument("--json", action="store_true")
     rp.set_defaults(func=cmd_replay)
 
+    rec = s.add_parser("record", help="record one hub's frames to a frame log (for the edge's replay source)")
+    add_record_arguments(rec)
+    rec.set_defaults(func=cmd_record)
+
     c = s.add_parser("check", help="validate a scenario and print what it expands to")
     c.add_argument("scenario")
     c.set_defaults(func=cmd_check)
@@ -77,15 +86,48 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls = s.add_parser("list", help="list the bundled scenarios")
     ls.set_defaults(func=cmd_list)
 
-    i = s.add_parser("inspect", help="summarise a frames.fwlog: frames, decode errors, seq gaps per sensor")
-    i.add_argument("fwlog", type=Path)
+    i = s.add_parser("inspect", help="summarise a frame log: frames, decode errors, seq gaps per sensor")
+    i.add_argument("framelog", type=Path, help="frames.jsonl (or an older frames.fwlog)")
     i.set_defaults(func=cmd_inspect)
 
-    e = s.add_parser("export", help="decode one wearable from a frames.fwlog into a replayable CSV/NPZ")
-    e.add_argument("fwlog", type=Path)
+    e = s.add_parser("export", help="decode one wearable from a frame log into a replayable CSV/NPZ")
+    e.add_argument("framelog", type=Path, help="frames.jsonl (or an older frames.fwlog)")
     e.add_argument("sensor")
     e.add_argument("out", type=Path, help="*.csv or *.npz")
     e.set_defaults(func=cmd_export)
+
+
+def add_record_arguments(rec: argparse.ArgumentParser) -> None:
+    """The arguments of ``sim record`` (shared with its alias ``edge record``)."""
+    rec.add_argument("--scenario", type=Path, help="scenario TOML (default: a one-flat demo)")
+    rec.add_argument("--hub", help="hub id (default: the scenario's first hub)")
+    rec.add_argument("--duration", type=float, default=None, help="seconds of simulation (default: scenario)")
+    rec.add_argument("--seed", type=int, help="override the scenario's seed")
+    rec.add_argument("--out", type=Path, required=True, help="the frame log to write (JSON lines)")
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """One hub's frames, as fast as possible, in the frame-log format the edge replays."""
+    from fallwatch.protocol.framelog import FrameLogWriter
+    from fallwatch.sim.fleet import Fleet
+    from fallwatch.sim.scenario import ScenarioError, demo_scenario, load_scenario
+
+    try:
+        scn = load_scenario(args.scenario) if args.scenario else demo_scenario(residents=1, duration_s=600.0)
+    except ScenarioError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    fleet = Fleet(scn, seed=args.seed)
+    hub = args.hub or fleet.hubs[0].hub_id
+    if hub not in {h.hub_id for h in fleet.hubs}:
+        print(f"hub {hub!r} is not in the scenario (hubs: {sorted(h.hub_id for h in fleet.hubs)[:10]})",
+              file=sys.stderr)
+        return 2
+    with FrameLogWriter(args.out) as out:
+        for chunk in fleet.run(duration_s=args.duration, step_s=0.5):
+            out.write(f for f in chunk.frames if f.hub_id == hub)
+    print(f"recorded {out.count} frames of hub {hub} to {args.out}")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -93,14 +135,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from fallwatch.sim.replay import ReplayError, ReplaySource
+    from fallwatch.sim.replay import ImuRecording, ReplayError
     from fallwatch.sim.scenario import ReplaySpec, Resident, Scenario, Site, Wearable
 
     fmt = args.format or ("npz" if args.recording.endswith(".npz") else
                           "csv" if args.recording.endswith(".csv") else "sisfall")
     spec = ReplaySpec(path=Path(args.recording), format=fmt, loop=args.loop)
     try:
-        length = ReplaySource.from_spec(spec, args.rate).duration_s
+        length = ImuRecording.from_spec(spec, args.rate).duration_s
     except (ReplayError, OSError, ValueError) as exc:
         raise SystemExit(f"cannot replay {args.recording}: {exc}") from None
     res = Resident(id="replay", wearable=Wearable(id="wear-replay", rate_hz=args.rate, replay=spec))
@@ -109,9 +151,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return _run(scn, args)
 
 
-def _run(scn: Any, args: argparse.Namespace) -> int:
+def _run(scn: Scenario, args: argparse.Namespace) -> int:
+    from fallwatch.protocol.framelog import FrameLogWriter
     from fallwatch.sim.fleet import Fleet
-    from fallwatch.sim.replay import FrameLogWriter
 
     progress = sys.stderr.isatty() and not args.json
     fleet = Fleet(scn, seed=args.seed, progress=progress)
@@ -121,7 +163,7 @@ def _run(scn: Any, args: argparse.Namespace) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         if not args.no_frames:
-            writer = FrameLogWriter(args.out / "frames.fwlog")
+            writer = FrameLogWriter(args.out / "frames.jsonl")
     n_frames = n_bytes = 0
     by_transport: Counter[str] = Counter()
     t0 = time.perf_counter()
@@ -179,12 +221,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from fallwatch.protocol.framelog import read_frames
     from fallwatch.protocol.frames import FrameError, decode_imu, decode_room
-    from fallwatch.sim.replay import read_frames
 
     stats: dict[str, Counter[str]] = {}
     last: dict[str, tuple[int, int]] = {}
-    for f in read_frames(args.fwlog):
+    for f in _frames(read_frames(args.framelog)):
         c = stats.setdefault(f.sensor_id, Counter())
         c["frames"] += 1
         try:
@@ -214,9 +256,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fallwatch.sim.replay import export_wearable, read_frames, save_csv, save_npz
+    from fallwatch.protocol.framelog import read_frames
+    from fallwatch.sim.replay import ReplayError, export_wearable, save_csv, save_npz
 
-    rate, acc, gyro = export_wearable(read_frames(args.fwlog), args.sensor)
+    try:
+        rate, acc, gyro = export_wearable(_frames(read_frames(args.framelog)), args.sensor)
+    except ReplayError as exc:
+        raise SystemExit(f"cannot export {args.sensor}: {exc}") from None
     (save_npz if args.out.suffix == ".npz" else save_csv)(args.out, rate, acc, gyro)
     print(f"{args.out}: {len(acc)} samples at {rate:g} Hz")
     return 0
+
+
+def _frames(frames: Iterator[SensorFrame]) -> Iterator[SensorFrame]:
+    """A frame log's frames; a damaged or foreign file ends the command with its reason."""
+    from fallwatch.protocol.framelog import FrameLogError
+
+    try:
+        yield from frames
+    except (FrameLogError, OSError) as exc:
+        raise SystemExit(f"cannot read the frame log: {exc}") from None

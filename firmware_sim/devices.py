@@ -13,8 +13,9 @@ from __future__ import annotations
 import fnmatch
 import heapq
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from fallwatch.protocol.frames import (
 from fallwatch.sim.motion import render_block
 from fallwatch.sim.scenario import Fault, RoomSensor, Wearable
 from fallwatch.sim.timeline import Timeline, Truth
+
+if TYPE_CHECKING:
+    from fallwatch.sim.replay import ImuRecording
 
 LOW_BATTERY_PCT = 15.0
 BLOCK_S = 10.0  # motion is rendered this many seconds at a time
@@ -80,8 +84,10 @@ class Link:
         self.sent = 0
         self.delivered = 0
 
-    def send(self, t_tx: float, frame_of: Any, corrupt: Any) -> list[tuple[float, Any]]:
-        """Frames (reception time, frame) the hub receives for one transmission."""
+    def send(self, t_tx: float, payload: bytes, frame_of: Callable[[float, bytes], SensorFrame], *,
+             flips: bool = True) -> list[tuple[float, SensorFrame]]:
+        """Frames (reception time, frame) the hub receives for one transmission of ``payload``;
+        ``frame_of(rx_t_s, payload)`` makes a frame, ``flips``: see :func:`corrupt_bytes`."""
         self.sent += 1
         rng = self.rng
         for fl in self.by_type.get("loss", ()):
@@ -103,18 +109,18 @@ class Link:
             if fl.active(t_tx) and rng.random() < fl.fault.rate:
                 fl.count("frames_corrupted")
                 self.delivered += 1
-                return [(rx, corrupt(rng))]
-        out = [(rx, frame_of(rx))]
+                return [(rx, frame_of(rx, corrupt_bytes(payload, rng, flips=flips)))]
+        out = [(rx, frame_of(rx, payload))]
         for fl in self.by_type.get("reorder", ()):
             if fl.active(t_tx) and rng.random() < fl.fault.rate:
                 fl.count("frames_delayed")
                 extra = self.period_s * (int(rng.integers(1, fl.fault.max_delay_frames + 1)) + 0.5)
-                out = [(rx + extra, frame_of(rx + extra))]
+                out = [(rx + extra, frame_of(rx + extra, payload))]
         for fl in self.by_type.get("duplicate", ()):
             if fl.active(t_tx) and rng.random() < fl.fault.rate:
                 fl.count("frames_duplicated")
                 t2 = out[0][0] + 0.002 + 0.01 * rng.random()
-                out.append((t2, frame_of(t2)))
+                out.append((t2, frame_of(t2, payload)))
         self.delivered += len(out)
         return out
 
@@ -144,7 +150,7 @@ class WearableDevice:
 
     def __init__(self, sensor_id: str, hub_id: str, spec: Wearable, timeline: Timeline, *, seed: int,
                  faults: list[FaultLog], start_epoch_ms: int, truth_sink: list[Truth],
-                 source: Any | None = None) -> None:
+                 source: ImuRecording | None = None) -> None:
         self.sensor_id = sensor_id
         self.hub_id = hub_id
         self.spec = spec
@@ -157,7 +163,7 @@ class WearableDevice:
         self.block_frames = max(1, round(BLOCK_S / self.frame_s))
         self.start_epoch_ms = start_epoch_ms
         self.truth_sink = truth_sink
-        self.source = source  # replay source (firmware_sim.replay), or None for the motion model
+        self.source = source  # an ImuRecording (fallwatch.sim.replay), or None for the motion model
         rng = np.random.default_rng([self.seed, self.key, 3])
         self.acc_bias = rng.normal(0, spec.acc_bias_g, 3)
         self.gyro_bias = rng.normal(0, spec.gyro_bias_dps, 3)
@@ -337,10 +343,7 @@ class WearableDevice:
             self.jump_flag = False
             self.seq += 1
             self.stats["frames_sent"] += 1
-            for rx, fr in self.link.send(t_tx, lambda rx, p=payload: self._sf(rx, p),
-                                         lambda rng, p=payload: self._sf(0.0, corrupt_bytes(p, rng))):
-                if fr.rx_t_s != rx:
-                    fr = SensorFrame(fr.hub_id, fr.sensor_id, fr.transport, rx, fr.payload)
+            for rx, fr in self.link.send(t_tx, payload, self._sf):
                 heapq.heappush(self.pending, (rx, self.order, fr))
                 self.order += 1
         out = []
@@ -424,14 +427,12 @@ class RoomSensorDevice:
         payload = encode_room(ev)
         self.last_report = t
         self.stats["frames_sent"] += 1
-        sf = SensorFrame
-        for rx, fr in self.link.send(t, lambda rx, p=payload: sf(self.hub_id, self.sensor_id, "zigbee", rx, p),
-                                     lambda rng, p=payload: sf(self.hub_id, self.sensor_id, "zigbee", 0.0,
-                                                               corrupt_bytes(p, rng, flips=False))):
-            if fr.rx_t_s != rx:
-                fr = SensorFrame(fr.hub_id, fr.sensor_id, fr.transport, rx, fr.payload)
+        for rx, fr in self.link.send(t, payload, self._sf, flips=False):
             heapq.heappush(self.pending, (rx, self.order, fr))
             self.order += 1
+
+    def _sf(self, rx: float, payload: bytes) -> SensorFrame:
+        return SensorFrame(self.hub_id, self.sensor_id, self.transport, rx, payload)
 
     def poll(self, t_end: float) -> list[tuple[float, int, SensorFrame]]:
         timeout = self.spec.timeout_s

@@ -19,9 +19,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from fallwatch.pacing import Pacer
 from fallwatch.protocol.frames import SensorFrame
 from fallwatch.sim.devices import FaultLog, RoomSensorDevice, WearableDevice, faults_for, key_of
-from fallwatch.sim.scenario import Scenario, Site
+from fallwatch.sim.scenario import Resident, Scenario, Site
 from fallwatch.sim.timeline import Timeline, TimelineBuilder, Truth, profile_at
 
 
@@ -155,9 +156,9 @@ class Fleet:
                 self._drift_truth(res, wid, site.hub_id)
             source = None
             if res.wearable.replay is not None:
-                from fallwatch.sim.replay import ReplaySource
+                from fallwatch.sim.replay import ImuRecording
 
-                source = ReplaySource.from_spec(res.wearable.replay, res.wearable.rate_hz)
+                source = ImuRecording.from_spec(res.wearable.replay, res.wearable.rate_hz)
             logs = self._fault_logs_for(wid, res.id, site.hub_id)
             sink: list[Truth] = []
             self._device_truth.append((res.id, wid, site.hub_id, sink))
@@ -177,7 +178,7 @@ class Fleet:
             self._device_truth.append((resident, rs.id, site.hub_id, dev.truth))
             self.devices.append(dev)
 
-    def _drift_truth(self, res: Any, sensor_id: str, hub_id: str) -> None:
+    def _drift_truth(self, res: Resident, sensor_id: str, hub_id: str) -> None:
         days = max(1, math.ceil(self.duration_s / 86400.0))
         sink = []
         for d in range(days):
@@ -198,8 +199,7 @@ class Fleet:
         second (1.0 = real time). Continues from where a previous ``run`` stopped.
         """
         end = self.t_s + (self.duration_s if duration_s is None else duration_s)
-        wall0 = time.monotonic()
-        sim0 = self.t_s
+        pacer = Pacer(speed, self.t_s)
         with tqdm(total=round(end - self.t_s, 3), unit="sim-s", desc="simulating", disable=not progress,
                   leave=False) as bar:
             while self.t_s < end - 1e-9:
@@ -209,10 +209,7 @@ class Fleet:
                 frames = [e[2] for e in merged]
                 bar.update(round(t - self.t_s, 3))
                 self.t_s = t
-                if speed:
-                    lag = (t - sim0) / speed - (time.monotonic() - wall0)
-                    if lag > 0:
-                        time.sleep(lag)
+                pacer.wait(t)
                 yield Chunk(t, frames)
 
     # ------------------------------------------------------------------ ground truth

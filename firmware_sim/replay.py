@@ -1,4 +1,4 @@
-"""Recorded data in and out: replaying IMU recordings as a wearable, and frame logs.
+"""Recorded IMU data in and out: replaying a recording as a wearable, exporting one back.
 
 Replay layouts (docs/simulator.md):
 
@@ -7,39 +7,30 @@ Replay layouts (docs/simulator.md):
   included, so a still upright wearer reads about (0, 0, 1) g).
 * NPZ: arrays ``acc_g`` (n, 3), ``gyro_dps`` (n, 3) and scalar ``rate_hz``, same frame.
 * SisFall: a trial text file (``F01_SA01_R01.txt``) or a member of a subject archive
-  written ``SA01.tar.xz#F01_SA01_R01``; raw ADXL345/ITG3200 counts are converted to
-  g and deg/s and the axes mapped to the fallwatch frame.
+  written ``SA01.tar.xz#F01_SA01_R01``, read by the model layer's SisFall reader
+  (:func:`fallwatch.models.sisfall.load_trial`: g and deg/s, axes in the fallwatch frame).
 
 Every source is resampled (polyphase, anti-aliased) to the wearable's rate.
 
-Frame logs (``frames.fwlog``, written by ``fallwatch sim run --out``) keep exactly what
-the hubs received, so a run can be fed to an edge agent again without re-simulating:
-``FWLOG1\\n`` then per frame ``<d rx_t_s><B hub len><B sensor len><B transport><I payload len>``
-followed by the hub id, sensor id and payload bytes.
+What the hubs received is kept as a frame log (:mod:`fallwatch.protocol.framelog`,
+``frames.jsonl`` of ``fallwatch sim run --out``); :func:`export_wearable` decodes one
+wearable of it back into a replayable recording.
 """
 
 from __future__ import annotations
 
-import io
-import struct
-import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 from scipy.signal import resample_poly
 
+from fallwatch.models import sisfall
 from fallwatch.protocol.frames import SensorFrame, decode_imu
 from fallwatch.sim.scenario import ReplaySpec
 
 CSV_HEADER = "t_s,ax_g,ay_g,az_g,gx_dps,gy_dps,gz_dps"
-SISFALL_HZ = 200.0
-#: SisFall ADXL345 (±16 g, 13 bit) and ITG3200 (±2000 °/s, 16 bit) count scales.
-SISFALL_ACC = 32.0 / 2**13
-SISFALL_GYRO = 4000.0 / 2**16
-#: SisFall axes -> fallwatch frame: x_fw = z_s (forward), y_fw = -x_s, z_fw = -y_s (y_s points down).
-SISFALL_AXES = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], dtype=np.float64)
 
 
 class ReplayError(ValueError):
@@ -51,8 +42,9 @@ def resample(x: np.ndarray, from_hz: float, to_hz: float) -> np.ndarray:
     if abs(from_hz - to_hz) < 1e-9:
         return np.asarray(x, dtype=np.float64)
     ratio = Fraction(to_hz / from_hz).limit_denominator(1000)
-    return resample_poly(np.asarray(x, dtype=np.float64), ratio.numerator, ratio.denominator, axis=0,
-                         padtype="line")
+    out: np.ndarray = resample_poly(np.asarray(x, dtype=np.float64), ratio.numerator, ratio.denominator, axis=0,
+                                    padtype="line")  # scipy has no type information
+    return out
 
 
 def load_csv(path: Path) -> tuple[float, np.ndarray, np.ndarray]:
@@ -91,61 +83,22 @@ def save_npz(path: Path, rate_hz: float, acc_g: np.ndarray, gyro_dps: np.ndarray
                         gyro_dps=np.asarray(gyro_dps, np.float32))
 
 
-def parse_sisfall(text: str | bytes) -> np.ndarray:
-    """A SisFall trial as raw counts (n, 9)."""
-    if isinstance(text, bytes):
-        text = text.decode("ascii", "replace")
-    rows = [line.replace(";", "") for line in text.splitlines() if line.strip()]
-    return np.loadtxt(io.StringIO("\n".join(rows)), delimiter=",", ndmin=2)
-
-
-def sisfall_units(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ADXL345 acc (g) and ITG3200 gyro (deg/s) in the fallwatch sensor frame."""
-    acc = counts[:, 0:3] * SISFALL_ACC @ SISFALL_AXES.T
-    gyro = counts[:, 3:6] * SISFALL_GYRO @ SISFALL_AXES.T
-    return acc, gyro
-
-
-def read_sisfall_text(path: str | Path) -> bytes:
-    """A trial's text from ``trial.txt`` or ``SUBJECT.tar.xz#TRIAL``."""
-    spec = str(path)
-    if "#" in spec:
-        archive, member = spec.split("#", 1)
-        try:
-            with tarfile.open(archive) as tf:
-                for m in tf:
-                    if m.isfile() and Path(m.name).stem == Path(member).stem:
-                        fh = tf.extractfile(m)
-                        assert fh is not None
-                        return fh.read()
-        except (OSError, tarfile.TarError) as exc:
-            raise ReplayError(f"cannot read {archive}: {exc}") from None
-        raise ReplayError(f"{member} not found in {archive}")
+def load_sisfall(path: str | Path) -> tuple[float, np.ndarray, np.ndarray]:
     try:
-        return Path(spec).read_bytes()
-    except OSError as exc:
+        return sisfall.load_trial(path)
+    except sisfall.SisFallError as exc:
         raise ReplayError(str(exc)) from None
 
 
-def iter_sisfall(archive: str | Path, pattern: str = "F") -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """(trial name, acc g, gyro deg/s) at 200 Hz for each trial whose code starts with ``pattern``."""
-    with tarfile.open(archive) as tf:
-        for m in tf:
-            name = Path(m.name).stem
-            if m.isfile() and m.name.endswith(".txt") and name.startswith(pattern) and "_S" in name:
-                fh = tf.extractfile(m)
-                assert fh is not None
-                acc, gyro = sisfall_units(parse_sisfall(fh.read()))
-                yield name, acc, gyro
+_LOADERS: dict[str, Callable[[Path], tuple[float, np.ndarray, np.ndarray]]] = {
+    "csv": load_csv, "npz": load_npz, "sisfall": load_sisfall}
 
 
-def load_sisfall(path: str | Path) -> tuple[float, np.ndarray, np.ndarray]:
-    acc, gyro = sisfall_units(parse_sisfall(read_sisfall_text(path)))
-    return SISFALL_HZ, acc, gyro
+class ImuRecording:
+    """Samples for a wearable from a recording, at the device rate, looping if asked.
 
-
-class ReplaySource:
-    """Samples for a wearable from a recording, at the device rate, looping if asked."""
+    (Not to be confused with the edge's ``replay`` source, which feeds a frame log.)
+    """
 
     def __init__(self, rate_hz: float, acc_g: np.ndarray, gyro_dps: np.ndarray, device_hz: float,
                  loop: bool = True) -> None:
@@ -158,11 +111,10 @@ class ReplaySource:
             raise ReplayError("empty recording")
 
     @classmethod
-    def from_spec(cls, spec: ReplaySpec, device_hz: float) -> ReplaySource:
+    def from_spec(cls, spec: ReplaySpec, device_hz: float) -> ImuRecording:
         if spec.format != "sisfall" and not Path(spec.path).exists():
             raise ReplayError(f"replay file {spec.path} not found")
-        loader = {"csv": load_csv, "npz": load_npz, "sisfall": load_sisfall}[spec.format]
-        rate, acc, gyro = loader(spec.path)  # type: ignore[operator]
+        rate, acc, gyro = _LOADERS[spec.format](spec.path)
         return cls(rate, acc, gyro, device_hz, spec.loop)
 
     @property
@@ -175,60 +127,7 @@ class ReplaySource:
         return self.acc[idx], self.gyro[idx]
 
 
-# ------------------------------------------------------------------ frame logs
-
-FWLOG_MAGIC = b"FWLOG1\n"
-_REC = struct.Struct("<dBBBI")
-_TRANSPORTS = ("ble", "zigbee")
-
-
-def write_frames(path: str | Path, frames: Iterable[SensorFrame]) -> int:
-    """Append-only log of received frames; returns how many were written."""
-    n = 0
-    with open(path, "wb") as fh:
-        fh.write(FWLOG_MAGIC)
-        for f in frames:
-            hub, sid = f.hub_id.encode(), f.sensor_id.encode()
-            fh.write(_REC.pack(f.rx_t_s, len(hub), len(sid), _TRANSPORTS.index(f.transport), len(f.payload)))
-            fh.write(hub + sid + f.payload)
-            n += 1
-    return n
-
-
-class FrameLogWriter:
-    """Incremental :func:`write_frames` for long runs."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.fh = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self.fh.write(FWLOG_MAGIC)
-        self.count = 0
-
-    def write(self, frames: Iterable[SensorFrame]) -> None:
-        parts = []
-        for f in frames:
-            hub, sid = f.hub_id.encode(), f.sensor_id.encode()
-            parts.append(_REC.pack(f.rx_t_s, len(hub), len(sid), _TRANSPORTS.index(f.transport), len(f.payload)))
-            parts.append(hub + sid + f.payload)
-            self.count += 1
-        self.fh.write(b"".join(parts))
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-def read_frames(path: str | Path) -> Iterator[SensorFrame]:
-    """Frames from a log in the order they were received."""
-    with open(path, "rb") as fh:
-        if fh.read(len(FWLOG_MAGIC)) != FWLOG_MAGIC:
-            raise ReplayError(f"{path} is not a fallwatch frame log")
-        while head := fh.read(_REC.size):
-            if len(head) < _REC.size:
-                raise ReplayError(f"{path}: truncated record")
-            rx, lh, ls, tr, lp = _REC.unpack(head)
-            body = fh.read(lh + ls + lp)
-            if len(body) < lh + ls + lp:
-                raise ReplayError(f"{path}: truncated record")
-            yield SensorFrame(body[:lh].decode(), body[lh:lh + ls].decode(), _TRANSPORTS[tr], rx, body[lh + ls:])
+# ------------------------------------------------------------------ export
 
 
 def export_wearable(frames: Iterable[SensorFrame], sensor_id: str) -> tuple[float, np.ndarray, np.ndarray]:

@@ -17,8 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fallwatch.config import validation_report
-
-ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
+from fallwatch.protocol.ids import ID_PATTERN as ID
 
 FallKind = Literal["forward", "backward", "sideways", "from_bed", "from_chair", "collapse"]
 FALL_KINDS: tuple[str, ...] = ("forward", "backward", "sideways", "from_bed", "from_chair", "collapse")

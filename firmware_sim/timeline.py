@@ -107,7 +107,8 @@ class TimelineBuilder:
         self.t = 0.0
         self.posture = "stand"
         self.place = "none"
-        self.room = resident.start_room if resident.start_room in rooms.values() else rooms["living"]
+        start = resident.start_room
+        self.room: str = start if start is not None and start in rooms.values() else rooms["living"]
         self.events = sorted(events, key=lambda e: e.at_s) + self._random_events(duration_s)
         self.events.sort(key=lambda e: e.at_s)
 

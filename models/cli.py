@@ -12,11 +12,12 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("models", help="train / evaluate the fall detector and fall-risk model")
     sub = p.add_subparsers(dest="models_command", metavar="MODELS_COMMAND", required=True)
 
@@ -54,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def cmd_train_fall(args: argparse.Namespace) -> int:
     import numpy as np
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type information
 
     from fallwatch.models import fall_train as T
     from fallwatch.models import report, sisfall
@@ -80,7 +81,9 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
                     comparison[other] = _brief(T.cross_validate(ws, T.feature_names(other), args.seed,
                                                                 progress=True).summary)
         print("final model: threshold by inner CV on all subjects ...", file=sys.stderr)
-        thr = T.inner_threshold(ws, data["subjects"], names, args.seed)  # type: ignore[arg-type]
+        subjects = data["subjects"]
+        assert isinstance(subjects, list)
+        thr = T.inner_threshold(ws, subjects, names, args.seed)
         clf = T.fit(ws, ws.y == ws.y, names, args.seed)  # all subjects
     onnx_path = out / "fall_detector.onnx"
     T.export_onnx(clf, names, thr, onnx_path, data)
@@ -121,7 +124,7 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
     return 0
 
 
-def _brief(s: dict) -> dict:  # type: ignore[type-arg]
+def _brief(s: dict[str, Any]) -> dict[str, object]:  # s: a fall_eval summary (nested JSON)
     g = s["groups"]
     return {
         "SA_sensitivity": g.get("SA", {}).get("sensitivity"),
@@ -132,7 +135,7 @@ def _brief(s: dict) -> dict:  # type: ignore[type-arg]
     }
 
 
-def _print_summary(s: dict) -> None:  # type: ignore[type-arg]
+def _print_summary(s: dict[str, Any]) -> None:
     keys = ("trials", "fall_trials", "adl_trials", "sensitivity", "specificity", "f1",
             "false_alarms_per_hour", "median_latency_s")
     print("group  " + "  ".join(keys))

@@ -33,7 +33,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -66,7 +66,7 @@ class MetadataError(ValueError):
     """The model file does not describe the input this code feeds it."""
 
 
-def check_metadata(meta: dict[str, str], inputs: list) -> None:  # type: ignore[type-arg]
+def check_metadata(meta: dict[str, str], inputs: list[Any]) -> None:  # inputs: onnxruntime NodeArgs (untyped)
     """Refuse a model whose metadata disagrees with its graph or with this feature code.
 
     Checked before a model is used (or hot-swapped): a model trained on another rate,

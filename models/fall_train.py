@@ -29,12 +29,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypedDict
 
 import numpy as np
 
 from fallwatch.models import features as F
 from fallwatch.models import sisfall
-from fallwatch.models.detector import DetectorSettings, DeviceFallDetector, FallModel
+from fallwatch.models.detector import Candidate, DetectorSettings, DeviceFallDetector, FallModel
 from fallwatch.models.fall_eval import TrialResult, run_trials, summarise
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ class WindowSet:
         return np.array([self.trials[i].subject for i in self.trial_idx])
 
 
-def trial_windows(trial: sisfall.Trial, settings: DetectorSettings | None = None) -> tuple[np.ndarray, list]:
+def trial_windows(trial: sisfall.Trial, settings: DetectorSettings | None = None
+                  ) -> tuple[np.ndarray, list[Candidate]]:
     """Windows the streaming detector triggers on for one trial (and their candidates)."""
     det = DeviceFallDetector(None, settings)
     t = np.arange(len(trial.acc_g)) / trial.rate_hz
@@ -126,10 +128,16 @@ def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None
 # ----------------------------------------------------------------------------- model
 
 
+class ProbaClassifier(Protocol):
+    """What is used of a fitted sklearn classifier."""
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
+
+
 class SkFallScorer:
     """A fitted sklearn classifier behind the detector's model interface (CV folds)."""
 
-    def __init__(self, clf: object, names: tuple[str, ...], threshold: float, version: str = "cv") -> None:
+    def __init__(self, clf: ProbaClassifier, names: tuple[str, ...], threshold: float, version: str = "cv") -> None:
         self.clf = clf
         self.names = names
         self.cols = F.feature_index(names)
@@ -139,7 +147,7 @@ class SkFallScorer:
     def predict_features(self, feats: np.ndarray) -> np.ndarray:
         if len(feats) == 0:
             return np.zeros(0, dtype=np.float32)
-        return self.clf.predict_proba(feats[:, self.cols])[:, 1].astype(np.float32)  # type: ignore[attr-defined]
+        return self.clf.predict_proba(feats[:, self.cols])[:, 1].astype(np.float32)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) == 0:
@@ -147,13 +155,14 @@ class SkFallScorer:
         return self.predict_features(F.window_features(batch))
 
 
-def fit(ws: WindowSet, mask: np.ndarray, names: tuple[str, ...], seed: int) -> object:
+def fit(ws: WindowSet, mask: np.ndarray, names: tuple[str, ...], seed: int) -> ProbaClassifier:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     use = mask & (ws.y >= 0)
     clf = HistGradientBoostingClassifier(**hgb_params(seed))
     clf.fit(ws.X[use][:, F.feature_index(names)], ws.y[use])
-    return clf
+    model: ProbaClassifier = clf
+    return model
 
 
 def trial_scores(
@@ -208,7 +217,7 @@ def inner_threshold(ws: WindowSet, train_subjects: list[str], names: tuple[str, 
         held = np.isin(subj, fold)
         train = np.isin(subj, train_subjects) & ~held
         clf = fit(ws, train, names, seed)
-        oof[held] = clf.predict_proba(ws.X[held][:, F.feature_index(names)])[:, 1]  # type: ignore[attr-defined]
+        oof[held] = clf.predict_proba(ws.X[held][:, F.feature_index(names)])[:, 1]
     mask = np.isin(subj, train_subjects)
     scores, is_fall, _ = trial_scores(ws, oof[mask], mask)
     # Training trials without any triggered window can never alert: count them as score 0.
@@ -218,11 +227,19 @@ def inner_threshold(ws: WindowSet, train_subjects: list[str], names: tuple[str, 
     return choose_threshold(scores, is_fall)
 
 
+class FoldInfo(TypedDict):
+    fold: int
+    held_out: list[str]
+    threshold: float
+    sensitivity: object
+    specificity: object
+
+
 @dataclass
 class CVResult:
     results: list[TrialResult]
     summary: dict[str, object]
-    folds: list[dict[str, object]]
+    folds: list[FoldInfo]
     trial_score: np.ndarray  # per trial of ws.trials: held-out max window probability
     is_fall: np.ndarray
     groups: np.ndarray
@@ -234,7 +251,7 @@ def cross_validate(ws: WindowSet, names: tuple[str, ...], seed: int, settings: D
     subj = ws.subjects()
     folds = subject_folds(subjects, OUTER_FOLDS, seed)
     results: list[TrialResult] = []
-    fold_info: list[dict[str, object]] = []
+    fold_info: list[FoldInfo] = []
     trial_score = np.zeros(len(ws.trials), dtype=np.float32)
     it = folds
     if progress:
@@ -282,8 +299,9 @@ def _skl2onnx_bool_fix() -> Iterator[None]:
     original = tree_ensemble.add_node
 
     def add_node(*args: object, **kwargs: object) -> object:
-        if "nodes_missing_value_tracks_true" in kwargs:
-            kwargs["nodes_missing_value_tracks_true"] = int(kwargs["nodes_missing_value_tracks_true"])  # type: ignore[call-overload]
+        value = kwargs.get("nodes_missing_value_tracks_true")
+        if isinstance(value, bool | int | np.bool_ | np.integer):
+            kwargs["nodes_missing_value_tracks_true"] = int(value)
         return original(*args, **kwargs)
 
     tree_ensemble.add_node = add_node

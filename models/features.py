@@ -85,14 +85,16 @@ ACC_FEATURES = tuple(n for n in FEATURE_NAMES if not n.startswith("gyro_"))
 def magnitude(x: np.ndarray) -> np.ndarray:
     """Euclidean norm over the last axis, float32 (cheaper than np.linalg.norm)."""
     x = np.asarray(x, dtype=np.float32)
-    return np.sqrt(np.einsum("...i,...i->...", x, x))
+    out: np.ndarray = np.sqrt(np.einsum("...i,...i->...", x, x))
+    return out
 
 
 def _angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     na = magnitude(a)
     nb = magnitude(b)
     cos = np.einsum("ni,ni->n", a, b) / np.maximum(na * nb, 1e-6)
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    out: np.ndarray = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return out
 
 
 def window_features(windows: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +17,7 @@ from fallwatch.models import features as F
 from fallwatch.models.fall_eval import CHUNK_S, TrialResult
 
 
-def _plt():  # type: ignore[no-untyped-def]
+def _plt() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,11 +110,11 @@ def _fmt(x: object, pct: bool = False) -> str:
     if x is None:
         return "n/a"
     if pct:
-        return f"{100 * float(x):.2f} %"  # type: ignore[arg-type]
-    return f"{float(x):.3g}" if isinstance(x, float) else str(x)  # type: ignore[arg-type]
+        return f"{100 * float(x):.2f} %"  # type: ignore[arg-type]  # any number, numpy scalars included
+    return f"{float(x):.3g}" if isinstance(x, float) else str(x)
 
 
-def model_card(metrics: dict, path: Path) -> None:  # type: ignore[type-arg]
+def model_card(metrics: dict[str, Any], path: Path) -> None:  # metrics: the metrics.json document
     cv = metrics["cv"]
     rows = []
     for name, s in [("all", cv), *sorted(cv["groups"].items())]:

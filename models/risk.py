@@ -16,12 +16,16 @@ import itertools
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fallwatch.models import risk_features as RF
-from fallwatch.models.risk_cohort import EFFECTS, PUBLISHED, simulate
+from fallwatch.models.risk_cohort import EFFECTS, PUBLISHED, Cohort, simulate
 from fallwatch.protocol.contract import Factor
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 MODEL_NAME = "fallwatch-risk"
 MODEL_VERSION = "1.0.0"
@@ -33,10 +37,11 @@ DAYS = 7
 def _clip(X: np.ndarray) -> np.ndarray:
     lo = np.array([RF.BY_NAME[n].lo for n in RF.NAMES], dtype=np.float32)
     hi = np.array([RF.BY_NAME[n].hi for n in RF.NAMES], dtype=np.float32)
-    return np.clip(X, lo, hi)
+    out: np.ndarray = np.clip(X, lo, hi)
+    return out
 
 
-def fit(X: np.ndarray, y: np.ndarray, seed: int) -> object:
+def fit(X: np.ndarray, y: np.ndarray, seed: int) -> Pipeline:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -52,16 +57,16 @@ def fit(X: np.ndarray, y: np.ndarray, seed: int) -> object:
     return pipe
 
 
-def export_onnx(pipe: object, path: Path, extra: dict[str, str]) -> None:
+def export_onnx(pipe: Pipeline, path: Path, extra: dict[str, str]) -> None:
     import onnx
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
     onx = convert_sklearn(pipe, initial_types=[("features", FloatTensorType([None, len(RF.NAMES)]))],
-                          options={id(pipe[-1]): {"zipmap": False}},  # type: ignore[index]
+                          options={id(pipe[-1]): {"zipmap": False}},
                           target_opset={"": 17, "ai.onnx.ml": 3})
     onx.graph.name = MODEL_NAME  # instead of skl2onnx's random uuid: reproducible bytes
-    scaler, lr = pipe[0], pipe[-1]  # type: ignore[index]
+    scaler, lr = pipe[0], pipe[-1]
     props = {
         "name": MODEL_NAME,
         "version": MODEL_VERSION,
@@ -204,7 +209,7 @@ def train(out: Path | None = None, seed: int = 11, n_residents: int = 4000) -> d
                              "cohort": json.dumps({"residents": n_residents, "days": DAYS})})
     model = RiskModel(path)
     p = model.predict(cohort.X[test])
-    p_sk = pipe.predict_proba(_clip(cohort.X[test]))[:, 1]  # type: ignore[attr-defined]
+    p_sk = pipe.predict_proba(_clip(cohort.X[test]))[:, 1]
     metrics: dict[str, object] = {
         **_metrics(cohort.y[test], p),
         "n_train": int((~test).sum()), "n_test": int(test.sum()),
@@ -225,11 +230,11 @@ def train(out: Path | None = None, seed: int = 11, n_residents: int = 4000) -> d
     return metrics
 
 
-def _oracle_auc(cohort: object, test: np.ndarray) -> float:
+def _oracle_auc(cohort: Cohort, test: np.ndarray) -> float:
     """AUC of the simulation's own true risk: the ceiling any model can reach on it."""
     from sklearn.metrics import roc_auc_score
 
-    return float(roc_auc_score(cohort.y[test], cohort.risk[cohort.resident[test]]))  # type: ignore[attr-defined]
+    return float(roc_auc_score(cohort.y[test], cohort.risk[cohort.resident[test]]))
 
 
 def evaluate(model_path: Path | None = None, seed: int = 12345, n_residents: int = 2000) -> dict[str, object]:
@@ -243,7 +248,8 @@ def evaluate(model_path: Path | None = None, seed: int = 12345, n_residents: int
 
 
 def _card(m: dict[str, object], path: Path) -> None:
-    coef: dict[str, float] = m["coef"]  # type: ignore[assignment]
+    coef = m["coef"]
+    assert isinstance(coef, dict), "metrics without coefficients"
     rows = "\n".join(f"| `{f.name}` | {f.unit} | {'+' if f.direction > 0 else '−'} | {coef[f.name]:+.3f} | "
                      f"{f.description} | {f.source} |" for f in RF.FEATURES)
     published = ", ".join(f"{k} OR {np.exp(v):.2f}" for k, v in EFFECTS.items() if k in PUBLISHED)

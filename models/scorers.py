@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fallwatch.models import features as F
+
+if TYPE_CHECKING:
+    from fallwatch.models.detector import FallModel
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ class ThresholdScorer:
         return (0.25 * impact + 0.5 * posture + 0.25 * still).astype(np.float32)
 
 
-def load_scorer(path: str | Path | None = None):  # type: ignore[no-untyped-def]
+def load_scorer(path: str | Path | None = None) -> FallModel | ThresholdScorer:
     """The ONNX fall model at ``path`` (or the shipped default); the rule-based scorer
     only when no model file exists. A model file that exists but fails to load raises:
     silently falling back would hide a broken deployment."""

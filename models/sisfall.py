@@ -1,8 +1,11 @@
-"""Loader for the SisFall recordings (Sucerquia et al., Sensors 17(1):198, 2017).
+"""The one reader of the SisFall recordings (Sucerquia et al., Sensors 17(1):198, 2017).
 
 Reads the per-subject ``SUBJECT.tar.xz`` archives directly (``tarfile`` handles xz) or
 already extracted ``SUBJECT/ACT_SUBJECT_Rnn.txt`` folders, converts raw counts to
-physical units and attaches per-trial metadata parsed from the file name.
+physical units and attaches per-trial metadata parsed from the file name. Training and
+evaluation use :func:`load_all` (SisFall's own axes); the simulator replays single trials
+as a wearable through :func:`load_trial` / :func:`iter_trials`, which map the axes to the
+fallwatch sensor frame.
 
 Why a cache: parsing ~3,000 text files and resampling them takes about a minute on the
 Pi-class CI box; training and evaluation read the same trials many times, so the
@@ -39,11 +42,19 @@ SCALE = np.array(
     dtype=np.float64,
 )
 
+#: SisFall axes -> the fallwatch sensor frame (x forward, y left, z up):
+#: x_fw = z_s, y_fw = -x_s, z_fw = -y_s (the SisFall y axis points down).
+SENSOR_FRAME_AXES = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], dtype=np.float64)
+
 TRIAL_RE = re.compile(r"(?P<act>[DF]\d{2})_(?P<subject>S[AE]\d{2})_R(?P<trial>\d{2})\.txt$")
 SUBJECT_RE = re.compile(r"^(S[AE]\d{2})(\.tar\.xz)?$")
 
 CACHE_DIR = Path(os.environ.get("FALLWATCH_CACHE", "/tmp/fallwatch-cache"))
 _CACHE_VERSION = "1"
+
+
+class SisFallError(ValueError):
+    """A trial that cannot be read (missing file, archive or member)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,51 @@ def counts_to_units(counts: np.ndarray) -> np.ndarray:
     return counts.astype(np.float64) * SCALE
 
 
+def to_sensor_frame(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Units (n, 9) -> ADXL345 acceleration (g) and ITG3200 rate (deg/s) in the fallwatch sensor frame."""
+    return units[:, 0:3] @ SENSOR_FRAME_AXES.T, units[:, 3:6] @ SENSOR_FRAME_AXES.T
+
+
+def read_trial_text(path: str | Path) -> bytes:
+    """A trial file's bytes, from ``trial.txt`` or ``SUBJECT.tar.xz#TRIAL``."""
+    spec = str(path)
+    if "#" in spec:
+        archive, member = spec.split("#", 1)
+        try:
+            with tarfile.open(archive) as tf:
+                for m in tf:
+                    if m.isfile() and Path(m.name).stem == Path(member).stem:
+                        fh = tf.extractfile(m)
+                        if fh is not None:
+                            return fh.read()
+        except (OSError, tarfile.TarError) as exc:
+            raise SisFallError(f"cannot read {archive}: {exc}") from None
+        raise SisFallError(f"{member} not found in {archive}")
+    try:
+        return Path(spec).read_bytes()
+    except OSError as exc:
+        raise SisFallError(str(exc)) from None
+
+
+def load_trial(path: str | Path) -> tuple[float, np.ndarray, np.ndarray]:
+    """One trial at its native rate: (200 Hz, acc g, gyro deg/s) in the fallwatch sensor frame."""
+    acc, gyro = to_sensor_frame(counts_to_units(parse_counts(read_trial_text(path))))
+    return NATIVE_HZ, acc, gyro
+
+
+def iter_trials(archive: str | Path, prefix: str = "F") -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(trial name, acc g, gyro deg/s) at 200 Hz in the sensor frame, for each trial of a subject
+    archive whose activity code starts with ``prefix`` (``""``: every trial)."""
+    with tarfile.open(archive) as tf:
+        for m in tf:
+            name = Path(m.name).stem
+            if m.isfile() and parse_name(m.name) is not None and name.startswith(prefix):
+                fh = tf.extractfile(m)
+                if fh is not None:
+                    acc, gyro = to_sensor_frame(counts_to_units(parse_counts(fh.read())))
+                    yield name, acc, gyro
+
+
 def parse_name(name: str) -> tuple[str, str, str, int] | None:
     """``.../F05_SA01_R04.txt`` -> ("F05", "SA01", "SA", 4); None for other files."""
     m = TRIAL_RE.search(name)
@@ -111,7 +167,8 @@ def _resample(x: np.ndarray, rate_hz: float) -> np.ndarray:
     up, down = _ratio(rate_hz)
     # resample_poly applies a Kaiser-windowed anti-alias FIR, so the 50 Hz stream carries
     # no aliased 25-100 Hz vibration that a real 50 Hz wearable would have filtered out.
-    return resample_poly(x, up, down, axis=0)
+    out: np.ndarray = resample_poly(x, up, down, axis=0)  # scipy has no type information
+    return out
 
 
 def _ratio(rate_hz: float) -> tuple[int, int]:
@@ -193,7 +250,7 @@ def _write_cache(path: Path, trials: list[Trial]) -> None:
     for t in trials:
         arrays[t.name] = np.concatenate([t.acc_g, t.gyro_dps, t.acc2_g], axis=1)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub matches **kwds against allow_pickle: bool
     tmp.replace(path)  # atomic: parallel workers never read half a file
 
 

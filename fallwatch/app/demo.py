@@ -24,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from fallwatch.config import FallwatchConfig, load_config
+from fallwatch.pacing import Pacer
 
 log = logging.getLogger("fallwatch.app.demo")
 
@@ -125,14 +126,11 @@ class Pipeline:
     def drive(self, duration_s: float, *, speed: float = 0.0, step_s: float = 1.0, progress: bool = False,
               on_chunk: Any = None) -> None:
         """Feed the fleet's frames to the hubs; ``speed`` = sim seconds per wall second (0 = max)."""
-        t0 = time.monotonic()
+        pacer = Pacer(speed)
         with tqdm(total=int(duration_s), unit="sim-s", desc="simulating", disable=not progress,
                   file=sys.stderr) as bar:
             for chunk in self.fleet.run(duration_s=duration_s, step_s=step_s):
-                if speed > 0:
-                    lag = chunk.t_s / speed - (time.monotonic() - t0)
-                    if lag > 0:
-                        time.sleep(lag)
+                pacer.wait(chunk.t_s)
                 by_hub: dict[str, list[Any]] = defaultdict(list)
                 for frame in chunk.frames:
                     by_hub[frame.hub_id].append(frame)

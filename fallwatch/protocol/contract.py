@@ -18,12 +18,13 @@ import msgspec
 from msgspec import Meta
 
 from fallwatch.protocol import topics
+from fallwatch.protocol.ids import ID_PATTERN
 
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
 MAX_PAYLOAD_BYTES = 64 * 1024
 
-Id = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Id = Annotated[str, Meta(pattern=ID_PATTERN)]
 Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
 Ms = Annotated[int, Meta(ge=0, le=10_000_000_000_000)]
 Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]

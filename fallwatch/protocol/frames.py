@@ -18,14 +18,14 @@ short ``reason`` that the edge uses as a counter label.
 
 from __future__ import annotations
 
-import re
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 import numpy as np
+
+from fallwatch.protocol.ids import ID_RE
 
 __all__ = [
     "FLAG_BOOT",
@@ -63,7 +63,7 @@ DEFAULT_ACC_LSB_G = 16.0 / 32768.0
 DEFAULT_GYRO_LSB_DPS = 2000.0 / 32768.0
 
 MAX_SAMPLES = 2000  # 10 s at 200 Hz: anything larger is not a frame a radio would carry
-_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_ID_RE = ID_RE
 
 # magic, version, flags, boot_count, seq, t0_ms, rate_mhz, acc_lsb, gyro_lsb,
 # battery (0.5 % units), rssi_dbm, n samples, sensor-id length
@@ -140,7 +140,7 @@ def quantise(acc_g: np.ndarray, gyro_dps: np.ndarray, acc_lsb_g: float, gyro_lsb
     np.divide(acc_g, acc_lsb_g, out=scaled[:, :3])
     np.divide(gyro_dps, gyro_lsb_dps, out=scaled[:, 3:])
     np.rint(scaled, out=scaled)
-    sat = ((scaled > 32767) | (scaled < -32768)).any(axis=1)
+    sat = np.asarray(((scaled > 32767) | (scaled < -32768)).any(axis=1))  # (n,) bool, never a scalar
     np.clip(scaled, -32768, 32767, out=scaled)
     return scaled.astype("<i2"), sat
 
@@ -261,7 +261,7 @@ def encode_room(ev: RoomEvent) -> bytes:
 
 
 _room_head = msgspec.json.Decoder(_RoomWire)
-_room_any = msgspec.json.Decoder(dict[str, Any])
+_room_any = msgspec.json.Decoder(dict[str, object])
 
 
 def decode_room(payload: bytes) -> RoomEvent:
@@ -292,7 +292,7 @@ def decode_room(payload: bytes) -> RoomEvent:
             raise FrameError("schema", f"unknown state key {key!r}")
         ok = isinstance(value, bool) if want is bool else (
             isinstance(value, want) and not isinstance(value, bool))
-        if not ok:
+        if not ok or not isinstance(value, bool | int | float):  # (the second test only narrows the type)
             raise FrameError("schema", f"{key}={value!r} has the wrong type")
         state[key] = value
     if PRIMARY_KEY[head.kind] not in state:

@@ -21,13 +21,14 @@ during a migration.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from fallwatch.protocol.ids import ID_RE
 
 ROOT = "fallwatch"
 VERSION = "v1"
 PREFIX = f"{ROOT}/{VERSION}"
-_LEVEL = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_LEVEL = ID_RE  # kept: older callers match against it
 
 #: Uplink kinds: the last topic levels after ``{site}/{device}/`` that a device may publish.
 UPLINK_KINDS = ("state", "health", "tele", "evt/fall", "evt/risk", "evt/test", "cmd/res", "ota/status")

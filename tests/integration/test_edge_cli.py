@@ -10,8 +10,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from fallwatch.cli import main
-from fallwatch.config import EdgeConfig, EdgeRoomSensor, EdgeSourceConfig, load_config
-from fallwatch.edge.sources import ReplaySource, Zigbee2MqttSource
+from fallwatch.config import EdgeConfig, EdgeRoomSensor, PluginSection, load_config
+from fallwatch.edge.sources import FrameReplaySource, Zigbee2MqttSource, make_source
 from fallwatch.models.detector import DEFAULT_MODEL_PATH
 from fallwatch.protocol.frames import decode_room
 from fallwatch.testing.recorder import UplinkRecorder
@@ -67,7 +67,8 @@ def test_replay_skips_bad_lines(tmp_path: Path) -> None:
     p.write_text('{"hub_id": "h", "sensor_id": "s", "transport": "ble", "rx_t_s": 0.1, "payload_b64": "AAA="}\n'
                  "garbage\n"
                  '{"hub_id": "h", "sensor_id": "s", "transport": "ble", "rx_t_s": 1.2, "payload_b64": "AAA="}\n')
-    src = ReplaySource(EdgeConfig(source=EdgeSourceConfig(type="replay", path=p, speed=0)))
+    src = make_source(EdgeConfig(source=PluginSection(type="replay", path=p, speed=0)))
+    assert isinstance(src, FrameReplaySource)
     batches = list(src.batches())
     assert sum(len(b) for b, _ in batches) == 2 and src.bad_lines == 1
     assert [t for _, t in batches] == [0.5, 1.0, 1.5]
@@ -76,11 +77,12 @@ def test_replay_skips_bad_lines(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_zigbee2mqtt_source_maps_friendly_names(mosquitto: Mosquitto, unique_name: str) -> None:
     base = f"z2m-{unique_name}"
-    cfg = EdgeConfig(device_id="hub-1", source=EdgeSourceConfig(type="zigbee2mqtt", bus_url=mosquitto.url,
-                                                                 base_topic=base),
+    cfg = EdgeConfig(device_id="hub-1", source=PluginSection(type="zigbee2mqtt", bus_url=mosquitto.url,
+                                                              base_topic=base),
                      room_sensors=[EdgeRoomSensor(id="pir-1", kind="pir", room="living", topic="living_motion"),
                                    EdgeRoomSensor(id="bed-1", kind="bed", room="bedroom")])
-    src = Zigbee2MqttSource(cfg, tick_s=0.1)
+    src = make_source(cfg, tick_s=0.1)
+    assert isinstance(src, Zigbee2MqttSource)
     try:
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         pub.connect("127.0.0.1", mosquitto.port)

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fallwatch.models.sisfall import iter_trials
 from fallwatch.protocol.frames import decode_imu
 from fallwatch.sim.fleet import Fleet
-from fallwatch.sim.replay import iter_sisfall, resample
+from fallwatch.sim.replay import resample
 from fallwatch.sim.scenario import FALL_KINDS, Drift, Event, Profile, Resident, Scenario, Wearable, flat_site
 from fallwatch.sim.timeline import TimelineBuilder
 
@@ -48,7 +49,7 @@ def _sisfall() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for subj in SUBJECTS:
         archive = SISFALL / f"{subj}.tar.xz"
         if archive.exists():
-            for name, acc, gyro in iter_sisfall(archive, ""):
+            for name, acc, gyro in iter_trials(archive, ""):
                 out[name] = (resample(acc, 200.0, 50.0), resample(gyro, 200.0, 50.0))
     if sum(n.startswith("F") for n in out) < 20:
         pytest.skip("too few SisFall fall trials present")

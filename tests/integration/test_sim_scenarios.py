@@ -11,18 +11,17 @@ import numpy as np
 import pytest
 
 from fallwatch.cli import main
+from fallwatch.protocol.framelog import FrameLogError, read_frames, write_frames
 from fallwatch.protocol.frames import decode_imu
 from fallwatch.sim.fleet import Fleet
 from fallwatch.sim.replay import (
+    ImuRecording,
     ReplayError,
-    ReplaySource,
     export_wearable,
     load_csv,
-    read_frames,
     resample,
     save_csv,
     save_npz,
-    write_frames,
 )
 from fallwatch.sim.scenario import (
     ReplaySpec,
@@ -85,13 +84,13 @@ def test_cli_run_inspect_export(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["sim", "run", "flat", "--duration", "60", "--out", str(out), "--seed", "3", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["sim_seconds"] == 60.0 and summary["seed"] == 3 and summary["devices"] == 8
-    assert summary["frames"] == sum(1 for _ in read_frames(out / "frames.fwlog"))
+    assert summary["frames"] == sum(1 for _ in read_frames(out / "frames.jsonl"))
     lines = (out / "ground_truth.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["format"] == "fallwatch-ground-truth/1"
     assert json.loads((out / "summary.json").read_text())["frames"] == summary["frames"]
-    assert main(["sim", "inspect", str(out / "frames.fwlog")]) == 0
+    assert main(["sim", "inspect", str(out / "frames.jsonl")]) == 0
     assert "wear-r01" in capsys.readouterr().out
-    assert main(["sim", "export", str(out / "frames.fwlog"), "wear-r01", str(tmp_path / "w.npz")]) == 0
+    assert main(["sim", "export", str(out / "frames.jsonl"), "wear-r01", str(tmp_path / "w.npz")]) == 0
     assert main(["sim", "check", "care_home"]) == 0
     assert "30 residents" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no scenario"):
@@ -104,11 +103,11 @@ def test_frame_log_round_trip(tmp_path: Path) -> None:
     assert write_frames(tmp_path / "f.fwlog", frames) == len(frames)
     assert list(read_frames(tmp_path / "f.fwlog")) == frames
     (tmp_path / "bad.fwlog").write_bytes(b"nope")
-    with pytest.raises(ReplayError):
+    with pytest.raises(FrameLogError):
         list(read_frames(tmp_path / "bad.fwlog"))
     raw = (tmp_path / "f.fwlog").read_bytes()
     (tmp_path / "cut.fwlog").write_bytes(raw[:-3])
-    with pytest.raises(ReplayError, match="truncated"):
+    with pytest.raises(FrameLogError, match="truncated"):
         list(read_frames(tmp_path / "cut.fwlog"))
 
 
@@ -138,7 +137,7 @@ def test_replay_recording_through_a_wearable(tmp_path: Path) -> None:
     assert np.abs(up[200:1800:2] - acc[100:900]).mean() < 0.03
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ReplayError, match="header"):
-        ReplaySource.from_spec(ReplaySpec(path=tmp_path / "bad.csv"), 50.0)
+        ImuRecording.from_spec(ReplaySpec(path=tmp_path / "bad.csv"), 50.0)
 
 
 def test_resample_keeps_a_slow_sine() -> None:
@@ -161,7 +160,7 @@ def test_replay_a_sisfall_trial_as_a_wearable() -> None:
     assert mag.max() > 2.0  # the impact
     assert abs(acc[-100:, 2].mean()) < 0.5  # lying afterwards
     with pytest.raises(ReplayError, match="not found"):
-        ReplaySource.from_spec(ReplaySpec(path=Path(f"{archive}#F99_SA01_R01"), format="sisfall"), 50.0)
+        ImuRecording.from_spec(ReplaySpec(path=Path(f"{archive}#F99_SA01_R01"), format="sisfall"), 50.0)
 
 
 def test_paced_run_follows_the_wall_clock() -> None:
@@ -213,7 +212,7 @@ def test_cli_replay_a_csv_recording(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert summary["sim_seconds"] == 10.0 and summary["wearables"] == 1
     truth = [json.loads(x) for x in (out / "ground_truth.jsonl").read_text().splitlines()[1:]]
     assert [e["type"] for e in truth] == ["replay"] and truth[0]["details"]["format"] == "csv"
-    _, got, _ = export_wearable(read_frames(out / "frames.fwlog"), "wear-replay")
+    _, got, _ = export_wearable(read_frames(out / "frames.jsonl"), "wear-replay")
     assert np.abs(got[:, 2] - acc[:len(got), 2]).max() < 0.1  # same signal, plus the part's noise/bias
     with pytest.raises(SystemExit, match="cannot replay"):
         main(["sim", "replay", str(tmp_path / "missing.csv")])

@@ -36,3 +36,26 @@ def test_password_without_username_is_refused(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("FALLWATCH_MQTT_PASSWORD", "x")
     with pytest.raises(ConfigError, match="username"):
         load_config()
+
+
+def test_edge_source_section_is_checked_by_its_source(tmp_path: Path) -> None:
+    """Each source declares its own keys: a key of another source, or a typo, is a readable error."""
+    from fallwatch.app import sim_source
+    from fallwatch.edge.sources import SOURCES, ReplayConfig, source_config
+
+    sim_source.register()
+    assert {"ble", "replay", "sim", "zigbee2mqtt"} <= set(SOURCES.names())
+    assert source_config(load_config().edge).type == "sim"  # the default
+    f = tmp_path / "c.toml"
+    f.write_text('[edge.source]\ntype = "replay"\npath = "r.jsonl"\nspeed = 0\n')
+    src = source_config(load_config(f).edge)
+    assert isinstance(src, ReplayConfig) and src.path == Path("r.jsonl") and src.speed == 0
+    f.write_text('[edge.source]\ntype = "zigbee2mqtt"\nbus_url = "mqtt://127.0.0.1:1883"\nspeed = 2\n')
+    with pytest.raises(ConfigError, match=r"edge\.source(.|\n)*speed"):
+        source_config(load_config(f).edge)
+    f.write_text('[edge.source]\ntype = "serial"\n')
+    with pytest.raises(ConfigError, match="unknown edge source type 'serial'"):
+        source_config(load_config(f).edge)
+    f.write_text('[edge.source]\ntype = "replay"\n')  # replay needs its file
+    with pytest.raises(ConfigError, match="path"):
+        source_config(load_config(f).edge)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fallwatch.protocol.framelog import FrameLogError, FrameLogReader, read_frames, write_frames
 from fallwatch.protocol.frames import (
     DEFAULT_ACC_LSB_G,
     FLAG_CANCEL,
@@ -17,6 +20,7 @@ from fallwatch.protocol.frames import (
     FrameError,
     ImuPacket,
     RoomEvent,
+    SensorFrame,
     decode_imu,
     decode_room,
     encode_imu,
@@ -154,3 +158,50 @@ def test_bad_room_reports(payload: bytes, reason: str) -> None:
     with pytest.raises(FrameError) as exc:
         decode_room(payload)
     assert exc.value.reason == reason
+
+
+# ---------------------------------------------------------------------- frame logs
+
+
+def _log_frames() -> list[SensorFrame]:
+    imu = encode_imu(_packet())
+    room = encode_room(RoomEvent("pir-1", "pir", "living", 1_700_000_000_000, {"occupancy": True}))
+    return [SensorFrame("hub-1", "wear-r01", "ble", 0.1 + 1e-9, imu),
+            SensorFrame("hub-1", "pir-1", "zigbee", 1.0 / 3.0, room)]
+
+
+def test_frame_log_is_json_lines_and_round_trips_exactly(tmp_path: Path) -> None:
+    frames = _log_frames()
+    assert write_frames(tmp_path / "f.jsonl", frames) == 2
+    lines = (tmp_path / "f.jsonl").read_bytes().splitlines()
+    assert [json.loads(x)["sensor_id"] for x in lines] == ["wear-r01", "pir-1"]
+    assert list(read_frames(tmp_path / "f.jsonl")) == frames  # floats and bytes exact
+
+
+def test_frame_log_bad_lines_are_errors_or_counted(tmp_path: Path) -> None:
+    p = tmp_path / "f.jsonl"
+    write_frames(p, _log_frames())
+    good = p.read_bytes()
+    p.write_bytes(good + b'{"hub_id": "h"}\n' + good)
+    with pytest.raises(FrameLogError, match=r"f\.jsonl:3: not a frame"):
+        list(read_frames(p))
+    reader = FrameLogReader(p, strict=False)
+    assert len(list(reader)) == 4 and reader.bad_lines == 1
+    p.write_bytes(good.replace(b'"ble"', b'"wifi"'))
+    with pytest.raises(FrameLogError, match="wifi"):
+        list(read_frames(p))
+
+
+def test_old_binary_frame_logs_are_still_read(tmp_path: Path) -> None:
+    """``FWLOG1`` as ``fallwatch sim run`` wrote it before the frame log became JSON lines."""
+    rec = struct.Struct("<dBBBI")
+    raw = b"FWLOG1\n"
+    for f in _log_frames():
+        hub, sid = f.hub_id.encode(), f.sensor_id.encode()
+        raw += rec.pack(f.rx_t_s, len(hub), len(sid), ("ble", "zigbee").index(f.transport), len(f.payload))
+        raw += hub + sid + f.payload
+    (tmp_path / "old.fwlog").write_bytes(raw)
+    assert list(read_frames(tmp_path / "old.fwlog")) == _log_frames()
+    (tmp_path / "cut.fwlog").write_bytes(raw[:-3])
+    with pytest.raises(FrameLogError, match="truncated"):
+        list(read_frames(tmp_path / "cut.fwlog", strict=False))

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from fallwatch.pacing import Pacer
+
 FRAME_S = 0.5
 PER_FRAME = 25
 RATE = 50.0
@@ -143,17 +145,15 @@ def _worker(mode: str, url: str, workdir: str, site: str, n_wear: int, sim_s: fl
         agent = _agent(url, workdir, site)
         alerts: list[tuple[str, float]] = []  # (event id, monotonic time of the feed that decided it)
         agent.on_alert(lambda ev: alerts.append((ev.event_id, ev.feed_wall)) if ev.status == "alert" else None)
-        t0 = time.monotonic()
+        pacer = Pacer(1.0)  # real time
         step = FRAME_S / PHASES
         n_ticks = traffic.ticks * PHASES
         for j in range(n_ticks):
             frames = traffic.tick(j, PHASES)  # made on the fly (the wearables' radios)
-            due = t0 + (j + 1) * step + 0.005  # when the frames' last samples exist (+ radio)
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            agent.feed(frames, (j + 1) * step + 0.005)
-        behind = time.monotonic() - (t0 + n_ticks * step)
+            due = (j + 1) * step + 0.005  # when the frames' last samples exist (+ radio)
+            pacer.wait(due)
+            agent.feed(frames, due)
+        behind = -pacer.lag_s(n_ticks * step)
         agent.flush(30)
         res["events"] = alerts
         res["fallers"] = len(fallers)
