@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fallwatch.models import features as F
-from fallwatch.protocol.frames import FLAG_CANCEL, FLAG_CLOCK_JUMP
+from fallwatch.protocol.frames import FLAG_CANCEL, FLAG_CLOCK_JUMP, ImuPacket
 
 
 @dataclass(slots=True)
@@ -72,7 +72,7 @@ class StreamCounters:
 
 @dataclass(slots=True)
 class _Held:
-    pkt: object
+    pkt: ImuPacket
     rx_t_s: float
 
 
@@ -119,7 +119,7 @@ class WearableStream:
 
     # ------------------------------------------------------------------ packet order
 
-    def push(self, pkt, rx_t_s: float) -> list[Chunk]:  # type: ignore[no-untyped-def]
+    def push(self, pkt: ImuPacket, rx_t_s: float) -> list[Chunk]:
         """Accept one decoded packet; return the chunks it (and held packets) release."""
         c = self.counters
         c.packets += 1
@@ -187,7 +187,7 @@ class WearableStream:
 
     # ------------------------------------------------------------------ clock, faults, rate
 
-    def _accept(self, pkt, rx_t_s: float) -> list[Chunk]:  # type: ignore[no-untyped-def]
+    def _accept(self, pkt: ImuPacket, rx_t_s: float) -> list[Chunk]:
         s = self.settings
         c = self.counters
         acc = pkt.acc_g

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import socket
 import threading
+from typing import Any
 
 
 def free_port() -> int:
@@ -28,7 +29,7 @@ class EmbeddedBroker:
         self.port = port or free_port()
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
-        self._broker: object | None = None
+        self._broker: Any = None  # amqtt ships no type information
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
@@ -46,7 +47,7 @@ class EmbeddedBroker:
         }
         try:
             self._broker = Broker(config, loop=self._loop)
-            self._loop.run_until_complete(self._broker.start())  # type: ignore[attr-defined]
+            self._loop.run_until_complete(self._broker.start())
         except BaseException as exc:  # reported to start()'s caller
             self._error = exc
             self._ready.set()

@@ -213,7 +213,7 @@ def encode(msg: Message) -> bytes:
     return _encoder.encode(msg)
 
 
-def decode_payload(payload: bytes) -> Message:
+def decode_payload(payload: bytes | bytearray) -> Message:
     """Decode and validate one envelope (without the topic cross-checks)."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ContractError("too_large", f"payload of {len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
@@ -240,7 +240,7 @@ def decode_payload(payload: bytes) -> Message:
     return msg
 
 
-def decode(topic: str, payload: bytes) -> Message:
+def decode(topic: str, payload: bytes | bytearray) -> Message:
     """Decode an uplink message and check it against the topic it arrived on.
 
     The topic's site and device must match the envelope's: a device's credentials only
@@ -323,7 +323,7 @@ class _TransactionHead(msgspec.Struct):
     transaction: str | None = None
 
 
-def decode_remote_config(payload: bytes) -> RemoteConfig:
+def decode_remote_config(payload: bytes | bytearray) -> RemoteConfig:
     """Decode a desired config; an empty payload (retained config cleared) sets nothing."""
     if not payload:
         return RemoteConfig()
@@ -346,7 +346,7 @@ _command_decoder = msgspec.json.Decoder(CommandRequest)
 _transaction_decoder = msgspec.json.Decoder(_TransactionHead)
 
 
-def decode_command(payload: bytes) -> CommandRequest:
+def decode_command(payload: bytes | bytearray) -> CommandRequest:
     """Decode a command request strictly (reasons ``too_large``, ``bad_json``, ``invalid_payload``)."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ContractError("too_large", f"payload of {len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
@@ -358,7 +358,7 @@ def decode_command(payload: bytes) -> CommandRequest:
         raise ContractError("bad_json", str(exc)) from None
 
 
-def transaction_of(payload: bytes) -> str | None:
+def transaction_of(payload: bytes | bytearray) -> str | None:
     """The transaction id of a (possibly malformed) request, if one can be read (≤ 80 chars)."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         return None

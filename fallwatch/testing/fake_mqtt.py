@@ -96,7 +96,7 @@ class FakeBroker:
 
     def __enter__(self) -> FakeBroker:
         self._saved = fw_mqtt.client_factory
-        fw_mqtt.client_factory = self.factory
+        fw_mqtt.client_factory = self.factory  # type: ignore[assignment]  # a duck-typed stand-in for paho's Client
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from fallwatch.pacing import Pacer
+from fallwatch.protocol.contract import FallData
 
 FRAME_S = 0.5
 PER_FRAME = 25
@@ -249,7 +250,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
                              timeout_s=600)
             n_alerts = len(lat["events"])
             rec.wait_for(lambda r: len(r.falls()) >= n_alerts, timeout_s=30)
-            arrived = {m.msg.data.event_id: m.at for m in rec.falls()}
+            arrived = {m.msg.data.event_id: m.at for m in rec.falls() if isinstance(m.msg.data, FallData)}
         steps.update()
         steps.close()
     lats = [1000.0 * (arrived[e] - fed) for e, fed in lat["events"] if e in arrived]
