@@ -76,7 +76,7 @@ class Gateway:
         self.workers = Workers(self.stop_event)
 
     def init_state(self) -> None:
-        self.state = StateStore(self.cfg.gateway.state_db)
+        self.state = StateStore(self.cfg.gateway.state_db, self.cfg.gateway.state_db_type)
         self.dedup = Deduplicator(self.state)
 
     def init_metrics(self) -> None:
@@ -124,7 +124,7 @@ class Gateway:
             "gateway %s started: store %s, state %s, spool %s",
             self.gateway_id,
             self.storage.new_sink().name,
-            "postgresql" if self.state.postgres else self.state.dsn,
+            self.state.dialect.describe(),
             self.spool.path,
         )
 

@@ -100,7 +100,7 @@ def _alerts(args: argparse.Namespace) -> int:
     from fallwatch.gateway.state import StateStore
 
     cfg = _load(args)
-    st = StateStore(cfg.gateway.state_db)
+    st = StateStore(cfg.gateway.state_db, cfg.gateway.state_db_type)
     st.setup()
     for a in st.alerts(kind=args.kind, status=args.status):
         print(json.dumps(a, default=str))
@@ -142,7 +142,7 @@ def _transition(args: argparse.Namespace) -> int:
     from fallwatch.gateway.state import StateError, StateStore
 
     cfg = _load(args)
-    st = StateStore(cfg.gateway.state_db)
+    st = StateStore(cfg.gateway.state_db, cfg.gateway.state_db_type)
     st.setup()
     try:
         alert = st.transition(args.alert_id, args.action, args.by, time.time_ns() // 1_000_000)

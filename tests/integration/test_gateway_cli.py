@@ -122,7 +122,7 @@ def test_downsample_into_long_retention(
     cfg_path = tmp_path / "gw.toml"
     cfg_path.write_text(f'[influx]\nurl = "{influxdb.url}"\nversion = 1\ndatabase = "{database}"\n')  # type: ignore[attr-defined]
     cfg = load_config(cfg_path)
-    from fallwatch.gateway.sinks import Influx1Sink
+    from fallwatch.gateway.sinks.influx1 import Influx1Sink
 
     sink = Influx1Sink(cfg.influx)
     sink.setup()

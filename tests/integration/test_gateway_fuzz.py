@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from fallwatch.config import load_config
 from fallwatch.gateway.app import Gateway
-from fallwatch.gateway.sinks import SqliteSeriesSink
+from fallwatch.gateway.sinks.sqlite import SqliteSeriesSink
 from fallwatch.testing import publisher as t
 from fallwatch.testing.services import InfluxDB1, Mosquitto
 
