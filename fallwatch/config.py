@@ -131,6 +131,9 @@ class GatewayConfig(_Strict):
     staff_users_file: Path | None = None
     batch_max: int = Field(default=1000, ge=1)
     batch_max_delay_ms: float = Field(default=0.0, ge=0)  # 0 = natural batching (measured best)
+    # staff notification channels (fallwatch.gateway.channels), each `[[gateway.channels]] type = "…"`;
+    # the default is the staff log the gateway always wrote
+    channels: list[PluginSection] = [PluginSection(type="log")]
 
 
 class EdgeSourceConfig(_Strict):

@@ -10,12 +10,12 @@ until the receiving side confirms it).
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
 from typing import Any
 
+from fallwatch.gateway.channels import Action, AlertEvent, Notifier
 from fallwatch.gateway.decode import Decoder, device_update
 from fallwatch.gateway.dedup import Deduplicator
 from fallwatch.gateway.ingest import InFlight, LatencyProbe
@@ -27,13 +27,11 @@ from fallwatch.gateway.store import Storage
 from fallwatch.gateway.workers import retrying
 from fallwatch.protocol import contract
 
-staff_log = logging.getLogger("fallwatch.gateway.alerts")
-
 
 class FallAlerts:
     def __init__(self, q: ItemQueue, decoder: Decoder, dedup: Deduplicator, storage: Storage, state: StateStore,
-                 inflight: InFlight, counters: Counters, metrics: Metrics, stop: threading.Event,
-                 escalate_after_s: float) -> None:
+                 inflight: InFlight, counters: Counters, metrics: Metrics, notifier: Notifier,
+                 stop: threading.Event, escalate_after_s: float) -> None:
         self.q = q
         self.decoder = decoder
         self.dedup = dedup
@@ -42,6 +40,7 @@ class FallAlerts:
         self.inflight = inflight
         self.counters = counters
         self.metrics = metrics
+        self.notifier = notifier
         self.stop = stop
         self.escalate_after_ms = int(escalate_after_s * 1000)
         self.latency_probe: LatencyProbe | None = None
@@ -74,30 +73,9 @@ class FallAlerts:
             if self.latency_probe is not None:
                 self.latency_probe("alert", done_ns / 1e6 - msg.sent_ms)
             self.counters.add(stored=1, fall_alerts=1)
-            d = msg.data
-            if new and d.status == "alert":
-                staff_log.warning(
-                    "FALL ALERT %s: site %s hub %s resident %s sensor %s room %s, confidence %.2f, "
-                    "peak %.1f g, lying %.0f s (reasons: %s)",
-                    alert_id,
-                    msg.site_id,
-                    msg.device_id,
-                    msg.resident_id or "?",
-                    d.sensor or "?",
-                    d.room or "?",
-                    d.confidence,
-                    d.peak_g,
-                    d.lying_s,
-                    ",".join(r.code for r in d.reasons) or "-",
-                )
-            elif new:
-                staff_log.info(
-                    "pre-alarm cancelled by the wearer %s: site %s hub %s resident %s",
-                    alert_id,
-                    msg.site_id,
-                    msg.device_id,
-                    msg.resident_id or "?",
-                )
+            if new:
+                action = Action.RAISED if msg.data.status == "alert" else Action.CANCELLED
+                self.notifier.notify(fall_event(msg, alert_id, action, recv_ms))
         self.inflight.finish([item])
 
     def check_escalations(self, now_ms: int) -> list[dict[str, Any]]:
@@ -105,15 +83,17 @@ class FallAlerts:
         or last escalated; returns the escalated alerts."""
         escalated = self.state.escalate_due(now_ms, self.escalate_after_ms)
         for a in escalated:
-            staff_log.error(
-                "ESCALATION %d: fall alert %s (site %s hub %s resident %s) not acknowledged for %.0f s",
-                a["escalations"],
-                a["alert_id"],
-                a["site_id"],
-                a["device_id"],
-                a.get("resident_id") or "?",
-                (now_ms - int(a["raised_ms"])) / 1000,
-            )
+            self.notifier.notify(AlertEvent.from_alert(a, Action.ESCALATED, now_ms))
         with self.counters.lock:
             self.counters.escalations += len(escalated)
         return escalated
+
+
+def fall_event(msg: contract.FallAlert, alert_id: str, action: Action, at_ms: int) -> AlertEvent:
+    """The staff event for a fall alert message just recorded."""
+    d = msg.data
+    return AlertEvent(
+        kind="fall", action=action, alert_id=alert_id, site_id=msg.site_id, device_id=msg.device_id, at_ms=at_ms,
+        actor="device", resident_id=msg.resident_id, sensor=d.sensor, room=d.room, confidence=d.confidence,
+        peak_g=d.peak_g, lying_s=d.lying_s, reasons=tuple(r.code for r in d.reasons), raised_ms=at_ms,
+    )

@@ -7,15 +7,13 @@ gateway's implementation, built by the composition root from the stages it reads
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from fallwatch.gateway.channels import Action, AlertEvent, Notifier
 from fallwatch.gateway.metrics import Metrics
 from fallwatch.gateway.state import StateStore
 from fallwatch.gateway.workers import Workers
-
-staff_log = logging.getLogger("fallwatch.gateway.alerts")
 
 Row = dict[str, Any]
 
@@ -63,9 +61,10 @@ class GatewayReader(Protocol):
 class GatewayApi:
     """:class:`GatewayReader` over the gateway's state store, workers, metrics and stats."""
 
-    def __init__(self, state: StateStore, workers: Workers, metrics: Metrics,
+    def __init__(self, state: StateStore, workers: Workers, metrics: Metrics, notifier: Notifier,
                  stats: Callable[[], dict[str, Any]], ready: Callable[[], tuple[bool, str]]) -> None:
         self._state = state
+        self._notifier = notifier
         self._workers = workers
         self._metrics = metrics
         self._stats = stats
@@ -92,7 +91,8 @@ class GatewayApi:
     def transition(self, alert_id: str, action: str, actor: str, now_ms: int) -> Row | None:
         alert = self._state.transition(alert_id, action, actor, now_ms)
         if alert is not None:
-            staff_log.warning("alert %s %sd by %s", alert["alert_id"], action, actor)
+            done = Action.ACKNOWLEDGED if action == "acknowledge" else Action.RESOLVED
+            self._notifier.notify(AlertEvent.from_alert(alert, done, now_ms, actor))
         return alert
 
     def log_access(self, actor: str, role: str, method: str, path: str, status: int, client: str,

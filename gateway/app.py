@@ -11,6 +11,7 @@ dedup               ``msg_id`` idempotency keys in the state DB (shared by repli
 store               series store or disk spool (durable either way), and the drainer
 ingest              the bulk worker: micro-batches through decode → dedup → store → ack
 alerts              the fall-alert worker, and escalation of unacknowledged alerts
+channels            staff notification: each alert event to every configured channel
 supervision         device offline / daily test alarm overdue
 api + http          the HTTP endpoints, against a narrow read interface
 ==================  ====================================================================
@@ -32,36 +33,41 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fallwatch.config import FallwatchConfig
 from fallwatch.gateway.alerts import FallAlerts
 from fallwatch.gateway.api import GatewayApi
+from fallwatch.gateway.channels import Channel, ChannelContext, Notifier, parse_channels
 from fallwatch.gateway.decode import Decoder
 from fallwatch.gateway.dedup import Deduplicator
 from fallwatch.gateway.http import HttpServer
 from fallwatch.gateway.ingest import BulkIngest, InFlight, LatencyProbe
 from fallwatch.gateway.links import ALERT_FILTERS, BULK_FILTERS, Item, Links
 from fallwatch.gateway.metrics import Counters, Metrics
+from fallwatch.gateway.sinks import SINKS, sink_type
 from fallwatch.gateway.spool import Spool
-from fallwatch.gateway.state import StateStore
+from fallwatch.gateway.state import DIALECTS, StateStore, state_type
 from fallwatch.gateway.store import Storage
 from fallwatch.gateway.supervision import Supervisor
 from fallwatch.gateway.workers import Workers
 
-__all__ = ["ALERT_FILTERS", "BULK_FILTERS", "Gateway"]
+__all__ = ["ALERT_FILTERS", "BULK_FILTERS", "Gateway", "check_plugins"]
 
 log = logging.getLogger("fallwatch.gateway")
 
 
 class Gateway:
-    def __init__(self, cfg: FallwatchConfig) -> None:
+    def __init__(self, cfg: FallwatchConfig, *, channels: Sequence[Channel] = ()) -> None:
+        """``channels`` are added to the configured ones (an in-process recorder, tests)."""
         self.cfg = cfg
         self.gateway_id = cfg.gateway.gateway_id
         self.http: HttpServer | None = None
         self.init_workers()
         self.init_state()
         self.init_metrics()
+        self.init_channels(channels)
         self.init_storage()
         self.init_links()
         self.init_decode()
@@ -84,6 +90,10 @@ class Gateway:
         self.metrics = Metrics(self.counters, self._gauges)
         self.inflight = InFlight(self.counters)
 
+    def init_channels(self, extra: Sequence[Channel]) -> None:
+        ctx = ChannelContext(self.gateway_id)
+        self.notifier = Notifier.from_config(self.cfg.gateway.channels, ctx, extra)
+
     def init_storage(self) -> None:
         g = self.cfg.gateway
         self.spool = Spool(g.spool_dir, int(g.spool_max_mb * 1024 * 1024))
@@ -103,15 +113,16 @@ class Gateway:
 
     def init_alerts(self) -> None:
         self.fall_alerts = FallAlerts(self.alert_q, self.decoder, self.dedup, self.storage, self.state,
-                                      self.inflight, self.counters, self.metrics, self.stop_event,
-                                      self.cfg.gateway.escalate_after_s)
+                                      self.inflight, self.counters, self.metrics, self.notifier,
+                                      self.stop_event, self.cfg.gateway.escalate_after_s)
 
     def init_supervision(self) -> None:
-        self.supervisor = Supervisor(self.cfg.gateway, self.state, self.dedup, self.fall_alerts.check_escalations,
+        self.supervisor = Supervisor(self.cfg.gateway, self.state, self.dedup, self.notifier,
+                                     self.fall_alerts.check_escalations,
                                      self.cfg.mqtt.session_expiry_s * 1000 * 2, self.stop_event)
 
     def init_api(self) -> None:
-        self.api = GatewayApi(self.state, self.workers, self.metrics, self.stats, self.ready)
+        self.api = GatewayApi(self.state, self.workers, self.metrics, self.notifier, self.stats, self.ready)
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
@@ -154,6 +165,7 @@ class Gateway:
         if self.http is not None:
             self.http.close()
         self.storage.close()
+        self.notifier.close()
         self.state.close()
         log.info("gateway %s stopped", self.gateway_id)
 
@@ -246,3 +258,11 @@ class Gateway:
     def count_points(self, measurement: str) -> int:
         """Points of a measurement read back from the series store."""
         return self.storage.count_points(measurement)
+
+
+def check_plugins(cfg: FallwatchConfig) -> None:
+    """Resolve every plug-in the config names (series store, state store, channels) without
+    connecting to anything; raises ConfigError with a readable report (``--validate-config``)."""
+    SINKS.get(sink_type(cfg.influx))
+    DIALECTS.get(cfg.gateway.state_db_type or state_type(cfg.gateway.state_db))
+    parse_channels(cfg.gateway.channels)

@@ -9,23 +9,22 @@ escalation check and prunes old idempotency keys.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
 
 from fallwatch.config import GatewayConfig
+from fallwatch.gateway.channels import Action, AlertEvent, Notifier
 from fallwatch.gateway.dedup import Deduplicator
 from fallwatch.gateway.state import StateStore
 from fallwatch.protocol import contract
 
-staff_log = logging.getLogger("fallwatch.gateway.alerts")
-
 
 class Supervisor:
-    def __init__(self, cfg: GatewayConfig, state: StateStore, dedup: Deduplicator,
+    def __init__(self, cfg: GatewayConfig, state: StateStore, dedup: Deduplicator, notifier: Notifier,
                  escalate: Callable[[int], object], keep_keys_ms: int, stop: threading.Event) -> None:
         self.cfg = cfg
+        self.notifier = notifier
         self.state = state
         self.dedup = dedup
         self.escalate = escalate
@@ -66,22 +65,32 @@ class Supervisor:
                     f"device {d['device_id']} at {d['site_id']} silent for {silent / 1000:.0f} s "
                     f"(state {d.get('state') or '?'}, last seen {d['last_seen_ms']})"
                 )
-                if self.state.raise_alert("device_offline", *key, now_ms, why):
-                    staff_log.warning("DEVICE OFFLINE: %s", why)
+                alert_id = self.state.raise_alert("device_offline", *key, now_ms, why)
+                if alert_id:
+                    self._tell("device_offline", Action.RAISED, alert_id, key, now_ms, why)
                 self.offline.add(key)
             elif key in self.offline:
-                self.state.resolve_alerts("device_offline", *key, now_ms, "device heard from again")
+                ids = self.state.resolve_alerts("device_offline", *key, now_ms, "device heard from again")
                 self.offline.discard(key)
-                staff_log.warning("device back online: %s at %s", d["device_id"], d["site_id"])
+                self._tell("device_offline", Action.RECOVERED, ids[0] if ids else "", key, now_ms,
+                           "device heard from again")
             ref = d.get("last_test_ms") or d["first_seen_ms"]
             if now_ms - int(ref) > test_ms:
                 why = (
                     f"no daily test alarm from {d['device_id']} at {d['site_id']} for "
                     f"{(now_ms - int(ref)) / 3.6e6:.1f} h"
                 )
-                if self.state.raise_alert("test_overdue", *key, now_ms, why):
-                    staff_log.warning("TEST ALARM OVERDUE: %s", why)
+                alert_id = self.state.raise_alert("test_overdue", *key, now_ms, why)
+                if alert_id:
+                    self._tell("test_overdue", Action.RAISED, alert_id, key, now_ms, why)
                 self.test_overdue.add(key)
             elif key in self.test_overdue:
-                self.state.resolve_alerts("test_overdue", *key, now_ms, "test alarm received")
+                ids = self.state.resolve_alerts("test_overdue", *key, now_ms, "test alarm received")
                 self.test_overdue.discard(key)
+                if ids:
+                    self._tell("test_overdue", Action.RECOVERED, ids[0], key, now_ms, "test alarm received")
+
+    def _tell(self, kind: str, action: Action, alert_id: str, key: tuple[str, str], now_ms: int, why: str) -> None:
+        raised_ms = now_ms if action is Action.RAISED else None
+        self.notifier.notify(AlertEvent(kind=kind, action=action, alert_id=alert_id, site_id=key[0],
+                                        device_id=key[1], at_ms=now_ms, detail=why, raised_ms=raised_ms))
