@@ -12,8 +12,6 @@ import base64
 import logging
 from collections.abc import Callable
 
-import msgspec
-
 from fallwatch.gateway.links import Item
 from fallwatch.gateway.metrics import Counters
 from fallwatch.gateway.points import SeriesPoint, to_points
@@ -27,9 +25,6 @@ Decoded = tuple[contract.Message, Item, list[SeriesPoint]]
 
 #: ``publish(topic, payload)``: sends a dead letter (raises if it cannot).
 Publish = Callable[[str, bytes], None]
-
-_dlq_encoder = msgspec.json.Encoder()
-
 
 class Decoder:
     """Strict decoding of received items, with counted and dead-lettered rejections."""
@@ -57,16 +52,15 @@ class Decoder:
         """Count, log and dead-letter one message the gateway will not store."""
         self.counters.reject(reason)
         log.warning("rejected message on %r: %s: %s", topic[:200], reason, detail[:300])
-        body = _dlq_encoder.encode(
-            {
-                "reason": reason,
-                "detail": detail[:1000],
-                "topic": topic[:1000],
-                "gateway_id": self.gateway_id,
-                "received_ms": contract.now_ms(),
-                "payload_b64": base64.b64encode(payload[: contract.MAX_PAYLOAD_BYTES]).decode(),
-            }
-        )
+        cut = contract.DEAD_LETTER_TEXT_MAX
+        body = contract.encode_gateway(contract.DeadLetter(
+            reason=reason,
+            detail=detail[:cut],
+            topic=topic[:cut],
+            gateway_id=self.gateway_id,
+            received_ms=contract.now_ms(),
+            payload_b64=base64.b64encode(payload[: contract.MAX_PAYLOAD_BYTES]).decode(),
+        ))
         try:
             self.publish(topics.dead_letter(reason), body)
             self.counters.add(dead_lettered=1)

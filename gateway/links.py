@@ -16,9 +16,8 @@ import logging
 import queue
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
-import msgspec
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -42,12 +41,12 @@ BULK_FILTERS = (
     f"{topics.PREFIX}/+/+/evt/test",
 )
 
-_GW_PRESENCE_PREFIX = f"{topics.PREFIX}/_gw/"
-_encoder = msgspec.json.Encoder()
+PresenceState = Literal["ready", "offline", "lost"]
 
 
-def _presence(state: str, gateway_id: str) -> bytes:
-    return _encoder.encode({"state": state, "gateway_id": gateway_id, "ts_ms": contract.now_ms()})
+def _presence(state: PresenceState, gateway_id: str) -> bytes:
+    return contract.encode_gateway(contract.GatewayPresence(state=state, gateway_id=gateway_id,
+                                                            ts_ms=contract.now_ms()))
 
 
 class Link:
@@ -65,7 +64,7 @@ class Link:
         self._mqtt = mqtt_cfg
         self._on_receive = on_receive
         self.gateway_id = presence_of
-        self.presence = topics.PREFIX + f"/_gw/{presence_of}/state" if presence_of else None
+        self.presence = topics.gateway_state(presence_of) if presence_of else None
         will = None
         if self.presence and presence_of:
             # retained gateway presence: dashboards and ops alerting see a dead gateway as
@@ -132,7 +131,7 @@ class Link:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "replace")  # broker should have refused it; rejected later
-        if topic.startswith(_GW_PRESENCE_PREFIX):
+        if topic.startswith(topics.GATEWAY_PREFIX):
             # gateways' own presence matches the uplink filter {site}/{device}/state: not device data
             self.acks.done([entry])
             return

@@ -138,3 +138,15 @@ def parse(topic: str) -> ParsedTopic:
     if head == "config" and len(rest) == 1:
         return ParsedTopic(site, device, "config", None)
     raise TopicError(f"unknown topic kind in {topic!r}")
+
+
+# ---------------------------------------------------------------- gateway-published topics
+# (the gateway's own presence; dead letters are ``dead_letter(reason)`` above)
+
+#: Everything below it is published by gateways, never by devices.
+GATEWAY_PREFIX = f"{PREFIX}/_gw/"
+
+
+def gateway_state(gateway_id: str) -> str:
+    """``fallwatch/v1/_gw/{gateway_id}/state``: retained presence, payload ``contract.GatewayPresence``."""
+    return f"{GATEWAY_PREFIX}{check_level(gateway_id, 'gateway id')}/state"
