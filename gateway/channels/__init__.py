@@ -35,7 +35,8 @@ from typing import Any, Protocol
 from fallwatch.config import PluginSection
 from fallwatch.plugins import PluginConfig, Registry
 
-log = logging.getLogger("fallwatch.gateway.channels")
+# not "log": importing the channels.log module sets that attribute on this package
+_logger = logging.getLogger("fallwatch.gateway.channels")
 
 
 class Action(StrEnum):
@@ -137,7 +138,7 @@ class Notifier:
             try:
                 out.extend(ch.notify(event))
             except Exception as exc:
-                log.exception("channel %s failed on %s %s", ch.name, event.action, event.alert_id)
+                _logger.exception("channel %s failed on %s %s", ch.name, event.action, event.alert_id)
                 out.append(Delivery(ch.name, "*", False, f"{type(exc).__name__}: {exc}"))
         return out
 
@@ -146,7 +147,7 @@ class Notifier:
             try:
                 ch.close()
             except Exception:
-                log.exception("closing channel %s failed", ch.name)
+                _logger.exception("closing channel %s failed", ch.name)
 
 
 def parse_channels(sections: Sequence[PluginSection]) -> list[PluginConfig]:

@@ -23,13 +23,14 @@ class InfluxClientSink:
     """InfluxDB 2.x / 3.x via influxdb-client, synchronous writes to bucket ``db/rp``."""
 
     def __init__(self, cfg: InfluxConfig) -> None:
-        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
         self.cfg = cfg
         self.name = f"influxdb-v{cfg.version}"
         token = cfg.token or (f"{cfg.username}:{cfg.password or ''}" if cfg.username else None)
-        self.client = InfluxDBClient(url=cfg.url, token=token, org=cfg.org, timeout=int(cfg.timeout_s * 1000))
+        # "" and None both mean "no token" to the client (it tests truthiness)
+        self.client = InfluxDBClient(url=cfg.url, token=token or "", org=cfg.org, timeout=int(cfg.timeout_s * 1000))
         self.api = self.client.write_api(write_options=SYNCHRONOUS)
 
     def setup(self) -> None:
@@ -57,7 +58,8 @@ class InfluxClientSink:
             f'|> filter(fn: (r) => r._measurement == "{measurement}") |> group() |> count()',
             org=self.cfg.org,
         )
-        return max((int(r.get_value()) for t in tables for r in t.records), default=0)
+        return max((int(r.get_value()) for t in tables for r in t.records),  # type: ignore[no-untyped-call]  # unannotated in influxdb-client
+                   default=0)
 
     def close(self) -> None:
-        self.client.close()
+        self.client.close()  # type: ignore[no-untyped-call]  # unannotated in influxdb-client

@@ -310,7 +310,7 @@ def latency(
     work: Path,
     progress: bool,
     batch_max_delay_ms: float | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     from fallwatch.gateway.app import Gateway
     from fallwatch.gateway.channels import Action
     from fallwatch.gateway.channels.recording import RecordingChannel
