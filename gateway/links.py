@@ -54,6 +54,7 @@ class Link:
 
     def __init__(self, mqtt_cfg: MqttConfig, name: str, client_id: str, filters: list[str], q: ItemQueue,
                  *, receive_max: int, on_receive: Callable[[], None], presence_of: str | None = None) -> None:
+        """``presence_of``: the gateway id whose retained presence (and last will) this link carries."""
         self.name = name
         self.filters = filters
         self.q = q
@@ -66,7 +67,7 @@ class Link:
         self.gateway_id = presence_of
         self.presence = topics.gateway_state(presence_of) if presence_of else None
         will = None
-        if self.presence and presence_of:
+        if presence_of and self.presence:
             # retained gateway presence: dashboards and ops alerting see a dead gateway as
             # "lost" without polling it
             will = Will(self.presence, _presence("lost", presence_of))
