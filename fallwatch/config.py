@@ -98,6 +98,8 @@ class InfluxConfig(_Strict):
 
     url: str = ""
     version: Literal[1, 2, 3] = 1
+    # the series-store plug-in (fallwatch.gateway.sinks); None = derived from url/version
+    type: str | None = None
     database: str = "fallwatch"
     retention_policy: str = "autogen"
     org: str = "-"
@@ -116,6 +118,7 @@ class GatewayConfig(_Strict):
     gateway_id: str = Field(default="gw-1", pattern=ID_PATTERN)
     shared_group: str | None = Field(default=None, pattern=ID_PATTERN)
     state_db: str = "var/gateway.sqlite"  # a path (SQLite) or postgresql://… for replicas
+    state_db_type: str | None = None  # state-store plug-in (fallwatch.gateway.state); None = derived from state_db
     spool_dir: Path = Path("var/spool")
     spool_max_mb: float = Field(default=512.0, gt=0)
     http_host: str = "127.0.0.1"
@@ -128,6 +131,9 @@ class GatewayConfig(_Strict):
     staff_users_file: Path | None = None
     batch_max: int = Field(default=1000, ge=1)
     batch_max_delay_ms: float = Field(default=0.0, ge=0)  # 0 = natural batching (measured best)
+    # staff notification channels (fallwatch.gateway.channels), each `[[gateway.channels]] type = "…"`;
+    # the default is the staff log the gateway always wrote
+    channels: list[PluginSection] = [PluginSection(type="log")]
 
 
 class EdgeRoomSensor(_Strict):

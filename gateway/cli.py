@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fallwatch.config import ConfigError, load_config
+from fallwatch.config import ConfigError, FallwatchConfig, load_config
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sl.set_defaults(func=_staff_list)
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> FallwatchConfig:
     try:
         return load_config(args.config)
     except ConfigError as exc:
@@ -78,9 +78,14 @@ def _load(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fallwatch.gateway.app import Gateway
+    from fallwatch.gateway.app import Gateway, check_plugins
 
     cfg = _load(args)
+    try:
+        check_plugins(cfg)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if args.validate_config:
         print("config ok")
         return 0
@@ -100,7 +105,7 @@ def _alerts(args: argparse.Namespace) -> int:
     from fallwatch.gateway.state import StateStore
 
     cfg = _load(args)
-    st = StateStore(cfg.gateway.state_db)
+    st = StateStore(cfg.gateway.state_db, cfg.gateway.state_db_type)
     st.setup()
     for a in st.alerts(kind=args.kind, status=args.status):
         print(json.dumps(a, default=str))
@@ -142,7 +147,7 @@ def _transition(args: argparse.Namespace) -> int:
     from fallwatch.gateway.state import StateError, StateStore
 
     cfg = _load(args)
-    st = StateStore(cfg.gateway.state_db)
+    st = StateStore(cfg.gateway.state_db, cfg.gateway.state_db_type)
     st.setup()
     try:
         alert = st.transition(args.alert_id, args.action, args.by, time.time_ns() // 1_000_000)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 
 from fallwatch.config import InfluxConfig
-from fallwatch.gateway.sinks import Influx1Sink, SinkError
+from fallwatch.gateway.sinks import SinkError
+from fallwatch.gateway.sinks.influx1 import Influx1Sink
 
 #: measurements whose raw points are aggregated (events — falls, risk — are kept as they are)
 DOWNSAMPLED = ("telemetry", "health", "sensor_health")

@@ -28,26 +28,26 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from fallwatch.gateway.api import GatewayReader
 from fallwatch.gateway.staff import StaffDirectory, StaffUser
 from fallwatch.gateway.state import StateError
-
-if TYPE_CHECKING:
-    from fallwatch.gateway.app import Gateway
 
 log = logging.getLogger("fallwatch.gateway.http")
 _STAFF_PAGE = Path(__file__).with_name("static") / "staff.html"
 
 
 class HttpServer:
-    def __init__(self, gateway: Gateway, host: str, port: int) -> None:
-        self.gateway = gateway
+    """The endpoints above, served from a :class:`GatewayReader` (never the gateway object)."""
+
+    def __init__(self, api: GatewayReader, host: str, port: int, staff_users_file: Path | None = None) -> None:
+        self.api = api
         self.token = os.environ.get("FALLWATCH_GATEWAY_API_TOKEN") or None
-        staff_file = gateway.cfg.gateway.staff_users_file
+        staff_file = staff_users_file
         self.staff = StaffDirectory(staff_file) if staff_file is not None else None
         handler = type("Handler", (_Handler,), {"server_ref": self})
         self.httpd = ThreadingHTTPServer((host, port), handler)
@@ -57,7 +57,7 @@ class HttpServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> None:
         self.thread.start()
@@ -121,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _audit(self, user: StaffUser | None, method: str, path: str, status: int) -> None:
         try:
-            self.server_ref.gateway.state.log_access(
+            self.server_ref.api.log_access(
                 user.name if user else "-", user.role if user else "-", method, path, status,
                 self.client_address[0], time.time_ns() // 1_000_000)
         except Exception:  # the audit log must not take the API down, but say so loudly
@@ -129,17 +129,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         url = urlparse(self.path)
-        gw = self.server_ref.gateway
+        api = self.server_ref.api
         path = url.path
         if path == "/healthz":
-            dead = [t.name for t in gw._threads if not t.is_alive()]
+            dead = api.dead_workers()
             if dead:
                 self._json(503, {"status": "unhealthy", "dead_threads": dead})
             else:
                 self._json(200, {"status": "ok"})
             return
         if path == "/readyz":
-            ok, why = gw.ready()
+            ok, why = api.ready()
             self._json(200 if ok else 503, {"ready": ok, "detail": why})
             return
         if path in ("/", "/staff"):
@@ -154,10 +154,10 @@ class _Handler(BaseHTTPRequestHandler):
         if user is None:
             return
         if path == "/metrics":
-            self._send(200, gw.metrics.render(), CONTENT_TYPE_LATEST)
+            self._send(200, api.metrics_text(), CONTENT_TYPE_LATEST)
         elif path == "/alerts":
             q = parse_qs(url.query)
-            alerts = gw.state.alerts(kind=q.get("kind", [None])[0], status=q.get("status", [None])[0])
+            alerts = api.alerts(kind=q.get("kind", [None])[0], status=q.get("status", [None])[0])
             if q.get("open", ["0"])[0] in ("1", "true"):
                 alerts = [a for a in alerts if a["status"] != "cleared"]
             if not user.may("alerts:read"):  # technicians: device alerts only, no residents
@@ -165,18 +165,18 @@ class _Handler(BaseHTTPRequestHandler):
             alerts.sort(key=lambda a: (a["status"] != "raised", -int(a["raised_ms"])))
             self._json(200, alerts)
         elif path == "/devices":
-            self._json(200, gw.devices())
+            self._json(200, api.devices())
         elif path == "/stats":
-            self._json(200, gw.stats())
+            self._json(200, api.stats())
         elif path == "/audit":
-            self._json(200, gw.state.access_log())
+            self._json(200, api.access_log())
         elif path == "/me":
             self._json(200, {"name": user.name, "role": user.role})
         self._audit(user, "GET", path, 200)
 
     def do_POST(self) -> None:
         url = urlparse(self.path)
-        gw = self.server_ref.gateway
+        api = self.server_ref.api
         parts = url.path.strip("/").split("/")
         if len(parts) != 3 or parts[0] != "alerts" or parts[2] not in ("ack", "clear"):
             self._json(404, {"error": "not found"})
@@ -198,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         action = "acknowledge" if parts[2] == "ack" else "clear"
         try:
-            alert = gw.state.transition(unquote(parts[1]), action, actor, time.time_ns() // 1_000_000)
+            alert = api.transition(unquote(parts[1]), action, actor, time.time_ns() // 1_000_000)
         except StateError as exc:
             self._audit(user, "POST", url.path, 409)
             self._json(409, {"error": str(exc)})
@@ -208,5 +208,4 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": "no such alert"})
             return
         self._audit(user, "POST", url.path, 200)
-        logging.getLogger("fallwatch.gateway.alerts").warning("alert %s %sd by %s", alert["alert_id"], action, actor)
         self._json(200, alert)

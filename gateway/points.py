@@ -18,11 +18,12 @@ Schema rules that matter for the queries staff and dashboards run:
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import msgspec
-from influxdb_client import Point as _InfluxPoint
-from influxdb_client import WritePrecision
+from influxdb_client.client.write.point import Point as _ClientPoint
+from influxdb_client.domain.write_precision import WritePrecision
 
 from fallwatch.protocol import contract as c
 
@@ -41,6 +42,19 @@ MEASUREMENTS = (
 )
 
 _json = msgspec.json.Encoder()
+
+
+class InfluxPoint(Protocol):
+    """The part of influxdb-client's ``Point`` used here (the library leaves it unannotated)."""
+
+    def tag(self, key: str, value: str) -> InfluxPoint: ...
+    def field(self, field: str, value: Any) -> InfluxPoint: ...
+    def time(self, time: int, write_precision: str = ...) -> InfluxPoint: ...
+    def to_line_protocol(self, precision: str | None = None) -> str: ...
+
+
+#: influxdb-client's ``Point`` constructor, typed through :class:`InfluxPoint` (no runtime cost)
+_InfluxPoint = cast(Callable[[str], InfluxPoint], _ClientPoint)
 
 
 def _base_tags(msg: c.Message) -> dict[str, str]:
@@ -183,7 +197,7 @@ def _to_points(msg: c.Message, received_ms: int) -> list[SeriesPoint]:
     return []  # pragma: no cover - Message is a closed union
 
 
-def influx_point(p: SeriesPoint) -> _InfluxPoint:
+def influx_point(p: SeriesPoint) -> InfluxPoint:
     measurement, tags, fields, ts_ms = p
     point = _InfluxPoint(measurement)
     for k, v in tags.items():

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +87,10 @@ class Pipeline:
     the same wiring.
     """
 
-    def __init__(self, cfg: FallwatchConfig, fleet: Any, workdir: Path) -> None:
+    def __init__(self, cfg: FallwatchConfig, fleet: Any, workdir: Path, *, channels: Sequence[Any] = ()) -> None:
+        """``channels``: extra staff notification channels for the gateway (the e2e benchmark's recorder)."""
         self.cfg, self.fleet, self.workdir = cfg, fleet, workdir
+        self.channels = list(channels)
         self.gateway: Any = None
         self.agents: dict[str, Any] = {}
 
@@ -103,7 +105,7 @@ class Pipeline:
             influx = influx.model_copy(update={"embedded_path": workdir / "series.sqlite"})
         gw_cfg = cfg.gateway.model_copy(update={
             "state_db": str(workdir / "gateway.sqlite"), "spool_dir": workdir / "spool", "http_port": 0})
-        self.gateway = Gateway(cfg.model_copy(update={"influx": influx, "gateway": gw_cfg}))
+        self.gateway = Gateway(cfg.model_copy(update={"influx": influx, "gateway": gw_cfg}), channels=self.channels)
         self.gateway.start()
         try:
             for hub in self.fleet.hubs:

@@ -372,3 +372,47 @@ def transaction_of(payload: bytes | bytearray) -> str | None:
 
 def encode_downlink(msg: RemoteConfig | CommandRequest) -> bytes:
     return _encoder.encode(msg)
+
+# ---------------------------------------------------------------- payloads the gateway publishes
+# Not envelopes (no device, no seq): the gateway's retained presence and its dead letters.
+
+
+class GatewayPresence(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Retained on ``topics.gateway_state(gateway_id)``: ``ready`` on connect, ``offline`` on a
+    clean stop, ``lost`` as the last will (Homie/Sparkplug-style birth and death)."""
+
+    state: Literal["ready", "offline", "lost"]
+    gateway_id: Id
+    ts_ms: Ms
+
+
+#: Longest ``detail`` / ``topic`` a dead letter carries (longer ones are cut).
+DEAD_LETTER_TEXT_MAX = 1000
+
+
+class DeadLetter(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Published on ``topics.dead_letter(reason)`` for every rejected message: why, where it
+    came from, and the payload (base64, at most ``MAX_PAYLOAD_BYTES``) so it can be replayed."""
+
+    reason: Annotated[str, Meta(max_length=40)]  # the ContractError reason (counter label)
+    detail: Annotated[str, Meta(max_length=DEAD_LETTER_TEXT_MAX)]
+    topic: Annotated[str, Meta(max_length=DEAD_LETTER_TEXT_MAX)]
+    gateway_id: Id
+    received_ms: Ms
+    payload_b64: str
+
+
+_presence_decoder = msgspec.json.Decoder(GatewayPresence)
+_dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
+
+
+def encode_gateway(payload: GatewayPresence | DeadLetter) -> bytes:
+    return _encoder.encode(payload)
+
+
+def decode_presence(payload: bytes) -> GatewayPresence:
+    return _presence_decoder.decode(payload)
+
+
+def decode_dead_letter(payload: bytes) -> DeadLetter:
+    return _dead_letter_decoder.decode(payload)

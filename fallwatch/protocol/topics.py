@@ -28,7 +28,6 @@ from fallwatch.protocol.ids import ID_RE
 ROOT = "fallwatch"
 VERSION = "v1"
 PREFIX = f"{ROOT}/{VERSION}"
-_LEVEL = ID_RE  # kept: older callers match against it
 
 #: Uplink kinds: the last topic levels after ``{site}/{device}/`` that a device may publish.
 UPLINK_KINDS = ("state", "health", "tele", "evt/fall", "evt/risk", "evt/test", "cmd/res", "ota/status")
@@ -39,7 +38,7 @@ class TopicError(ValueError):
 
 
 def check_level(value: str, what: str = "topic level") -> str:
-    if not _LEVEL.match(value):
+    if not ID_RE.match(value):
         raise TopicError(f"invalid {what} {value!r}: must match [a-z0-9][a-z0-9-]* (max 63 chars)")
     return value
 
@@ -123,7 +122,7 @@ def parse(topic: str) -> ParsedTopic:
     if parts[1] != VERSION:
         raise TopicError(f"unsupported topic version {parts[1]!r} in {topic!r}")
     site, device, rest = parts[2], parts[3], parts[4:]
-    if not (_LEVEL.match(site) and _LEVEL.match(device)):
+    if not (ID_RE.match(site) and ID_RE.match(device)):
         raise TopicError(f"invalid site/device level in {topic!r}")
     head = rest[0]
     if head in ("state", "health") and len(rest) == 1:
@@ -156,4 +155,16 @@ def downlink_filters(site: str, device: str) -> tuple[str, ...]:
 
 def is_level(value: str) -> bool:
     """True if ``value`` may be a topic level (a command name that can be answered, a room)."""
-    return bool(_LEVEL.match(value))
+    return bool(ID_RE.match(value))
+
+
+# ---------------------------------------------------------------- gateway-published topics
+# (the gateway's own presence; dead letters are ``dead_letter(reason)`` above)
+
+#: Everything below it is published by gateways, never by devices.
+GATEWAY_PREFIX = f"{PREFIX}/_gw/"
+
+
+def gateway_state(gateway_id: str) -> str:
+    """``fallwatch/v1/_gw/{gateway_id}/state``: retained presence, payload ``contract.GatewayPresence``."""
+    return f"{GATEWAY_PREFIX}{check_level(gateway_id, 'gateway id')}/state"

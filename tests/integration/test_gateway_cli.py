@@ -86,8 +86,8 @@ def test_http_api_token_protects_everything_but_health(tmp_path: Path, monkeypat
         }
     )
     gw = Gateway(cfg)
-    gw.state.setup()
-    gw._start_http()
+    gw.start_state()
+    gw.start_http()
     try:
 
         def get(path: str, token: str | None = None) -> int:
@@ -105,6 +105,7 @@ def test_http_api_token_protects_everything_but_health(tmp_path: Path, monkeypat
         assert get("/alerts") == 401 and get("/metrics", "wrong") == 401
         assert get("/alerts", "s3cret-token") == 200 and get("/metrics", "s3cret-token") == 200
     finally:
+        assert gw.http is not None
         gw.http.close()
         gw.state.close()
 
@@ -121,7 +122,7 @@ def test_downsample_into_long_retention(
     cfg_path = tmp_path / "gw.toml"
     cfg_path.write_text(f'[influx]\nurl = "{influxdb.url}"\nversion = 1\ndatabase = "{database}"\n')  # type: ignore[attr-defined]
     cfg = load_config(cfg_path)
-    from fallwatch.gateway.sinks import Influx1Sink
+    from fallwatch.gateway.sinks.influx1 import Influx1Sink
 
     sink = Influx1Sink(cfg.influx)
     sink.setup()

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from fallwatch.config import load_config
 from fallwatch.gateway.app import Gateway
-from fallwatch.gateway.sinks import SqliteSeriesSink
+from fallwatch.gateway.sinks.sqlite import SqliteSeriesSink
 from fallwatch.testing import publisher as t
 from fallwatch.testing.services import InfluxDB1, Mosquitto
 
@@ -72,10 +72,10 @@ def offline_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[
         }
     )
     gw = Gateway(cfg)
-    gw.state.setup()
+    gw.start_state()
     sink = SqliteSeriesSink(cfg.influx.embedded_path)
     sink.setup()
-    gw._store_ready = True
+    gw.storage.ready = True  # the drainer is not running: say the store is up
     yield gw, sink
     sink.close()
     gw.state.close()
@@ -90,11 +90,11 @@ def test_fuzzed_batches_never_crash_and_are_accounted(
     before = gw.stats()
     items = [(tp, p, None, time.time_ns(), False) for tp, p in batch]
     with gw.counters.lock:
-        gw._in_progress += len(items)
-    gw._process_bulk([i for i in items if not i[0].endswith("/evt/fall")], sink)
+        gw.inflight.in_progress += len(items)
+    gw.bulk.process([i for i in items if not i[0].endswith("/evt/fall")], sink)
     for i in items:
         if i[0].endswith("/evt/fall"):
-            gw._process_alert(i, sink)
+            gw.fall_alerts.process(i, sink)
     after = gw.stats()
     handled = sum(after[k] - before[k] for k in ("stored", "rejected", "duplicates"))
     assert handled == len(batch)
@@ -137,4 +137,4 @@ def test_fuzz_over_mqtt_gateway_stays_healthy(
     after = gw.stats()
     assert sum(after[k] - before[k] for k in ("stored", "rejected", "duplicates")) == total
     assert after["stored"] - before["stored"] >= len(good) - (after["duplicates"] - before["duplicates"])
-    assert gw.ready()[0] and all(th.is_alive() for th in gw._threads)
+    assert gw.ready()[0] and not gw.workers.dead()

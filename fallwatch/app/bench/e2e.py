@@ -3,8 +3,9 @@
 sim → edge agents → a private Mosquitto → gateway → a private InfluxDB 1.x, paced at
 one simulated second per wall second, so the times measured are the times a carer
 would see. For each injected fall it measures the wall time from the simulated impact
-to the gateway's staff notification (the alert record and staff log line the gateway
-emits right after the alert is durable in InfluxDB and the state DB). That time
+to the gateway's staff notification (the ``raised`` event the gateway sends to its
+notification channels right after the alert is durable in InfluxDB and the state DB,
+seen by an in-process recording channel next to the staff log). That time
 includes the wearer's cancel window (EN 50134-2 pre-alarm, ``edge.cancel_window_s``),
 which is deliberate; ``notify_after_cancel_window_*`` shows what the system itself adds.
 Alerts are then read back from InfluxDB with InfluxQL and compared with ground truth.
@@ -12,9 +13,7 @@ Alerts are then read back from InfluxDB with InfluxQL and compared with ground t
 
 from __future__ import annotations
 
-import logging
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,79 +24,58 @@ from fallwatch.config import load_config
 from fallwatch.testing.services import InfluxDB1, Mosquitto
 
 
-class _StaffCapture(logging.Handler):
-    """Records the wall time of each staff fall notification the gateway emits."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.INFO)
-        self.times: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("FALL ALERT"):
-            alert_id = str(record.args[0]) if record.args else record.getMessage()
-            with self._lock:
-                self.times.setdefault(alert_id, record.created)
-
-
 def _pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 3) if values else float("nan")
 
 
 def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
     from fallwatch.app.demo import Pipeline
+    from fallwatch.gateway.channels import Action
+    from fallwatch.gateway.channels.recording import RecordingChannel
     from fallwatch.sim.fleet import Fleet
     from fallwatch.sim.scenario import demo_scenario
 
     residents, duration_s = (4, 60.0) if quick else (12, 100.0)
-    staff_logger = logging.getLogger("fallwatch.gateway.alerts")
-    capture = _StaffCapture()
-    staff_logger.addHandler(capture)
-    old_level = staff_logger.level
-    staff_logger.setLevel(logging.INFO)
-    try:
-        with tempfile.TemporaryDirectory(prefix="fw-bench-e2e-") as tmp, Mosquitto() as broker, \
-                InfluxDB1() as db:
-            cfg = load_config(overrides={"mqtt": {"url": broker.url}, "influx": {"url": db.url, "version": 1}})
-            scenario = demo_scenario(residents=residents, duration_s=duration_s, falls=1, seed=2024)
-            scenario = scenario.model_copy(update={"start_epoch_ms": int(time.time() * 1000)})
-            fleet = Fleet(scenario)
-            with Pipeline(cfg, fleet, Path(tmp)) as pipe:
-                wall0 = time.time()
-                pipe.drive(duration_s, speed=1.0, step_s=0.25, progress=progress)
-                # let the last cancel windows expire at real-time pace, then drain
-                tail_s = cfg.edge.cancel_window_s + 5.0
-                t_end = time.monotonic() + tail_s
-                while time.monotonic() < t_end:
-                    now_s = duration_s + (tail_s - (t_end - time.monotonic()))
-                    for agent in pipe.agents.values():
-                        agent.feed([], now_s)
-                    time.sleep(0.25)
-                pipe.settle(60.0)
-                alerts = pipe.gateway.alerts()
-                raised = sum(int(a.stats().get("alerts_raised", 0)) for a in pipe.agents.values())
-                outbox_left = sum(int(a.stats().get("outbox_depth", 0)) for a in pipe.agents.values())
-            series = db.query("SELECT count(\"confidence\") FROM \"fall_alert\" WHERE \"status\" = 'alert'",
-                              db="fallwatch")
-            stored = int(series[0]["values"][0][1]) if series else 0
-    finally:
-        staff_logger.removeHandler(capture)
-        staff_logger.setLevel(old_level)
+    recorder = RecordingChannel()
+    with tempfile.TemporaryDirectory(prefix="fw-bench-e2e-") as tmp, Mosquitto() as broker, InfluxDB1() as db:
+        cfg = load_config(overrides={"mqtt": {"url": broker.url}, "influx": {"url": db.url, "version": 1}})
+        scenario = demo_scenario(residents=residents, duration_s=duration_s, falls=1, seed=2024)
+        scenario = scenario.model_copy(update={"start_epoch_ms": int(time.time() * 1000)})
+        fleet = Fleet(scenario)
+        with Pipeline(cfg, fleet, Path(tmp), channels=[recorder]) as pipe:
+            wall0 = time.time()
+            pipe.drive(duration_s, speed=1.0, step_s=0.25, progress=progress)
+            # let the last cancel windows expire at real-time pace, then drain
+            tail_s = cfg.edge.cancel_window_s + 5.0
+            t_end = time.monotonic() + tail_s
+            while time.monotonic() < t_end:
+                now_s = duration_s + (tail_s - (t_end - time.monotonic()))
+                for agent in pipe.agents.values():
+                    agent.feed([], now_s)
+                time.sleep(0.25)
+            pipe.settle(60.0)
+            alerts = pipe.gateway.alerts()
+            raised = sum(int(a.stats().get("alerts_raised", 0)) for a in pipe.agents.values())
+            outbox_left = sum(int(a.stats().get("outbox_depth", 0)) for a in pipe.agents.values())
+        series = db.query("SELECT count(\"confidence\") FROM \"fall_alert\" WHERE \"status\" = 'alert'",
+                          db="fallwatch")
+        stored = int(series[0]["values"][0][1]) if series else 0
 
+    notified_at = recorder.first_times("fall", Action.RAISED)
     truth = [e for e in fleet.ground_truth if e.type == "fall" and not e.details.get("cancelled_by_wearer")]
     by_sensor = {e.sensor_id: e for e in truth}
     delays, after_window = [], []
     for a in alerts:
-        if a.get("data_status") != "alert" or a["alert_id"] not in capture.times:
+        if a.get("data_status") != "alert" or a["alert_id"] not in notified_at:
             continue
         fall = by_sensor.get(a.get("sensor"))
         if fall is None:
             continue
         impact_wall = wall0 + float(fall.t_impact_s)
-        d = capture.times[a["alert_id"]] - impact_wall
+        d = notified_at[a["alert_id"]] - impact_wall
         delays.append(d)
         after_window.append(d - cfg.edge.cancel_window_s)
-    notified = len(capture.times)
+    notified = len(notified_at)
     return {
         "residents": residents,
         "sim_seconds": duration_s,

@@ -1,9 +1,13 @@
 """Gateway state — de-duplication keys, device registry, alert lifecycle — behind one layer.
 
 SQLite (WAL) by default; PostgreSQL (psycopg) when several gateway replicas share the
-load, selected by ``gateway.state_db`` starting with ``postgresql://``. Both run the
-same SQL (``?`` placeholders are rewritten for psycopg), so behaviour cannot drift
-between a single box and a scaled-out deployment.
+load, selected by ``gateway.state_db`` starting with ``postgresql://`` (or explicitly by
+``gateway.state_db_type``). Both run the same SQL, written once here in
+:class:`StateStore`; what differs — connecting, placeholders, the autoincrement column,
+transaction start and ending a read — is a small :class:`Dialect` plug-in, one module per
+backend in this package (``sqlite.py``, ``postgresql.py``), registered in
+:data:`DIALECTS`. So behaviour cannot drift between a single box and a scaled-out
+deployment, and another backend is one new file.
 
 Tables:
 
@@ -20,12 +24,11 @@ Tables:
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from fallwatch.plugins import Registry
 from fallwatch.protocol import contract as c
 
 OPEN_STATUSES = ("raised", "acknowledged")
@@ -102,49 +105,83 @@ class StateError(RuntimeError):
     pass
 
 
+#: A DB-API 2 connection / cursor of whichever driver the dialect uses (sqlite3, psycopg);
+#: the two drivers share no typed base class, so these stay loose on purpose.
+Connection = Any
+Cursor = Any
+
+
+class Dialect(Protocol):
+    """What differs between state backends; :class:`StateStore` holds everything else."""
+
+    #: short name for logs ("sqlite", "postgresql")
+    name: str
+    #: column type of an autoincrement integer primary key
+    autoinc: str
+
+    def connect(self) -> Connection:
+        """A new connection (one per thread), in the mode ``begin``/``end_read`` expect."""
+        ...
+
+    def sql(self, q: str) -> str:
+        """Rewrite a statement written with ``?`` placeholders for this driver."""
+        ...
+
+    def begin(self, conn: Connection) -> None:
+        """Start a write transaction (before the cursor is taken)."""
+        ...
+
+    def end_read(self, conn: Connection) -> None:
+        """End whatever a read left open (so no snapshot is held between reads)."""
+        ...
+
+    def describe(self) -> str:
+        """Where the state lives, for the start-up log line (never a password)."""
+        ...
+
+
+#: ``factory(plugin_cfg, dsn) -> Dialect``, keyed by ``gateway.state_db_type``
+DIALECTS = Registry[Dialect]("state store", discover="fallwatch.gateway.state")
+
+
+def state_type(dsn: str) -> str:
+    """The backend a ``state_db`` value implies: a postgresql:// DSN, else a SQLite path."""
+    return "postgresql" if dsn.startswith(("postgresql://", "postgres://")) else "sqlite"
+
+
 class StateStore:
     """Thread-safe access to gateway state (one connection per thread)."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, type: str | None = None) -> None:
         self.dsn = dsn
-        self.postgres = dsn.startswith(("postgresql://", "postgres://"))
+        self.dialect: Dialect = DIALECTS.create({"type": type or state_type(dsn)}, dsn)
         self._local = threading.local()
-        self._conns: list[Any] = []
+        self._conns: list[Connection] = []
         self._conns_lock = threading.Lock()
-        if not self.postgres:
-            Path(dsn).parent.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------ plumbing
-    def _conn(self) -> Any:
+    def _conn(self) -> Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            if self.postgres:
-                import psycopg
-
-                conn = psycopg.connect(self.dsn, autocommit=False)
-            else:
-                conn = sqlite3.connect(self.dsn, timeout=60, check_same_thread=False, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
+            conn = self.dialect.connect()
             self._local.conn = conn
             with self._conns_lock:
                 self._conns.append(conn)
         return conn
 
     def _sql(self, q: str) -> str:
-        return q.replace("?", "%s") if self.postgres else q
+        return self.dialect.sql(q)
 
-    def _exec(self, cur: Any, q: str, args: tuple[Any, ...] | list[Any] = ()) -> Any:
-        return cur.execute(self._sql(q), args)
+    def _exec(self, cur: Cursor, q: str, args: tuple[Any, ...] | list[Any] = ()) -> Any:
+        return cur.execute(self.dialect.sql(q), args)
 
     def _tx(self) -> _Tx:
-        return _Tx(self._conn(), self.postgres)
+        return _Tx(self._conn(), self.dialect)
 
     def setup(self) -> None:
-        autoinc = "BIGSERIAL PRIMARY KEY" if self.postgres else "INTEGER PRIMARY KEY AUTOINCREMENT"
         with self._tx() as cur:
             for stmt in _SCHEMA:
-                self._exec(cur, stmt.format(autoinc=autoinc))
+                self._exec(cur, stmt.format(autoinc=self.dialect.autoinc))
 
     def close(self) -> None:
         with self._conns_lock:
@@ -169,8 +206,7 @@ class StateStore:
                 seen.update(r[0] for r in cur.fetchall())
         finally:
             cur.close()
-            if self.postgres:
-                self._conn().rollback()  # end the read transaction
+            self.dialect.end_read(self._conn())
         return set(msg_ids) - seen
 
     def commit_batch(self, msg_ids: list[str], received_ms: int, devices: list[DeviceUpdate]) -> None:
@@ -188,7 +224,7 @@ class StateStore:
             return int(cur.rowcount or 0)
 
     # ------------------------------------------------------------ registry
-    def _upsert_device(self, cur: Any, d: DeviceUpdate) -> None:
+    def _upsert_device(self, cur: Cursor, d: DeviceUpdate) -> None:
         import json
 
         sensors_json = None
@@ -407,7 +443,7 @@ class StateStore:
             self._log(cur, alert_id, action, actor, now_ms, None)
         return self.alert(alert_id)
 
-    def _log(self, cur: Any, alert_id: str, action: str, actor: str, at_ms: int, detail: str | None) -> None:
+    def _log(self, cur: Cursor, alert_id: str, action: str, actor: str, at_ms: int, detail: str | None) -> None:
         self._exec(
             cur,
             "INSERT INTO alert_log (alert_id, action, actor, at_ms, detail) VALUES (?, ?, ?, ?, ?)",
@@ -419,7 +455,7 @@ class StateStore:
         return rows[0] if rows else None
 
     def alerts(self, kind: str | None = None, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        q, args = "SELECT * FROM alerts WHERE 1 = 1", []
+        q, args = "SELECT * FROM alerts WHERE 1 = 1", list[str | int]()
         if kind:
             q += " AND kind = ?"
             args.append(kind)
@@ -453,20 +489,18 @@ class StateStore:
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
         finally:
             cur.close()
-            if self.postgres:
-                conn.rollback()
+            self.dialect.end_read(conn)
 
 
 class _Tx:
     """``with`` block = one transaction on this thread's connection, yielding a cursor."""
 
-    def __init__(self, conn: Any, postgres: bool) -> None:
+    def __init__(self, conn: Connection, dialect: Dialect) -> None:
         self.conn = conn
-        self.postgres = postgres
+        self.dialect = dialect
 
-    def __enter__(self) -> Any:
-        if not self.postgres:
-            self.conn.execute("BEGIN IMMEDIATE")
+    def __enter__(self) -> Cursor:
+        self.dialect.begin(self.conn)
         self.cur = self.conn.cursor()
         return self.cur
 

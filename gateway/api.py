@@ -1,0 +1,103 @@
+"""The narrow interface the HTTP endpoints use: exactly what they read and do, nothing more.
+
+:class:`GatewayReader` is what :mod:`fallwatch.gateway.http` depends on (so it can be
+served — and tested — against anything that provides it); :class:`GatewayApi` is the
+gateway's implementation, built by the composition root from the stages it reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from fallwatch.gateway.channels import Action, AlertEvent, Notifier
+from fallwatch.gateway.metrics import Metrics
+from fallwatch.gateway.state import StateStore
+from fallwatch.gateway.workers import Workers
+
+Row = dict[str, Any]
+
+
+class GatewayReader(Protocol):
+    def dead_workers(self) -> list[str]:
+        """Names of worker threads that are not running (``/healthz``)."""
+        ...
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether the gateway takes messages, and why not (``/readyz``)."""
+        ...
+
+    def metrics_text(self) -> bytes:
+        """Prometheus text exposition (``/metrics``)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges as JSON (``/stats``)."""
+        ...
+
+    def alerts(self, kind: str | None = None, status: str | None = None) -> list[Row]:
+        """Alerts, oldest first, optionally of one kind / status (``/alerts``)."""
+        ...
+
+    def devices(self) -> list[Row]:
+        """The device registry (``/devices``)."""
+        ...
+
+    def transition(self, alert_id: str, action: str, actor: str, now_ms: int) -> Row | None:
+        """``acknowledge`` or ``clear`` an alert as ``actor``; None if unknown; raises
+        :class:`~fallwatch.gateway.state.StateError` for a transition the lifecycle forbids."""
+        ...
+
+    def log_access(self, actor: str, role: str, method: str, path: str, status: int, client: str,
+                   now_ms: int) -> None:
+        """Append one request for staff data to the audit log."""
+        ...
+
+    def access_log(self) -> list[Row]:
+        """The access audit log, newest first (``/audit``)."""
+        ...
+
+
+class GatewayApi:
+    """:class:`GatewayReader` over the gateway's state store, workers, metrics and stats."""
+
+    def __init__(self, state: StateStore, workers: Workers, metrics: Metrics, notifier: Notifier,
+                 stats: Callable[[], dict[str, Any]], ready: Callable[[], tuple[bool, str]]) -> None:
+        self._state = state
+        self._notifier = notifier
+        self._workers = workers
+        self._metrics = metrics
+        self._stats = stats
+        self._ready = ready
+
+    def dead_workers(self) -> list[str]:
+        return self._workers.dead()
+
+    def ready(self) -> tuple[bool, str]:
+        return self._ready()
+
+    def metrics_text(self) -> bytes:
+        return self._metrics.render()
+
+    def stats(self) -> dict[str, Any]:
+        return self._stats()
+
+    def alerts(self, kind: str | None = None, status: str | None = None) -> list[Row]:
+        return self._state.alerts(kind=kind, status=status)
+
+    def devices(self) -> list[Row]:
+        return self._state.devices()
+
+    def transition(self, alert_id: str, action: str, actor: str, now_ms: int) -> Row | None:
+        alert = self._state.transition(alert_id, action, actor, now_ms)
+        if alert is not None:
+            done = Action.ACKNOWLEDGED if action == "acknowledge" else Action.RESOLVED
+            self._notifier.notify(AlertEvent.from_alert(alert, done, now_ms, actor))
+        return alert
+
+    def log_access(self, actor: str, role: str, method: str, path: str, status: int, client: str,
+                   now_ms: int) -> None:
+        self._state.log_access(actor, role, method, path, status, client, now_ms)
+
+    def access_log(self) -> list[Row]:
+        return self._state.access_log()

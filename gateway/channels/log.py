@@ -1,0 +1,71 @@
+"""The staff log channel: one line per event on ``fallwatch.gateway.alerts`` (the default).
+
+The lines are exactly the ones the gateway wrote before channels existed, so operators
+and log-based alerting see no change: ``FALL ALERT …`` and ``DEVICE OFFLINE: …`` at
+WARNING, ``ESCALATION n: …`` at ERROR, staff actions as ``alert … acknowledged by …``.
+A cancelled pre-alarm is logged at INFO; a test alarm arriving after all is not logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from fallwatch.gateway.channels import CHANNELS, Action, AlertEvent, Channel, ChannelContext, Delivery
+from fallwatch.plugins import PluginConfig
+
+
+class LogChannelConfig(PluginConfig):
+    type: Literal["log"] = "log"
+    logger: str = "fallwatch.gateway.alerts"
+
+
+class LogChannel:
+    name = "log"
+
+    def __init__(self, logger: str = "fallwatch.gateway.alerts") -> None:
+        self.log = logging.getLogger(logger)
+
+    def notify(self, e: AlertEvent) -> list[Delivery]:
+        if not self._write(e):
+            return []
+        return [Delivery(self.name, self.log.name, True)]
+
+    def _write(self, e: AlertEvent) -> bool:
+        log = self.log
+        if e.action in (Action.ACKNOWLEDGED, Action.RESOLVED):
+            verb = "acknowledge" if e.action is Action.ACKNOWLEDGED else "clear"
+            log.warning("alert %s %sd by %s", e.alert_id, verb, e.actor)
+        elif e.kind == "fall" and e.action is Action.RAISED:
+            log.warning(
+                "FALL ALERT %s: site %s hub %s resident %s sensor %s room %s, confidence %.2f, "
+                "peak %.1f g, lying %.0f s (reasons: %s)",
+                e.alert_id, e.site_id, e.device_id, e.resident_id or "?", e.sensor or "?", e.room or "?",
+                e.confidence or 0.0, e.peak_g or 0.0, e.lying_s or 0.0, ",".join(e.reasons) or "-",
+            )
+        elif e.kind == "fall" and e.action is Action.CANCELLED:
+            log.info("pre-alarm cancelled by the wearer %s: site %s hub %s resident %s",
+                     e.alert_id, e.site_id, e.device_id, e.resident_id or "?")
+        elif e.kind == "fall" and e.action is Action.ESCALATED:
+            log.error(
+                "ESCALATION %d: fall alert %s (site %s hub %s resident %s) not acknowledged for %.0f s",
+                e.escalations, e.alert_id, e.site_id, e.device_id, e.resident_id or "?",
+                (e.at_ms - (e.raised_ms if e.raised_ms is not None else e.at_ms)) / 1000,
+            )
+        elif e.kind == "device_offline" and e.action is Action.RAISED:
+            log.warning("DEVICE OFFLINE: %s", e.detail)
+        elif e.kind == "device_offline" and e.action is Action.RECOVERED:
+            log.warning("device back online: %s at %s", e.device_id, e.site_id)
+        elif e.kind == "test_overdue" and e.action is Action.RAISED:
+            log.warning("TEST ALARM OVERDUE: %s", e.detail)
+        else:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Nothing to close: logging owns its handlers."""
+
+
+@CHANNELS.register(LogChannelConfig)
+def _make(cfg: LogChannelConfig, ctx: ChannelContext) -> Channel:
+    return LogChannel(cfg.logger)

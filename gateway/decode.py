@@ -1,0 +1,97 @@
+"""Decode: payload → contract message + series points; anything that fails is rejected.
+
+Rejection never raises: the message is counted by reason, logged, and published as a dead
+letter on ``fallwatch/v1/_dlq/{reason}`` (then acknowledged by the caller — a broken message
+redelivered for ever would help nobody). :func:`device_update` is what an accepted
+message tells the device registry.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+
+from fallwatch.gateway.links import Item
+from fallwatch.gateway.metrics import Counters
+from fallwatch.gateway.points import SeriesPoint, to_points
+from fallwatch.gateway.state import DeviceUpdate
+from fallwatch.protocol import contract, topics
+
+log = logging.getLogger("fallwatch.gateway")
+
+#: An accepted message, the item it arrived as, and the points it becomes.
+Decoded = tuple[contract.Message, Item, list[SeriesPoint]]
+
+#: ``publish(topic, payload)``: sends a dead letter (raises if it cannot).
+Publish = Callable[[str, bytes], None]
+
+class Decoder:
+    """Strict decoding of received items, with counted and dead-lettered rejections."""
+
+    def __init__(self, gateway_id: str, counters: Counters, publish: Publish) -> None:
+        self.gateway_id = gateway_id
+        self.counters = counters
+        self.publish = publish
+
+    def decode(self, items: list[Item]) -> list[Decoded]:
+        """Strict decode + conversion to points; anything that fails is rejected, never raised."""
+        good: list[Decoded] = []
+        for item in items:
+            topic, payload = item[0], item[1]
+            try:
+                msg = contract.decode(topic, payload)
+                good.append((msg, item, to_points(msg, item[3] // 1_000_000)))
+            except contract.ContractError as exc:
+                self.reject(exc.reason, exc.detail, topic, payload)
+            except Exception as exc:
+                self.reject("internal", f"{type(exc).__name__}: {exc}", topic, payload)
+        return good
+
+    def reject(self, reason: str, detail: str, topic: str, payload: bytes) -> None:
+        """Count, log and dead-letter one message the gateway will not store."""
+        self.counters.reject(reason)
+        log.warning("rejected message on %r: %s: %s", topic[:200], reason, detail[:300])
+        cut = contract.DEAD_LETTER_TEXT_MAX
+        body = contract.encode_gateway(contract.DeadLetter(
+            reason=reason,
+            detail=detail[:cut],
+            topic=topic[:cut],
+            gateway_id=self.gateway_id,
+            received_ms=contract.now_ms(),
+            payload_b64=base64.b64encode(payload[: contract.MAX_PAYLOAD_BYTES]).decode(),
+        ))
+        try:
+            self.publish(topics.dead_letter(reason), body)
+            self.counters.add(dead_lettered=1)
+        except Exception:
+            log.exception("could not publish dead letter")
+
+
+def device_update(msg: contract.Message, seen_ms: int) -> DeviceUpdate:
+    """What one accepted message tells the device registry (None fields = unchanged)."""
+    u = DeviceUpdate(msg.site_id, msg.device_id, seen_ms)
+    if isinstance(msg, contract.Health):
+        d = msg.data
+        u.outbox_depth, u.uptime_s = d.outbox_depth, d.uptime_s
+        u.fw = d.fw or None
+        u.model_version = d.model_version or None
+        batteries = [s.battery_pct for s in d.sensors.values() if s.battery_pct is not None]
+        u.min_battery_pct = min(batteries) if batteries else None
+        u.sensors = {
+            k: {
+                "battery_pct": s.battery_pct,
+                "rssi_dbm": s.rssi_dbm,
+                "status": s.status,
+                "last_seen_ms": s.last_seen_ms,
+            }
+            for k, s in d.sensors.items()
+        }
+    elif isinstance(msg, contract.State):
+        d2 = msg.data
+        u.state, u.heartbeat_s, u.boot_id = d2.state, d2.heartbeat_s, msg.boot_id
+        u.fw = d2.fw or None
+        u.model_version = d2.model_version or None
+    elif isinstance(msg, contract.TestAlarm):
+        u.last_test_ms = msg.ts_ms
+    return u

@@ -1,0 +1,187 @@
+"""Links: the gateway's MQTT connections, their subscriptions and their in-order acks.
+
+Two connections per gateway: fall alerts get their own TCP stream, session and paho
+network thread, so they are never parsed behind a burst of telemetry queued on the same
+socket. Each link's paho thread only stamps the receive time, remembers the packet id for
+the ack (:class:`~fallwatch.gateway.acks.AckTracker`) and puts an :data:`Item` on the
+link's queue; everything else happens on the gateway's workers. The bulk link also owns
+the gateway's retained presence (Homie/Sparkplug style birth and last will) and is the
+client dead letters are published with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from fallwatch.config import FallwatchConfig, MqttConfig
+from fallwatch.gateway.acks import AckEntry, AckTracker
+from fallwatch.mqtt import Will, is_v5, make_client
+from fallwatch.protocol import contract, topics
+
+log = logging.getLogger("fallwatch.gateway")
+
+#: One received message: (topic, payload, ack entry or None, receive time ns, retained)
+Item = tuple[str, bytes, AckEntry | None, int, bool]
+ItemQueue = queue.SimpleQueue[Item]
+
+#: Subscriptions of the two links: together exactly the uplink kinds of ``topics.UPLINK_FILTERS``.
+ALERT_FILTERS = (f"{topics.PREFIX}/+/+/evt/fall",)
+BULK_FILTERS = (
+    *(f for f in topics.UPLINK_FILTERS if not f.endswith("/evt/+")),
+    f"{topics.PREFIX}/+/+/evt/risk",
+    f"{topics.PREFIX}/+/+/evt/test",
+)
+
+PresenceState = Literal["ready", "offline", "lost"]
+
+
+def _presence(state: PresenceState, gateway_id: str) -> bytes:
+    return contract.encode_gateway(contract.GatewayPresence(state=state, gateway_id=gateway_id,
+                                                            ts_ms=contract.now_ms()))
+
+
+class Link:
+    """One MQTT connection: its own persistent session, subscriptions, queue and in-order acks."""
+
+    def __init__(self, mqtt_cfg: MqttConfig, name: str, client_id: str, filters: list[str], q: ItemQueue,
+                 *, receive_max: int, on_receive: Callable[[], None], presence_of: str | None = None) -> None:
+        """``presence_of``: the gateway id whose retained presence (and last will) this link carries."""
+        self.name = name
+        self.filters = filters
+        self.q = q
+        self.receive_max = receive_max
+        self.connected = False
+        self.subscribed = False
+        self.closing = False
+        self._mqtt = mqtt_cfg
+        self._on_receive = on_receive
+        self.gateway_id = presence_of
+        self.presence = topics.gateway_state(presence_of) if presence_of else None
+        will = None
+        if presence_of and self.presence:
+            # retained gateway presence: dashboards and ops alerting see a dead gateway as
+            # "lost" without polling it
+            will = Will(self.presence, _presence("lost", presence_of))
+        self.client = make_client(mqtt_cfg.model_copy(update={"client_id": None}), client_id, manual_ack=True,
+                                  will=will)
+        self.acks = AckTracker(self.client.ack)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        m = self._mqtt
+        if is_v5(m):
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
+            props.SessionExpiryInterval = m.session_expiry_s
+            # bound what the broker sends us unacknowledged: the rest waits, queued, at the broker
+            props.ReceiveMaximum = self.receive_max
+            self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
+        else:
+            self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        try:
+            if self.presence and self.gateway_id and self.connected:
+                info = self.client.publish(self.presence, _presence("offline", self.gateway_id), qos=1, retain=True)
+                with contextlib.suppress(RuntimeError, ValueError):
+                    info.wait_for_publish(2.0)
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        if rc.is_failure:
+            log.error("MQTT %s link: connect refused: %s", self.name, rc)
+            return
+        self.acks.new_connection()
+        self.connected = True
+        client.subscribe([(f, 1) for f in self.filters])
+        if self.presence and self.gateway_id:
+            client.publish(self.presence, _presence("ready", self.gateway_id), qos=1, retain=True)
+        log.info("MQTT %s link connected (session present: %s)", self.name, getattr(flags, "session_present", "?"))
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
+        bad = [str(r) for r in rcs if getattr(r, "is_failure", False)]
+        if bad:
+            log.error("MQTT %s link: subscription refused by the broker (check its ACL): %s", self.name, bad)
+            return
+        self.subscribed = True
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        self.connected = False
+        self.subscribed = False
+        if not self.closing:
+            log.warning("MQTT %s link disconnected (%s); paho reconnects with backoff", self.name, rc)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        recv = time.time_ns()
+        entry = self.acks.track(msg.mid, msg.qos) if msg.qos > 0 else None
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = msg._topic.decode("utf-8", "replace")  # broker should have refused it; rejected later
+        if topic.startswith(topics.GATEWAY_PREFIX):
+            # gateways' own presence matches the uplink filter {site}/{device}/state: not device data
+            self.acks.done([entry])
+            return
+        item: Item = (topic, bytes(msg.payload), entry, recv, bool(msg.retain))
+        self._on_receive()
+        self.q.put(item)
+
+
+class Links:
+    """The alert link and the bulk link of one gateway, started and stopped together."""
+
+    def __init__(self, cfg: FallwatchConfig, alert_q: ItemQueue, bulk_q: ItemQueue,
+                 on_receive: Callable[[], None]) -> None:
+        g = cfg.gateway
+        prefix = f"$share/{g.shared_group}/" if g.shared_group else ""
+        base_id = cfg.mqtt.client_id or g.gateway_id
+        self.bulk = Link(cfg.mqtt, "bulk", base_id, [prefix + f for f in BULK_FILTERS], bulk_q,
+                         receive_max=min(65535, max(100, 20 * g.batch_max)), on_receive=on_receive,
+                         presence_of=g.gateway_id)
+        self.alert = Link(cfg.mqtt, "alerts", f"{base_id}-alerts", [prefix + f for f in ALERT_FILTERS], alert_q,
+                          receive_max=100, on_receive=on_receive)
+        self.all = (self.alert, self.bulk)
+
+    def start(self) -> None:
+        for link in self.all:
+            link.start()
+
+    def stop(self) -> None:
+        """Disconnect both (no new messages); a disconnect now is expected, not warned about."""
+        for link in self.all:
+            link.closing = True
+        for link in self.all:
+            link.stop()
+
+    @property
+    def connected(self) -> bool:
+        return all(link.connected for link in self.all)
+
+    @property
+    def acked(self) -> int:
+        return sum(link.acks.acked for link in self.all)
+
+    def not_ready(self) -> str | None:
+        """Why the links cannot take messages yet (None when both are connected and subscribed)."""
+        for link in self.all:
+            if not link.connected or not link.subscribed:
+                return f"MQTT link {link.name!r} not connected/subscribed"
+        return None
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish on the bulk link (dead letters); raises if paho refuses it outright."""
+        self.bulk.client.publish(topic, payload, qos=qos)

@@ -1,0 +1,89 @@
+"""InfluxDB 1.x over its HTTP API (``/write`` + ``/query``); line protocol from influxdb-client's serializer."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import requests
+
+from fallwatch.config import InfluxConfig
+from fallwatch.gateway.points import SeriesPoint, to_line
+from fallwatch.gateway.sinks import SINKS, SeriesSink, SinkError
+from fallwatch.plugins import PluginConfig
+
+
+class Influx1SinkConfig(PluginConfig):
+    type: Literal["influxdb-v1"] = "influxdb-v1"
+
+
+@SINKS.register(Influx1SinkConfig)
+def _make(_: Influx1SinkConfig, cfg: InfluxConfig) -> SeriesSink:
+    return Influx1Sink(cfg)
+
+
+class Influx1Sink:
+    """InfluxDB 1.x over its HTTP API; line protocol from influxdb-client's serializer."""
+
+    name = "influxdb-v1"
+
+    def __init__(self, cfg: InfluxConfig) -> None:
+        self.cfg = cfg
+        self.base = cfg.url.rstrip("/")
+        self.session = requests.Session()
+        if cfg.username:
+            self.session.auth = (cfg.username, cfg.password or "")
+        self._params = {"db": cfg.database, "precision": "ms"}
+        if cfg.retention_policy != "autogen":
+            self._params["rp"] = cfg.retention_policy
+
+    def query(self, q: str, *, db: bool = True) -> list[dict[str, Any]]:
+        params = {"q": q, "epoch": "ms"}
+        if db:
+            params["db"] = self.cfg.database
+        try:
+            r = self.session.post(f"{self.base}/query", params=params, timeout=self.cfg.timeout_s)
+        except requests.RequestException as exc:
+            raise SinkError(f"query failed: {exc}", retryable=True) from None
+        if r.status_code >= 300:
+            raise SinkError(f"query HTTP {r.status_code}: {r.text[:300]}", retryable=r.status_code >= 500)
+        res = r.json()["results"][0]
+        if "error" in res:
+            raise SinkError(f"query error: {res['error']}", retryable=False)
+        return list(res.get("series", []))
+
+    def setup(self) -> None:
+        """Create the database and (if not autogen) a 30-day raw retention policy."""
+        self.query(f'CREATE DATABASE "{self.cfg.database}"', db=False)
+        rp = self.cfg.retention_policy
+        if rp != "autogen":
+            existing = self.query(f'SHOW RETENTION POLICIES ON "{self.cfg.database}"', db=False)
+            names = {row[0] for s in existing for row in s.get("values", [])}
+            if rp not in names:
+                self.query(
+                    f'CREATE RETENTION POLICY "{rp}" ON "{self.cfg.database}" DURATION 30d REPLICATION 1',
+                    db=False,
+                )
+
+    def write(self, points: list[SeriesPoint]) -> None:
+        if not points:
+            return
+        body = "\n".join(line for line in map(to_line, points) if line).encode()
+        try:
+            r = self.session.post(f"{self.base}/write", params=self._params, data=body, timeout=self.cfg.timeout_s)
+        except requests.RequestException as exc:
+            raise SinkError(f"write failed: {type(exc).__name__}: {exc}", retryable=True) from None
+        if r.status_code == 204:
+            return
+        retryable = r.status_code >= 500 or r.status_code in (404, 408, 429)  # 404: database not yet there
+        raise SinkError(f"write HTTP {r.status_code}: {r.text[:300]}", retryable=retryable)
+
+    def count(self, measurement: str) -> int:
+        series = self.query(f'SELECT count(*) FROM "{measurement}"')
+        best = 0
+        for s in series:
+            for row in s.get("values", []):
+                best = max(best, *(int(v) for v in row[1:] if isinstance(v, int | float)))
+        return best
+
+    def close(self) -> None:
+        self.session.close()

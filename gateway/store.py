@@ -1,0 +1,137 @@
+"""Store/spool: make points durable in the series store, or in the disk spool when it is down.
+
+One :class:`Storage` per gateway. Each worker thread writes through its own sink
+(:meth:`Storage.new_sink`), because sinks hold connections that are not shared across
+threads. While the spool holds anything, new points go to the spool too, so they reach
+the store in arrival order; the **drainer** (:meth:`Storage.drain_loop`) empties it,
+oldest batch first, once the store takes writes again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from fallwatch.config import InfluxConfig
+from fallwatch.gateway.metrics import Counters, Metrics
+from fallwatch.gateway.points import SeriesPoint
+from fallwatch.gateway.sinks import SeriesSink, SinkError, make_sink
+from fallwatch.gateway.spool import Spool
+
+log = logging.getLogger("fallwatch.gateway")
+
+
+class Storage:
+    def __init__(self, influx: InfluxConfig, spool: Spool, counters: Counters, metrics: Metrics,
+                 stop: threading.Event) -> None:
+        self.influx = influx
+        self.spool = spool
+        self.counters = counters
+        self.metrics = metrics
+        self.stop = stop
+        #: the store answered (set up, spool empty): write directly; False = spool
+        self.ready = False
+        self._sinks: list[SeriesSink] = []
+
+    def new_sink(self) -> SeriesSink:
+        """A sink for one worker thread (closed by :meth:`close`)."""
+        sink = make_sink(self.influx)
+        self._sinks.append(sink)
+        return sink
+
+    def store(self, points: list[SeriesPoint], sink: SeriesSink, path: str) -> bool:
+        """Make points durable: the store if it takes them, else the disk spool.
+
+        Returns False only when stopping with a full spool; the caller then leaves the
+        messages unacknowledged so the broker delivers them again.
+        """
+        if not points:
+            return True
+        while self.spool.full:
+            if self.stop.wait(0.2):
+                return False
+        if self.spool.depth == 0 and self.ready:
+            t0 = time.perf_counter()
+            try:
+                sink.write(points)
+            except SinkError as exc:
+                if not exc.retryable:
+                    self.refused(points, exc)
+                    return True
+                log.warning("series store unavailable (%s); spooling to disk", exc)
+                self.ready = False
+            else:
+                self.metrics.write_latency.labels(path).observe(time.perf_counter() - t0)
+                self.counters.add(points_written=len(points))
+                return True
+        self.spool.append(points)
+        self.counters.add(points_spooled=len(points))
+        return True
+
+    def refused(self, points: list[SeriesPoint], exc: SinkError) -> None:
+        """The store refused points for good (retrying would never help): count and say so."""
+        self.counters.add(points_refused=len(points))
+        self.counters.reject("store_refused")
+        log.error("series store refused %d points for good (%s); first: %s", len(points), exc, points[0][:2])
+
+    def drain_loop(self) -> None:
+        """Worker: set the store up, then empty the spool into it whenever it has points."""
+        sink = self.new_sink()
+        backoff = 0.5
+        while not self.stop.is_set():
+            if not self.ready:
+                try:
+                    sink.setup()
+                except SinkError as exc:
+                    log.warning("series store not ready (%s); retrying in %.1f s", exc, backoff)
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                if self.spool.depth == 0:
+                    self.ready = True
+                    backoff = 0.5
+            if self.spool.depth == 0:
+                self.ready = True
+                self.stop.wait(0.05)
+                continue
+            failed = False
+            for batch_id, points in self.spool.oldest(8):
+                t0 = time.perf_counter()
+                try:
+                    sink.write(points)
+                except SinkError as exc:
+                    if exc.retryable:
+                        failed = True
+                        log.warning(
+                            "spool drain: store still unavailable (%s); %d points waiting",
+                            exc,
+                            self.spool.depth,
+                        )
+                        break
+                    self.refused(points, exc)
+                else:
+                    self.metrics.write_latency.labels("drain").observe(time.perf_counter() - t0)
+                    self.counters.add(points_drained=len(points))
+                self.spool.remove([batch_id])
+            if failed:
+                self.ready = False
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            else:
+                backoff = 0.5
+                if self.spool.depth == 0:
+                    log.info("spool drained; writing directly again")
+
+    def count_points(self, measurement: str) -> int:
+        """Points of a measurement read back from the series store (a fresh connection)."""
+        sink = make_sink(self.influx)
+        try:
+            return sink.count(measurement)
+        finally:
+            sink.close()
+
+    def close(self) -> None:
+        for s in self._sinks:
+            s.close()
+        self.spool.close()
