@@ -133,7 +133,7 @@ class Publisher:
             log.info("disconnected from broker: %s", reason_code)
             # jitter: paho's backoff doubles from min_delay; a random start per outage keeps a
             # site's hubs from reconnecting in lock-step after a broker restart
-            client.reconnect_delay_set(min_delay=random.uniform(0.5, 2.0), max_delay=30)  # type: ignore[arg-type]
+            client.reconnect_delay_set(min_delay=random.uniform(0.5, 2.0), max_delay=30)  # type: ignore[arg-type]  # paho annotates int; a float jitters the reconnect of many hubs
         self.connected.clear()
 
     def _on_publish(

@@ -127,7 +127,7 @@ class GaitAccumulator:
 
     def reset_day(self) -> None:
         keep_ref, keep_hist = self.up_ref, self.history
-        self.__init__()  # type: ignore[misc]
+        self.__init__()  # type: ignore[misc]  # a fresh day is a fresh accumulator; only the references are kept
         self.up_ref, self.history = keep_ref, keep_hist
 
 

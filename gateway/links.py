@@ -82,7 +82,7 @@ class Link:
     def start(self) -> None:
         m = self._mqtt
         if is_v5(m):
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
+            props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = m.session_expiry_s
             # bound what the broker sends us unacknowledged: the rest waits, queued, at the broker
             props.ReceiveMaximum = self.receive_max

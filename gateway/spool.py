@@ -83,7 +83,7 @@ class Spool:
     def oldest(self, max_batches: int = 8) -> list[tuple[int, list[SeriesPoint]]]:
         with self._lock:
             rows = self._db.execute("SELECT id, body FROM batches ORDER BY id LIMIT ?", (max_batches,)).fetchall()
-        return [(int(i), [tuple(p) for p in self._dec.decode(b)]) for i, b in rows]  # type: ignore[misc]
+        return [(int(i), [tuple(p) for p in self._dec.decode(b)]) for i, b in rows]  # type: ignore[misc]  # msgspec gives lists; the spool wrote SeriesPoint tuples
 
     def remove(self, ids: list[int]) -> None:
         """Forget batches the store has accepted (or that it refused for good)."""

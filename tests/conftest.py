@@ -40,7 +40,7 @@ def mosquitto_factory() -> Iterator[Callable[..., Mosquitto]]:
     started: list[Mosquitto] = []
 
     def make(**kwargs: object) -> Mosquitto:
-        broker = Mosquitto(**kwargs).start()  # type: ignore[arg-type]
+        broker = Mosquitto(**kwargs).start()
         started.append(broker)
         return broker
 
@@ -54,7 +54,7 @@ def influxdb_factory() -> Iterator[Callable[..., InfluxDB1]]:
     started: list[InfluxDB1] = []
 
     def make(**kwargs: object) -> InfluxDB1:
-        db = InfluxDB1(**kwargs).start()  # type: ignore[arg-type]
+        db = InfluxDB1(**kwargs).start()
         started.append(db)
         return db
 

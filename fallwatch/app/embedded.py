@@ -68,7 +68,7 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         if self._broker is not None and self._loop.is_running():
-            fut = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)  # type: ignore[attr-defined]
+            fut = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
             with contextlib.suppress(Exception):
                 fut.result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)

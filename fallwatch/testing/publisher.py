@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -68,7 +68,7 @@ def fall(
     *,
     event: str | None = None,
     ts_ms: int | None = None,
-    status: str = "alert",
+    status: Literal["alert", "cancelled"] = "alert",
     resident: str | None = "r01",
 ) -> tuple[str, bytes]:
     env = _env(site, device, seq, ts_ms)
@@ -78,7 +78,7 @@ def fall(
         data=c.FallData(
             event_id=event or f"{device}-ev{seq}",
             status=status,
-            impact_ms=env["ts_ms"] - 20_000,  # type: ignore[arg-type]
+            impact_ms=int(env["ts_ms"]) - 20_000,
             confidence=0.93,
             peak_g=3.4,
             lying_s=20.0,
@@ -134,9 +134,10 @@ def health(site: str, device: str, seq: int, *, outbox: int = 0, ts_ms: int | No
     return topics.health(site, device), c.encode(msg)
 
 
-def state(site: str, device: str, seq: int, st: str = "ready", *, ts_ms: int | None = None) -> tuple[str, bytes]:
+def state(site: str, device: str, seq: int, st: Literal["ready", "offline", "lost"] = "ready", *,
+          ts_ms: int | None = None) -> tuple[str, bytes]:
     env = _env(site, device, seq, ts_ms)
-    msg = c.State(**env, data=c.StateData(state=st, fw="0.3.1", model_version="1.0.0"))  # type: ignore[arg-type]
+    msg = c.State(**env, data=c.StateData(state=st, fw="0.3.1", model_version="1.0.0"))
     return topics.state(site, device), c.encode(msg)
 
 
@@ -188,7 +189,7 @@ def retained(port: int, topic: str) -> dict[str, object] | None:
     """The last retained JSON message on a topic (None if there is none)."""
     got: list[bytes] = []
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
-    c.on_message = lambda cl, u, m: got.append(m.payload)
+    c.on_message = lambda cl, u, m: got.append(bytes(m.payload))
     c.connect("127.0.0.1", port)
     c.subscribe(topic, qos=1)
     c.loop_start()

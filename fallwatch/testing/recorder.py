@@ -87,7 +87,8 @@ class UplinkRecorder:
             return [r for r in self.messages if C.kind_of(r.msg) == kind and not (live_only and r.retain)]
 
     def falls(self, status: str | None = None) -> list[Received]:
-        return [r for r in self.of_kind("fall") if status is None or r.msg.data.status == status]  # type: ignore[union-attr]
+        return [r for r in self.of_kind("fall")
+                if isinstance(r.msg.data, C.FallData) and (status is None or r.msg.data.status == status)]
 
     def wait_for(self, pred: Any, timeout_s: float = 10.0) -> bool:
         """Wait until ``pred(self)`` is true."""

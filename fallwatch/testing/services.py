@@ -18,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -239,7 +240,7 @@ bind-address = "127.0.0.1:{self._rpc_port}"
             time.sleep(0.1)
         raise ServiceError("influxd did not answer /ping within 30 s")
 
-    def query(self, q: str, db: str | None = None) -> list[dict[str, object]]:
+    def query(self, q: str, db: str | None = None) -> list[dict[str, Any]]:
         """Run InfluxQL and return the ``series`` list of the first result (test helper)."""
         params = {"q": q, "epoch": "ms"}
         if db:

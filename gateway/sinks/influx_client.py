@@ -58,8 +58,8 @@ class InfluxClientSink:
             f'|> filter(fn: (r) => r._measurement == "{measurement}") |> group() |> count()',
             org=self.cfg.org,
         )
-        return max((int(r.get_value()) for t in tables for r in t.records),  # type: ignore[no-untyped-call]  # unannotated in influxdb-client
+        return max((int(r.get_value()) for t in tables for r in t.records),
                    default=0)
 
     def close(self) -> None:
-        self.client.close()  # type: ignore[no-untyped-call]  # unannotated in influxdb-client
+        self.client.close()

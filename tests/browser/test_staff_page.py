@@ -94,7 +94,7 @@ def test_carer_acknowledges_a_fall_in_the_browser(staffed_gateway: tuple[Gateway
     _publish_fall(mosquitto, unique_name, gw)
 
     opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM  # type: ignore[assignment]
+    opts.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}"):

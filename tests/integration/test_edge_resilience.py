@@ -235,4 +235,4 @@ def test_long_outage_thins_telemetry_never_alerts(tmp_path: Path, unique_name: s
         assert agent.outbox.depth() <= 150 + 20  # bounded: the cap + one window of summaries
         assert agent.stats()["connects"] == 0
     finally:
-        agent.publisher.stop()  # type: ignore[union-attr]
+        agent.publisher.stop()

@@ -52,7 +52,7 @@ def agent(mosquitto: Mosquitto, tmp_path: Path, unique_name: str) -> Iterator[Ed
         "site_id": unique_name, "device_id": fleet.hubs[0].hub_id, "outbox_path": str(tmp_path / "o.sqlite"),
         "model_dir": str(tmp_path / "m")}})
     a = EdgeAgent(cfg, sensors=fleet.sensors, start_epoch_ms=fleet.start_epoch_ms)
-    a.fleet = fleet  # type: ignore[attr-defined]
+    a.fleet = fleet
     a.start()
     yield a
     a.stop()
@@ -61,7 +61,7 @@ def agent(mosquitto: Mosquitto, tmp_path: Path, unique_name: str) -> Iterator[Ed
 @pytest.mark.integration
 @pytest.mark.skipif(load_risk_model() is None, reason="no shipped risk model")
 def test_daily_risk_score_is_published_with_factors(agent: EdgeAgent, unique_name: str) -> None:
-    fleet: Fleet = agent.fleet  # type: ignore[attr-defined]
+    fleet: Fleet = agent.fleet
     with UplinkRecorder(agent.cfg.mqtt, f"rec-{unique_name}", site=unique_name) as rec:
         for chunk in fleet.run():
             agent.feed(chunk.frames, chunk.t_s)

@@ -103,7 +103,7 @@ def test_device_credentials_and_acl(mosquitto_factory, tmp_path: Path, brokerdir
         st = locked.stats()
         assert st["connects"] == 0 and locked.outbox is not None
         assert locked.outbox.depth_by_kind().get("fall") == 1
-        locked.publisher.stop()  # type: ignore[union-attr]
+        locked.publisher.stop()
         good.stop()
         time.sleep(0.3)
     assert {m.msg.data.sensor for m in rec.falls()} == {"wear-1"}
@@ -160,4 +160,4 @@ def test_tls_with_per_device_password(mosquitto_factory, tmp_path: Path, brokerd
     bad.start()
     time.sleep(1.5)
     assert bad.stats()["connects"] == 0
-    bad.publisher.stop()  # type: ignore[union-attr]
+    bad.publisher.stop()

@@ -59,7 +59,7 @@ def test_alerts_ack_clear_commands(tmp_path: Path, capsys: pytest.CaptureFixture
     from fallwatch.protocol import contract
 
     topic, payload = t.fall("site-a", "hub-1", 1)
-    st.record_fall(contract.decode(topic, payload), 1000)  # type: ignore[arg-type]
+    st.record_fall(contract.decode(topic, payload), 1000)
     assert load_config(cfg_path).gateway.state_db == str(db)
     assert main(["gateway", "alerts", "--config", str(cfg_path)]) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
@@ -120,7 +120,7 @@ def test_downsample_into_long_retention(
 
     database = unique_name.replace("-", "_")
     cfg_path = tmp_path / "gw.toml"
-    cfg_path.write_text(f'[influx]\nurl = "{influxdb.url}"\nversion = 1\ndatabase = "{database}"\n')  # type: ignore[attr-defined]
+    cfg_path.write_text(f'[influx]\nurl = "{influxdb.url}"\nversion = 1\ndatabase = "{database}"\n')
     cfg = load_config(cfg_path)
     from fallwatch.gateway.sinks.influx1 import Influx1Sink
 
@@ -142,6 +142,6 @@ def test_downsample_into_long_retention(
     for _ in range(2):  # re-running over the same window rewrites the same buckets
         assert main(["gateway", "downsample", "--config", str(cfg_path), "--every", "10m", "--since", "1h"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["telemetry"] >= 1
-    rows = influxdb.query(f'SELECT mean_acc, max_acc FROM "{database}"."agg_1y"."telemetry"', db=database)  # type: ignore[attr-defined]
+    rows = influxdb.query(f'SELECT mean_acc, max_acc FROM "{database}"."agg_1y"."telemetry"', db=database)
     values = rows[0]["values"]
     assert len(values) == 1 and values[0][1] == pytest.approx(4.5) and values[0][2] == 9.0

@@ -261,7 +261,7 @@ def _away_subscriber_burst(port: int, n: int, auth: dict[str, str] | None = None
 
 def test_control_mosquitto_default_queue_limit_drops_silently(mosquitto_factory: object) -> None:
     """The failure the generated config prevents, shown with Mosquitto's default limit."""
-    broker = mosquitto_factory(extra_conf="max_queued_messages 1000\n")  # type: ignore[operator]
+    broker = mosquitto_factory(extra_conf="max_queued_messages 1000\n")
     assert _away_subscriber_burst(broker.port, 3000, wait_s=2) == 1000
 
 

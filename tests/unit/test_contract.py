@@ -19,7 +19,7 @@ def _alert(**over: object) -> c.FallAlert:
                         peak_g=3.1, reasons=[c.Reason("impact", "3.1 g", 0.4)]),
     )
     base.update(over)
-    return c.FallAlert(**base)  # type: ignore[arg-type]
+    return c.FallAlert(**base)  # type: ignore[arg-type]  # fields assembled from a dict on purpose
 
 
 TOPIC = topics.fall("home-1", "hub-1")

@@ -120,7 +120,7 @@ def test_cancel_press_within_the_window_gives_no_alert(agent: EdgeAgent, broker:
     assert agent.flush(5)
     falls = uplinks(broker, "fall")
     assert [m.data.status for m in falls] == ["cancelled"]  # type: ignore[union-attr]  # FallAlert
-    assert "cancelled_by_wearer" in {r.code for r in falls[0].data.reasons}  # type: ignore[union-attr]
+    assert "cancelled_by_wearer" in {r.code for r in falls[0].data.reasons}
     st = agent.stats()
     assert st["alerts_raised"] == 0 and st["alerts_cancelled"] == 1
 
@@ -134,9 +134,9 @@ def test_device_fault_is_a_health_warning_and_no_fall(agent: EdgeAgent, broker: 
     for k in range(1, 36):
         agent.feed([], frames[-1].rx_t_s + k)
     assert agent.flush(5)
-    health = [m for m in uplinks(broker, "health") if any("stuck" in w for w in m.data.warnings)]  # type: ignore[union-attr]
+    health = [m for m in uplinks(broker, "health") if any("stuck" in w for w in m.data.warnings)]
     assert health, "no health warning about the stuck sensor"
-    assert health[-1].data.sensors["wear-r01"].status == "stuck"  # type: ignore[union-attr]
+    assert health[-1].data.sensors["wear-r01"].status == "stuck"
     assert uplinks(broker, "fall") == [] and agent.stats()["alerts_raised"] == 0
 
 
@@ -170,7 +170,7 @@ def test_ping_and_self_test_are_answered_with_the_transaction(
     assert "golden self-test passed" in st.detail and "sensors: 1 ok" in st.detail
     # the sensor health itself went out as a heartbeat right before the reply
     health = uplinks(broker, "health")
-    assert "wear-r01" in health[-1].data.sensors  # type: ignore[union-attr]
+    assert "wear-r01" in health[-1].data.sensors
     assert agent.stats()["commands_ping"] == 1 and agent.stats()["commands_self-test"] == 1
 
 

@@ -107,7 +107,7 @@ def test_alert_decision_cancel_press_in_the_window_cancels(tmp_path: Path) -> No
     stage.resolve(now_s=26.0, wall=0.0)
     assert [e.status for e in events] == ["cancelled"] and w.falls == 0
     fall = C.decode(topics.fall("home-1", "hub-1"), sent[-1][0].build(100))
-    assert "cancelled_by_wearer" in {r.code for r in fall.data.reasons}  # type: ignore[union-attr]
+    assert "cancelled_by_wearer" in {r.code for r in fall.data.reasons}
 
 
 def test_room_fusion_attributes_the_room_and_raises_confidence_without_motion() -> None:

@@ -35,7 +35,7 @@ def _packet(n: int = 25, seed: int = 0, **kw: object) -> ImuPacket:
     base = dict(sensor_id="wear-r01", boot_count=3, seq=41, t0_ms=1_700_000_000_123, rate_hz=50.0,
                 acc_g=acc, gyro_dps=gyro, battery_pct=87.5, rssi_dbm=-67.0, flags=FLAG_CANCEL)
     base.update(kw)
-    return ImuPacket(**base)  # type: ignore[arg-type]
+    return ImuPacket(**base)  # type: ignore[arg-type]  # deliberately incomplete/wrong fields
 
 
 def test_imu_round_trip_within_one_count() -> None:
@@ -93,7 +93,7 @@ def test_every_single_bit_flip_is_rejected() -> None:
     (lambda f: f[:-4] + struct.pack("<I", zlib.crc32(f[:-4]) ^ 1), "crc"),
     (lambda f: b"", "short"),
 ])
-def test_bad_frames_have_reasons(mangle, reason: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_frames_have_reasons(mangle, reason: str) -> None:
     with pytest.raises(FrameError) as exc:
         decode_imu(mangle(encode_imu(_packet())))
     assert exc.value.reason == reason
@@ -108,7 +108,7 @@ def test_random_garbage_never_crashes() -> None:
         with pytest.raises(FrameError):
             decode_room(blob)
     with pytest.raises(FrameError):
-        decode_imu("not bytes")  # type: ignore[arg-type]
+        decode_imu("not bytes")  # type: ignore[arg-type]  # deliberately not bytes
 
 
 @settings(max_examples=60, deadline=None)

@@ -14,7 +14,7 @@ from fallwatch.sim.scenario import demo_scenario
 
 
 def _collect(fleet: Fleet, **kw: object) -> list:
-    return [fr for ch in fleet.run(**kw) for fr in ch.frames]  # type: ignore[arg-type]
+    return [fr for ch in fleet.run(**kw) for fr in ch.frames]
 
 
 def _signal(frames: list, sensor: str) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +60,7 @@ def test_chunks_are_in_reception_order_and_window(demo: tuple[Fleet, list]) -> N
         assert all(ch.t_s - 2.0 < t <= ch.t_s for t in rx)
 
 
-def test_ground_truth_falls(demo: tuple[Fleet, list], tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_ground_truth_falls(demo: tuple[Fleet, list], tmp_path) -> None:
     fleet, frames = demo
     falls = [e for e in fleet.ground_truth if e.type == "fall"]
     assert len(falls) == 3

@@ -69,7 +69,7 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
         if a.get("data_status") != "alert" or a["alert_id"] not in notified_at:
             continue
         fall = by_sensor.get(a.get("sensor"))
-        if fall is None:
+        if fall is None or fall.t_impact_s is None:
             continue
         impact_wall = wall0 + float(fall.t_impact_s)
         d = notified_at[a["alert_id"]] - impact_wall
