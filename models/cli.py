@@ -1,7 +1,7 @@
 """``fallwatch models ...``: train and evaluate the fall detector and the fall-risk model.
 
 Registered by ``fallwatch.cli`` through :func:`register`; also runnable on its own as
-``python -m models.cli models train-fall --data DIR``.
+``python -m fallwatch.models.cli models train-fall --data DIR``.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def cmd_eval_risk(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.cli")
+    parser = argparse.ArgumentParser(prog="python -m fallwatch.models.cli")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
