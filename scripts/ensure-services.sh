@@ -3,7 +3,7 @@
 # missing: Mosquitto (+ its C clients, used by the broker benchmark), InfluxDB 1.x, and
 # Chromium + ChromeDriver for the staff-page browser test.
 # They are only installed here, never started as system services: every test run starts its
-# own private instances on free loopback ports (fallwatch/services.py).
+# own private instances on free loopback ports (fallwatch/testing/services.py).
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
