@@ -1,7 +1,7 @@
 """``fallwatch dashboards build|check|push``: Grafana dashboards as code.
 
 ``build`` writes the dashboard JSON and Grafana provisioning files from
-:mod:`dashboards.spec`; ``check`` runs every panel's InfluxQL against a real InfluxDB
+:mod:`fallwatch.dashboards.spec`; ``check`` runs every panel's InfluxQL against a real InfluxDB
 (so a schema change that would blank a panel is caught); ``push`` uploads the
 dashboards through Grafana's HTTP API with grafana-client.
 """

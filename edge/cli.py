@@ -111,12 +111,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, NotImplementedError, OSError) as exc:
         print(f"cannot open source: {exc}", file=sys.stderr)
         return 2
-    sensors = list(getattr(source, "sensors", [])) + configured_sensors(cfg.edge)
-    site = getattr(source, "site_id", cfg.edge.site_id)
-    hub = getattr(source, "hub_id", cfg.edge.device_id)
+    sensors = [*source.sensors, *configured_sensors(cfg.edge)]
+    site = source.site_id or cfg.edge.site_id
+    hub = source.hub_id or cfg.edge.device_id
     if (site, hub) != (cfg.edge.site_id, cfg.edge.device_id):
         cfg = cfg.model_copy(update={"edge": cfg.edge.model_copy(update={"site_id": site, "device_id": hub})})
-    agent = EdgeAgent(cfg, sensors=sensors, start_epoch_ms=getattr(source, "start_epoch_ms", None))
+    agent = EdgeAgent(cfg, sensors=sensors, start_epoch_ms=source.start_epoch_ms)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -185,7 +185,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
     except ota.UpdateError as exc:
         print(f"refused ({exc.status}): {exc}", file=sys.stderr)
         return 1
-    print(f"installed fall model {manifest['version']} at {model.path}")
+    print(f"installed fall model {manifest.version} at {model.path}")
     return 0
 
 

@@ -30,7 +30,7 @@ from fallwatch.edge.outbox import Pending
 from fallwatch.edge.sensors import Sensors, Wearable
 from fallwatch.models.detector import FallDecision
 from fallwatch.protocol import contract as C
-from fallwatch.protocol import topics
+from fallwatch.protocol.ids import is_id
 
 log = logging.getLogger("fallwatch.edge.agent")
 
@@ -184,7 +184,7 @@ class AlertDecision:
             confidence=float(np.clip(conf, 0.0, 1.0)),
             peak_g=float(min(d.peak_g, 64.0)),
             lying_s=lying_s,
-            room=room if room and topics.is_level(room) else None,
+            room=room if room and is_id(room) else None,
             sensor=w.sensor_id,
             reasons=reasons[:16],
             model=self.sensors.model.tag[:80],

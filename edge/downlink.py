@@ -39,6 +39,7 @@ from fallwatch.edge.telemetry import Telemetry
 from fallwatch.edge.uplink import Uplink
 from fallwatch.protocol import contract as C
 from fallwatch.protocol import topics
+from fallwatch.protocol.ids import is_id
 
 log = logging.getLogger("fallwatch.edge.agent")
 
@@ -150,7 +151,7 @@ class Downlink:
         self._answer(name, reply)
 
     def _answer(self, name: str, data: C.StatusData) -> None:
-        if not topics.is_level(name):
+        if not is_id(name):
             log.warning("command name %r is not a topic level: cannot answer", name[:80])
             return
         self.uplink.send([self.messages.cmd_res(name, data, self.now_s())])
@@ -196,7 +197,7 @@ class Downlink:
         with self.lock:  # swap between two feed() calls: no window is scored half by each model
             self.swap_model(new_model)
         self.count("model_update_installed")
-        self._ota_status(C.StatusData(status="installed", version=str(manifest["version"])[:40]), birth=True)
+        self._ota_status(C.StatusData(status="installed", version=manifest.version), birth=True)
         return True
 
     def _ota_status(self, data: C.StatusData, birth: bool = False) -> None:

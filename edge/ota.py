@@ -12,8 +12,8 @@ Canonical manifest = JSON with sorted keys and no spaces. The update is accepted
 the signature verifies with the configured ``edge.model_pubkey`` (no key: updates are
 disabled), the manifest has not expired, the version is higher than the running one
 (anti-rollback), the bytes match size and sha256, the model loads with metadata that
-matches the feature code (:func:`models.detector.check_metadata`), and it passes the
-golden self-test (:func:`edge.synth.golden_windows`). Only then is it moved into place
+matches the feature code (:func:`fallwatch.models.detector.check_metadata`), and it passes the
+golden self-test (:func:`fallwatch.edge.synth.golden_windows`). Only then is it moved into place
 with ``os.replace`` (the previous file kept as ``previous.onnx``) and swapped in between
 two ``feed()`` calls. On any failure the running model is untouched.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import os
 import time
@@ -34,10 +33,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fallwatch.config import EdgeConfig
+from fallwatch.protocol import contract as C
 
 log = logging.getLogger(__name__)
 
-MAX_MODEL_BYTES = 32 * 2**20
+MAX_MODEL_BYTES = C.MAX_MODEL_BYTES
 
 
 class UpdateError(Exception):
@@ -49,10 +49,6 @@ class UpdateError(Exception):
         self.version = version
 
 
-def canonical(manifest: dict[str, Any]) -> bytes:
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
 def sign_update(
     private_key: Ed25519PrivateKey,
     model_bytes: bytes,
@@ -62,23 +58,18 @@ def sign_update(
     inline: bool = True,
     url: str | None = None,
 ) -> bytes:
-    """Build a signed update document (used by the gateway/tooling and by tests)."""
-    manifest: dict[str, Any] = {
-        "model": "fall",
-        "version": version,
-        "sha256": hashlib.sha256(model_bytes).hexdigest(),
-        "size": len(model_bytes),
-        "expires_ms": expires_ms or int(time.time() * 1000) + 30 * 86400 * 1000,
-    }
-    if url:
-        manifest["url"] = url
-    doc: dict[str, Any] = {
-        "manifest": manifest,
-        "signature": base64.b64encode(private_key.sign(canonical(manifest))).decode(),
-    }
-    if inline:
-        doc["model_b64"] = base64.b64encode(model_bytes).decode()
-    return json.dumps(doc).encode()
+    """Build a signed update document (``contract.ModelUpdate``; used by tooling and tests)."""
+    manifest = C.ModelManifest(
+        model="fall",
+        version=version,
+        sha256=hashlib.sha256(model_bytes).hexdigest(),
+        size=len(model_bytes),
+        expires_ms=expires_ms or int(time.time() * 1000) + 30 * 86400 * 1000,
+        url=url or None,
+    )
+    signature = base64.b64encode(private_key.sign(C.manifest_bytes(manifest))).decode()
+    model_b64 = base64.b64encode(model_bytes).decode() if inline else None
+    return C.encode_downlink(C.ModelUpdate(manifest=manifest, signature=signature, model_b64=model_b64))
 
 
 def public_key_b64(private_key: Ed25519PrivateKey) -> str:
@@ -127,24 +118,24 @@ class ModelStore:
     def current_path(self) -> Path:
         return self.dir / "current.onnx"
 
-    def install(self, blob: bytes) -> tuple[Any, dict[str, Any]]:
+    def install(self, blob: bytes) -> tuple[Any, C.ModelManifest]:
         """Verify, load, self-test and put in place a model update; returns (model, manifest)."""
         try:
-            doc = json.loads(blob)
-            manifest = doc["manifest"]
-            sig = base64.b64decode(doc["signature"], validate=True)
-            version = str(manifest["version"])
-        except (ValueError, KeyError, TypeError) as exc:
+            doc = C.decode_model_update(blob)
+            sig = base64.b64decode(doc.signature, validate=True)
+        except (C.ContractError, ValueError) as exc:
             raise UpdateError("rejected", f"malformed update: {exc}") from None
+        manifest = doc.manifest
+        version = manifest.version
         if self._key is None:
             raise UpdateError(
                 "rejected", "no edge.model_pubkey configured: model updates are disabled", version
             )
         try:
-            self._key.verify(sig, canonical(manifest))
+            self._key.verify(sig, C.manifest_bytes(manifest))
         except InvalidSignature:
             raise UpdateError("rejected", "bad ed25519 signature", version) from None
-        if int(manifest.get("expires_ms", 0)) < time.time() * 1000:
+        if manifest.expires_ms < time.time() * 1000:
             raise UpdateError("rejected", "manifest expired", version)
         new_v, cur_v = _version_tuple(version), _version_tuple(str(getattr(self.running, "version", "")))
         if new_v is None:
@@ -153,8 +144,8 @@ class ModelStore:
             raise UpdateError(
                 "rejected", f"version {version} is not newer than {self.running.version}", version
             )
-        data = self._fetch(doc, manifest, version)
-        if len(data) != int(manifest["size"]) or hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+        data = self._fetch(doc, version)
+        if len(data) != manifest.size or hashlib.sha256(data).hexdigest() != manifest.sha256:
             raise UpdateError("rejected", "size/sha256 mismatch", version)
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f"incoming-{os.getpid()}.onnx"
@@ -183,17 +174,17 @@ class ModelStore:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _fetch(self, doc: dict[str, Any], manifest: dict[str, Any], version: str) -> bytes:
-        if "model_b64" in doc:
+    def _fetch(self, doc: C.ModelUpdate, version: str) -> bytes:
+        if doc.model_b64 is not None:
             try:
-                data = base64.b64decode(doc["model_b64"], validate=True)
+                data = base64.b64decode(doc.model_b64, validate=True)
             except ValueError as exc:
                 raise UpdateError("rejected", f"model_b64: {exc}", version) from None
-        elif "url" in manifest:
+        elif doc.manifest.url is not None:
             import requests
 
             try:
-                r = requests.get(manifest["url"], timeout=30)
+                r = requests.get(doc.manifest.url, timeout=30)
                 r.raise_for_status()
                 data = r.content
             except requests.RequestException as exc:

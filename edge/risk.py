@@ -1,7 +1,7 @@
 """Daily fall-risk features per resident, computed on the hub from the same 50 Hz stream.
 
-The feature names, units and meaning are the contract in :mod:`models.risk_features`;
-the score and its driving factors come from :class:`models.risk.RiskModel`. What this
+The feature names, units and meaning are the contract in :mod:`fallwatch.models.risk_features`;
+the score and its driving factors come from :class:`fallwatch.models.risk.RiskModel`. What this
 module measures, per resident-day:
 
 * **gait** (5 s segments of the waist wearable): a segment is *walking* when the

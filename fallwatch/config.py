@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fallwatch.protocol.ids import ID_PATTERN as ID_PATTERN  # re-exported: older imports use it from here
+from fallwatch.protocol.ids import ID_PATTERN
 
 
 class _Strict(BaseModel):

@@ -44,7 +44,7 @@ from fallwatch.gateway.decode import Decoder
 from fallwatch.gateway.dedup import Deduplicator
 from fallwatch.gateway.http import HttpServer
 from fallwatch.gateway.ingest import BulkIngest, InFlight, LatencyProbe
-from fallwatch.gateway.links import ALERT_FILTERS, BULK_FILTERS, Item, Links
+from fallwatch.gateway.links import Item, Links
 from fallwatch.gateway.metrics import Counters, Metrics
 from fallwatch.gateway.sinks import SINKS, sink_type
 from fallwatch.gateway.spool import Spool
@@ -53,7 +53,7 @@ from fallwatch.gateway.store import Storage
 from fallwatch.gateway.supervision import Supervisor
 from fallwatch.gateway.workers import Workers
 
-__all__ = ["ALERT_FILTERS", "BULK_FILTERS", "Gateway", "check_plugins"]
+__all__ = ["Gateway", "check_plugins"]
 
 log = logging.getLogger("fallwatch.gateway")
 
@@ -134,7 +134,7 @@ class Gateway:
         log.info(
             "gateway %s started: store %s, state %s, spool %s",
             self.gateway_id,
-            self.storage.new_sink().name,
+            sink_type(self.cfg.influx),
             self.state.dialect.describe(),
             self.spool.path,
         )

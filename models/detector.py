@@ -10,7 +10,7 @@ Pipeline per wearable, at the model's rate (the edge resamples to it):
    ``[impact - pre_s, impact + post_s)`` is cut from a ring buffer. It contains the
    post-impact posture and stillness the model uses to confirm the fall.
 3. **Model**: :class:`FallModel` scores a *batch* of windows (features from
-   :mod:`models.features`, the same code as training, then one ONNX session).
+   :mod:`fallwatch.models.features`, the same code as training, then one ONNX session).
 4. **Decision**: probability >= threshold -> one :class:`FallDecision` with its reasons
    (impact magnitude, model score, posture change, stillness). Alerts whose impacts fall
    within ``dedup_s`` of the previous alert's impact are folded into it, so one fall is

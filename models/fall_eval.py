@@ -1,7 +1,7 @@
 """Trial-level evaluation of the streaming detector, as the edge runs it.
 
 Used by ``eval-fall`` (shipped ONNX model) and by the cross-validation in training (fold
-models), so the reported numbers always come from :class:`models.detector.DeviceFallDetector`
+models), so the reported numbers always come from :class:`fallwatch.models.detector.DeviceFallDetector`
 with its deployed settings, never from a shortcut over window scores.
 
 Rules:

@@ -7,7 +7,7 @@ Protocol (why each step):
 - Labels: in a fall trial the window whose impact lies within ±1 s of the trial's largest
   acceleration peak is a fall; other windows of fall trials within [-3, +5] s of that peak
   are left out (stumble, bounce: neither clearly fall nor ADL); every other window is ADL.
-- Model: gradient-boosted trees (sklearn HistGradientBoosting) on :mod:`models.features`
+- Model: gradient-boosted trees (sklearn HistGradientBoosting) on :mod:`fallwatch.models.features`
   (chosen over alternatives by the subject-wise CV in the model card), exported with
   skl2onnx: a few hundred kB, microseconds per window.
 - Evaluation: leave-subjects-out cross-validation (subjects, never trials, are split),

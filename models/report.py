@@ -183,7 +183,7 @@ Falls are simulated in a lab by young adults (SA); of the elderly only SE06 perf
 Leave-subjects-out cross-validation, {metrics['outer_folds']} folds of subjects (SA and SE dealt
 across folds), never a random split of trials. Each fold: threshold by an inner
 {metrics['inner_folds']}-fold subject-wise CV on its training subjects only; model trained on the
-training subjects; then every held-out trial is streamed through `models.detector.DeviceFallDetector`
+training subjects; then every held-out trial is streamed through `fallwatch.models.detector.DeviceFallDetector`
 with the deployed settings in {CHUNK_S:g} s chunks (`models/fall_eval.py`, the code behind `eval-fall`).
 A fall trial is detected if any alert fires during it; an ADL trial is a false-alarm trial if any
 alert fires; false alarms per hour = all ADL alerts / ADL hours. Latency = first alert's decision

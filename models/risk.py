@@ -1,13 +1,13 @@
 """Fall-risk model: daily gait/activity features -> calibrated 30-day fall probability.
 
-Logistic regression on standardised contract features (:mod:`models.risk_features`):
+Logistic regression on standardised contract features (:mod:`fallwatch.models.risk_features`):
 calibrated by construction (checked with a reliability plot), and its score decomposes
 exactly into per-feature contributions (coefficient x standardised deviation from the
 cohort mean, in log-odds), which are the "driving factors" staff see. Exported to ONNX
 (scaler + logistic regression); the coefficients travel in the ONNX metadata so the
 factors need no second model file.
 
-Trained and tested on the **simulated** cohort of :mod:`models.risk_cohort`.
+Trained and tested on the **simulated** cohort of :mod:`fallwatch.models.risk_cohort`.
 """
 
 from __future__ import annotations

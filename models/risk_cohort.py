@@ -1,7 +1,7 @@
 """A *simulated* cohort of home-care residents for the fall-risk model.
 
 There is no real cohort in this project yet. This generator makes residents whose daily
-features (the contract in :mod:`models.risk_features`) and 30-day fall outcome follow the
+features (the contract in :mod:`fallwatch.models.risk_features`) and 30-day fall outcome follow the
 directions and rough sizes of published findings (see ``docs/models.md``):
 
 - a previous fall: OR 7.3;

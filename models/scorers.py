@@ -1,8 +1,8 @@
 """A transparent rule-based window scorer: the fallback when no ONNX fall model is shipped.
 
-It plugs into :class:`models.detector.DeviceFallDetector` in place of
-:class:`~models.detector.FallModel` (same ``predict(windows) -> probabilities``
-shape), on the same features as the model (:mod:`models.features`), so the stream,
+It plugs into :class:`fallwatch.models.detector.DeviceFallDetector` in place of
+:class:`~fallwatch.models.detector.FallModel` (same ``predict(windows) -> probabilities``
+shape), on the same features as the model (:mod:`fallwatch.models.features`), so the stream,
 trigger, window, de-dup and alert path are identical whichever scorer runs.
 
 The rule is the classic impact + posture change + stillness triad: an impact alone

@@ -12,7 +12,7 @@ subclass with ``type: Literal["name"]`` and its own keys, a class with ``batches
 ``close()``, and ``SOURCES.register(TheConfig)(TheSource)``. Nothing else changes: the
 config validation, ``fallwatch edge run --source`` and the docs' list come from the registry.
 
-* ``replay``: a recorded frame log (``fallwatch edge record`` writes one).
+* ``replay``: a recorded frame log (``fallwatch sim record`` writes one).
 * ``zigbee2mqtt``: room sensors on the hub's local MQTT bus, converted to the same
   room-event frames the simulator produces, so one decoder serves both.
 * ``ble``: the place for the wearable radio (refuses to start on this build).
@@ -31,7 +31,7 @@ from fallwatch.edge.sources._base import (
     source_config,
 )
 from fallwatch.edge.sources.ble import BleConfig, BleSource
-from fallwatch.edge.sources.replay import FrameReplaySource, ReplayConfig, record
+from fallwatch.edge.sources.replay import FrameReplaySource, ReplayConfig
 from fallwatch.edge.sources.zigbee2mqtt import Zigbee2MqttConfig, Zigbee2MqttSource
 
 __all__ = [
@@ -47,6 +47,5 @@ __all__ = [
     "Zigbee2MqttSource",
     "configured_sensors",
     "make_source",
-    "record",
     "source_config",
 ]

@@ -5,17 +5,36 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from fallwatch.config import EdgeConfig
+from fallwatch.edge.sensors import SensorDescription
 from fallwatch.plugins import PluginConfig, Registry
 from fallwatch.protocol.frames import SensorFrame
 
 
 class Source(Protocol):
-    """Where a hub's frames come from: ``(frames, now_s)`` batches until closed or exhausted."""
+    """Where a hub's frames come from: ``(frames, now_s)`` batches until closed or exhausted.
+
+    A source that knows more about the hub than its config file (the simulator: which site
+    and hub it serves, its sensors, the epoch of its clock) says so through the four
+    properties; the others answer ``None`` / no sensors (:class:`HubFromConfig`) and the
+    config decides.
+    """
+
+    @property
+    def site_id(self) -> str | None: ...
+
+    @property
+    def hub_id(self) -> str | None: ...
+
+    @property
+    def sensors(self) -> Sequence[SensorDescription]: ...
+
+    @property
+    def start_epoch_ms(self) -> int | None: ...
 
     def batches(self) -> Iterator[tuple[list[SensorFrame], float]]: ...
 
@@ -62,12 +81,21 @@ def make_source(cfg: EdgeConfig, *, duration_s: float | None = None, **options: 
     return SOURCES.get(src.type).factory(src, cfg, duration_s=duration_s, **options)
 
 
-class LiveSource:
+class HubFromConfig:
+    """The :class:`Source` identity properties of a source that leaves them to the config."""
+
+    site_id: str | None = None
+    hub_id: str | None = None
+    sensors: Sequence[SensorDescription] = ()
+    start_epoch_ms: int | None = None
+
+
+class LiveSource(HubFromConfig):
     """A source fed by a callback thread (MQTT, BLE, serial): frames are queued and handed
     out every ``tick_s`` on the hub's monotonic clock. A radio calls :meth:`put`."""
 
     def __init__(self, hub_id: str, tick_s: float = 0.2) -> None:
-        self.hub_id = hub_id
+        self.hub_id: str = hub_id
         self.tick_s = tick_s
         self._q: queue.Queue[SensorFrame] = queue.Queue()
         self._stop = threading.Event()

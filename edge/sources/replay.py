@@ -1,4 +1,4 @@
-"""``replay``: frames recorded earlier (``fallwatch edge record``), fed again at ``speed``."""
+"""``replay``: frames recorded earlier (``fallwatch sim record``), fed again at ``speed``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Literal
 from pydantic import Field
 
 from fallwatch.config import EdgeConfig
-from fallwatch.edge.sources._base import SOURCES
+from fallwatch.edge.sources._base import SOURCES, HubFromConfig
 from fallwatch.pacing import Pacer
 from fallwatch.plugins import PluginConfig
-from fallwatch.protocol.framelog import FrameLogReader, FrameLogWriter
+from fallwatch.protocol.framelog import FrameLogReader
 from fallwatch.protocol.frames import SensorFrame
 
 
@@ -22,7 +22,7 @@ class ReplayConfig(PluginConfig):
     speed: float = Field(default=1.0, ge=0)  # source seconds per wall second; 0 = flat out
 
 
-class FrameReplaySource:
+class FrameReplaySource(HubFromConfig):
     """A frame log (:mod:`fallwatch.protocol.framelog`) replayed at ``speed`` (0 = flat out),
     in batches of ``step_s`` of the recorded hub clock.
 
@@ -61,10 +61,3 @@ class FrameReplaySource:
 
 SOURCES.register(ReplayConfig)(FrameReplaySource)
 
-
-def record(frames: Iterator[tuple[list[SensorFrame], float]], out: str | Path) -> int:
-    """Write a source's frames to a frame log for :class:`FrameReplaySource`; returns how many."""
-    with FrameLogWriter(out) as w:
-        for batch, _ in frames:
-            w.write(batch)
-        return w.count

@@ -10,6 +10,7 @@ import msgspec
 from fallwatch.config import EdgeConfig, EdgeRoomSensor, MqttConfig
 from fallwatch.edge.sources._base import SOURCES, LiveSource
 from fallwatch.plugins import PluginConfig
+from fallwatch.protocol.frames import STATE_KEYS, RoomEvent, encode_room
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -19,11 +20,6 @@ class Zigbee2MqttConfig(PluginConfig):
     type: Literal["zigbee2mqtt"] = "zigbee2mqtt"
     bus_url: str = "mqtt://127.0.0.1:1883"  # the local bus broker
     base_topic: str = "zigbee2mqtt"
-
-
-#: zigbee2mqtt state keys the room-event format carries (others, e.g. illuminance, are dropped).
-_Z2M_KEYS = frozenset({"occupancy", "pressure", "contact", "tamper", "battery_low", "battery", "voltage",
-                       "linkquality"})
 
 
 class Zigbee2MqttSource(LiveSource):
@@ -63,9 +59,9 @@ class Zigbee2MqttSource(LiveSource):
         except msgspec.DecodeError:
             self.bad += 1
             return
-        payload = msgspec.json.encode({"sensor": spec.id, "kind": spec.kind, "room": spec.room,
-                                       "t_ms": int(time.time() * 1000),
-                                       **{k: v for k, v in state.items() if k in _Z2M_KEYS}})
+        # the room-event frame carries only the contract's state keys (illuminance etc. are dropped)
+        kept = {k: v for k, v in state.items() if k in STATE_KEYS and isinstance(v, bool | int | float)}
+        payload = encode_room(RoomEvent(spec.id, spec.kind, spec.room, int(time.time() * 1000), kept))
         self.put(spec.id, "zigbee", payload)
 
     def close(self) -> None:

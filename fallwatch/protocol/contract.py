@@ -11,6 +11,7 @@ on its hot path; it validates while parsing, with no intermediate dict.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Literal
 
@@ -305,10 +306,6 @@ class RemoteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
         return out
 
 
-#: Keys of :class:`RemoteConfig` that set something.
-REMOTE_CONFIG_KEYS = frozenset(RemoteConfig.__struct_fields__) - {"version"}
-
-
 class CommandRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A command on ``.../cmd/req/{name}`` (QoS 1, message expiry 300 s). The reply on
     ``.../cmd/res/{name}`` carries the same ``transaction``."""
@@ -370,8 +367,58 @@ def transaction_of(payload: bytes | bytearray) -> str | None:
     return tx if isinstance(tx, str) and 0 < len(tx) <= 80 else None
 
 
-def encode_downlink(msg: RemoteConfig | CommandRequest) -> bytes:
+def encode_downlink(msg: RemoteConfig | CommandRequest | ModelUpdate) -> bytes:
     return _encoder.encode(msg)
+
+
+# ---------------------------------------------------------------- signed model updates (…/ota/model)
+
+#: The largest model a hub accepts (inline or downloaded).
+MAX_MODEL_BYTES = 32 * 2**20
+#: An update document may carry the model inline, base64: 4/3 of the model plus the manifest.
+MAX_UPDATE_BYTES = MAX_MODEL_BYTES * 4 // 3 + 64 * 1024
+
+Sha256Hex = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+
+
+class ModelManifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """What the signature covers (:func:`manifest_bytes`): which model, which version, its hash."""
+
+    model: Literal["fall"]  # the only model a hub installs over the air today
+    version: Annotated[str, Meta(min_length=1, max_length=40)]
+    sha256: Sha256Hex
+    size: Annotated[int, Meta(ge=1, le=MAX_MODEL_BYTES)]
+    expires_ms: Ms
+    url: Annotated[str, Meta(max_length=2000)] | None = None  # download here when not inline
+
+
+class ModelUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """The retained document on ``…/ota/model``: manifest, its ed25519 signature, maybe the model."""
+
+    manifest: ModelManifest
+    signature: Annotated[str, Meta(max_length=200)]  # base64 of the 64-byte signature
+    model_b64: str | None = None
+
+
+def manifest_bytes(manifest: ModelManifest) -> bytes:
+    """The canonical bytes that are signed: sorted keys, no spaces, ASCII (stable across tools)."""
+    return json.dumps(msgspec.to_builtins(manifest), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True).encode()
+
+
+_update_decoder = msgspec.json.Decoder(ModelUpdate)
+
+
+def decode_model_update(payload: bytes | bytearray) -> ModelUpdate:
+    """Decode an update document strictly (reasons ``too_large``, ``bad_json``, ``invalid_payload``)."""
+    if len(payload) > MAX_UPDATE_BYTES:
+        raise ContractError("too_large", f"update of {len(payload)} bytes > {MAX_UPDATE_BYTES}")
+    try:
+        return _update_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise ContractError("invalid_payload", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise ContractError("bad_json", str(exc)) from None
 
 # ---------------------------------------------------------------- payloads the gateway publishes
 # Not envelopes (no device, no seq): the gateway's retained presence and its dead letters.

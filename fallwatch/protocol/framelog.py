@@ -1,7 +1,7 @@
 """The frame log: what a hub's radios received, kept so it can be fed to an edge agent again.
 
-Written by ``fallwatch sim run --out`` (every hub), ``fallwatch sim record`` / ``fallwatch
-edge record`` (one hub) and :func:`fallwatch.edge.sources.record` (any source); read by
+Written by ``fallwatch sim run --out`` (every hub) and ``fallwatch sim record`` / ``fallwatch
+edge record`` (one hub); read by
 the edge's ``replay`` source and ``fallwatch sim inspect|export``.
 
 Format ``fallwatch-frames/1``: JSON lines, one frame per line, in reception order::

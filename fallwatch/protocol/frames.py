@@ -63,7 +63,6 @@ DEFAULT_ACC_LSB_G = 16.0 / 32768.0
 DEFAULT_GYRO_LSB_DPS = 2000.0 / 32768.0
 
 MAX_SAMPLES = 2000  # 10 s at 200 Hz: anything larger is not a frame a radio would carry
-_ID_RE = ID_RE
 
 # magic, version, flags, boot_count, seq, t0_ms, rate_mhz, acc_lsb, gyro_lsb,
 # battery (0.5 % units), rssi_dbm, n samples, sensor-id length
@@ -164,7 +163,7 @@ def encode_imu(p: ImuPacket) -> bytes:
     Values beyond the declared range are clipped to the rail and ``FLAG_SATURATED`` is
     set, as firmware does, so ``decode_imu(encode_imu(p)).flags`` may gain that bit.
     """
-    if not _ID_RE.match(p.sensor_id):
+    if not ID_RE.match(p.sensor_id):
         raise ValueError(f"invalid sensor id {p.sensor_id!r}")
     acc = np.asarray(p.acc_g)
     gyro = np.asarray(p.gyro_dps)
@@ -202,7 +201,7 @@ def decode_imu(payload: bytes) -> ImuPacket:
         sensor_id = buf[_HEAD.size:_HEAD.size + id_len].decode("ascii")
     except UnicodeDecodeError:
         raise FrameError("garbage", "sensor id is not ascii") from None
-    if not _ID_RE.match(sensor_id):
+    if not ID_RE.match(sensor_id):
         raise FrameError("garbage", f"invalid sensor id {sensor_id!r}")
     if not (0 < rate_mhz <= 2_000_000) or n > MAX_SAMPLES or batt > 200:
         raise FrameError("range", f"rate {rate_mhz / 1000} Hz, n {n}, battery {batt / 2} %")
@@ -279,7 +278,7 @@ def decode_room(payload: bytes) -> RoomEvent:
         raise FrameError("garbage", str(exc)) from None
     if head.kind not in ROOM_KINDS:
         raise FrameError("schema", f"unknown kind {head.kind!r}")
-    if not _ID_RE.match(head.sensor) or not _ID_RE.match(head.room):
+    if not ID_RE.match(head.sensor) or not ID_RE.match(head.room):
         raise FrameError("schema", f"invalid sensor/room id {head.sensor!r}/{head.room!r}")
     if not 0 <= head.t_ms <= 10_000_000_000_000:
         raise FrameError("range", f"t_ms {head.t_ms}")

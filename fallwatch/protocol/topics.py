@@ -29,9 +29,6 @@ ROOT = "fallwatch"
 VERSION = "v1"
 PREFIX = f"{ROOT}/{VERSION}"
 
-#: Uplink kinds: the last topic levels after ``{site}/{device}/`` that a device may publish.
-UPLINK_KINDS = ("state", "health", "tele", "evt/fall", "evt/risk", "evt/test", "cmd/res", "ota/status")
-
 
 class TopicError(ValueError):
     """A topic that is not part of the fallwatch tree."""
@@ -91,8 +88,12 @@ def ota_status(site: str, device: str) -> str:
     return f"{device_base(site, device)}/ota/status"
 
 
+#: Everything below it is a dead letter published by a gateway (never by a device).
+DLQ_PREFIX = f"{PREFIX}/_dlq/"
+
+
 def dead_letter(reason: str) -> str:
-    return f"{PREFIX}/_dlq/{reason}"
+    return f"{DLQ_PREFIX}{reason}"
 
 
 #: What a gateway subscribes to: every uplink of every device of every site.
@@ -151,11 +152,6 @@ def cmd_req_filter(site: str, device: str) -> str:
 def downlink_filters(site: str, device: str) -> tuple[str, ...]:
     """What a hub subscribes to: its desired config, its model updates, its commands."""
     return (config(site, device), ota_model(site, device), cmd_req_filter(site, device))
-
-
-def is_level(value: str) -> bool:
-    """True if ``value`` may be a topic level (a command name that can be answered, a room)."""
-    return bool(ID_RE.match(value))
 
 
 # ---------------------------------------------------------------- gateway-published topics

@@ -21,6 +21,7 @@ from fallwatch.models.scorers import ThresholdScorer
 from fallwatch.protocol import contract as C
 from fallwatch.protocol import topics
 from fallwatch.protocol.frames import RoomEvent
+from fallwatch.protocol.ids import is_id
 
 
 def _fall_window(drop: bool) -> np.ndarray:
@@ -143,7 +144,7 @@ def test_downlink_payloads_decode_strictly() -> None:
         assert e.value.reason == reason, bad
     assert C.transaction_of(b'{"transaction": "t", "x": 1}') == "t"
     assert C.transaction_of(b"not json") is None and C.transaction_of(b'{"transaction": 5}') is None
-    assert set(C.COMMANDS) == {"ping", "self-test"} and all(topics.is_level(c) for c in C.COMMANDS)
+    assert set(C.COMMANDS) == {"ping", "self-test"} and all(is_id(c) for c in C.COMMANDS)
     assert topics.downlink_filters("home-1", "hub-1") == (
         "fallwatch/v1/home-1/hub-1/config", "fallwatch/v1/home-1/hub-1/ota/model",
         "fallwatch/v1/home-1/hub-1/cmd/req/+")

@@ -20,11 +20,11 @@ import pytest
 from fallwatch.config import FallwatchConfig, load_config
 from fallwatch.gateway.app import Gateway
 from fallwatch.gateway.channels import Action
-from fallwatch.gateway.channels.recording import RecordingChannel
 from fallwatch.gateway.sinks.sqlite import SqliteSeriesSink
 from fallwatch.mqtt import make_client
 from fallwatch.protocol import contract, topics
 from fallwatch.testing import publisher as t
+from fallwatch.testing.channels import RecordingChannel
 from fallwatch.testing.fake_mqtt import FakeBroker, FakeClient, wait_for
 
 SITE, HUB = "site-u", "hub-u"

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from fallwatch.config import load_config
+from fallwatch.pacing import Pacer
 from fallwatch.testing.services import InfluxDB1, Mosquitto
 
 
@@ -31,9 +32,9 @@ def _pct(values: list[float], q: float) -> float:
 def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
     from fallwatch.app.demo import Pipeline
     from fallwatch.gateway.channels import Action
-    from fallwatch.gateway.channels.recording import RecordingChannel
     from fallwatch.sim.fleet import Fleet
     from fallwatch.sim.scenario import demo_scenario
+    from fallwatch.testing.channels import RecordingChannel
 
     residents, duration_s = (4, 60.0) if quick else (12, 100.0)
     recorder = RecordingChannel()
@@ -47,12 +48,12 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
             pipe.drive(duration_s, speed=1.0, step_s=0.25, progress=progress)
             # let the last cancel windows expire at real-time pace, then drain
             tail_s = cfg.edge.cancel_window_s + 5.0
-            t_end = time.monotonic() + tail_s
-            while time.monotonic() < t_end:
-                now_s = duration_s + (tail_s - (t_end - time.monotonic()))
+            pacer, now_s = Pacer(1.0, start_s=duration_s), duration_s
+            while now_s < duration_s + tail_s:
+                now_s += 0.25
+                pacer.wait(now_s)
                 for agent in pipe.agents.values():
                     agent.feed([], now_s)
-                time.sleep(0.25)
             pipe.settle(60.0)
             alerts = pipe.gateway.alerts()
             raised = sum(int(a.stats().get("alerts_raised", 0)) for a in pipe.agents.values())

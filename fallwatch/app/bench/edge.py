@@ -169,7 +169,7 @@ class NaiveDetector:
     """The naive design, for the baseline: no impact trigger, no batching. Every time new
     samples arrive, the wearable's last window goes to the model on its own (a Python
     loop over windows, one inference call per window). Same split API as
-    :class:`models.detector.DeviceFallDetector`, so the rest of the agent is identical;
+    :class:`fallwatch.models.detector.DeviceFallDetector`, so the rest of the agent is identical;
     its decisions are not published (which only flatters the baseline)."""
 
     def __init__(self, model: Any, settings: Any = None) -> None:

@@ -313,7 +313,7 @@ def latency(
 ) -> dict[str, Any]:
     from fallwatch.gateway.app import Gateway
     from fallwatch.gateway.channels import Action
-    from fallwatch.gateway.channels.recording import RecordingChannel
+    from fallwatch.testing.channels import RecordingChannel
     from fallwatch.testing.publisher import Publisher, fall
 
     database = f"lat_{time.monotonic_ns()}"

@@ -1,7 +1,7 @@
 """An in-process channel that records every event with its wall-clock time.
 
-Not a ``type`` one can configure (nobody could read it back from a config file): the
-composition layer and the tests add one to the gateway (``Gateway(cfg, channels=[rec])``)
+A test helper, not a ``type`` one can configure (nobody could read it back from a config
+file): the benchmarks and the tests add one to the gateway (``Gateway(cfg, channels=[rec])``)
 to see exactly what staff would be told, and when — the e2e benchmark measures the time
 from a simulated impact to the notification with it.
 """
