@@ -33,7 +33,7 @@ from fallwatch.config import EdgeConfig, FallwatchConfig
 from fallwatch.edge import ota
 from fallwatch.edge.counters import Counters
 from fallwatch.edge.daily_risk import DailyRisk
-from fallwatch.edge.decision import AlertDecision, AlertEvent
+from fallwatch.edge.decision import AlertDecision, DecidedAlert
 from fallwatch.edge.detection import Detection
 from fallwatch.edge.downlink import Downlink, self_test
 from fallwatch.edge.fusion import RoomFusion
@@ -196,7 +196,7 @@ class EdgeAgent:
 
     # ------------------------------------------------------------------ public operations
 
-    def on_alert(self, listener: Callable[[AlertEvent], None]) -> None:
+    def on_alert(self, listener: Callable[[DecidedAlert], None]) -> None:
         """Tell ``listener`` about every alert/cancellation once it is committed to the outbox."""
         self.decisions.subscribe(listener)
 

@@ -10,7 +10,7 @@ alert's impact, and ``Wearable.last_alert_t`` keeps the soft path and device dro
 step with it.
 
 Each alert or cancellation is committed to the outbox before anyone is told:
-:meth:`AlertDecision.subscribe` listeners get an :class:`AlertEvent` carrying the row's
+:meth:`AlertDecision.subscribe` listeners get an :class:`DecidedAlert` carrying the row's
 ``seq`` (the benchmark's latency probe, the tests, a local buzzer).
 """
 
@@ -49,7 +49,7 @@ class PendingAlert:
 
 
 @dataclass(frozen=True, slots=True)
-class AlertEvent:
+class DecidedAlert:
     """A fall alert or cancellation, told to listeners once it is committed to the outbox."""
 
     event_id: str
@@ -88,9 +88,9 @@ class AlertDecision:
         self.warn = warn
         self.on_raised = on_raised
         self.pending: list[PendingAlert] = []
-        self._listeners: list[Callable[[AlertEvent], None]] = []
+        self._listeners: list[Callable[[DecidedAlert], None]] = []
 
-    def subscribe(self, listener: Callable[[AlertEvent], None]) -> None:
+    def subscribe(self, listener: Callable[[DecidedAlert], None]) -> None:
         """Call ``listener`` with every alert/cancellation once it is on disk (in the feed thread)."""
         self._listeners.append(listener)
 
@@ -112,7 +112,7 @@ class AlertDecision:
             return
         keep: list[PendingAlert] = []
         out: list[Pending] = []
-        events: list[AlertEvent] = []
+        events: list[DecidedAlert] = []
         raised = False
         for pa in self.pending:
             w = pa.wearable
@@ -138,7 +138,7 @@ class AlertDecision:
         if raised:
             self.on_raised()
         for seq, ev in zip(seqs, events, strict=True):
-            committed = AlertEvent(ev.event_id, ev.status, ev.sensor, ev.resident_id, ev.impact_t_s,
+            committed = DecidedAlert(ev.event_id, ev.status, ev.sensor, ev.resident_id, ev.impact_t_s,
                                    ev.confidence, ev.feed_wall, seq)
             for listener in self._listeners:
                 listener(committed)
@@ -149,12 +149,12 @@ class AlertDecision:
         status: Literal["alert", "cancelled"],
         now_s: float,
         out: list[Pending],
-        events: list[AlertEvent],
+        events: list[DecidedAlert],
         cancelled_at: float | None = None,
     ) -> None:
         data = self.fall_data(pa, status, now_s, cancelled_at)
         w = pa.wearable
-        events.append(AlertEvent(pa.event_id, status, w.sensor_id, w.resident_id, pa.decision.impact_t_s,
+        events.append(DecidedAlert(pa.event_id, status, w.sensor_id, w.resident_id, pa.decision.impact_t_s,
                                  data.confidence, pa.feed_wall, -1))
         log.warning("fall %s for %s (%s): confidence %.2f", status, w.sensor_id, w.resident_id, data.confidence)
         out.append(self.messages.fall(data, pa.decision.impact_t_s, w.resident_id))

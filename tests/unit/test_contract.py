@@ -94,3 +94,17 @@ json_values = st.recursive(
 def test_structured_garbage_is_rejected_cleanly(obj: dict[str, object]) -> None:
     with pytest.raises(c.ContractError):
         c.decode(TOPIC, msgspec.json.encode(obj))
+
+
+def test_model_update_is_a_contract_document_and_only_for_the_fall_model() -> None:
+    manifest = c.ModelManifest(model="fall", version="1.2.0", sha256="ab" * 32, size=10, expires_ms=1)
+    doc = c.encode_downlink(c.ModelUpdate(manifest=manifest, signature="c2ln", model_b64="AAAA"))
+    assert c.decode_model_update(doc).manifest == manifest
+    # the signed bytes do not depend on field order or spacing in the document
+    assert c.manifest_bytes(manifest) == (b'{"expires_ms":1,"model":"fall","sha256":"' + b"ab" * 32
+                                          + b'","size":10,"version":"1.2.0"}')
+    risk = doc.replace(b'"model":"fall"', b'"model":"risk"')
+    with pytest.raises(c.ContractError, match=r"model"):
+        c.decode_model_update(risk)
+    with pytest.raises(c.ContractError):
+        c.decode_model_update(doc.replace(b'"signature"', b'"extra":1,"signature"'))

@@ -15,7 +15,7 @@ import pytest
 from fallwatch.config import load_config
 from fallwatch.edge import synth
 from fallwatch.edge.agent import EdgeAgent
-from fallwatch.edge.decision import AlertEvent
+from fallwatch.edge.decision import DecidedAlert
 from fallwatch.protocol import contract as C
 from fallwatch.protocol import topics
 from fallwatch.protocol.frames import FLAG_CANCEL, SensorFrame
@@ -92,7 +92,7 @@ def feed(agent: EdgeAgent, frames: list[SensorFrame], until_s: float | None = No
 def test_injected_fall_gives_exactly_one_alert_after_the_cancel_window(
     agent: EdgeAgent, broker: FakeBroker
 ) -> None:
-    events: list[AlertEvent] = []
+    events: list[DecidedAlert] = []
     agent.on_alert(events.append)
     frames, impact_s = fall_frames()
     decided_s = impact_s + 2.5  # the window's post-impact part must have arrived

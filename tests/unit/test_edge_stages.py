@@ -9,7 +9,7 @@ import pytest
 
 from fallwatch.edge import synth
 from fallwatch.edge.counters import Counters
-from fallwatch.edge.decision import AlertDecision, AlertEvent
+from fallwatch.edge.decision import AlertDecision, DecidedAlert
 from fallwatch.edge.detection import free_fall_s, is_device_drop
 from fallwatch.edge.fusion import RoomFusion
 from fallwatch.edge.messages import Messages
@@ -84,7 +84,7 @@ def _decision(impact_s: float) -> FallDecision:
 
 def test_alert_decision_holds_for_the_cancel_window_then_raises_once(tmp_path: Path) -> None:
     stage, sensors, sent = _decision_stage(tmp_path)
-    events: list[AlertEvent] = []
+    events: list[DecidedAlert] = []
     stage.subscribe(events.append)
     w = sensors.wearables["wear-1"]
     stage.decide(w, _decision(20.0), now_s=22.5)
@@ -100,7 +100,7 @@ def test_alert_decision_holds_for_the_cancel_window_then_raises_once(tmp_path: P
 
 def test_alert_decision_cancel_press_in_the_window_cancels(tmp_path: Path) -> None:
     stage, sensors, sent = _decision_stage(tmp_path)
-    events: list[AlertEvent] = []
+    events: list[DecidedAlert] = []
     stage.subscribe(events.append)
     w = sensors.wearables["wear-1"]
     stage.decide(w, _decision(20.0), now_s=22.5)
