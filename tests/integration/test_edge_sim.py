@@ -9,7 +9,7 @@ import pytest
 
 from fallwatch.config import load_config
 from fallwatch.edge.agent import EdgeAgent
-from fallwatch.edge.decision import AlertEvent
+from fallwatch.edge.decision import DecidedAlert
 from fallwatch.sim.fleet import Fleet
 from fallwatch.sim.scenario import Fault, Scenario, demo_scenario, flat_site, load_scenario
 from fallwatch.testing.recorder import UplinkRecorder
@@ -25,7 +25,7 @@ def run_fleet(fleet: Fleet, broker: Mosquitto, tmp: Path, prefix: str) -> tuple[
     mq = load_config(None, {"mqtt": {"url": broker.url}}).mqtt
     rec = UplinkRecorder(mq, f"rec-{prefix}").start()
     agents: dict[str, EdgeAgent] = {}
-    alert_events: list[AlertEvent] = []
+    alert_events: list[DecidedAlert] = []
     for hub in fleet.hubs:
         cfg = load_config(None, {"mqtt": {"url": broker.url}, "edge": {
             "site_id": hub.site_id, "device_id": hub.hub_id, "outbox_path": str(tmp / f"{hub.hub_id}.sqlite"),
