@@ -25,6 +25,10 @@ from fallwatch.sim.scenario import FALL_KINDS, Event, Profile, Resident
 PRELUDE_S = 20.0  # start steering into an event's posture this long before it
 
 
+#: A fall from bed begins with a roll to the bed's edge lasting this long (s).
+PRE_ROLL_S = 1.0
+
+
 @dataclass
 class Truth:
     type: str
@@ -377,6 +381,10 @@ class TimelineBuilder:
         earliest = self.prelude(ev, kind)
         impact = max(ev.at_s, earliest)
         T_fall = float(self.rng.uniform(2.5, 4.0) if kind == "collapse" else self.rng.uniform(0.6, 1.0))
+        # the fall segment must hold the whole movement: a fall from bed starts with a roll to
+        # the edge (PRE_ROLL_S), which would otherwise be cut off at the segment's start and
+        # render as a jump in orientation (a gyro spike no body makes)
+        lead = T_fall + 0.3 + (PRE_ROLL_S if kind == "from_bed" else 0.0)
         if kind in ("forward", "backward", "sideways", "collapse"):
             while (gap := impact - T_fall - 0.3 - self.t) >= 2.0:  # potter about, last bit walking
                 if gap > 8.0 and self.rng.random() < 0.4:
@@ -384,12 +392,14 @@ class TimelineBuilder:
                 else:
                     self.walk(str(self.rng.choice(sorted(set(self.rooms.values())))), max_dur=gap)
             impact = max(impact, self.t + T_fall + 0.3)
-        elif impact - T_fall - 0.3 - self.t > 0.5:
-            self.still(impact - T_fall - 0.3 - self.t)
-            impact = self.t + T_fall + 0.3
+        elif impact - lead - self.t > 0.5:
+            self.still(impact - lead - self.t)
+            impact = self.t + lead
         else:
-            impact = self.t + T_fall + 0.3
+            impact = self.t + lead
         side = str(self.rng.choice(["left", "right"]))
+        if kind == "from_bed" and self.posture in ("lie_left", "lie_right"):
+            side = self.posture.removeprefix("lie_")  # people roll out of bed on the side they lie on
         final = {"forward": "floor_front", "backward": "floor_back", "sideways": f"floor_{side}",
                  "from_bed": f"floor_{side}", "from_chair": str(self.rng.choice(["floor_front", f"floor_{side}"])),
                  "collapse": str(self.rng.choice(["floor_back", f"floor_{side}"]))}[kind]
@@ -403,7 +413,7 @@ class TimelineBuilder:
             "gyro_kick": self.rng.normal(0, 200, 3).tolist(), "yaw_deg": float(self.rng.uniform(-40, 40)),
         }
         if kind == "from_bed":
-            params["pre_roll"] = 1.0
+            params["pre_roll"] = PRE_ROLL_S
             params["roll_to"] = 60.0 if side == "left" else -60.0
             params["from"] = POSTURES[self.posture]
         t_start = self.t

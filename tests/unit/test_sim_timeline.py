@@ -71,3 +71,22 @@ def test_many_residents_in_one_unit_share_rooms() -> None:
     assert {f"room-{k}" for k in range(1, 11)} & rooms
     site = flat_site(2)
     assert Scenario(sites=[site]).expanded().sites[0].hub_id == "hub-flat-02"
+
+
+def test_a_fall_from_bed_rolls_to_the_edge_without_an_orientation_jump() -> None:
+    """Found by the property test above: the roll to the bed's edge began before the fall
+    segment did, so the segment started mid-roll and the wearable saw a 3,000 °/s spike."""
+    calm = Profile(age=82, gait_speed_mps=1.0, cadence_spm=60.0, stride_cv=0.0, sit_to_stand_s=1.0, frailty=0.0,
+                   night_bathroom_visits=0.0, bedtime_h=22.0, wake_h=7.0, activity=0.0, falls_per_day=0.0,
+                   near_falls_per_day=0.0, device_drops_per_day=0.0, cancel_prob=0.0, recover_prob=0.0)
+    evs = [Event(type="fall", resident="r1", at_s=0.0)] * 4 + [
+        Event(type="fall", resident="r1", at_s=3118.0, kind="from_bed")]
+    tl = TimelineBuilder(Resident(id="r1", profile=calm), ROLES, seed=203, duration_s=4000.0, start_hour=0.0,
+                         events=evs, stairs=False).build()
+    from_bed = [s for s in tl.segments if s.kind == "fall" and s.params.get("pre_roll")]
+    assert from_bed and from_bed[-1].t0 > 3000
+    for seg in from_bed:
+        t = np.arange(seg.t0, seg.t1, 1 / 200.0)
+        _, gyro = render_block(tl.segments, t)
+        assert np.abs(gyro).max() < 1000  # a roll out of bed and the landing, not a teleport
+        assert seg.params["roll_to"] * seg.params["from"][1] >= 0  # rolls out on the side it lies on
