@@ -22,7 +22,7 @@ from fallwatch.protocol.ids import ID_PATTERN
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, regex_engine="python-re")  # ids: fallwatch.protocol.ids
 
 
 class PluginSection(BaseModel):
