@@ -3,7 +3,7 @@
 A config file is TOML with one table per component (``[mqtt]``, ``[influx]``,
 ``[gateway]``, ``[edge]``); unknown keys are rejected so a typo fails at start-up with
 a readable report instead of being silently ignored. Secrets are never written in
-the file: they come from the environment (``FALLWATCH_MQTT_PASSWORD``,
+the file: they come from the environment (``FALLWATCH_MQTT_PASSWORD``, ``FALLWATCH_MQTT_ALERT_PASSWORD``,
 ``FALLWATCH_INFLUX_TOKEN``, ``FALLWATCH_INFLUX_PASSWORD``). There are no default
 passwords anywhere.
 """
@@ -56,6 +56,11 @@ class MqttConfig(_Strict):
     username: str | None = None
     password: str | None = Field(default=None, repr=False)
     client_id: str | None = None
+    # the gateway's fall-alert link connects as its own user (a broker that binds client ids to
+    # usernames needs one per link): default ``{username}-alerts``, as `broker-config` generates;
+    # its password from FALLWATCH_MQTT_ALERT_PASSWORD, else ``password``
+    alert_username: str | None = None
+    alert_password: str | None = Field(default=None, repr=False)
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
@@ -73,6 +78,14 @@ class MqttConfig(_Strict):
         if self.password is not None and self.username is None:
             raise ValueError("a password must come with a username")
         return self
+
+    def for_alert_link(self) -> MqttConfig:
+        """The credentials of the gateway's fall-alert link (see ``alert_username``)."""
+        if self.username is None and self.alert_username is None:
+            return self
+        user = self.alert_username or f"{self.username}-alerts"
+        pw = self.alert_password if self.alert_password is not None else self.password
+        return self.model_copy(update={"username": user, "password": pw})
 
     @property
     def host(self) -> str:
@@ -189,6 +202,8 @@ def _env_secrets(raw: dict[str, dict[str, object]]) -> None:
     env = os.environ
     if "FALLWATCH_MQTT_PASSWORD" in env:
         raw.setdefault("mqtt", {})["password"] = env["FALLWATCH_MQTT_PASSWORD"]
+    if "FALLWATCH_MQTT_ALERT_PASSWORD" in env:
+        raw.setdefault("mqtt", {})["alert_password"] = env["FALLWATCH_MQTT_ALERT_PASSWORD"]
     if "FALLWATCH_INFLUX_TOKEN" in env:
         raw.setdefault("influx", {})["token"] = env["FALLWATCH_INFLUX_TOKEN"]
     if "FALLWATCH_INFLUX_PASSWORD" in env:

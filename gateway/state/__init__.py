@@ -265,6 +265,12 @@ class StateStore:
             ),
         )
 
+    def device_site(self, device_id: str) -> str | None:
+        """The site a device id was first registered at (None if it never spoke)."""
+        rows = self._select("SELECT site_id FROM devices WHERE device_id = ? ORDER BY first_seen_ms, site_id LIMIT 1",
+                            (device_id,))
+        return str(rows[0]["site_id"]) if rows else None
+
     def devices(self) -> list[dict[str, Any]]:
         import json
 
