@@ -183,6 +183,18 @@ class StateStore:
             for stmt in _SCHEMA:
                 self._exec(cur, stmt.format(autoinc=self.dialect.autoinc))
 
+    def release_thread(self) -> None:
+        """Close the calling thread's connection (a short-lived thread, e.g. an HTTP request's,
+        must not leave its connection and descriptors behind)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._conns_lock, contextlib.suppress(ValueError):
+            self._conns.remove(conn)
+        with contextlib.suppress(Exception):
+            conn.close()
+
     def close(self) -> None:
         with self._conns_lock:
             for conn in self._conns:
