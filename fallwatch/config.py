@@ -174,6 +174,9 @@ class EdgeConfig(_Strict):
     upload_raw_imu: bool = False
     model_path: Path | None = None
     model_pubkey: str | None = None  # base64 ed25519 public key that signs model updates
+    # more trusted signing keys (base64 ed25519), for rotation: add the new key here, sign with
+    # it, then retire the old one; an update verifying with any trusted key is accepted
+    model_pubkeys: list[str] = []
     fw_version: str = "0.1.0"
     model_dir: Path = Path("var/edge-models")  # installed model updates (current + previous)
     max_outbox_rows: int = Field(default=200_000, ge=0)  # telemetry thinned beyond this; 0 = never
