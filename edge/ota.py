@@ -9,9 +9,14 @@ An update is one JSON document (retained on ``.../ota/model`` or given to
      "model_b64": "<base64 ONNX bytes>"}
 
 Canonical manifest = JSON with sorted keys and no spaces. The update is accepted only if
-the signature verifies with the configured ``edge.model_pubkey`` (no key: updates are
-disabled), the manifest has not expired, the version is higher than the running one
-(anti-rollback), the bytes match size and sha256, the model loads with metadata that
+it is for the fall model (``manifest.model``, checked by the contract), the signature
+verifies with one of the trusted keys (``edge.model_pubkey`` and ``edge.model_pubkeys``,
+so the signing key can be rotated; no key: updates are disabled), the manifest has not
+expired, the version is higher than the running one *and* than the highest version ever
+installed on this hub (a version floor persisted in ``model_dir/version_floor``, so an
+old, validly signed update cannot be replayed after a fall-back to ``previous.onnx`` or
+the shipped model), the bytes — downloaded as a stream that stops at the manifest's size
+and ``MAX_MODEL_BYTES``, never read whole into memory — match size and sha256, the model loads with metadata that
 matches the feature code (:func:`fallwatch.models.detector.check_metadata`), and it passes the
 golden self-test (:func:`fallwatch.edge.synth.golden_windows`). Only then is it moved into place
 with ``os.replace`` (the previous file kept as ``previous.onnx``) and swapped in between
@@ -110,9 +115,41 @@ class ModelStore:
         self.cfg = cfg
         self.dir = Path(cfg.model_dir)
         self.running = running
-        self._key: Ed25519PublicKey | None = None
-        if cfg.model_pubkey:
-            self._key = Ed25519PublicKey.from_public_bytes(base64.b64decode(cfg.model_pubkey))
+        self._keys = [Ed25519PublicKey.from_public_bytes(base64.b64decode(k))
+                      for k in (cfg.model_pubkey, *cfg.model_pubkeys) if k]
+
+    @property
+    def floor_path(self) -> Path:
+        return self.dir / "version_floor"
+
+    def version_floor(self) -> tuple[int, ...] | None:
+        """The highest version ever installed here (survives restarts and fall-backs)."""
+        try:
+            return _version_tuple(self.floor_path.read_text().strip())
+        except FileNotFoundError:
+            return None
+
+    def _raise_floor(self, version: str) -> None:
+        new = _version_tuple(version)
+        floor = self.version_floor()
+        if new is None or (floor is not None and new <= floor):
+            return
+        tmp = self.floor_path.with_suffix(".tmp")
+        with tmp.open("w") as f:
+            f.write(version + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.floor_path)
+
+    def _verify(self, sig: bytes, manifest: C.ModelManifest) -> bool:
+        signed = C.manifest_bytes(manifest)
+        for key in self._keys:
+            try:
+                key.verify(sig, signed)
+                return True
+            except InvalidSignature:
+                continue
+        return False
 
     @property
     def current_path(self) -> Path:
@@ -127,14 +164,12 @@ class ModelStore:
             raise UpdateError("rejected", f"malformed update: {exc}") from None
         manifest = doc.manifest
         version = manifest.version
-        if self._key is None:
+        if not self._keys:
             raise UpdateError(
-                "rejected", "no edge.model_pubkey configured: model updates are disabled", version
+                "rejected", "no edge.model_pubkey(s) configured: model updates are disabled", version
             )
-        try:
-            self._key.verify(sig, C.manifest_bytes(manifest))
-        except InvalidSignature:
-            raise UpdateError("rejected", "bad ed25519 signature", version) from None
+        if not self._verify(sig, manifest):
+            raise UpdateError("rejected", "bad ed25519 signature (no trusted key verifies it)", version)
         if manifest.expires_ms < time.time() * 1000:
             raise UpdateError("rejected", "manifest expired", version)
         new_v, cur_v = _version_tuple(version), _version_tuple(str(getattr(self.running, "version", "")))
@@ -144,6 +179,10 @@ class ModelStore:
             raise UpdateError(
                 "rejected", f"version {version} is not newer than {self.running.version}", version
             )
+        floor = self.version_floor()
+        if floor is not None and new_v <= floor:
+            raise UpdateError("rejected", f"version {version} is not newer than the highest ever installed "
+                              f"({'.'.join(map(str, floor))})", version)
         data = self._fetch(doc, version)
         if len(data) != manifest.size or hashlib.sha256(data).hexdigest() != manifest.sha256:
             raise UpdateError("rejected", "size/sha256 mismatch", version)
@@ -167,6 +206,7 @@ class ModelStore:
             if self.current_path.exists():
                 os.replace(self.current_path, self.dir / "previous.onnx")
             os.replace(tmp, self.current_path)
+            self._raise_floor(version)
             model.path = self.current_path
             self.running = model
             log.warning("installed fall model %s", version)
@@ -181,19 +221,35 @@ class ModelStore:
             except ValueError as exc:
                 raise UpdateError("rejected", f"model_b64: {exc}", version) from None
         elif doc.manifest.url is not None:
-            import requests
-
-            try:
-                r = requests.get(doc.manifest.url, timeout=30)
-                r.raise_for_status()
-                data = r.content
-            except requests.RequestException as exc:
-                raise UpdateError("rejected", f"download failed: {exc}", version) from None
+            data = _download(doc.manifest.url, min(doc.manifest.size, MAX_MODEL_BYTES), version)
         else:
             raise UpdateError("rejected", "update has neither model_b64 nor url", version)
         if len(data) > MAX_MODEL_BYTES:
-            raise UpdateError("rejected", f"model of {len(data)} bytes is too large", version)
+            raise UpdateError("rejected", f"model of {len(data)} bytes is larger than {MAX_MODEL_BYTES}", version)
         return data
+
+
+def _download(url: str, limit: int, version: str) -> bytes:
+    """GET ``url`` as a stream and stop as soon as it is longer than ``limit`` (the signed size):
+    a hostile or broken server cannot make the hub read an unbounded body into memory."""
+    import requests
+
+    chunks: list[bytes] = []
+    got = 0
+    try:
+        with requests.get(url, timeout=30, stream=True) as r:
+            r.raise_for_status()
+            declared = r.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise UpdateError("rejected", f"download of {declared} bytes is larger than {limit}", version)
+            for chunk in r.iter_content(65536):
+                got += len(chunk)
+                if got > limit:
+                    raise UpdateError("rejected", f"download is larger than {limit} bytes: stopped", version)
+                chunks.append(chunk)
+    except requests.RequestException as exc:
+        raise UpdateError("rejected", f"download failed: {exc}", version) from None
+    return b"".join(chunks)
 
 
 def load_installed(cfg: EdgeConfig) -> Any | None:

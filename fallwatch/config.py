@@ -3,7 +3,7 @@
 A config file is TOML with one table per component (``[mqtt]``, ``[influx]``,
 ``[gateway]``, ``[edge]``); unknown keys are rejected so a typo fails at start-up with
 a readable report instead of being silently ignored. Secrets are never written in
-the file: they come from the environment (``FALLWATCH_MQTT_PASSWORD``,
+the file: they come from the environment (``FALLWATCH_MQTT_PASSWORD``, ``FALLWATCH_MQTT_ALERT_PASSWORD``,
 ``FALLWATCH_INFLUX_TOKEN``, ``FALLWATCH_INFLUX_PASSWORD``). There are no default
 passwords anywhere.
 """
@@ -22,7 +22,7 @@ from fallwatch.protocol.ids import ID_PATTERN
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, regex_engine="python-re")  # ids: fallwatch.protocol.ids
 
 
 class PluginSection(BaseModel):
@@ -56,6 +56,11 @@ class MqttConfig(_Strict):
     username: str | None = None
     password: str | None = Field(default=None, repr=False)
     client_id: str | None = None
+    # the gateway's fall-alert link connects as its own user (a broker that binds client ids to
+    # usernames needs one per link): default ``{username}-alerts``, as `broker-config` generates;
+    # its password from FALLWATCH_MQTT_ALERT_PASSWORD, else ``password``
+    alert_username: str | None = None
+    alert_password: str | None = Field(default=None, repr=False)
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
@@ -73,6 +78,14 @@ class MqttConfig(_Strict):
         if self.password is not None and self.username is None:
             raise ValueError("a password must come with a username")
         return self
+
+    def for_alert_link(self) -> MqttConfig:
+        """The credentials of the gateway's fall-alert link (see ``alert_username``)."""
+        if self.username is None and self.alert_username is None:
+            return self
+        user = self.alert_username or f"{self.username}-alerts"
+        pw = self.alert_password if self.alert_password is not None else self.password
+        return self.model_copy(update={"username": user, "password": pw})
 
     @property
     def host(self) -> str:
@@ -161,6 +174,9 @@ class EdgeConfig(_Strict):
     upload_raw_imu: bool = False
     model_path: Path | None = None
     model_pubkey: str | None = None  # base64 ed25519 public key that signs model updates
+    # more trusted signing keys (base64 ed25519), for rotation: add the new key here, sign with
+    # it, then retire the old one; an update verifying with any trusted key is accepted
+    model_pubkeys: list[str] = []
     fw_version: str = "0.1.0"
     model_dir: Path = Path("var/edge-models")  # installed model updates (current + previous)
     max_outbox_rows: int = Field(default=200_000, ge=0)  # telemetry thinned beyond this; 0 = never
@@ -189,6 +205,8 @@ def _env_secrets(raw: dict[str, dict[str, object]]) -> None:
     env = os.environ
     if "FALLWATCH_MQTT_PASSWORD" in env:
         raw.setdefault("mqtt", {})["password"] = env["FALLWATCH_MQTT_PASSWORD"]
+    if "FALLWATCH_MQTT_ALERT_PASSWORD" in env:
+        raw.setdefault("mqtt", {})["alert_password"] = env["FALLWATCH_MQTT_ALERT_PASSWORD"]
     if "FALLWATCH_INFLUX_TOKEN" in env:
         raw.setdefault("influx", {})["token"] = env["FALLWATCH_INFLUX_TOKEN"]
     if "FALLWATCH_INFLUX_PASSWORD" in env:

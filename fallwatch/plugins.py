@@ -41,7 +41,7 @@ C = TypeVar("C", bound="PluginConfig")
 class PluginConfig(BaseModel):
     """Base of every plug-in's config class: strict (unknown keys rejected) and frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, regex_engine="python-re")  # ids: fallwatch.protocol.ids
     type: str
 
 

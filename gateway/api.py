@@ -57,6 +57,10 @@ class GatewayReader(Protocol):
         """The access audit log, newest first (``/audit``)."""
         ...
 
+    def release_thread(self) -> None:
+        """Free what the calling (request) thread holds, e.g. its state-DB connection."""
+        ...
+
 
 class GatewayApi:
     """:class:`GatewayReader` over the gateway's state store, workers, metrics and stats."""
@@ -101,3 +105,6 @@ class GatewayApi:
 
     def access_log(self) -> list[Row]:
         return self._state.access_log()
+
+    def release_thread(self) -> None:
+        self._state.release_thread()

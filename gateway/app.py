@@ -40,7 +40,7 @@ from fallwatch.config import FallwatchConfig
 from fallwatch.gateway.alerts import FallAlerts
 from fallwatch.gateway.api import GatewayApi
 from fallwatch.gateway.channels import Channel, ChannelContext, Notifier, parse_channels
-from fallwatch.gateway.decode import Decoder
+from fallwatch.gateway.decode import Decoder, SiteCheck
 from fallwatch.gateway.dedup import Deduplicator
 from fallwatch.gateway.http import HttpServer
 from fallwatch.gateway.ingest import BulkIngest, InFlight, LatencyProbe
@@ -105,7 +105,7 @@ class Gateway:
         self.links = Links(self.cfg, self.alert_q, self.bulk_q, self.inflight.received)
 
     def init_decode(self) -> None:
-        self.decoder = Decoder(self.gateway_id, self.counters, self.links.publish)
+        self.decoder = Decoder(self.gateway_id, self.counters, self.links.publish, SiteCheck(self.state.device_site))
 
     def init_bulk(self) -> None:
         self.bulk = BulkIngest(self.cfg.gateway, self.bulk_q, self.decoder, self.dedup, self.storage, self.state,

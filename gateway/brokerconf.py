@@ -9,17 +9,26 @@ What it fixes that a default Mosquitto gets wrong for us:
 * persistent sessions (``persistence true``) with ``persistent_client_expiration`` so
   abandoned device sessions do not pile up for ever, but a gateway or hub that is away
   for days still finds its queued messages;
-* no anonymous access, a per-device password (random, 24 bytes, hashed by
-  ``mosquitto_passwd``; the plaintext goes only to ``credentials.txt``, mode 0600, for
-  provisioning) and pattern ACLs so a hub can write only below its own topic and read
-  only its own downlinks; gateways read every uplink (also as ``$share/…``), write
-  dead letters and downlinks;
+* no anonymous access, a per-user password (random, 24 bytes, hashed by
+  ``mosquitto_passwd -U`` from a 0600 file, so no password is ever on a command line; the
+  plaintext goes only to ``credentials.txt``, mode 0600, for provisioning; ``passwd`` is
+  0640, group ``mosquitto`` where that group exists);
+* client ids bound to identities (``use_username_as_clientid`` on every listener): a hub
+  with valid credentials cannot take over, wipe or kick off another client's session
+  (issue 11 item 1). So each gateway has one user per MQTT link: ``{gateway}`` for the bulk
+  link and ``{gateway}-alerts`` for the fall-alert link (:func:`alert_user`);
+* per-device ACLs with the literal site (``user hub-1`` / ``topic write
+  fallwatch/v1/site-a/hub-1/…``), generated from the provisioned (site, device) pairs: a hub
+  can write only below its own site and device and read only its own downlinks (item 9;
+  a ``%u`` pattern would let hub-1 of site-a speak as hub-1 of any site). Gateways read
+  every uplink (also as ``$share/…``), write dead letters and downlinks;
 * a TLS listener (8883) for hubs; the plain listener binds to loopback only, for a
   gateway on the same host.
 """
 
 from __future__ import annotations
 
+import grp
 import os
 import secrets
 import shutil
@@ -30,9 +39,16 @@ from pathlib import Path
 from fallwatch.protocol import topics
 
 
-def acl_text(gateways: Iterable[str]) -> str:
+def alert_user(gateway: str) -> str:
+    """The user (and, bound to it, the client id) of a gateway's fall-alert link."""
+    return f"{gateway}-alerts"
+
+
+def acl_text(gateways: Iterable[str], devices: Iterable[tuple[str, str]] = ()) -> str:
+    """The ACL: a block per gateway link and one per provisioned hub, no ``pattern`` lines
+    (Mosquitto applies patterns to every user, which would undo the per-site confinement)."""
     p = topics.PREFIX
-    lines = ["# fallwatch ACL (generated). Hubs: username = client id = device id.", ""]
+    lines = ["# fallwatch ACL (generated). Hubs: username = client id = device id, at one site.", ""]
     for gw in gateways:
         lines += [
             f"user {gw}",
@@ -48,21 +64,27 @@ def acl_text(gateways: Iterable[str]) -> str:
             f"topic write {p}/+/+/config",
             f"topic write {p}/+/+/ota/model",
             "",
+            f"user {alert_user(gw)}",
+            f"topic read {p}/+/+/evt/fall",
+            "",
         ]
-    lines += [
-        "# every other user is a hub: uplinks only under its own device level ...",
-        f"pattern write {p}/+/%u/state",
-        f"pattern write {p}/+/%u/health",
-        f"pattern write {p}/+/%u/tele/+",
-        f"pattern write {p}/+/%u/evt/+",
-        f"pattern write {p}/+/%u/cmd/res/+",
-        f"pattern write {p}/+/%u/ota/status",
-        "# ... and only its own downlinks",
-        f"pattern read {p}/+/%u/cmd/req/+",
-        f"pattern read {p}/+/%u/config",
-        f"pattern read {p}/+/%u/ota/model",
-        "",
-    ]
+    for site, device in devices:
+        base = f"{p}/{site}/{device}"
+        lines += [
+            f"# hub {device} of site {site}: uplinks only under its own site and device ...",
+            f"user {device}",
+            f"topic write {base}/state",
+            f"topic write {base}/health",
+            f"topic write {base}/tele/+",
+            f"topic write {base}/evt/+",
+            f"topic write {base}/cmd/res/+",
+            f"topic write {base}/ota/status",
+            "# ... and only its own downlinks",
+            f"topic read {base}/cmd/req/+",
+            f"topic read {base}/config",
+            f"topic read {base}/ota/model",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -104,11 +126,14 @@ def mosquitto_conf(
         "",
     ]
     if plain_port is not None:
-        lines += ["# local plain listener for a gateway on this host only", f"listener {plain_port} 127.0.0.1", ""]
+        lines += ["# local plain listener for a gateway on this host only", f"listener {plain_port} 127.0.0.1",
+                  "# the client id is the username: nobody can take over another client's session",
+                  "use_username_as_clientid true", ""]
     if tls_port is not None:
         lines += [
             "# TLS listener for hubs and remote gateways",
             f"listener {tls_port}",
+            "use_username_as_clientid true",
             f"cafile {tls_dir}/ca.crt",
             f"certfile {tls_dir}/server.crt",
             f"keyfile {tls_dir}/server.key",
@@ -140,29 +165,53 @@ def generate(
     for site, device in devices:
         topics.check_level(site, "site id")
         topics.check_level(device, "device id")
-    users = [*gateways, *(d for _, d in devices)]
+    users = [*(u for gw in gateways for u in (gw, alert_user(gw))), *(d for _, d in devices)]
     if len(set(users)) != len(users):
-        raise ValueError("user names (gateways and device ids) must be unique")
+        raise ValueError("user names (gateways, their -alerts links and device ids) must be unique")
     creds = {u: secrets.token_urlsafe(24) for u in users}
-    passwd = out / "passwd"
-    passwd.write_text("")  # hashed; on the broker host: chown mosquitto, chmod 0640 (docs/gateway.md)
-    binary = _mosquitto_passwd()
-    for user, pw in creds.items():
-        subprocess.run([binary, "-b", str(passwd), user, pw], check=True, capture_output=True)
+    _write_passwd(out / "passwd", creds)
     cred_file = out / "credentials.txt"
     fd = os.open(cred_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write("# user password  (hand each to its device/gateway, e.g. FALLWATCH_MQTT_PASSWORD; then delete)\n")
+        f.write("# user password  (hand each to its device/gateway as FALLWATCH_MQTT_PASSWORD; a gateway's "
+                "-alerts user as FALLWATCH_MQTT_ALERT_PASSWORD; then delete)\n")
         for user, pw in creds.items():
             f.write(f"{user} {pw}\n")
-    (out / "acl").write_text(acl_text(gateways))
+    (out / "acl").write_text(acl_text(gateways, devices))
     conf = out / "mosquitto.conf"
     conf.write_text(
         mosquitto_conf(
             out, tls_dir=tls_dir, data_dir=data_dir, plain_port=plain_port, tls_port=tls_port, log_file=log_file
         )
     )
-    return [conf, passwd, out / "acl", cred_file]
+    return [conf, out / "passwd", out / "acl", cred_file]
+
+
+def _write_passwd(passwd: Path, creds: dict[str, str]) -> None:
+    """Hash every password with ``mosquitto_passwd -U`` (PBKDF2-SHA512, the tool's default).
+
+    ``-b`` would put each password on a command line, readable by every local user in
+    ``/proc/*/cmdline``; ``-U`` hashes a ``user:password`` file in place, and that file is
+    created 0600 so the plaintext is never readable by anyone else, not even briefly. The
+    result is 0640 with group ``mosquitto`` where that group exists (the broker drops to
+    that user before it reads the file), never world-readable.
+    """
+    binary = _mosquitto_passwd()
+    passwd.unlink(missing_ok=True)
+    fd = os.open(passwd, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.writelines(f"{user}:{pw}\n" for user, pw in creds.items())
+        subprocess.run([binary, "-U", str(passwd)], check=True, capture_output=True)
+    except BaseException:
+        passwd.unlink(missing_ok=True)  # never leave plaintext behind
+        raise
+    try:
+        gid = grp.getgrnam("mosquitto").gr_gid
+        os.chown(passwd, -1, gid)
+        passwd.chmod(0o640)
+    except (KeyError, PermissionError):
+        pass  # no mosquitto group here (or not allowed): stays 0600; chgrp on the broker host
 
 
 def read_credentials(out: Path) -> dict[str, str]:

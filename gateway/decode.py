@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 from collections.abc import Callable
 
 from fallwatch.gateway.links import Item
@@ -26,13 +27,43 @@ Decoded = tuple[contract.Message, Item, list[SeriesPoint]]
 #: ``publish(topic, payload)``: sends a dead letter (raises if it cannot).
 Publish = Callable[[str, bytes], None]
 
+
+class SiteCheck:
+    """A device id belongs to one site: the one the registry first saw it at (issue 11 item 9).
+
+    The generated broker ACL already confines each hub to its provisioned site; this is the
+    gateway's own check behind a broker whose ACL is wider (hand-written, ``%u`` patterns):
+    a known device id speaking under another site is rejected, never raised for that
+    site's resident. Bindings are cached (the registry only grows); an unknown device is
+    looked up once, then bound to the site it first speaks for.
+    """
+
+    def __init__(self, site_of: Callable[[str], str | None]) -> None:
+        self._site_of = site_of
+        self._sites: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def check(self, site_id: str, device_id: str) -> str | None:
+        """None if (site, device) is the registered pair (or a new device), else why not."""
+        with self._lock:
+            known = self._sites.get(device_id)
+        if known is None:
+            known = self._site_of(device_id) or site_id
+            with self._lock:
+                known = self._sites.setdefault(device_id, known)
+        if known != site_id:
+            return f"device {device_id!r} is registered at site {known!r}, not {site_id!r}"
+        return None
+
+
 class Decoder:
     """Strict decoding of received items, with counted and dead-lettered rejections."""
 
-    def __init__(self, gateway_id: str, counters: Counters, publish: Publish) -> None:
+    def __init__(self, gateway_id: str, counters: Counters, publish: Publish, sites: SiteCheck | None = None) -> None:
         self.gateway_id = gateway_id
         self.counters = counters
         self.publish = publish
+        self.sites = sites
 
     def decode(self, items: list[Item]) -> list[Decoded]:
         """Strict decode + conversion to points; anything that fails is rejected, never raised."""
@@ -41,6 +72,10 @@ class Decoder:
             topic, payload = item[0], item[1]
             try:
                 msg = contract.decode(topic, payload)
+                why = self.sites.check(msg.site_id, msg.device_id) if self.sites is not None else None
+                if why is not None:
+                    self.reject("site_mismatch", why, topic, payload)
+                    continue
                 good.append((msg, item, to_points(msg, item[3] // 1_000_000)))
             except contract.ContractError as exc:
                 self.reject(exc.reason, exc.detail, topic, payload)

@@ -14,18 +14,39 @@
 Roles and personal tokens come from ``gateway.staff_users_file`` (see gateway/staff.py);
 ``FALLWATCH_GATEWAY_API_TOKEN`` is one extra admin token for automation. Every request
 for staff data, allowed or refused, is appended to the ``access_log`` table. With neither
-configured the gateway is a development gateway: open, on loopback only by default
-(``gateway.http_host``), and still audited as "anonymous".
+configured the gateway is a development gateway: open, audited as "anonymous", and it
+refuses to bind anything but a loopback address.
+
+Hardening (issue 11 items 12 and 13):
+
+* each request thread closes its state-DB connection when it ends (a thread per TCP
+  connection used to leave two descriptors behind per connection), at most
+  ``MAX_CONNECTIONS`` are served at once, and an idle connection is dropped after
+  ``TIMEOUT_S``;
+* refused (401) requests are rate-limited per client address: beyond
+  ``UNAUTH_PER_MINUTE`` a minute they get 429, are counted and logged once, not audited
+  one by one; a valid token is never limited, so a carer is not locked out by a flood;
+* a POST must be ``application/json`` and same-origin (``Origin`` / ``Sec-Fetch-Site``),
+  so a cross-site form or ``text/plain`` fetch cannot acknowledge an alert; a development
+  gateway also insists on a loopback ``Host`` (DNS rebinding);
+* every response carries a CSP with ``frame-ancestors 'none'`` (the staff page's inline
+  script and style are allowed by hash only), ``nosniff`` and ``Cache-Control: no-store``.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
+import re
+import socket
 import threading
 import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -34,11 +55,90 @@ from urllib.parse import parse_qs, unquote, urlparse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from fallwatch.gateway.api import GatewayReader
-from fallwatch.gateway.staff import StaffDirectory, StaffUser
+from fallwatch.gateway.staff import StaffDirectory, StaffError, StaffUser
 from fallwatch.gateway.state import StateError
 
 log = logging.getLogger("fallwatch.gateway.http")
 _STAFF_PAGE = Path(__file__).with_name("static") / "staff.html"
+
+MAX_CONNECTIONS = 64
+TIMEOUT_S = 30.0
+UNAUTH_PER_MINUTE = 30
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _csp_hash(page: str, tag: str) -> str:
+    """``'sha256-…'`` of the page's inline ``<tag>`` (CSP allows exactly that block, nothing injected)."""
+    m = re.search(rf"<{tag}>(.*?)</{tag}>", page, re.S)
+    if m is None:
+        return "'none'"
+    return "'sha256-" + base64.b64encode(hashlib.sha256(m.group(1).encode()).digest()).decode() + "'"
+
+
+class _RateLimit:
+    """At most ``limit`` refused requests per client address per minute (a sliding window)."""
+
+    def __init__(self, limit: int, window_s: float = 60.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._hits: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+        self.limited = 0
+
+    def over(self, client: str) -> bool:
+        with self._lock:
+            hits = self._hits.get(client)
+            now = time.monotonic()
+            while hits and now - hits[0] > self.window_s:
+                hits.popleft()
+            return hits is not None and len(hits) >= self.limit
+
+    def hit(self, client: str) -> None:
+        with self._lock:
+            if len(self._hits) > 10_000:  # a scan from many addresses must not grow this for ever
+                self._hits.clear()
+            self._hits.setdefault(client, deque()).append(time.monotonic())
+
+
+class _Server(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` with a bound on concurrent connections, that lets each request
+    thread release its per-thread state-DB connection when it ends."""
+
+    daemon_threads = True
+
+    def __init__(self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler], api: GatewayReader) -> None:
+        self.api = api
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(addr, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            log.warning("HTTP: %d connections open, refusing one from %s", MAX_CONNECTIONS, client_address[0])
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            try:
+                self.api.release_thread()
+            finally:
+                self.slots.release()
 
 
 class HttpServer:
@@ -49,9 +149,22 @@ class HttpServer:
         self.token = os.environ.get("FALLWATCH_GATEWAY_API_TOKEN") or None
         staff_file = staff_users_file
         self.staff = StaffDirectory(staff_file) if staff_file is not None else None
+        self.open_dev = self.staff is None and self.token is None
+        if self.open_dev and not is_loopback(host):
+            raise ValueError(
+                f"gateway.http_host {host!r} is not a loopback address: without staff accounts "
+                "(gateway.staff_users_file) or FALLWATCH_GATEWAY_API_TOKEN the gateway is an open "
+                "development gateway and only binds 127.0.0.1 / ::1")
+        page = _STAFF_PAGE.read_text()
+        self.page = page.encode()
+        self.page_csp = (f"default-src 'none'; script-src {_csp_hash(page, 'script')}; "
+                         f"style-src {_csp_hash(page, 'style')}; connect-src 'self'; img-src 'self'; "
+                         "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+        self.limiter = _RateLimit(UNAUTH_PER_MINUTE)
         handler = type("Handler", (_Handler,), {"server_ref": self})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_cls = type("Server", (_Server,), {"address_family": family})
+        self.httpd = server_cls((host, port), handler, api)
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="gw-http", daemon=True)
 
     @property
@@ -70,14 +183,22 @@ class HttpServer:
 class _Handler(BaseHTTPRequestHandler):
     server_ref: HttpServer
     protocol_version = "HTTP/1.1"
+    timeout = TIMEOUT_S  # an idle or trickling connection does not hold a slot for ever
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("%s " + fmt, self.address_string(), *args)
 
-    def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+    def _send(self, code: int, body: bytes, ctype: str = "application/json", csp: str | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Security-Policy", csp or "default-src 'none'; frame-ancestors 'none'")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Cache-Control", "no-store")
+        if code == 429:
+            self.send_header("Retry-After", "60")
         self.end_headers()
         self.wfile.write(body)
 
@@ -99,17 +220,59 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server_ref
         token = self._bearer()
         if srv.token is not None and token is not None and hmac.compare_digest(token.encode(), srv.token.encode()):
-            return StaffUser("api-token", "admin")
+            return StaffUser("api-token", "admin", service=True)
         if srv.staff is not None:
             return srv.staff.authenticate(token)
         if srv.token is not None:
             return None
-        return StaffUser("anonymous", "admin")
+        return StaffUser("anonymous", "admin", service=True)
+
+    def _host_ok(self) -> bool:
+        """A development gateway answers only to a loopback Host (a rebound DNS name carries its own)."""
+        if not self.server_ref.open_dev:
+            return True
+        host = self.headers.get("Host", "")
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return is_loopback(name)
+
+    def _same_origin(self) -> str | None:
+        """Why a state-changing request is refused as cross-site, or None."""
+        ctype = self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            return "a POST must be Content-Type: application/json"
+        site = self.headers.get("Sec-Fetch-Site")
+        if site is not None and site not in ("same-origin", "none"):
+            return f"cross-site request refused (Sec-Fetch-Site: {site})"
+        origin = self.headers.get("Origin")
+        if origin is not None and origin not in (f"http://{self.headers.get('Host', '')}",
+                                                 f"https://{self.headers.get('Host', '')}"):
+            return "cross-origin request refused (Origin does not match Host)"
+        return None
 
     def _guarded(self, method: str, path: str, permission: str | None) -> StaffUser | None:
-        """Authenticate + authorise; answers 401/403 itself. Every outcome goes to the audit log."""
-        user = self._identify()
+        """Authenticate + authorise; answers 401/403/429 itself. Every outcome goes to the audit log,
+        except refusals beyond the rate limit (counted and logged instead)."""
+        if not self._host_ok():
+            self._json(403, {"error": "unexpected Host header for a development gateway"})
+            return None
+        try:
+            user = self._identify()
+        except StaffError as exc:
+            log.error("staff accounts file refused: %s", exc)
+            self._json(500, {"error": f"staff accounts file is invalid: {exc}"})
+            return None
         if user is None:
+            limiter, client = self.server_ref.limiter, self.client_address[0]
+            if limiter.over(client):
+                with limiter._lock:
+                    limiter.limited += 1
+                    first = limiter.limited == 1 or limiter.limited % 1000 == 0
+                if first:
+                    log.warning("HTTP: rate-limiting refused requests from %s (%d limited so far)",
+                                client, limiter.limited)
+                self._json(429, {"error": "too many refused requests; try again later"})
+                return None
+            limiter.hit(client)
             self._audit(None, method, path, 401)
             self._json(401, {"error": "missing or unknown bearer token"})
             return None
@@ -143,7 +306,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200 if ok else 503, {"ready": ok, "detail": why})
             return
         if path in ("/", "/staff"):
-            self._send(200, _STAFF_PAGE.read_bytes(), "text/html; charset=utf-8")
+            self._send(200, self.server_ref.page, "text/html; charset=utf-8", self.server_ref.page_csp)
             return
         permission = {"/metrics": "metrics:read", "/stats": "metrics:read", "/devices": "devices:read",
                       "/audit": "audit:read", "/me": None, "/alerts": "device_alerts:read"}.get(path, "")
@@ -184,6 +347,11 @@ class _Handler(BaseHTTPRequestHandler):
         user = self._guarded("POST", url.path, "alerts:act")
         if user is None:
             return
+        why = self._same_origin()
+        if why is not None:
+            self._audit(user, "POST", url.path, 403)
+            self._json(403, {"error": why})
+            return
         length = int(self.headers.get("Content-Length") or 0)
         try:
             body = json.loads(self.rfile.read(length) or b"{}") if length else {}
@@ -192,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": 'body must be JSON like {"by": "name"}'})
             return
         # an authenticated person acts as themselves; only an anonymous/API caller names the actor
-        actor = claimed if user.name in ("anonymous", "api-token") else user.name
+        actor = claimed if user.service else user.name
         if not actor:
             self._json(400, {"error": 'say who acts: {"by": "name"}'})
             return

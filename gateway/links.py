@@ -152,8 +152,10 @@ class Links:
         self.bulk = Link(cfg.mqtt, "bulk", base_id, [prefix + f for f in BULK_FILTERS], bulk_q,
                          receive_max=min(65535, max(100, 20 * g.batch_max)), on_receive=on_receive,
                          presence_of=g.gateway_id)
-        self.alert = Link(cfg.mqtt, "alerts", f"{base_id}-alerts", [prefix + f for f in ALERT_FILTERS], alert_q,
-                          receive_max=100, on_receive=on_receive)
+        # its own user too: with client ids bound to usernames (the generated broker config) that
+        # is what keeps anyone else from taking over, wiping or kicking off the alert session
+        self.alert = Link(cfg.mqtt.for_alert_link(), "alerts", f"{base_id}-alerts",
+                          [prefix + f for f in ALERT_FILTERS], alert_q, receive_max=100, on_receive=on_receive)
         self.all = (self.alert, self.bulk)
 
     def start(self) -> None:

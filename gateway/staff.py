@@ -39,10 +39,19 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 }
 
 
+#: names a person's account may not have: the gateway's own actors in the audit logs, and the
+#: two service identities that name the actor themselves (a carer called "api-token" could
+#: otherwise acknowledge alerts in anyone's name)
+RESERVED_NAMES = frozenset({"anonymous", "api-token", "gateway", "device", "-"})
+
+
 @dataclass(frozen=True, slots=True)
 class StaffUser:
     name: str
     role: str
+    #: a service identity (the automation token, the development gateway): the request names
+    #: the person acting; never true for an account from the accounts file
+    service: bool = False
 
     def may(self, permission: str) -> bool:
         return self.role in PERMISSIONS.get(permission, frozenset())
@@ -76,6 +85,8 @@ class StaffDirectory:
         users: dict[str, StaffUser] = {}
         for entry in data.get("user", []):
             role = entry.get("role")
+            if str(entry.get("name", "")).strip().lower() in RESERVED_NAMES:
+                raise StaffError(f"{self.path}: user name {entry.get('name')!r} is reserved")
             if role not in ROLES:
                 raise StaffError(f"{self.path}: user {entry.get('name')!r} has unknown role {role!r}")
             users[str(entry["token_sha256"])] = StaffUser(str(entry["name"]), role)
@@ -99,6 +110,8 @@ class StaffDirectory:
         """Create an account and return its token (shown once, stored only as a hash)."""
         if role not in ROLES:
             raise StaffError(f"role must be one of {', '.join(ROLES)}")
+        if name.strip().lower() in RESERVED_NAMES:
+            raise StaffError(f"user name {name!r} is reserved ({', '.join(sorted(RESERVED_NAMES))})")
         if not name or any(c in name for c in '"\\\n'):
             raise StaffError("name must be non-empty and contain no quotes, backslashes or newlines")
         if any(u.name == name for u in self.users()):

@@ -35,7 +35,7 @@ class TopicError(ValueError):
 
 
 def check_level(value: str, what: str = "topic level") -> str:
-    if not ID_RE.match(value):
+    if not ID_RE.fullmatch(value):
         raise TopicError(f"invalid {what} {value!r}: must match [a-z0-9][a-z0-9-]* (max 63 chars)")
     return value
 

@@ -9,10 +9,41 @@ A cancelled pre-alarm is logged at INFO; a test alarm arriving after all is not 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+import re
+from typing import Any, Literal
 
 from fallwatch.gateway.channels import CHANNELS, Action, AlertEvent, Channel, ChannelContext, Delivery
 from fallwatch.plugins import PluginConfig
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(value: Any) -> Any:
+    """A string with every control character escaped (``\\n``, ``\\x1b``), so free text (who
+    acknowledged, a detail) can never start a forged line in the staff log or move a terminal
+    cursor; other values unchanged (issue 11 item 13)."""
+    if not isinstance(value, str):
+        return value
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), value)
+
+
+class _OneLineLogger:
+    """The logger calls _write uses, with every argument passed through :func:`one_line`."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+
+    def _emit(self, level: int, fmt: str, *args: Any) -> None:
+        self._log.log(level, fmt, *(one_line(a) for a in args))
+
+    def info(self, fmt: str, *args: Any) -> None:
+        self._emit(logging.INFO, fmt, *args)
+
+    def warning(self, fmt: str, *args: Any) -> None:
+        self._emit(logging.WARNING, fmt, *args)
+
+    def error(self, fmt: str, *args: Any) -> None:
+        self._emit(logging.ERROR, fmt, *args)
 
 
 class LogChannelConfig(PluginConfig):
@@ -32,7 +63,7 @@ class LogChannel:
         return [Delivery(self.name, self.log.name, True)]
 
     def _write(self, e: AlertEvent) -> bool:
-        log = self.log
+        log = _OneLineLogger(self.log)
         if e.action in (Action.ACKNOWLEDGED, Action.RESOLVED):
             verb = "acknowledge" if e.action is Action.ACKNOWLEDGED else "clear"
             log.warning("alert %s %sd by %s", e.alert_id, verb, e.actor)

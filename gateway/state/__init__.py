@@ -18,7 +18,15 @@ Tables:
 * ``alerts``    — staff-facing alerts (falls, device offline, overdue test alarm) with
   lifecycle raised → acknowledged → cleared (or ``cancelled`` for a pre-alarm the wearer
   stopped), receipt / acknowledgment / clear time stamps (answer-time targets);
-* ``alert_log`` — append-only audit of every lifecycle change (EN 50134 practice).
+* ``alert_log`` — append-only audit of every lifecycle change (EN 50134 practice);
+* ``access_log`` — append-only audit of every request for staff data.
+
+The two audit logs are append-only twice over (issue 11 item 13): triggers refuse
+``UPDATE`` and ``DELETE`` on them (both backends), and every row carries ``chain`` =
+SHA-256 of the previous row's chain and its own fields, so an edit by someone who can
+drop the triggers still shows: ``fallwatch gateway audit-verify`` recomputes the chains
+(:meth:`StateStore.verify_audit`) and prints each head, which an operator can note
+elsewhere to detect a cut-off tail too.
 """
 
 from __future__ import annotations
@@ -93,12 +101,26 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS alerts_open ON alerts (status, kind, device_id)",
     """CREATE TABLE IF NOT EXISTS alert_log (
         id {autoinc}, alert_id TEXT NOT NULL, action TEXT NOT NULL, actor TEXT NOT NULL,
-        at_ms BIGINT NOT NULL, detail TEXT)""",
+        at_ms BIGINT NOT NULL, detail TEXT, chain TEXT)""",
     # append-only: who looked at or changed staff data, when, and what the answer was (EN 50134 R8)
     """CREATE TABLE IF NOT EXISTS access_log (
         id {autoinc}, at_ms BIGINT NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL,
-        method TEXT NOT NULL, path TEXT NOT NULL, status INTEGER NOT NULL, client TEXT)""",
+        method TEXT NOT NULL, path TEXT NOT NULL, status INTEGER NOT NULL, client TEXT, chain TEXT)""",
 ]
+
+#: the audit tables and the fields their hash chain covers, in order
+AUDIT_FIELDS: dict[str, tuple[str, ...]] = {
+    "alert_log": ("alert_id", "action", "actor", "at_ms", "detail"),
+    "access_log": ("at_ms", "actor", "role", "method", "path", "status", "client"),
+}
+
+
+def chain_hash(prev: str | None, values: tuple[Any, ...]) -> str:
+    """The chain value of one audit row: SHA-256 over the previous row's chain and its fields."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([prev, *values], separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 class StateError(RuntimeError):
@@ -137,6 +159,14 @@ class Dialect(Protocol):
 
     def describe(self) -> str:
         """Where the state lives, for the start-up log line (never a password)."""
+        ...
+
+    def append_only(self, table: str) -> list[str]:
+        """Statements (run as they are, no placeholders) that make ``table`` refuse UPDATE and DELETE."""
+        ...
+
+    def lock_chain(self, cur: Cursor, table: str) -> None:
+        """Serialise appends to ``table``'s hash chain within the current write transaction."""
         ...
 
 
@@ -182,6 +212,65 @@ class StateStore:
         with self._tx() as cur:
             for stmt in _SCHEMA:
                 self._exec(cur, stmt.format(autoinc=self.dialect.autoinc))
+        for table in AUDIT_FIELDS:
+            if "chain" not in self._columns(table):  # a database from before the chain
+                with self._tx() as cur:
+                    self._exec(cur, f"ALTER TABLE {table} ADD COLUMN chain TEXT")
+            with self._tx() as cur:
+                for stmt in self.dialect.append_only(table):
+                    cur.execute(stmt)
+
+    def _columns(self, table: str) -> set[str]:
+        conn = self._conn()
+        cur = conn.cursor()
+        try:
+            self._exec(cur, f"SELECT * FROM {table} WHERE 1 = 0")
+            return {d[0] for d in cur.description}
+        finally:
+            cur.close()
+            self.dialect.end_read(conn)
+
+    def _append_audit(self, cur: Cursor, table: str, values: tuple[Any, ...]) -> None:
+        """Insert one audit row, chained to the previous one (inside the caller's transaction)."""
+        self.dialect.lock_chain(cur, table)
+        self._exec(cur, f"SELECT chain FROM {table} ORDER BY id DESC LIMIT 1")
+        row = cur.fetchone()
+        cols = AUDIT_FIELDS[table]
+        self._exec(cur, f"INSERT INTO {table} ({', '.join(cols)}, chain) VALUES ({', '.join('?' * (len(cols) + 1))})",
+                   (*values, chain_hash(row[0] if row else None, values)))
+
+    def verify_audit(self) -> dict[str, dict[str, Any]]:
+        """Recompute both hash chains: per table the row count, rows from before the chain
+        existed, the head, and the first row that does not verify (None if all do)."""
+        out: dict[str, dict[str, Any]] = {}
+        for table, cols in AUDIT_FIELDS.items():
+            rows = self._select(f"SELECT id, {', '.join(cols)}, chain FROM {table} ORDER BY id")
+            prev: str | None = None
+            started, legacy, broken = False, 0, None
+            for r in rows:
+                if r["chain"] is None and not started:
+                    legacy += 1
+                    continue
+                started = True
+                values = tuple(r[c] for c in cols)
+                if r["chain"] != chain_hash(prev, values):
+                    broken = {"id": r["id"], **{c: r[c] for c in cols}}
+                    break
+                prev = r["chain"]
+            out[table] = {"rows": len(rows), "unchained_legacy_rows": legacy, "head": prev, "broken_at": broken}
+        return out
+
+    def release_thread(self) -> None:
+        """Close the calling thread's connection (a short-lived thread, e.g. an HTTP request's,
+        must not leave its connection and descriptors behind)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._conns_lock, contextlib.suppress(ValueError):
+            self._conns.remove(conn)
+        with contextlib.suppress(Exception):
+            conn.close()
 
     def close(self) -> None:
         with self._conns_lock:
@@ -264,6 +353,12 @@ class StateStore:
                 *(getattr(d, k) for k in _DEVICE_COLS),
             ),
         )
+
+    def device_site(self, device_id: str) -> str | None:
+        """The site a device id was first registered at (None if it never spoke)."""
+        rows = self._select("SELECT site_id FROM devices WHERE device_id = ? ORDER BY first_seen_ms, site_id LIMIT 1",
+                            (device_id,))
+        return str(rows[0]["site_id"]) if rows else None
 
     def devices(self) -> list[dict[str, Any]]:
         import json
@@ -444,11 +539,7 @@ class StateStore:
         return self.alert(alert_id)
 
     def _log(self, cur: Cursor, alert_id: str, action: str, actor: str, at_ms: int, detail: str | None) -> None:
-        self._exec(
-            cur,
-            "INSERT INTO alert_log (alert_id, action, actor, at_ms, detail) VALUES (?, ?, ?, ?, ?)",
-            (alert_id, action, actor, at_ms, detail),
-        )
+        self._append_audit(cur, "alert_log", (alert_id, action, actor, at_ms, detail))
 
     def alert(self, alert_id: str) -> dict[str, Any] | None:
         rows = self._select("SELECT * FROM alerts WHERE alert_id = ?", (alert_id,))
@@ -469,8 +560,7 @@ class StateStore:
     def log_access(self, actor: str, role: str, method: str, path: str, status: int, client: str,
                    now_ms: int) -> None:
         with self._tx() as cur:
-            self._exec(cur, "INSERT INTO access_log (at_ms, actor, role, method, path, status, client) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (now_ms, actor, role, method, path, status, client))
+            self._append_audit(cur, "access_log", (now_ms, actor, role, method, path, status, client))
 
     def access_log(self, limit: int = 1000) -> list[dict[str, Any]]:
         return self._select("SELECT * FROM access_log ORDER BY id DESC LIMIT ?", (limit,))

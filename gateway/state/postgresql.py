@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fallwatch.gateway.state import DIALECTS, Connection, Dialect
+from fallwatch.gateway.state import DIALECTS, Connection, Cursor, Dialect
 from fallwatch.plugins import PluginConfig
 
 
@@ -40,6 +40,19 @@ class PostgresDialect:
 
     def describe(self) -> str:
         return "postgresql"  # the DSN may carry a password
+
+    def append_only(self, table: str) -> list[str]:
+        return [
+            "CREATE OR REPLACE FUNCTION fallwatch_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$",
+            *(f"CREATE OR REPLACE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
+              "FOR EACH STATEMENT EXECUTE FUNCTION fallwatch_append_only()"
+              for op in ("UPDATE", "DELETE", "TRUNCATE")),
+        ]
+
+    def lock_chain(self, cur: Cursor, table: str) -> None:
+        """Replicas append to one chain: a transaction-scoped advisory lock orders them."""
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"fallwatch:{table}",))
 
 
 @DIALECTS.register(PostgresStateConfig)

@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 from typing import Literal
 
-from fallwatch.gateway.state import DIALECTS, Connection, Dialect
+from fallwatch.gateway.state import DIALECTS, Connection, Cursor, Dialect
 from fallwatch.plugins import PluginConfig
 
 
@@ -44,6 +44,13 @@ class SqliteDialect:
 
     def describe(self) -> str:
         return self.path
+
+    def append_only(self, table: str) -> list[str]:
+        return [f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END" for op in ("UPDATE", "DELETE")]
+
+    def lock_chain(self, cur: Cursor, table: str) -> None:
+        """Nothing to do: ``BEGIN IMMEDIATE`` already holds the database's write lock."""
 
 
 @DIALECTS.register(SqliteStateConfig)

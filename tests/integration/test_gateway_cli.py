@@ -43,11 +43,13 @@ def test_broker_config_command_writes_hashed_passwords_and_acl(
         assert line in conf
     creds = dict(line.split() for line in (out / "credentials.txt").read_text().splitlines()[1:])
     passwd = (out / "passwd").read_text()
-    assert set(creds) == {"gw-1", "hub-1", "hub-2"}
+    assert set(creds) == {"gw-1", "gw-1-alerts", "hub-1", "hub-2"}  # one user per gateway link
     assert all(pw not in passwd for pw in creds.values())  # only hashes on the broker
     assert "$7$" in passwd
     acl = (out / "acl").read_text()
-    assert "pattern write fallwatch/v1/+/%u/evt/+" in acl and "user gw-1" in acl
+    # each hub confined to its own site and device (a %u pattern let it speak for any site)
+    assert "topic write fallwatch/v1/home-1/hub-1/evt/+" in acl and "user gw-1" in acl
+    assert "pattern" not in acl.replace("# ", "") and "use_username_as_clientid true" in conf
 
 
 def test_alerts_ack_clear_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,6 +52,7 @@ def http(gw: Gateway, path: str, body: dict[str, Any] | None = None) -> tuple[in
         f"{gw.http_url}{path}",
         method="POST" if body is not None else "GET",
         data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},  # the API takes JSON only (issue 11 item 13)
     )
     try:
         with urllib.request.urlopen(req, timeout=5) as r:

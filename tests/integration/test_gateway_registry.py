@@ -166,10 +166,13 @@ def _client(port: int, user: str | None, pw: str | None, cid: str, clean: bool =
 
 
 def test_generated_broker_config_auth_acl_and_no_silent_drop(
-    prod_broker: tuple[int, dict[str, str], Path], tmp_path: Path
+    prod_broker: tuple[int, dict[str, str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port, creds, conf_dir = prod_broker
-    assert set(creds) == {"gw-1", "gw-2", "hub-1", "hub-2"} and len(set(creds.values())) == 4
+    # one user per gateway link (client ids are bound to usernames: issue 11 item 1)
+    assert set(creds) == {"gw-1", "gw-1-alerts", "gw-2", "gw-2-alerts", "hub-1", "hub-2"}
+    assert len(set(creds.values())) == 6
+    monkeypatch.setenv("FALLWATCH_MQTT_ALERT_PASSWORD", creds["gw-1-alerts"])
     assert (conf_dir / "credentials.txt").stat().st_mode & 0o777 == 0o600
 
     anon, rc = _client(port, None, None, "anon")

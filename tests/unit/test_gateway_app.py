@@ -63,7 +63,8 @@ class Rig:
 
     def http(self, path: str, body: dict[str, Any] | None = None) -> Any:
         req = urllib.request.Request(f"{self.gw.http_url}{path}", method="GET" if body is None else "POST",
-                                     data=None if body is None else json.dumps(body).encode())
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})  # JSON only (issue 11)
         with urllib.request.urlopen(req, timeout=5) as r:
             return json.loads(r.read())
 

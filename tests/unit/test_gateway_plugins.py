@@ -158,6 +158,9 @@ class _StubReader:
     def access_log(self) -> list[dict[str, Any]]:
         return []
 
+    def release_thread(self) -> None:
+        """Nothing held per thread."""
+
 
 def test_http_is_served_from_the_reader_interface_alone() -> None:
     reader = _StubReader()
@@ -176,7 +179,8 @@ def test_http_is_served_from_the_reader_interface_alone() -> None:
         assert get("/stats") == (200, {"received": 7})
         status, alerts = get("/alerts")
         assert status == 200 and [a["alert_id"] for a in alerts] == ["device_offline:s:d:1", "fall:s:d:e"]
-        req = urllib.request.Request(f"{srv.url}/alerts/nope/ack", data=b'{"by": "ann"}', method="POST")
+        req = urllib.request.Request(f"{srv.url}/alerts/nope/ack", data=b'{"by": "ann"}', method="POST",
+                                     headers={"Content-Type": "application/json"})  # JSON only (issue 11)
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(req, timeout=5)
         assert exc.value.code == 404
