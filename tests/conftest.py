@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from fallwatch.testing.services import InfluxDB1, Mosquitto
+
 # CI runs the property tests on a fixed set of examples (the same every run, so a landing is
 # never decided by the luck of the draw); developers' runs keep exploring new ones and
 # remember failures in .hypothesis/.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
-
-from fallwatch.testing.services import InfluxDB1, Mosquitto
 
 SISFALL_DIR = Path(
     os.environ.get("FALLWATCH_SISFALL", Path(__file__).resolve().parents[2] / "shared/data/sisfall")
