@@ -59,7 +59,9 @@ def brokerdir() -> Iterator[Path]:
 
 def cfg_for(url: str, tmp: Path, site: str, device: str, user: str, password: str,
             tls: dict | None = None) -> FallwatchConfig:
-    mqtt: dict = {"url": url, "username": user, "password": password}
+    # its own client id: the rogue hub below must not take over the good hub's session (it
+    # would knock it off, and both would reconnect in turn)
+    mqtt: dict = {"url": url, "username": user, "password": password, "client_id": f"fallwatch-{user}-{device}"}
     if tls:
         mqtt["tls"] = tls
     return load_config(None, {"mqtt": mqtt, "edge": {
