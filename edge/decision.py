@@ -165,7 +165,8 @@ class AlertDecision:
         """The FallAlert body: the detector's reasons, then what the rooms add, then the cancel."""
         d = pa.decision
         w = pa.wearable
-        reasons = [C.Reason(code=c[:40], detail=det[:200], weight=float(wt)) for c, det, wt in d.reasons]
+        reasons = [C.Reason(code=C.safe_text(c, 40), detail=C.safe_text(det, 200), weight=float(wt))
+                   for c, det, wt in d.reasons]
         room, conf, extra = self.fusion.attribute(w, d, now_s)
         reasons += extra
         if cancelled_at is not None:

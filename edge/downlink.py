@@ -123,7 +123,7 @@ class Downlink:
             self.count("commands_unknown")
             known = ", ".join(sorted(self.commands))
             self._answer(name, C.StatusData(status="error", transaction=C.transaction_of(payload) or "",
-                                            detail=f"unknown command {name[:40]!r}; known: {known}"))
+                                            detail=C.safe_text(f"unknown command {name[:40]!r}; known: {known}", 200)))
             return
         try:
             req = C.decode_command(payload)
@@ -133,7 +133,7 @@ class Downlink:
             log.warning("malformed %s request: %s", name, exc)
             if tx is not None:
                 self._answer(name, C.StatusData(status="rejected", transaction=tx,
-                                                detail=f"{exc.reason}: {exc.detail}"[:200]))
+                                                detail=C.safe_text(f"{exc.reason}: {exc.detail}", 200)))
             return
         if name == "self-test":  # runs the model: keep the network thread free
             threading.Thread(target=self._run, args=(name, handler, req), name="edge-self-test",
@@ -146,7 +146,7 @@ class Downlink:
             reply = handler(req)
         except Exception as exc:  # a failing command is answered, never silent
             log.exception("command %s failed", name)
-            reply = C.StatusData(status="error", transaction=req.transaction, detail=f"failed: {exc}"[:200])
+            reply = C.StatusData(status="error", transaction=req.transaction, detail=C.safe_text(f"failed: {exc}", 200))
         self.count(f"commands_{name}")
         self._answer(name, reply)
 
@@ -180,7 +180,7 @@ class Downlink:
             self._answer(name, C.StatusData(status="ok", version=version[:40], transaction=version[:80]))
             return
         self.count("config_rejected")
-        self._answer(name, C.StatusData(status="rejected", detail=detail[:200]))
+        self._answer(name, C.StatusData(status="rejected", detail=C.safe_text(detail, 200)))
 
     # ------------------------------------------------------------------ model updates
 
@@ -191,7 +191,7 @@ class Downlink:
         except ota.UpdateError as exc:
             self.count(f"model_update_{exc.status}")
             log.error("model update refused: %s", exc)
-            self._ota_status(C.StatusData(status=exc.status, detail=str(exc)[:200],  # type: ignore[arg-type]  # UpdateError.status is "rejected" | "rolled_back"
+            self._ota_status(C.StatusData(status=exc.status, detail=C.safe_text(str(exc), 200),  # type: ignore[arg-type]  # UpdateError.status is "rejected" | "rolled_back"
                                           version=exc.version[:40]))
             return False
         with self.lock:  # swap between two feed() calls: no window is scored half by each model
@@ -221,4 +221,4 @@ def self_test(model: Scorer, telemetry: Telemetry, now_s: float, transaction: st
     parts = [f"model {model.tag}: " + (f"self-test FAILED: {why}" if why else "golden self-test passed"),
              f"sensors: {ok_n} ok" + (f", {len(bad)} not ok: {', '.join(bad)}" if bad else "")]
     return C.StatusData(status="ok" if why is None and not bad else "error", transaction=transaction,
-                        detail="; ".join(parts)[:200], version=model.version[:40])
+                        detail=C.safe_text("; ".join(parts), 200), version=model.version[:40])

@@ -23,13 +23,15 @@ StateName = Literal["ready", "offline", "lost"]
 
 
 class Messages:
-    """Envelopes and topics of one hub. ``boot_id`` is set once the outbox is open."""
+    """Envelopes and topics of one hub. ``boot_id`` and ``install_id`` are set once the outbox is open."""
 
     def __init__(self, site_id: str, device_id: str, start_epoch_ms: int) -> None:
         self.site_id = site_id
         self.device_id = device_id
         self.start_epoch_ms = start_epoch_ms
         self.boot_id = 0
+        #: the outbox's installation id (part of ``msg_id``); None only before the outbox is open
+        self.install_id: str | None = None
         # topics are checked and built once, not per message
         self.t_state = topics.state(site_id, device_id)
         self.t_health = topics.health(site_id, device_id)
@@ -53,7 +55,7 @@ class Messages:
             resident_id=resident_id,
             boot_id=self.boot_id,
             seq=seq,
-            msg_id=C.make_msg_id(self.device_id, seq),
+            msg_id=C.make_msg_id(self.device_id, seq, self.install_id),
             ts_ms=self.ts(t_s),
             sent_ms=C.now_ms(),
             data=data,

@@ -8,14 +8,20 @@ crash or SIGKILL at any point loses nothing (it may re-send, which the gateway d
 ``msg_id``).
 
 The sequence number is allocated in the same transaction that inserts the row, so
-``seq`` is strictly increasing across restarts and never reused: ``msg_id`` =
-``device:seq`` stays a valid idempotency key for the life of the device.
+``seq`` is strictly increasing across restarts and never reused. A fresh outbox (a
+re-imaged or replaced hub, a wiped SD card) starts again at seq 1, so the outbox also
+creates an ``install_id`` once, at random, and keeps it: ``msg_id`` =
+``device:install_id:seq`` is unique for the life of the device *and* across
+installations, where ``device:seq`` alone made the gateway drop a re-imaged hub's new
+falls as duplicates of the old installation's.
 
 Telemetry may be thinned under backpressure (:meth:`Outbox.thin`), alerts never.
 """
 
 from __future__ import annotations
 
+import base64
+import secrets
 import sqlite3
 import threading
 import time
@@ -87,6 +93,14 @@ class Outbox:
             if bump_boot:
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('boot_id', ?)", (self.boot_id,))
             self._next = self._load_next_seq()
+            row = self._db.execute("SELECT value FROM kv WHERE key='install_id'").fetchone()
+            if row is None:
+                # 12 base-32 characters (60 bits): no two installations of a fleet will share one
+                new_id = base64.b32encode(secrets.token_bytes(10)).decode().lower()[:12]
+                self._db.execute("INSERT OR IGNORE INTO kv VALUES ('install_id', ?)", (new_id,))
+                row = self._db.execute("SELECT value FROM kv WHERE key='install_id'").fetchone()
+            #: created once per outbox and kept: part of every ``msg_id`` (see the module doc)
+            self.install_id: str = str(row[0])
 
     def _load_next_seq(self) -> int:
         stored = self._db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()

@@ -32,6 +32,7 @@ class Uplink:
         """Open the outbox (a new boot: ``boot_id`` goes up and is stamped on every envelope)."""
         self.outbox = Outbox(self.cfg.edge.outbox_path)
         self.messages.boot_id = self.outbox.boot_id
+        self.messages.install_id = self.outbox.install_id
         return self.outbox
 
     def connect(

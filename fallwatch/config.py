@@ -139,6 +139,8 @@ class GatewayConfig(_Strict):
     offline_after_s: float = Field(default=180.0, gt=0, le=180.0)
     test_alarm_max_age_h: float = Field(default=24.0, gt=0)
     escalate_after_s: float = Field(default=120.0, gt=0)  # re-announce an unacknowledged fall alert
+    # device clocks: times later than receipt + this are clamped (series, registry); the skew is reported
+    clock_skew_s: float = Field(default=300.0, ge=0, le=86_400)
     # staff accounts (roles + hashed personal tokens, `fallwatch gateway staff add`); when set,
     # every request for staff data is authenticated, role-checked and written to the audit log
     staff_users_file: Path | None = None

@@ -10,6 +10,7 @@ until the receiving side confirms it).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -24,14 +25,16 @@ from fallwatch.gateway.metrics import Counters, Metrics
 from fallwatch.gateway.sinks import SeriesSink
 from fallwatch.gateway.state import StateStore
 from fallwatch.gateway.store import Storage
-from fallwatch.gateway.workers import retrying
-from fallwatch.protocol import contract
+from fallwatch.gateway.workers import Workers, run_batch
+from fallwatch.protocol import contract, topics
+
+log = logging.getLogger("fallwatch.gateway")
 
 
 class FallAlerts:
     def __init__(self, q: ItemQueue, decoder: Decoder, dedup: Deduplicator, storage: Storage, state: StateStore,
                  inflight: InFlight, counters: Counters, metrics: Metrics, notifier: Notifier,
-                 stop: threading.Event, escalate_after_s: float) -> None:
+                 stop: threading.Event, escalate_after_s: float, workers: Workers) -> None:
         self.q = q
         self.decoder = decoder
         self.dedup = dedup
@@ -43,6 +46,7 @@ class FallAlerts:
         self.notifier = notifier
         self.stop = stop
         self.escalate_after_ms = int(escalate_after_s * 1000)
+        self.workers = workers
         self.latency_probe: LatencyProbe | None = None
 
     def loop(self) -> None:
@@ -55,19 +59,54 @@ class FallAlerts:
                 if self.stop.is_set():
                     return
                 continue
-            retrying(self.stop, self.process, item, sink)
+            run_batch(self.stop, self.workers, "alerts", lambda items: self.process(items[0], sink), [item],
+                      self.poison)
+
+    def poison(self, item: Item, exc: Exception) -> None:
+        """A fall alert that cannot be recorded however often it is tried: dead-letter it and
+        still tell staff that hub sent a fall alert nobody could read (never silent)."""
+        self.decoder.reject("poison", f"{type(exc).__name__}: {exc}", item[0], item[1])
+        self.unreadable(item, f"{type(exc).__name__}: {str(exc)[:200]}")
+        self.inflight.finish([item])
+
+    def unreadable(self, item: Item, why: str) -> None:
+        """Open a ``fall_unreadable`` device alert for the hub a rejected fall alert came from."""
+        try:
+            parsed = topics.parse(item[0])
+        except topics.TopicError:
+            log.error("a fall alert on an unparsable topic %r was rejected (%s)", item[0][:200], why)
+            return
+        now = contract.now_ms()
+        detail = contract.safe_text(f"a fall alert from {parsed.device} at {parsed.site} could not be read "
+                                    f"and was dead-lettered: {why}", 1000)
+        try:
+            alert_id = self.state.raise_alert("fall_unreadable", parsed.site, parsed.device, now, detail)
+        except Exception:
+            log.exception("could not record the unreadable fall alert from %s/%s", parsed.site, parsed.device)
+            alert_id = f"fall_unreadable:{parsed.site}:{parsed.device}:{now}"
+        if alert_id:
+            self.notifier.notify(AlertEvent(kind="fall_unreadable", action=Action.RAISED, alert_id=alert_id,
+                                            site_id=parsed.site, device_id=parsed.device, at_ms=now,
+                                            detail=detail, raised_ms=now))
 
     def process(self, item: Item, sink: SeriesSink) -> None:
         """Store one fall alert (point + lifecycle), tell staff if it is new, then ack it."""
-        for msg, _, points in self.decoder.decode([item]):
+        decoded = self.decoder.decode([item])
+        if not decoded:
+            self.unreadable(item, "it broke the contract (see the dead letter)")
+        for msg, _, points in decoded:
             assert isinstance(msg, contract.FallAlert)  # the topic check guarantees it
-            if not self.dedup.is_new(msg.msg_id):
+            digest = self.dedup.check(msg)
+            if digest is None:
                 self.counters.add(duplicates=1)
                 continue
             recv_ms = item[3] // 1_000_000
-            if not self.storage.store(points, sink, "alert"):
+            refused = self.storage.store(points, sink, "alert")
+            if refused is None:
                 return
-            new, alert_id = self.state.record_fall(msg, recv_ms, device_update(msg, recv_ms))
+            if refused:  # the series point only: the alert itself is recorded and told below
+                self.counters.reject("store_refused")
+            new, alert_id = self.state.record_fall(msg, recv_ms, device_update(msg, recv_ms, item[4]), digest)
             done_ns = time.time_ns()
             self.metrics.ingest_latency.labels("alert").observe((done_ns - item[3]) / 1e9)
             if self.latency_probe is not None:

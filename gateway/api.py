@@ -23,6 +23,10 @@ class GatewayReader(Protocol):
         """Names of worker threads that are not running (``/healthz``)."""
         ...
 
+    def worker_problems(self) -> dict[str, str]:
+        """Worker threads alive but stuck on one batch or crash-looping, and why (``/healthz``)."""
+        ...
+
     def ready(self) -> tuple[bool, str]:
         """Whether the gateway takes messages, and why not (``/readyz``)."""
         ...
@@ -35,8 +39,8 @@ class GatewayReader(Protocol):
         """Counters and gauges as JSON (``/stats``)."""
         ...
 
-    def alerts(self, kind: str | None = None, status: str | None = None) -> list[Row]:
-        """Alerts, oldest first, optionally of one kind / status (``/alerts``)."""
+    def alerts(self, kind: str | None = None, status: str | None = None, open_only: bool = False) -> list[Row]:
+        """Alerts, oldest first, optionally of one kind / status, or every open one (``/alerts``)."""
         ...
 
     def devices(self) -> list[Row]:
@@ -77,6 +81,9 @@ class GatewayApi:
     def dead_workers(self) -> list[str]:
         return self._workers.dead()
 
+    def worker_problems(self) -> dict[str, str]:
+        return self._workers.problems()
+
     def ready(self) -> tuple[bool, str]:
         return self._ready()
 
@@ -86,8 +93,8 @@ class GatewayApi:
     def stats(self) -> dict[str, Any]:
         return self._stats()
 
-    def alerts(self, kind: str | None = None, status: str | None = None) -> list[Row]:
-        return self._state.alerts(kind=kind, status=status)
+    def alerts(self, kind: str | None = None, status: str | None = None, open_only: bool = False) -> list[Row]:
+        return self._state.alerts(kind=kind, status=status, open_only=open_only)
 
     def devices(self) -> list[Row]:
         return self._state.devices()

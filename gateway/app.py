@@ -39,7 +39,7 @@ from typing import Any
 from fallwatch.config import FallwatchConfig
 from fallwatch.gateway.alerts import FallAlerts
 from fallwatch.gateway.api import GatewayApi
-from fallwatch.gateway.channels import Channel, ChannelContext, Notifier, parse_channels
+from fallwatch.gateway.channels import Action, AlertEvent, Channel, ChannelContext, Notifier, parse_channels
 from fallwatch.gateway.decode import Decoder, SiteCheck
 from fallwatch.gateway.dedup import Deduplicator
 from fallwatch.gateway.http import HttpServer
@@ -52,6 +52,7 @@ from fallwatch.gateway.state import DIALECTS, StateStore, state_type
 from fallwatch.gateway.store import Storage
 from fallwatch.gateway.supervision import Supervisor
 from fallwatch.gateway.workers import Workers
+from fallwatch.protocol import contract
 
 __all__ = ["Gateway", "check_plugins"]
 
@@ -83,16 +84,17 @@ class Gateway:
 
     def init_state(self) -> None:
         self.state = StateStore(self.cfg.gateway.state_db, self.cfg.gateway.state_db_type)
-        self.dedup = Deduplicator(self.state)
 
     def init_metrics(self) -> None:
         self.counters = Counters()
         self.metrics = Metrics(self.counters, self._gauges)
         self.inflight = InFlight(self.counters)
+        self.dedup = Deduplicator(self.state, self.counters)
 
     def init_channels(self, extra: Sequence[Channel]) -> None:
         ctx = ChannelContext(self.gateway_id)
         self.notifier = Notifier.from_config(self.cfg.gateway.channels, ctx, extra)
+        self.dedup.on_conflict = self._id_conflict
 
     def init_storage(self) -> None:
         g = self.cfg.gateway
@@ -105,16 +107,17 @@ class Gateway:
         self.links = Links(self.cfg, self.alert_q, self.bulk_q, self.inflight.received)
 
     def init_decode(self) -> None:
-        self.decoder = Decoder(self.gateway_id, self.counters, self.links.publish, SiteCheck(self.state.device_site))
+        self.decoder = Decoder(self.gateway_id, self.counters, self.links.publish,
+                               int(self.cfg.gateway.clock_skew_s * 1000), SiteCheck(self.state.device_site))
 
     def init_bulk(self) -> None:
         self.bulk = BulkIngest(self.cfg.gateway, self.bulk_q, self.decoder, self.dedup, self.storage, self.state,
-                               self.inflight, self.counters, self.metrics, self.stop_event)
+                               self.inflight, self.counters, self.metrics, self.stop_event, self.workers)
 
     def init_alerts(self) -> None:
         self.fall_alerts = FallAlerts(self.alert_q, self.decoder, self.dedup, self.storage, self.state,
                                       self.inflight, self.counters, self.metrics, self.notifier,
-                                      self.stop_event, self.cfg.gateway.escalate_after_s)
+                                      self.stop_event, self.cfg.gateway.escalate_after_s, self.workers)
 
     def init_supervision(self) -> None:
         self.supervisor = Supervisor(self.cfg.gateway, self.state, self.dedup, self.notifier,
@@ -140,7 +143,7 @@ class Gateway:
         )
 
     def start_state(self) -> None:
-        self.state.setup()
+        self.state.setup(clock_skew_ms=int(self.cfg.gateway.clock_skew_s * 1000))
         self.supervisor.load_open()
 
     def start_workers(self) -> None:
@@ -224,6 +227,9 @@ class Gateway:
                 "batches": c.batches,
                 "connected": self.connected,
                 "escalations": c.escalations,
+                "id_conflicts": c.id_conflicts,
+                "clock_clamped": c.clock_clamped,
+                "worker_problems": self.workers.problems(),
                 "devices_offline": len(self.supervisor.offline),
                 "devices_test_overdue": len(self.supervisor.test_overdue),
             }
@@ -234,7 +240,21 @@ class Gateway:
             return False, why
         if self.spool.full:
             return False, "spool full"
+        problems = self.workers.problems()
+        if problems:
+            return False, "; ".join(f"{k} {v}" for k, v in sorted(problems.items()))
         return True, "ok"
+
+    def _id_conflict(self, msg: contract.Message) -> None:
+        """A key seen before with different content: an alarm for staff (a device alert)."""
+        now = contract.now_ms()
+        why = (f"message key {msg.msg_id} from {msg.device_id} at {msg.site_id} arrived again with different "
+               f"content: kept, but the hub may have been re-imaged or cloned (check its outbox / install id)")
+        alert_id = self.state.raise_alert("msg_id_conflict", msg.site_id, msg.device_id, now, why)
+        if alert_id:
+            self.notifier.notify(AlertEvent(kind="msg_id_conflict", action=Action.RAISED, alert_id=alert_id,
+                                            site_id=msg.site_id, device_id=msg.device_id, at_ms=now, detail=why,
+                                            raised_ms=now))
 
     def wait_idle(self, timeout_s: float, quiet_s: float = 0.3) -> bool:
         """True once nothing received is still unstored, the spool is empty and input is quiet."""
@@ -250,7 +270,7 @@ class Gateway:
         return self.state.alerts(kind="fall")
 
     def device_alerts(self) -> list[dict[str, Any]]:
-        return [a for a in self.state.alerts() if a["kind"] != "fall"]
+        return [a for a in self.state.alerts(limit=100_000) if a["kind"] != "fall"]
 
     def devices(self) -> list[dict[str, Any]]:
         return self.state.devices()

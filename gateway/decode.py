@@ -59,10 +59,13 @@ class SiteCheck:
 class Decoder:
     """Strict decoding of received items, with counted and dead-lettered rejections."""
 
-    def __init__(self, gateway_id: str, counters: Counters, publish: Publish, sites: SiteCheck | None = None) -> None:
+    def __init__(self, gateway_id: str, counters: Counters, publish: Publish, max_skew_ms: int = 300_000,
+                 sites: SiteCheck | None = None) -> None:
         self.gateway_id = gateway_id
         self.counters = counters
         self.publish = publish
+        #: device times later than receipt + this are clamped (``gateway.clock_skew_s``)
+        self.max_skew_ms = max_skew_ms
         self.sites = sites
 
     def decode(self, items: list[Item]) -> list[Decoded]:
@@ -76,12 +79,25 @@ class Decoder:
                 if why is not None:
                     self.reject("site_mismatch", why, topic, payload)
                     continue
-                good.append((msg, item, to_points(msg, item[3] // 1_000_000)))
+                recv_ms = item[3] // 1_000_000
+                good.append((msg, item, to_points(msg, recv_ms, self.max_skew_ms)))
+                self.observe_clock(msg, recv_ms, item[4])
             except contract.ContractError as exc:
                 self.reject(exc.reason, exc.detail, topic, payload)
             except Exception as exc:
                 self.reject("internal", f"{type(exc).__name__}: {exc}", topic, payload)
         return good
+
+    def observe_clock(self, msg: contract.Message, recv_ms: int, retained: bool) -> None:
+        """Count a device time beyond receipt + skew (clamped) and keep each device's skew."""
+        skew = clock_skew_ms(msg, recv_ms, retained)
+        if skew is not None:
+            with self.counters.lock:
+                self.counters.clock_skew_ms[(msg.site_id, msg.device_id)] = skew
+        if msg.ts_ms > recv_ms + self.max_skew_ms:
+            self.counters.add(clock_clamped=1)
+            log.warning("device %s/%s clock %.0f s ahead of the gateway: its time stamps are clamped",
+                        msg.site_id, msg.device_id, (msg.ts_ms - recv_ms) / 1000)
 
     def reject(self, reason: str, detail: str, topic: str, payload: bytes) -> None:
         """Count, log and dead-letter one message the gateway will not store."""
@@ -103,9 +119,29 @@ class Decoder:
             log.exception("could not publish dead letter")
 
 
-def device_update(msg: contract.Message, seen_ms: int) -> DeviceUpdate:
-    """What one accepted message tells the device registry (None fields = unchanged)."""
+def clock_skew_ms(msg: contract.Message, recv_ms: int, retained: bool) -> int | None:
+    """How far the device's clock looks ahead (+) or behind (-) of the gateway's.
+
+    A live message says so by its send time (behind also includes transit and time in the
+    hub's outbox); a retained one was sent who knows when, so it only tells a clock ahead.
+    """
+    ahead = max(msg.ts_ms, msg.sent_ms) - recv_ms
+    if ahead > 0:
+        return ahead
+    return None if retained else msg.sent_ms - recv_ms
+
+
+def device_update(msg: contract.Message, recv_ms: int, retained: bool = False) -> DeviceUpdate:
+    """What one accepted message tells the device registry (None fields = unchanged).
+
+    Last-seen is the gateway's receive time, never the device's clock: a hub whose clock
+    runs ten years ahead would otherwise never be raised offline. A retained message (the
+    broker's copy, delivered when the gateway subscribes) may be old, so its device time
+    can make it *older* than receipt, never newer. The daily test alarm likewise.
+    """
+    seen_ms = min(msg.ts_ms, recv_ms) if retained else recv_ms
     u = DeviceUpdate(msg.site_id, msg.device_id, seen_ms)
+    u.clock_skew_ms = clock_skew_ms(msg, recv_ms, retained)
     if isinstance(msg, contract.Health):
         d = msg.data
         u.outbox_depth, u.uptime_s = d.outbox_depth, d.uptime_s
@@ -128,5 +164,5 @@ def device_update(msg: contract.Message, seen_ms: int) -> DeviceUpdate:
         u.fw = d2.fw or None
         u.model_version = d2.model_version or None
     elif isinstance(msg, contract.TestAlarm):
-        u.last_test_ms = msg.ts_ms
+        u.last_test_ms = min(msg.ts_ms, recv_ms)
     return u

@@ -1,6 +1,6 @@
 """Operational and staff HTTP endpoints (stdlib ``http.server`` in a thread).
 
-    GET  /healthz                  200 while the worker threads are alive         (public)
+    GET  /healthz                  200 while the workers are alive, not stuck     (public)
     GET  /readyz                   200 when connected + subscribed, spool not full (public)
     GET  /staff                    the carer's alert page (data needs a token)    (public)
     GET  /me                       who the token belongs to                       (any role)
@@ -295,9 +295,12 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server_ref.api
         path = url.path
         if path == "/healthz":
-            dead = api.dead_workers()
-            if dead:
-                self._json(503, {"status": "unhealthy", "dead_threads": dead})
+            dead, problems = api.dead_workers(), api.worker_problems()
+            if dead or problems:
+                body: dict[str, Any] = {"status": "unhealthy", "dead_threads": dead}
+                if problems:
+                    body["stuck_threads"] = problems
+                self._json(503, body)
             else:
                 self._json(200, {"status": "ok"})
             return
@@ -320,9 +323,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, api.metrics_text(), CONTENT_TYPE_LATEST)
         elif path == "/alerts":
             q = parse_qs(url.query)
-            alerts = api.alerts(kind=q.get("kind", [None])[0], status=q.get("status", [None])[0])
-            if q.get("open", ["0"])[0] in ("1", "true"):
-                alerts = [a for a in alerts if a["status"] != "cleared"]
+            open_only = q.get("open", ["0"])[0] in ("1", "true")  # filtered in SQL, never capped
+            alerts = api.alerts(kind=q.get("kind", [None])[0], status=q.get("status", [None])[0],
+                                open_only=open_only)
             if not user.may("alerts:read"):  # technicians: device alerts only, no residents
                 alerts = [a for a in alerts if a["kind"] != "fall"]
             alerts.sort(key=lambda a: (a["status"] != "raised", -int(a["raised_ms"])))

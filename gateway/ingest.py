@@ -24,7 +24,7 @@ from fallwatch.gateway.points import SeriesPoint
 from fallwatch.gateway.sinks import SeriesSink
 from fallwatch.gateway.state import DeviceUpdate, StateStore
 from fallwatch.gateway.store import Storage
-from fallwatch.gateway.workers import retrying
+from fallwatch.gateway.workers import Workers, run_batch
 from fallwatch.protocol import contract
 
 #: ``probe(path, e2e_ms)``: called per stored message with now - envelope ``sent_ms``
@@ -90,7 +90,7 @@ def collect(q: ItemQueue, first_wait_s: float, limit: int, linger_s: float, stop
 class BulkIngest:
     def __init__(self, cfg: GatewayConfig, q: ItemQueue, decoder: Decoder, dedup: Deduplicator, storage: Storage,
                  state: StateStore, inflight: InFlight, counters: Counters, metrics: Metrics,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, workers: Workers) -> None:
         self.cfg = cfg
         self.q = q
         self.decoder = decoder
@@ -101,6 +101,7 @@ class BulkIngest:
         self.counters = counters
         self.metrics = metrics
         self.stop = stop
+        self.workers = workers
         self.latency_probe: LatencyProbe | None = None
 
     def loop(self) -> None:
@@ -113,13 +114,20 @@ class BulkIngest:
                 if self.stop.is_set():
                     return
                 continue
-            retrying(self.stop, self.process, batch, sink)
+            run_batch(self.stop, self.workers, "bulk", lambda items: self.process(items, sink), batch, self.poison)
+
+    def poison(self, item: Item, exc: Exception) -> None:
+        """One message that cannot be stored however often it is tried: dead-letter it (it can be
+        replayed from there once fixed), count it, and acknowledge it so the rest goes on."""
+        self.decoder.reject("poison", f"{type(exc).__name__}: {exc}", item[0], item[1])
+        self.inflight.finish([item])
 
     def process(self, batch: list[Item], sink: SeriesSink) -> None:
         """One batch: decode, drop duplicates, store or spool, commit, then ack."""
         good = self.decoder.decode(batch)
-        fresh, dups = self.dedup.fresh(good)
+        fresh, dups, digests = self.dedup.fresh(good)
         points: list[SeriesPoint] = []
+        owner: dict[int, Item] = {}
         new_ids: list[str] = []
         devices: dict[tuple[str, str], DeviceUpdate] = {}
         tele = 0
@@ -128,15 +136,22 @@ class BulkIngest:
             if isinstance(msg, contract.Telemetry):
                 tele += len(pts)
             points.extend(pts)
-            upd = device_update(msg, msg.ts_ms if item[4] else item[3] // 1_000_000)
+            owner.update((id(p), item) for p in pts)
+            upd = device_update(msg, item[3] // 1_000_000, item[4])
             key = (msg.site_id, msg.device_id)
             if key in devices:
                 devices[key].merge(upd)
             else:
                 devices[key] = upd
-        if not self.storage.store(points, sink, "bulk"):
+        refused = self.storage.store(points, sink, "bulk")
+        if refused is None:
             return  # stopping with a full spool: leave unacknowledged, the broker re-sends
-        self.state.commit_batch(new_ids, contract.now_ms(), list(devices.values()))
+        # points the store refused for good (a field-type conflict): the message that carried
+        # them is rejected as its sender's (dead-lettered, replayable), not lost unseen
+        for topic, payload in dict.fromkeys(owner[id(p)][:2] for p in refused):
+            self.decoder.reject("store_refused", "the series store refused this message's points for good "
+                                "(field type conflict or a value it cannot hold)", topic, payload)
+        self.state.commit_batch(new_ids, contract.now_ms(), list(devices.values()), digests)
         done_ns = time.time_ns()
         hist = self.metrics.ingest_latency.labels("bulk")
         for _, item, _ in good:

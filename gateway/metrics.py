@@ -35,6 +35,10 @@ class Counters:
         self.dead_lettered = 0
         self.batches = 0
         self.escalations = 0
+        self.id_conflicts = 0
+        self.clock_clamped = 0
+        #: latest clock skew seen per (site, device), ms
+        self.clock_skew_ms: dict[tuple[str, str], int] = {}
 
     def add(self, **kw: int) -> None:
         with self.lock:
@@ -94,6 +98,10 @@ class _Collector:
             "fall_alerts": ("Fall alert messages stored", c.fall_alerts),
             "dead_lettered": ("Rejected messages published to the dead-letter topic", c.dead_lettered),
             "escalations": ("Fall alerts re-announced because nobody acknowledged them", c.escalations),
+            "id_conflicts": ("Idempotency keys that arrived again with different content (kept, alarmed)",
+                             c.id_conflicts),
+            "clock_clamped": ("Messages whose device time was beyond receipt + clock_skew_s (clamped)",
+                              c.clock_clamped),
         }
         for name, (doc, value) in simple.items():
             m = CounterMetricFamily(f"fallwatch_gateway_{name}", doc)
@@ -107,6 +115,12 @@ class _Collector:
         for reason, n in items:
             rej.add_metric([reason], n)
         yield rej
+        with c.lock:
+            skews = list(c.clock_skew_ms.values())
+        g = GaugeMetricFamily("fallwatch_gateway_clock_skew_max_seconds",
+                              "Largest device clock skew (ahead or behind) among devices heard from")
+        g.add_metric([], max((abs(v) for v in skews), default=0) / 1000.0)
+        yield g
         for name, value in self.gauges().items():
             g = GaugeMetricFamily(f"fallwatch_gateway_{name}", name.replace("_", " "))
             g.add_metric([], value)

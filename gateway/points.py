@@ -164,14 +164,22 @@ def _status(msg: c.CommandResult | c.OtaStatus) -> list[SeriesPoint]:
     return [("device_event", tags, fields, msg.ts_ms)]
 
 
-def to_points(msg: c.Message, received_ms: int) -> list[SeriesPoint]:
+def to_points(msg: c.Message, received_ms: int, max_ahead_ms: int | None = None) -> list[SeriesPoint]:
     """The points one accepted message becomes (possibly none).
 
     Raises ContractError(``invalid_payload``) for a non-finite number: InfluxDB cannot
     store NaN or infinity, and influxdb-client would drop such a field (or the whole
     point) without a word, which would be silent loss.
+
+    With ``max_ahead_ms``, a time stamp later than receipt + ``max_ahead_ms`` is clamped to
+    that: a device clock ahead must not write (and fix field types in) future shards. Times
+    in the past are kept: a hub that was offline sends its backlog with the times it saw.
     """
     points = _to_points(msg, received_ms)
+    if max_ahead_ms is not None:
+        latest = received_ms + max_ahead_ms
+        if msg.ts_ms > latest:
+            points = [(m, tags, fields, min(ts, latest)) for m, tags, fields, ts in points]
     for m, _, fields, _ in points:
         for k, v in fields.items():
             if isinstance(v, float) and not math.isfinite(v):

@@ -40,40 +40,54 @@ class Storage:
         self._sinks.append(sink)
         return sink
 
-    def store(self, points: list[SeriesPoint], sink: SeriesSink, path: str) -> bool:
+    def store(self, points: list[SeriesPoint], sink: SeriesSink, path: str) -> list[SeriesPoint] | None:
         """Make points durable: the store if it takes them, else the disk spool.
 
-        Returns False only when stopping with a full spool; the caller then leaves the
+        Returns the points the store refused for good (a field-type conflict, a value it
+        cannot parse), found by splitting the write, so the caller can reject the messages
+        that carried them as their senders'; every other point of the batch is stored.
+        Returns None only when stopping with a full spool; the caller then leaves the
         messages unacknowledged so the broker delivers them again.
         """
         if not points:
-            return True
+            return []
         while self.spool.full:
             if self.stop.wait(0.2):
-                return False
+                return None
         if self.spool.depth == 0 and self.ready:
             t0 = time.perf_counter()
             try:
-                sink.write(points)
+                refused = self.write_split(points, sink)
             except SinkError as exc:
-                if not exc.retryable:
-                    self.refused(points, exc)
-                    return True
                 log.warning("series store unavailable (%s); spooling to disk", exc)
                 self.ready = False
             else:
                 self.metrics.write_latency.labels(path).observe(time.perf_counter() - t0)
-                self.counters.add(points_written=len(points))
-                return True
+                self.counters.add(points_written=len(points) - len(refused))
+                return refused
         self.spool.append(points)
         self.counters.add(points_spooled=len(points))
-        return True
+        return []
 
-    def refused(self, points: list[SeriesPoint], exc: SinkError) -> None:
-        """The store refused points for good (retrying would never help): count and say so."""
-        self.counters.add(points_refused=len(points))
-        self.counters.reject("store_refused")
-        log.error("series store refused %d points for good (%s); first: %s", len(points), exc, points[0][:2])
+    def write_split(self, points: list[SeriesPoint], sink: SeriesSink) -> list[SeriesPoint]:
+        """Write ``points``; when the store refuses them for good, write halves until the refused
+        points are found, and return those (counted). A retryable error propagates.
+
+        InfluxDB 1.x already keeps the good points of a partial write; rewriting them lands on
+        the same series and time, so the split costs a few writes and changes nothing stored.
+        """
+        try:
+            sink.write(points)
+            return []
+        except SinkError as exc:
+            if exc.retryable:
+                raise
+            if len(points) == 1:
+                self.counters.add(points_refused=1)
+                log.error("series store refused a %s point for good (%s)", points[0][0], str(exc)[:300])
+                return points
+        mid = len(points) // 2
+        return self.write_split(points[:mid], sink) + self.write_split(points[mid:], sink)
 
     def drain_loop(self) -> None:
         """Worker: set the store up, then empty the spool into it whenever it has points."""
@@ -99,20 +113,19 @@ class Storage:
             for batch_id, points in self.spool.oldest(8):
                 t0 = time.perf_counter()
                 try:
-                    sink.write(points)
+                    # spooled points were acknowledged long ago: a refused one can only be counted
+                    # and logged (write_split), the others of its batch are still written
+                    refused = self.write_split(points, sink)
                 except SinkError as exc:
-                    if exc.retryable:
-                        failed = True
-                        log.warning(
-                            "spool drain: store still unavailable (%s); %d points waiting",
-                            exc,
-                            self.spool.depth,
-                        )
-                        break
-                    self.refused(points, exc)
-                else:
-                    self.metrics.write_latency.labels("drain").observe(time.perf_counter() - t0)
-                    self.counters.add(points_drained=len(points))
+                    failed = True
+                    log.warning(
+                        "spool drain: store still unavailable (%s); %d points waiting",
+                        exc,
+                        self.spool.depth,
+                    )
+                    break
+                self.metrics.write_latency.labels("drain").observe(time.perf_counter() - t0)
+                self.counters.add(points_drained=len(points) - len(refused))
                 self.spool.remove([batch_id])
             if failed:
                 self.ready = False

@@ -35,12 +35,10 @@ class Supervisor:
 
     def load_open(self) -> None:
         """Pick up the device alerts still open from before a restart."""
-        for a in self.state.alerts(kind="device_offline"):
-            if a["status"] in ("raised", "acknowledged"):
-                self.offline.add((a["site_id"], a["device_id"]))
-        for a in self.state.alerts(kind="test_overdue"):
-            if a["status"] in ("raised", "acknowledged"):
-                self.test_overdue.add((a["site_id"], a["device_id"]))
+        for a in self.state.alerts(kind="device_offline", open_only=True):  # all of them, never capped
+            self.offline.add((a["site_id"], a["device_id"]))
+        for a in self.state.alerts(kind="test_overdue", open_only=True):
+            self.test_overdue.add((a["site_id"], a["device_id"]))
 
     def loop(self) -> None:
         """Worker: check devices and escalations every ``min(5 s, offline_after_s / 10)``."""

@@ -11,7 +11,9 @@ on its hot path; it validates while parsing, with no intermediate dict.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from typing import Annotated, Literal
 
@@ -25,13 +27,35 @@ SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
 MAX_PAYLOAD_BYTES = 64 * 1024
 
+# Every integer is bounded to int64 and every string is Text (no NUL, no control characters):
+# both are what every store behind the gateway can hold (SQLite and PostgreSQL BIGINT, InfluxDB
+# integers; PostgreSQL TEXT refuses NUL), so a message that decodes can always be stored, and a
+# "poison" value is a ContractError at the door instead of an error in a worker's retry loop.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+Int64 = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
+Count = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+#: no C0 controls (NUL, newline, ...), DEL or C1 controls; ``\Z``, because ``$`` lets a final newline in
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*\Z"
+Text = Annotated[str, Meta(pattern=NO_CONTROL_PATTERN)]
+
 Id = Annotated[str, Meta(pattern=ID_PATTERN)]
 Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
 Ms = Annotated[int, Meta(ge=0, le=10_000_000_000_000)]
-Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
-ShortText = Annotated[str, Meta(max_length=200)]
-FieldValue = float | int | bool | str
-FieldName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+Seq = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+ShortText = Annotated[Text, Meta(max_length=200)]
+Text40 = Annotated[Text, Meta(max_length=40)]
+Text80 = Annotated[Text, Meta(max_length=80)]
+Text140 = Annotated[Text, Meta(max_length=140)]
+FieldValue = float | Int64 | bool | Annotated[Text, Meta(max_length=1000)]
+FieldName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,39}\Z")]
+#: ``device:seq`` (before install ids) or ``device:install:seq``, see :func:`make_msg_id`
+INSTALL_ID_PATTERN = r"^[a-z0-9]{1,16}\Z"
+MsgId = Annotated[str, Meta(max_length=140, pattern=r"^[a-z0-9][a-z0-9-]{0,62}:(?:[a-z0-9]{1,16}:)?[0-9]{1,19}\Z")]
+
+#: The one type each telemetry field has in the series store, by name (InfluxDB fixes a field's
+#: type per shard, so a device choosing it could make every other device's writes fail). Any
+#: name not listed here must be a number, and is stored as a float.
+TELEMETRY_FIELD_TYPES: dict[str, type] = {"status": str, "concern": str, "value": bool, "active": bool}
 
 
 class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="kind"):
@@ -39,9 +63,9 @@ class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     site_id: Id
     device_id: Id
     resident_id: Id | None = None
-    boot_id: Annotated[int, Meta(ge=0)]
+    boot_id: Count
     seq: Seq
-    msg_id: Annotated[str, Meta(max_length=140)]
+    msg_id: MsgId
     ts_ms: Ms
     sent_ms: Ms
     clock_synced: bool = True
@@ -53,13 +77,13 @@ class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 class Reason(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One piece of evidence behind an alert, so staff can see *why* it fired."""
 
-    code: Annotated[str, Meta(max_length=40)]
+    code: Text40
     detail: ShortText = ""
     weight: float = 0.0
 
 
 class FallData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    event_id: Annotated[str, Meta(max_length=140)]
+    event_id: Text140
     status: Literal["alert", "cancelled"]
     impact_ms: Ms
     confidence: Unit
@@ -68,11 +92,11 @@ class FallData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     room: Id | None = None
     sensor: Id | None = None
     reasons: Annotated[list[Reason], Meta(max_length=16)] = []
-    model: Annotated[str, Meta(max_length=80)] = ""
+    model: Text80 = ""
 
 
 class Factor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    name: Annotated[str, Meta(max_length=40)]
+    name: Text40
     value: float
     contribution: float
 
@@ -82,8 +106,8 @@ class RiskData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     score: Unit
     level: Literal["low", "medium", "high"]
     factors: Annotated[list[Factor], Meta(max_length=16)] = []
-    features: Annotated[dict[Annotated[str, Meta(max_length=40)], float], Meta(max_length=32)] = {}
-    model: Annotated[str, Meta(max_length=80)] = ""
+    features: Annotated[dict[Text40, float], Meta(max_length=32)] = {}
+    model: Text80 = ""
 
 
 class SensorHealth(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -95,12 +119,12 @@ class SensorHealth(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 class HealthData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     uptime_s: Annotated[float, Meta(ge=0)]
-    outbox_depth: Annotated[int, Meta(ge=0)]
+    outbox_depth: Count
     cpu_pct: Annotated[float, Meta(ge=0, le=100 * 64)] | None = None
     mem_mb: Annotated[float, Meta(ge=0)] | None = None
     temp_c: Annotated[float, Meta(ge=-60, le=150)] | None = None
-    model_version: Annotated[str, Meta(max_length=40)] = ""
-    fw: Annotated[str, Meta(max_length=40)] = ""
+    model_version: Text40 = ""
+    fw: Text40 = ""
     sensors: Annotated[dict[Id, SensorHealth], Meta(max_length=64)] = {}
     warnings: Annotated[list[ShortText], Meta(max_length=32)] = []
 
@@ -114,8 +138,8 @@ class TeleData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 class StateData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     state: Literal["ready", "offline", "lost"]
-    fw: Annotated[str, Meta(max_length=40)] = ""
-    model_version: Annotated[str, Meta(max_length=40)] = ""
+    fw: Text40 = ""
+    model_version: Text40 = ""
     heartbeat_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
 
 
@@ -124,10 +148,10 @@ class TestData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 class StatusData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    transaction: Annotated[str, Meta(max_length=80)] = ""
+    transaction: Text80 = ""
     status: Literal["ok", "error", "accepted", "rejected", "rolled_back", "installed"]
     detail: ShortText = ""
-    version: Annotated[str, Meta(max_length=40)] = ""
+    version: Text40 = ""
 
 
 # ---------------------------------------------------------------- envelopes
@@ -201,9 +225,49 @@ _head_decoder = msgspec.json.Decoder(_Head)
 _encoder = msgspec.json.Encoder()
 
 
-def make_msg_id(device_id: str, seq: int) -> str:
-    """Deterministic idempotency key: the same message keeps it across every retry."""
-    return f"{device_id}:{seq}"
+def make_msg_id(device_id: str, seq: int, install_id: str | None = None) -> str:
+    """Deterministic idempotency key: the same message keeps it across every retry.
+
+    ``install_id`` is created once per installation of a hub's outbox (edge/outbox.py): a
+    re-imaged hub starts again at seq 1, and without it its new messages would carry keys the
+    gateway has already seen and be dropped as duplicates. Keys without it (``device:seq``,
+    hubs from before) stay valid.
+    """
+    return f"{device_id}:{seq}" if install_id is None else f"{device_id}:{install_id}:{seq}"
+
+
+def msg_id_matches(msg_id: str, device_id: str, seq: int) -> bool:
+    """Whether ``msg_id`` is this device's key for this seq, in either form."""
+    parts = msg_id.split(":")
+    if len(parts) == 2:
+        return parts == [device_id, str(seq)]
+    return (len(parts) == 3 and parts[0] == device_id and parts[2] == str(seq)
+            and re.match(INSTALL_ID_PATTERN, parts[1]) is not None)
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def safe_text(value: str, max_length: int) -> str:
+    """Free text (an exception message, a reason) made fit for a Text field: each run of
+    control characters becomes one space, then it is cut to ``max_length``."""
+    return _CONTROL_RE.sub(" ", value)[:max_length]
+
+
+def content_digest(msg: Message) -> str:
+    """What a message says, as a hash, without its send time (a re-send may be re-stamped):
+    two messages under one idempotency key with different digests are different messages."""
+    return hashlib.sha256(_encoder.encode(msgspec.structs.replace(msg, sent_ms=0))).hexdigest()[:32]
+
+
+def check_field_types(data: TeleData) -> None:
+    """Raise ContractError(``field_type``) for a telemetry field not of its pinned type."""
+    for name, value in data.fields.items():
+        want = TELEMETRY_FIELD_TYPES.get(name, float)
+        ok = isinstance(value, bool) if want is bool else (
+            isinstance(value, str) if want is str else isinstance(value, int | float) and not isinstance(value, bool))
+        if not ok:
+            raise ContractError("field_type", f"field {name!r} must be {want.__name__}, got {type(value).__name__}")
 
 
 def now_ms() -> int:
@@ -236,8 +300,10 @@ def decode_payload(payload: bytes | bytearray) -> Message:
         raise ContractError("invalid_payload", str(exc)) from None
     if msg.schema not in SUPPORTED_VERSIONS:
         raise ContractError("unsupported_version", f"schema {msg.schema} not in {sorted(SUPPORTED_VERSIONS)}")
-    if msg.msg_id != make_msg_id(msg.device_id, msg.seq):
-        raise ContractError("invalid_payload", f"msg_id {msg.msg_id!r} != '<device_id>:<seq>'")
+    if not msg_id_matches(msg.msg_id, msg.device_id, msg.seq):
+        raise ContractError("invalid_payload", f"msg_id {msg.msg_id!r} != '<device_id>[:<install_id>]:<seq>'")
+    if isinstance(msg, Telemetry):
+        check_field_types(msg.data)
     return msg
 
 
@@ -282,7 +348,7 @@ def kind_of(msg: Message) -> str:
 #: Commands a hub answers on ``cmd/res/{name}``; any other name gets status "error".
 COMMANDS = ("ping", "self-test")
 
-Transaction = Annotated[str, Meta(max_length=80)]
+Transaction = Text80
 
 
 class RemoteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -290,7 +356,7 @@ class RemoteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     operator may set remotely. The hub validates the values with the same limits as its
     config file; the reply's ``transaction`` and ``version`` echo ``version``."""
 
-    version: str | int = ""
+    version: Text80 | Int64 = ""
     cancel_window_s: float | None = None
     heartbeat_s: float | None = None
     telemetry_window_s: float | None = None

@@ -89,6 +89,8 @@ class LogChannel:
             log.warning("device back online: %s at %s", e.device_id, e.site_id)
         elif e.kind == "test_overdue" and e.action is Action.RAISED:
             log.warning("TEST ALARM OVERDUE: %s", e.detail)
+        elif e.action is Action.RAISED:  # fall_unreadable, msg_id_conflict, and any later device alert
+            log.error("%s: %s", e.kind.upper().replace("_", " "), e.detail)
         else:
             return False
         return True

@@ -58,6 +58,8 @@ class DeviceUpdate:
     heartbeat_s: float | None = None
     boot_id: int | None = None
     last_test_ms: int | None = None
+    #: how far ahead (+) or behind (-) the device's clock looked, in ms (None = unknown)
+    clock_skew_ms: int | None = None
     sensors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def merge(self, other: DeviceUpdate) -> None:
@@ -78,17 +80,21 @@ _DEVICE_COLS = (
     "state",
     "heartbeat_s",
     "boot_id",
+    "clock_skew_ms",
 )
+
+#: columns added after a table's first release: (table, column, type), added by setup()
+_ADDED_COLUMNS = (("seen", "digest", "TEXT"), ("devices", "clock_skew_ms", "BIGINT"))
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS seen (
-        msg_id TEXT PRIMARY KEY, received_ms BIGINT NOT NULL)""",
+        msg_id TEXT PRIMARY KEY, received_ms BIGINT NOT NULL, digest TEXT)""",
     """CREATE TABLE IF NOT EXISTS devices (
         site_id TEXT NOT NULL, device_id TEXT NOT NULL,
         first_seen_ms BIGINT NOT NULL, last_seen_ms BIGINT NOT NULL,
         fw TEXT, model_version TEXT, outbox_depth BIGINT, uptime_s DOUBLE PRECISION,
         min_battery_pct DOUBLE PRECISION, state TEXT, heartbeat_s DOUBLE PRECISION, boot_id BIGINT,
-        last_test_ms BIGINT, sensors TEXT,
+        last_test_ms BIGINT, sensors TEXT, clock_skew_ms BIGINT,
         PRIMARY KEY (site_id, device_id))""",
     """CREATE TABLE IF NOT EXISTS alerts (
         alert_id TEXT PRIMARY KEY, kind TEXT NOT NULL, site_id TEXT NOT NULL, device_id TEXT NOT NULL,
@@ -192,6 +198,8 @@ class StateStore:
     # ------------------------------------------------------------ plumbing
     def _conn(self) -> Connection:
         conn = getattr(self._local, "conn", None)
+        if conn is not None and getattr(conn, "closed", False):
+            conn = None  # psycopg: the server went away; retrying on a closed connection never helps
         if conn is None:
             conn = self.dialect.connect()
             self._local.conn = conn
@@ -208,10 +216,19 @@ class StateStore:
     def _tx(self) -> _Tx:
         return _Tx(self._conn(), self.dialect)
 
-    def setup(self) -> None:
+    def setup(self, now_ms: int | None = None, clock_skew_ms: int = 300_000) -> None:
+        """Create what is missing, and undo what a device's clock may have written before
+        last-seen used the gateway's receive time: a ``last_seen_ms`` in the future would keep
+        that hub from ever being raised offline."""
         with self._tx() as cur:
             for stmt in _SCHEMA:
                 self._exec(cur, stmt.format(autoinc=self.dialect.autoinc))
+            for table, column, typ in _ADDED_COLUMNS:
+                self._exec(cur, f"SELECT * FROM {table} WHERE 1 = 0")
+                if column not in {d[0] for d in cur.description}:
+                    self._exec(cur, f"ALTER TABLE {table} ADD COLUMN {column} {typ}")
+            now = c.now_ms() if now_ms is None else now_ms
+            self._exec(cur, "UPDATE devices SET last_seen_ms = ? WHERE last_seen_ms > ?", (now, now + clock_skew_ms))
         for table in AUDIT_FIELDS:
             if "chain" not in self._columns(table):  # a database from before the chain
                 with self._tx() as cur:
@@ -298,12 +315,33 @@ class StateStore:
             self.dialect.end_read(self._conn())
         return set(msg_ids) - seen
 
-    def commit_batch(self, msg_ids: list[str], received_ms: int, devices: list[DeviceUpdate]) -> None:
-        """Mark messages stored and apply registry updates, in one transaction."""
-        ins = "INSERT INTO seen (msg_id, received_ms) VALUES (?, ?) ON CONFLICT (msg_id) DO NOTHING"
+    def seen_digests(self, msg_ids: list[str]) -> dict[str, str | None]:
+        """The ids among ``msg_ids`` stored before, with the content digest kept for each
+        (None for keys stored before digests were kept)."""
+        out: dict[str, str | None] = {}
+        if not msg_ids:
+            return out
+        cur = self._conn().cursor()
+        try:
+            for i in range(0, len(msg_ids), 500):
+                chunk = msg_ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                self._exec(cur, f"SELECT msg_id, digest FROM seen WHERE msg_id IN ({marks})", chunk)
+                out.update((r[0], r[1]) for r in cur.fetchall())
+        finally:
+            cur.close()
+            self.dialect.end_read(self._conn())
+        return out
+
+    def commit_batch(self, msg_ids: list[str], received_ms: int, devices: list[DeviceUpdate],
+                     digests: dict[str, str] | None = None) -> None:
+        """Mark messages stored (with their content digests) and apply registry updates, in one
+        transaction. The first digest of a key is kept."""
+        ins = "INSERT INTO seen (msg_id, received_ms, digest) VALUES (?, ?, ?) ON CONFLICT (msg_id) DO NOTHING"
+        dig = digests or {}
         with self._tx() as cur:
             if msg_ids:
-                cur.executemany(self._sql(ins), [(m, received_ms) for m in msg_ids])
+                cur.executemany(self._sql(ins), [(m, received_ms, dig.get(m)) for m in msg_ids])
             for d in devices:
                 self._upsert_device(cur, d)
 
@@ -369,7 +407,8 @@ class StateStore:
         return rows
 
     # ------------------------------------------------------------ alerts
-    def record_fall(self, msg: c.FallAlert, received_ms: int, device: DeviceUpdate | None = None) -> tuple[bool, str]:
+    def record_fall(self, msg: c.FallAlert, received_ms: int, device: DeviceUpdate | None = None,
+                    digest: str | None = None) -> tuple[bool, str]:
         """Store a fall alert (idempotent by event); returns (new event?, alert_id).
 
         Also marks the message seen in the same transaction. A re-sent or updated alert
@@ -418,8 +457,8 @@ class StateStore:
                 )
             self._exec(
                 cur,
-                "INSERT INTO seen (msg_id, received_ms) VALUES (?, ?) ON CONFLICT (msg_id) DO NOTHING",
-                (msg.msg_id, received_ms),
+                "INSERT INTO seen (msg_id, received_ms, digest) VALUES (?, ?, ?) ON CONFLICT (msg_id) DO NOTHING",
+                (msg.msg_id, received_ms, digest),
             )
             if device is not None:
                 self._upsert_device(cur, device)
@@ -545,8 +584,19 @@ class StateStore:
         rows = self._select("SELECT * FROM alerts WHERE alert_id = ?", (alert_id,))
         return rows[0] if rows else None
 
-    def alerts(self, kind: str | None = None, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    def alerts(self, kind: str | None = None, status: str | None = None, limit: int = 1000,
+               open_only: bool = False) -> list[dict[str, Any]]:
+        """Alerts, oldest first: the newest ``limit`` of them, except that open alerts
+        (``open_only``) are never capped: an alarm still raised must not fall off a list
+        because newer, already cleared ones pushed it out."""
         q, args = "SELECT * FROM alerts WHERE 1 = 1", list[str | int]()
+        if open_only:
+            q += f" AND status IN ({', '.join(repr(s) for s in OPEN_STATUSES)})"
+            q += " AND kind = ?" if kind else ""
+            args += [kind] if kind else []
+            q += " AND status = ?" if status else ""
+            args += [status] if status else []
+            return self._select(q + " ORDER BY raised_ms, alert_id", tuple(args))
         if kind:
             q += " AND kind = ?"
             args.append(kind)

@@ -70,7 +70,8 @@ def test_one_fall_gives_exactly_one_alert_with_reasons(agent: EdgeAgent, recorde
     codes = {r.code for r in msg.data.reasons}
     assert {"impact", "model_score", "posture_change", "stillness"} <= codes
     assert 0.5 <= msg.data.confidence <= 1.0
-    assert msg.msg_id == f"hub-1:{msg.seq}"
+    assert agent.outbox is not None
+    assert msg.msg_id == f"hub-1:{agent.outbox.install_id}:{msg.seq}"  # unique per installation (issue 11.5)
     assert recorder.errors == []  # everything the agent sent passed the strict contract
     assert recorder.of_kind("health") and recorder.of_kind("tele")
     assert len(recorder.of_kind("test")) == 1  # the daily silent test alarm, sent at start

@@ -245,7 +245,8 @@ def test_contract_valid_uplinks_only(agent: EdgeAgent, broker: FakeBroker) -> No
     kinds = set()
     for m in broker.published(f"{topics.device_base(SITE, HUB)}/#"):
         msg = C.decode(m.topic, m.payload)  # raises on anything the gateway would dead-letter
-        assert msg.msg_id == f"{HUB}:{msg.seq}"
+        assert agent.outbox is not None
+        assert msg.msg_id == f"{HUB}:{agent.outbox.install_id}:{msg.seq}"  # unique per installation (issue 11.5)
         kinds.add(C.kind_of(msg))
     assert {"state", "fall", "health", "tele", "test"} <= kinds
     seqs = [C.decode(m.topic, m.payload).seq for m in broker.published(f"{topics.device_base(SITE, HUB)}/#")]

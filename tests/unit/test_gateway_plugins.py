@@ -132,6 +132,9 @@ class _StubReader:
     def dead_workers(self) -> list[str]:
         return ["gw-bulk"]
 
+    def worker_problems(self) -> dict[str, str]:
+        return {}
+
     def ready(self) -> tuple[bool, str]:
         return False, "MQTT link 'bulk' not connected/subscribed"
 
@@ -141,7 +144,8 @@ class _StubReader:
     def stats(self) -> dict[str, Any]:
         return {"received": 7}
 
-    def alerts(self, kind: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    def alerts(self, kind: str | None = None, status: str | None = None,
+               open_only: bool = False) -> list[dict[str, Any]]:
         return [{"alert_id": "fall:s:d:e", "kind": "fall", "status": "raised", "raised_ms": 5},
                 {"alert_id": "device_offline:s:d:1", "kind": "device_offline", "status": "raised", "raised_ms": 6}]
 
