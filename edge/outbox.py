@@ -11,7 +11,9 @@ The sequence number is allocated in the same transaction that inserts the row, s
 ``seq`` is strictly increasing across restarts and never reused: ``msg_id`` =
 ``device:seq`` stays a valid idempotency key for the life of the device.
 
-Telemetry may be thinned under backpressure (:meth:`Outbox.thin`), alerts never.
+Telemetry may be thinned under backpressure (:meth:`Outbox.thin`), alerts never. A
+telemetry row the broker refuses (an ACL gap) is moved aside (:meth:`Outbox.reject`);
+every other row stays and is retried by the publisher (:data:`THINNABLE` decides).
 """
 
 from __future__ import annotations
@@ -159,6 +161,14 @@ class Outbox:
             self._db.executemany("DELETE FROM outbox WHERE seq = ?", ids)
             self._db.execute("COMMIT")
         return len(ids)
+
+    def row(self, seq: int) -> Row | None:
+        """One row by seq (None once it is acknowledged or moved aside)."""
+        with self._lock:
+            r = self._db.execute(
+                "SELECT seq, kind, topic, payload, qos, retain FROM outbox WHERE seq = ?", (seq,)
+            ).fetchone()
+        return None if r is None else Row(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5]))
 
     def reject(self, seq: int, reason: str) -> None:
         """Move a row the broker refused (e.g. ACL) aside: kept and counted, not retried forever."""

@@ -86,6 +86,10 @@ class Uplink:
             time.sleep(0.02)
         return self.outbox.depth() == 0
 
+    def warnings(self) -> list[str]:
+        """What the uplink must tell in the next heartbeat (rows the broker refused, retried)."""
+        return self.publisher.refusals() if self.publisher is not None else []
+
     def close(self) -> None:
         if self.publisher is not None:
             self.publisher.stop()
@@ -101,5 +105,6 @@ class Uplink:
         if self.publisher is not None:
             p = self.publisher
             out.update(published=p.published, acked=p.acked, connects=p.connects,
-                       disconnects=p.disconnects, rejected=p.rejected)
+                       disconnects=p.disconnects, rejected=p.rejected, refused=p.refused,
+                       refused_pending=p.refused_pending)
         return out

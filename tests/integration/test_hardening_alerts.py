@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -93,7 +91,7 @@ class GeneratedBroker:
         deadline = time.monotonic() + 10
         while True:
             self.proc = subprocess.Popen([find_binary("mosquitto"), "-c", str(conf)],
-                                         stdout=subprocess.DEVNULL, stderr=open(self.out / "broker.log", "ab"))
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 _wait_port(self.port, 10, self.proc)
                 return
@@ -155,3 +153,63 @@ def test_generated_config_saves_on_every_change(tmp_path: Path) -> None:
     text = brokerconf.mosquitto_conf(tmp_path, tls_dir="/t", data_dir="/d")
     assert "persistence true" in text
     assert "autosave_on_changes true" in text and "autosave_interval 1\n" in text
+
+
+# ---------------------------------------------------------------------------- item 7
+
+GAP_USERS = {"gw": "gw-secret-7", "hub-1": "hub-secret-7"}
+#: an ACL with a gap: the hub may send state, health and telemetry, but not its events
+GAP_ACL = """
+user gw
+topic read fallwatch/v1/#
+
+pattern write fallwatch/v1/+/%u/state
+pattern write fallwatch/v1/+/%u/health
+pattern write fallwatch/v1/+/%u/tele/+
+"""
+FIXED_ACL = GAP_ACL + "pattern write fallwatch/v1/+/%u/evt/+\n"
+
+
+def hub_cfg(url: str, tmp: Path, site: str, *, cancel_window_s: float = 0.0, **mq: Any) -> FallwatchConfig:
+    return load_config(None, {"mqtt": {"url": url, "keepalive_s": 5, **mq}, "edge": {
+        "site_id": site, "device_id": "hub-1", "cancel_window_s": cancel_window_s, "telemetry_window_s": 1.0,
+        "outbox_path": str(tmp / "outbox.sqlite"), "model_dir": str(tmp / "m")}})
+
+
+def raise_fall(agent: EdgeAgent, sensor: str = "wear-1", t0_s: float = 0.0) -> None:
+    acc, gyro, _ = synth.fall(post_s=6)
+    for f in synth.frames(agent.device_id, synth.packets(sensor, acc, gyro, per_packet=25, t0_ms=int(t0_s * 1000))):
+        agent.feed([f], f.rx_t_s)
+    agent.feed([], t0_s + 30.0)
+
+
+def test_a_refused_alert_is_retried_reported_and_counted(mosquitto_factory: Any, tmp_path: Path,
+                                                         unique_name: str) -> None:
+    broker = mosquitto_factory(passwords=GAP_USERS, acl=GAP_ACL)
+    gw = load_config(None, {"mqtt": {"url": broker.url, "username": "gw", "password": GAP_USERS["gw"]}}).mqtt
+    rec = UplinkRecorder(gw, f"rec-{unique_name}", site=unique_name, persistent=True).start()
+    agent = EdgeAgent(hub_cfg(broker.url, tmp_path, unique_name, username="hub-1", password=GAP_USERS["hub-1"]))
+    agent.start()
+    try:
+        raise_fall(agent)
+        assert agent.stats()["alerts_raised"] == 1
+        # the broker says "not authorized" (MQTT 5 PUBACK 0x87): the alert stays in the outbox
+        assert wait_until(lambda: agent.stats().get("refused_pending", 0) >= 1, 15), agent.stats()
+        assert agent.outbox is not None
+        assert agent.outbox.depth_by_kind().get("fall") == 1, "a refused fall alert was given up"
+        first = agent.stats()["refused"]
+        assert wait_until(lambda: agent.stats()["refused"] > first, 30), "the refused alert is not retried"
+        assert wait_until(lambda: any(w.startswith("fall") for w in agent.uplink.warnings()), 30), agent.stats()
+        health = agent.telemetry.health(40.0)  # the heartbeat says so
+        assert any(w.startswith("fall seq") and "refused" in w for w in health.warnings), health.warnings
+        assert agent.stats()["rejected"] == 0  # nothing given up
+
+        broker.acl = FIXED_ACL  # the operator closes the gap
+        broker.restart()
+        assert rec.wait_for(lambda r: len(r.falls()) == 1, timeout_s=60), agent.stats()
+        assert wait_until(lambda: agent.stats()["refused_pending"] == 0, 30), agent.stats()
+        assert agent.outbox.depth_by_kind().get("fall", 0) == 0
+        assert [m.msg.data.sensor for m in rec.falls()] == ["wear-1"]
+    finally:
+        agent.stop(timeout_s=2)
+        rec.stop()
