@@ -57,16 +57,29 @@ class Uplink:
     def is_open(self) -> bool:
         return self.outbox is not None
 
-    def send(self, items: list[Pending]) -> list[int]:
-        """Persist ``items`` in order (one transaction), wake the publisher; returns their seqs."""
-        if not items:
+    def send(self, items: list[Pending], done_pending: list[str] | None = None) -> list[int]:
+        """Persist ``items`` in order (one transaction, which also deletes the ``done_pending``
+        decisions), wake the publisher; returns their seqs."""
+        if not items and not done_pending:
             return []
         if self.outbox is None:
+            if not items:
+                return []
             raise RuntimeError("EdgeAgent.start() first")
-        seqs = self.outbox.append_many(items)
+        seqs = self.outbox.append_many(items, done_pending or ())
         if self.publisher is not None:
             self.publisher.kick()
         return seqs
+
+    def save_pending(self, key: str, body: str, due_ms: int) -> bool:
+        """Persist a pending decision; False when there is no outbox to keep it in (not started)."""
+        if self.outbox is None:
+            return False
+        self.outbox.save_pending(key, body, due_ms)
+        return True
+
+    def pending_decisions(self) -> list[tuple[str, str, int]]:
+        return self.outbox.pending_decisions() if self.outbox is not None else []
 
     def depth(self) -> int:
         return self.outbox.depth() if self.outbox is not None else 0
