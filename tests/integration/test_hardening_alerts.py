@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -213,3 +215,74 @@ def test_a_refused_alert_is_retried_reported_and_counted(mosquitto_factory: Any,
     finally:
         agent.stop(timeout_s=2)
         rec.stop()
+
+
+# ---------------------------------------------------------------------------- item 8
+
+PENDING_CHILD = textwrap.dedent("""
+    import sys, time
+    from fallwatch.edge import synth
+    from fallwatch.edge.agent import EdgeAgent
+    from fallwatch.config import load_config
+
+    url, outbox, site = sys.argv[1], sys.argv[2], sys.argv[3]
+    cfg = load_config(None, {"mqtt": {"url": url}, "edge": {"site_id": site, "device_id": "hub-1",
+                      "cancel_window_s": 8.0, "outbox_path": outbox, "telemetry_window_s": 1.0,
+                      "model_dir": outbox + ".models"}})
+    agent = EdgeAgent(cfg)
+    agent.start()
+    fa, fg, _ = synth.fall(pre_s=2.0, post_s=4.0)
+    for fr in synth.frames("hub-1", synth.packets("wear-k", fa, fg, per_packet=25)):
+        agent.feed([fr], fr.rx_t_s)
+        if agent.stats()["pending_alerts"]:
+            break
+    print("PENDING", agent.stats()["pending_alerts"], flush=True)  # decided, inside its cancel window
+    time.sleep(600)  # until SIGKILL
+""")
+
+
+def test_sigkill_in_the_cancel_window_publishes_the_alert_once(mosquitto: Any, tmp_path: Path,
+                                                               unique_name: str) -> None:
+    cfg = load_config(None, {"mqtt": {"url": mosquitto.url}, "edge": {
+        "site_id": unique_name, "device_id": "hub-1", "cancel_window_s": 8.0, "telemetry_window_s": 1.0,
+        "outbox_path": str(tmp_path / "outbox.sqlite"), "model_dir": str(tmp_path / "outbox.sqlite.models")}})
+    rec = UplinkRecorder(cfg.mqtt, f"rec-{unique_name}", site=unique_name, persistent=True).start()
+    script = tmp_path / "child.py"
+    script.write_text(PENDING_CHILD)
+    child = subprocess.Popen([sys.executable, str(script), mosquitto.url, str(tmp_path / "outbox.sqlite"),
+                              unique_name], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.split() == ["PENDING", "1"], line
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    assert rec.falls() == []  # the window had not run out: nothing sent yet
+
+    agent = EdgeAgent(cfg)  # the hub restarts on the same outbox
+    agent.start()
+    try:
+        t0 = time.monotonic()
+        deadline = t0 + 40
+        while not rec.falls() and time.monotonic() < deadline:
+            agent.feed([], time.monotonic() - t0)  # the hub's clock runs on; no new frames
+            time.sleep(0.1)
+        assert rec.falls(), "a fall decided before the crash was never sent"
+        assert agent.flush(10)
+        time.sleep(1.0)  # a duplicate would have arrived by now
+    finally:
+        agent.stop()
+    agent = EdgeAgent(cfg)  # and once more: the decision is not resumed a second time
+    agent.start()
+    try:
+        agent.feed([], 30.0)
+        assert agent.flush(10)
+        time.sleep(1.0)
+    finally:
+        agent.stop()
+        rec.stop()
+    falls = rec.falls()
+    assert len(falls) == 1, [m.msg.data for m in falls]
+    assert falls[0].msg.data.sensor == "wear-k" and falls[0].msg.data.status == "alert"
