@@ -90,6 +90,8 @@ class Publisher:
         self.rejected = 0
         #: broker refusals of rows that are kept and retried (alerts, state, health, ...)
         self.refused = 0
+        #: re-publishes of refused rows (Mosquitto may close the socket before its PUBACK arrives)
+        self.refused_retries = 0
         #: seq -> (kind, attempts, next retry (monotonic), last reason) of refused rows held back
         self._refused: dict[int, tuple[str, int, float, str]] = {}
         #: seq -> monotonic time its PUBACK arrived (only while ``track_acks`` is set; benchmarks)
@@ -151,6 +153,10 @@ class Publisher:
             # site's hubs from reconnecting in lock-step after a broker restart
             client.reconnect_delay_set(min_delay=random.uniform(0.5, 2.0), max_delay=30)  # type: ignore[arg-type]  # paho annotates int; a float jitters the reconnect of many hubs
         self.connected.clear()
+        with self._lock:  # a retry cut off by the disconnect is tried again after its backoff
+            now = time.monotonic()
+            self._refused = {s: (k, n, min(at, now + min(REFUSED_RETRY_MAX_S, 2.0 ** (n - 1))), r)
+                             for s, (k, n, at, r) in self._refused.items()}
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
@@ -232,6 +238,7 @@ class Publisher:
             if early is not _MISSING:
                 self._settle(seq, early)
             self.published += 1
+            self.refused_retries += 1
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self._user_on_message is not None:

@@ -119,5 +119,5 @@ class Uplink:
             p = self.publisher
             out.update(published=p.published, acked=p.acked, connects=p.connects,
                        disconnects=p.disconnects, rejected=p.rejected, refused=p.refused,
-                       refused_pending=p.refused_pending)
+                       refused_pending=p.refused_pending, refused_retries=p.refused_retries)
         return out
