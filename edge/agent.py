@@ -108,7 +108,7 @@ class EdgeAgent:
     def init_decision(self) -> None:
         self.decisions = AlertDecision(self.sensors, self.fusion, self.messages, self.counters,
                                        cancel_window_s=self.cfg.edge.cancel_window_s, send=self.uplink.send,
-                                       warn=self.telemetry.warn, on_raised=self.risk.save)
+                                       warn=self.telemetry.warn, on_raised=self.risk.save, store=self.uplink)
 
     def init_detection(self) -> None:
         self.detection = Detection(self.sensors, self.fusion, self.decisions, self.counters, self.telemetry.warn)
@@ -130,11 +130,18 @@ class EdgeAgent:
         """Open the outbox, connect (birth on every connect, last will 'lost'), start draining."""
         self.start_outbox()
         self.risk.load()
+        self.start_decisions()
         self.start_publisher()
         self.started = True
 
     def start_outbox(self) -> Outbox:
         return self.uplink.open()
+
+    def start_decisions(self) -> None:
+        """Resume fall decisions a crash left inside their cancel window; send the overdue ones now."""
+        with self._lock:
+            if self.decisions.resume():
+                self.decisions.resolve(self._now_s, time.monotonic())
 
     def start_publisher(self) -> None:
         assert self.uplink.outbox is not None

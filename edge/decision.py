@@ -9,6 +9,13 @@ One fall gives one alert: the detector folds impacts within ``dedup_s`` of the l
 alert's impact, and ``Wearable.last_alert_t`` keeps the soft path and device drops in
 step with it.
 
+A decision is durable from the moment it is made: :meth:`AlertDecision.decide` writes it
+to the outbox DB's ``pending`` table (wall-clock due time), and the transaction that
+commits its FallAlert deletes that row; only after that commit does the decision leave
+memory, so a disk error leaves it pending for the next feed, and a crash or SIGKILL inside
+the cancel window leaves it on disk: :meth:`AlertDecision.resume` takes it up again at
+start, its window continuing from the persisted due time (sent at once if overdue).
+
 Each alert or cancellation is committed to the outbox before anyone is told:
 :meth:`AlertDecision.subscribe` listeners get an :class:`DecidedAlert` carrying the row's
 ``seq`` (the benchmark's latency probe, the tests, a local buzzer).
@@ -16,10 +23,12 @@ Each alert or cancellation is committed to the outbox before anyone is told:
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -36,6 +45,13 @@ log = logging.getLogger("fallwatch.edge.agent")
 
 #: Cancel presses with no fall pending are forgotten after this long (hub s).
 CANCEL_PRESS_TTL_S = 120.0
+
+
+class DecisionStore(Protocol):
+    """Where pending decisions are kept (the outbox DB, through the uplink)."""
+
+    def save_pending(self, key: str, body: str, due_ms: int) -> bool: ...
+    def pending_decisions(self) -> list[tuple[str, str, int]]: ...
 
 
 @dataclass(slots=True)
@@ -73,12 +89,15 @@ class AlertDecision:
         counters: Counters,
         *,
         cancel_window_s: float,
-        send: Callable[[list[Pending]], list[int]],
+        send: Callable[[list[Pending], list[str]], list[int]],
         warn: Callable[[str], None],
         on_raised: Callable[[], None],
+        store: DecisionStore | None = None,
     ) -> None:
-        """``send`` commits messages (returns their seqs), ``warn`` notes a health warning,
-        ``on_raised`` is called after alerts were raised (the risk state is saved then)."""
+        """``send(messages, done_keys)`` commits messages and forgets those pending decisions in
+        one transaction (returns the seqs), ``warn`` notes a health warning, ``on_raised`` is
+        called after alerts were raised (the risk state is saved then), ``store`` keeps
+        pending decisions across a crash."""
         self.sensors = sensors
         self.fusion = fusion
         self.messages = messages
@@ -87,6 +106,7 @@ class AlertDecision:
         self.send = send
         self.warn = warn
         self.on_raised = on_raised
+        self.store = store
         self.pending: list[PendingAlert] = []
         self._listeners: list[Callable[[DecidedAlert], None]] = []
 
@@ -100,8 +120,57 @@ class AlertDecision:
         w.last_alert_t = d.impact_t_s
         if due is None:
             due = max(d.decided_t_s, now_s) + self.cancel_window_s
-        self.pending.append(PendingAlert(event_id, w, d, due, now_s, 0.0))
+        pa = PendingAlert(event_id, w, d, due, now_s, 0.0)
+        self.pending.append(pa)
         self.count("decisions")
+        self._persist(pa)
+
+    def _persist(self, pa: PendingAlert) -> None:
+        """Write a decision to disk; if that fails it stays in memory and is sent when due."""
+        if self.store is None:
+            return
+        d, ts = pa.decision, self.messages.ts
+        body = json.dumps({
+            "sensor": pa.wearable.sensor_id, "resident": pa.wearable.resident_id,
+            "impact_ms": ts(d.impact_t_s), "decided_ms": ts(d.decided_t_s), "created_ms": ts(pa.created_t_s),
+            "probability": d.probability, "confidence": d.confidence, "peak_g": d.peak_g, "lying": d.lying,
+            "still": d.still, "reasons": [list(r) for r in d.reasons], "padded": d.padded,
+        })
+        try:
+            self.store.save_pending(pa.event_id, body, ts(pa.due_t_s))
+        except Exception as exc:  # a disk error: the alert is still sent from memory when due
+            self.count("pending_persist_errors")
+            self.warn(f"fall decision {pa.event_id} not persisted ({exc}); held in memory")
+            log.exception("could not persist the fall decision %s", pa.event_id)
+
+    def resume(self) -> int:
+        """Take up the decisions a previous run persisted and did not send (after a crash);
+        their windows continue from the persisted due time. Returns how many."""
+        if self.store is None:
+            return 0
+        known = {pa.event_id for pa in self.pending}
+        hub_s = self._hub_s
+        n = 0
+        for key, body, due_ms in self.store.pending_decisions():
+            if key in known:
+                continue
+            b = json.loads(body)
+            w = self.sensors.wearables.get(b["sensor"]) or self.sensors.add_wearable(b["sensor"], b["resident"])
+            d = FallDecision(impact_t_s=hub_s(b["impact_ms"]), decided_t_s=hub_s(b["decided_ms"]),
+                             probability=b["probability"], confidence=b["confidence"], peak_g=b["peak_g"],
+                             lying=b["lying"], still=b["still"], reasons=[tuple(r) for r in b["reasons"]],
+                             padded=b["padded"])
+            w.last_alert_t = max(w.last_alert_t, d.impact_t_s)
+            self.pending.append(PendingAlert(key, w, d, hub_s(due_ms), hub_s(b["created_ms"]), 0.0))
+            self.count("decisions_resumed")
+            log.warning("resumed fall decision %s for %s from before the restart (due in %.1f s)",
+                        key, w.sensor_id, hub_s(due_ms))
+            n += 1
+        return n
+
+    def _hub_s(self, wall_ms: int) -> float:
+        """Hub-clock time of a wall time (the inverse of ``Messages.ts``)."""
+        return (wall_ms - self.messages.start_epoch_ms) / 1000.0
 
     def resolve(self, now_s: float, wall: float) -> None:
         """Cancel, suppress or raise what is due at ``now_s``; ``wall`` = monotonic time of this feed."""
@@ -113,28 +182,33 @@ class AlertDecision:
         keep: list[PendingAlert] = []
         out: list[Pending] = []
         events: list[DecidedAlert] = []
+        done: list[str] = []
+        after: list[Callable[[], None]] = []  # what changes in memory once the commit succeeded
         raised = False
         for pa in self.pending:
             w = pa.wearable
             presses = [p for p in w.cancel_presses if pa.decision.impact_t_s <= p <= pa.due_t_s]
             if presses:
-                w.cancel_presses = [p for p in w.cancel_presses if p > pa.due_t_s]
                 self._report(pa, "cancelled", now_s, out, events, cancelled_at=presses[0])
-                self.count("alerts_cancelled")
+                after.append(functools.partial(self._cancelled, w, pa.due_t_s))
             elif now_s >= pa.due_t_s and w.stream.faulty_between(pa.decision.impact_t_s - 1.0, now_s):
-                self.count("alerts_suppressed_fault")
-                self.warn(f"fall-like signal from {w.sensor_id} ignored: sensor {w.stream.status}")
-                log.warning("fall-like signal from %s suppressed: sensor fault", w.sensor_id)
+                after.append(functools.partial(self._suppressed, w))
             elif now_s >= pa.due_t_s:
-                w.falls += 1
                 raised = True
                 pa.feed_wall = wall
                 self._report(pa, "alert", now_s, out, events)
-                self.count("alerts_raised")
+                after.append(functools.partial(self._raised, w))
             else:
                 keep.append(pa)
+                continue
+            done.append(pa.event_id)
+        if not done:
+            return
+        # raises on a disk error: then nothing changed and the same decisions are tried next feed
+        seqs = self.send(out, done)
         self.pending = keep
-        seqs = self.send(out)
+        for change in after:
+            change()
         if raised:
             self.on_raised()
         for seq, ev in zip(seqs, events, strict=True):
@@ -142,6 +216,19 @@ class AlertDecision:
                                    ev.confidence, ev.feed_wall, seq)
             for listener in self._listeners:
                 listener(committed)
+
+    def _cancelled(self, w: Wearable, due_t_s: float) -> None:
+        w.cancel_presses = [p for p in w.cancel_presses if p > due_t_s]
+        self.count("alerts_cancelled")
+
+    def _suppressed(self, w: Wearable) -> None:
+        self.count("alerts_suppressed_fault")
+        self.warn(f"fall-like signal from {w.sensor_id} ignored: sensor {w.stream.status}")
+        log.warning("fall-like signal from %s suppressed: sensor fault", w.sensor_id)
+
+    def _raised(self, w: Wearable) -> None:
+        w.falls += 1
+        self.count("alerts_raised")
 
     def _report(
         self,

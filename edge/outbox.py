@@ -15,7 +15,15 @@ creates an ``install_id`` once, at random, and keeps it: ``msg_id`` =
 installations, where ``device:seq`` alone made the gateway drop a re-imaged hub's new
 falls as duplicates of the old installation's.
 
-Telemetry may be thinned under backpressure (:meth:`Outbox.thin`), alerts never.
+A fall decision still inside its cancel window is a row of ``pending``
+(:meth:`Outbox.save_pending`) from the moment it is decided; the transaction that appends
+its FallAlert deletes that row (``append_many(..., done_pending=...)``), so after a crash
+a decision is either still pending (and resumed) or in the outbox (and sent), never both
+and never neither.
+
+Telemetry may be thinned under backpressure (:meth:`Outbox.thin`), alerts never. A
+telemetry row the broker refuses (an ACL gap) is moved aside (:meth:`Outbox.reject`);
+every other row stays and is retried by the publisher (:data:`THINNABLE` decides).
 """
 
 from __future__ import annotations
@@ -45,6 +53,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_kind_seq ON outbox (kind, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (
+    key TEXT PRIMARY KEY, body TEXT NOT NULL, due_ms INTEGER NOT NULL, created_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rejected (
     seq INTEGER PRIMARY KEY, kind TEXT, topic TEXT, payload BLOB, reason TEXT, at_ms INTEGER
 );
@@ -115,10 +126,14 @@ class Outbox:
         """Persist one message; returns its seq once it is on disk."""
         return self.append_many([Pending(kind, topic, build, qos, retain)])[0]
 
-    def append_many(self, items: Iterable[Pending]) -> list[int]:
-        """Persist several messages in one transaction (one fsync), in order."""
+    def append_many(self, items: Iterable[Pending], done_pending: Iterable[str] = ()) -> list[int]:
+        """Persist several messages in one transaction (one fsync), in order; the ``pending``
+        decisions named in ``done_pending`` are deleted in the same transaction."""
         items = list(items)
+        done = [(k,) for k in done_pending]
         if not items:
+            if done:
+                self.drop_pending([k for (k,) in done])
             return []
         now = int(time.time() * 1000)
         with self._lock:
@@ -130,6 +145,8 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT INTO outbox VALUES (?,?,?,?,?,?,?)", rows)
+                if done:
+                    self._db.executemany("DELETE FROM pending WHERE key = ?", done)
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (seq0 + len(rows),))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -137,6 +154,24 @@ class Outbox:
                 raise
             self._next = seq0 + len(rows)
         return [r[0] for r in rows]
+
+    def save_pending(self, key: str, body: str, due_ms: int) -> None:
+        """Persist a decision that is not a message yet (a fall inside its cancel window)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?)",
+                             (key, body, due_ms, int(time.time() * 1000)))
+
+    def drop_pending(self, keys: Iterable[str]) -> None:
+        ids = [(k,) for k in keys]
+        if ids:
+            with self._lock:
+                self._db.executemany("DELETE FROM pending WHERE key = ?", ids)
+
+    def pending_decisions(self) -> list[tuple[str, str, int]]:
+        """``(key, body, due_ms)`` of the decisions persisted and not yet sent, oldest due first."""
+        with self._lock:
+            return [(str(k), str(b), int(d)) for k, b, d in
+                    self._db.execute("SELECT key, body, due_ms FROM pending ORDER BY due_ms, key")]
 
     def reserve(self) -> int:
         """Allocate a seq without a row (the last will: the broker, not the outbox, sends it)."""
@@ -173,6 +208,14 @@ class Outbox:
             self._db.executemany("DELETE FROM outbox WHERE seq = ?", ids)
             self._db.execute("COMMIT")
         return len(ids)
+
+    def row(self, seq: int) -> Row | None:
+        """One row by seq (None once it is acknowledged or moved aside)."""
+        with self._lock:
+            r = self._db.execute(
+                "SELECT seq, kind, topic, payload, qos, retain FROM outbox WHERE seq = ?", (seq,)
+            ).fetchone()
+        return None if r is None else Row(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5]))
 
     def reject(self, seq: int, reason: str) -> None:
         """Move a row the broker refused (e.g. ACL) aside: kept and counted, not retried forever."""

@@ -8,6 +8,15 @@ a new publisher starts from the oldest row still on disk. Each row is therefore 
 to paho once per process, and at most ``window`` rows are in paho's memory at a time so
 a long outage costs disk, not RAM.
 
+A publish the broker refuses (an MQTT 5 PUBACK with a failure reason code, e.g. "not
+authorized" from an ACL gap) is never the end of an alert: only telemetry
+(:data:`~fallwatch.edge.outbox.THINNABLE`) is given up, moved aside and counted; any other
+row stays in the outbox and is re-published with backoff (1 s doubling to
+:data:`REFUSED_RETRY_MAX_S`), and :meth:`Publisher.refusals` says so in every health
+heartbeat until the broker takes it. The backoff holds across reconnects on purpose:
+Mosquitto 2.0 closes the connection after a refused QoS 1 publish, so retrying at every
+reconnect would keep the link down for everything else (health included).
+
 Reconnects use paho's exponential backoff (up to 30 s) starting from a random 0.5-2 s
 after each outage, so a site's hubs do not reconnect in lock-step after a broker restart.
 """
@@ -25,11 +34,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from fallwatch.config import MqttConfig
-from fallwatch.edge.outbox import Outbox
+from fallwatch.edge.outbox import THINNABLE, Outbox
 from fallwatch.mqtt import Will, connect, make_client, publish_properties
 
 log = logging.getLogger(__name__)
 _MISSING = object()
+
+#: Longest wait between two re-publishes of a row the broker refused.
+REFUSED_RETRY_MAX_S = 15.0
 
 
 class Publisher:
@@ -76,6 +88,12 @@ class Publisher:
         self.connects = 0
         self.disconnects = 0
         self.rejected = 0
+        #: broker refusals of rows that are kept and retried (alerts, state, health, ...)
+        self.refused = 0
+        #: re-publishes of refused rows (Mosquitto may close the socket before its PUBACK arrives)
+        self.refused_retries = 0
+        #: seq -> (kind, attempts, next retry (monotonic), last reason) of refused rows held back
+        self._refused: dict[int, tuple[str, int, float, str]] = {}
         #: seq -> monotonic time its PUBACK arrived (only while ``track_acks`` is set; benchmarks)
         self.track_acks = False
         self.ack_times: dict[int, float] = {}
@@ -135,6 +153,10 @@ class Publisher:
             # site's hubs from reconnecting in lock-step after a broker restart
             client.reconnect_delay_set(min_delay=random.uniform(0.5, 2.0), max_delay=30)  # type: ignore[arg-type]  # paho annotates int; a float jitters the reconnect of many hubs
         self.connected.clear()
+        with self._lock:  # a retry cut off by the disconnect is tried again after its backoff
+            now = time.monotonic()
+            self._refused = {s: (k, n, min(at, now + min(REFUSED_RETRY_MAX_S, 2.0 ** (n - 1))), r)
+                             for s, (k, n, at, r) in self._refused.items()}
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
@@ -149,15 +171,74 @@ class Publisher:
 
     def _settle(self, seq: int, reason_code: Any) -> None:
         if getattr(reason_code, "is_failure", False):
-            log.error("broker refused seq %d: %s", seq, reason_code)
-            self.outbox.reject(seq, str(reason_code))
-            self.rejected += 1
+            self._refuse(seq, str(reason_code))
         else:
             with self._lock:
+                self._refused.pop(seq, None)
                 self._acked.append(seq)
                 if self.track_acks:
                     self.ack_times[seq] = time.monotonic()
         self._wake.set()
+
+    def _refuse(self, seq: int, reason: str) -> None:
+        """The broker refused a row: telemetry is given up (counted), anything else kept and retried."""
+        row = self.outbox.row(seq)
+        if row is None:
+            return
+        if row.kind in THINNABLE:
+            log.error("broker refused %s seq %d: %s; given up (counted)", row.kind, seq, reason)
+            self.outbox.reject(seq, reason)
+            self.rejected += 1
+            return
+        with self._lock:
+            _, attempts, _, _ = self._refused.get(seq, (row.kind, 0, 0.0, reason))
+            attempts += 1
+            delay = min(REFUSED_RETRY_MAX_S, 2.0 ** (attempts - 1))
+            self._refused[seq] = (row.kind, attempts, time.monotonic() + delay, reason)
+            self.refused += 1
+        log.error("broker refused %s seq %d (%s, attempt %d); kept, retrying in %.0f s",
+                  row.kind, seq, reason, attempts, delay)
+
+    def refusals(self) -> list[str]:
+        """One line per row the broker refused and that is still held back (health warnings)."""
+        with self._lock:
+            held = sorted(self._refused.items())
+        return [f"{kind} seq {seq} refused by the broker ({reason}), retrying (attempt {n})"
+                for seq, (kind, n, _, reason) in held]
+
+    @property
+    def refused_pending(self) -> int:
+        with self._lock:
+            return len(self._refused)
+
+    def _retry_refused(self, props: Any) -> None:
+        """Re-publish refused rows whose backoff has run out (they keep their seq and msg_id)."""
+        now = time.monotonic()
+        with self._lock:
+            due = [s for s, (k, n, at, r) in self._refused.items() if at <= now]
+            for s in due:  # not again until it is refused again (or the connection is new)
+                k, n, _, r = self._refused[s]
+                self._refused[s] = (k, n, float("inf"), r)
+        for seq in due:
+            row = self.outbox.row(seq)
+            if row is None:
+                with self._lock:
+                    self._refused.pop(seq, None)
+                continue
+            info = self.client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain, properties=props)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                with self._lock:
+                    k, n, _, r = self._refused[seq]
+                    self._refused[seq] = (k, n, now + 1.0, r)
+                continue
+            with self._lock:
+                early = self._early.pop(info.mid, _MISSING)
+                if early is _MISSING:
+                    self._inflight[info.mid] = seq
+            if early is not _MISSING:
+                self._settle(seq, early)
+            self.published += 1
+            self.refused_retries += 1
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self._user_on_message is not None:
@@ -180,6 +261,8 @@ class Publisher:
             self._wake.wait(0.2)
             self._wake.clear()
             self._flush_acks()
+            if self._refused:
+                self._retry_refused(props)
             full = False
             for lane in ("prio", "bulk"):
                 with self._lock:

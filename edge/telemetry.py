@@ -179,6 +179,7 @@ class Telemetry:
     def health(self, now_s: float) -> C.HealthData:
         """Send a health heartbeat now (with the warnings noted since the last one)."""
         sensors, warnings = self.sensor_health(now_s)
+        warnings += self.uplink.warnings()  # refused rows first: they are alarms held back
         warnings += self.notes
         self.notes = []
         if len(sensors) > MAX_HEALTH_SENSORS:  # contract limit: report the non-ok ones first

@@ -58,16 +58,29 @@ class Uplink:
     def is_open(self) -> bool:
         return self.outbox is not None
 
-    def send(self, items: list[Pending]) -> list[int]:
-        """Persist ``items`` in order (one transaction), wake the publisher; returns their seqs."""
-        if not items:
+    def send(self, items: list[Pending], done_pending: list[str] | None = None) -> list[int]:
+        """Persist ``items`` in order (one transaction, which also deletes the ``done_pending``
+        decisions), wake the publisher; returns their seqs."""
+        if not items and not done_pending:
             return []
         if self.outbox is None:
+            if not items:
+                return []
             raise RuntimeError("EdgeAgent.start() first")
-        seqs = self.outbox.append_many(items)
+        seqs = self.outbox.append_many(items, done_pending or ())
         if self.publisher is not None:
             self.publisher.kick()
         return seqs
+
+    def save_pending(self, key: str, body: str, due_ms: int) -> bool:
+        """Persist a pending decision; False when there is no outbox to keep it in (not started)."""
+        if self.outbox is None:
+            return False
+        self.outbox.save_pending(key, body, due_ms)
+        return True
+
+    def pending_decisions(self) -> list[tuple[str, str, int]]:
+        return self.outbox.pending_decisions() if self.outbox is not None else []
 
     def depth(self) -> int:
         return self.outbox.depth() if self.outbox is not None else 0
@@ -87,6 +100,10 @@ class Uplink:
             time.sleep(0.02)
         return self.outbox.depth() == 0
 
+    def warnings(self) -> list[str]:
+        """What the uplink must tell in the next heartbeat (rows the broker refused, retried)."""
+        return self.publisher.refusals() if self.publisher is not None else []
+
     def close(self) -> None:
         if self.publisher is not None:
             self.publisher.stop()
@@ -102,5 +119,6 @@ class Uplink:
         if self.publisher is not None:
             p = self.publisher
             out.update(published=p.published, acked=p.acked, connects=p.connects,
-                       disconnects=p.disconnects, rejected=p.rejected)
+                       disconnects=p.disconnects, rejected=p.rejected, refused=p.refused,
+                       refused_pending=p.refused_pending, refused_retries=p.refused_retries)
         return out

@@ -1,8 +1,14 @@
 """Alerts: fall alerts on their own worker, and escalation of the unacknowledged ones.
 
-A fall alert never waits behind a telemetry batch: its own link, queue and worker store
-the series point (or spool it), record the alert's lifecycle in the state DB (``raised``,
-or ``cancelled`` for a pre-alarm the wearer stopped), then tell staff. Escalation
+A fall alert never waits behind a telemetry batch nor behind the series store: its own
+link, queue and worker record the alert's lifecycle in the state DB (``raised``, or
+``cancelled`` for a pre-alarm the wearer stopped) together with its series points, in one
+transaction (the ``alert_points`` outbox), then tell staff and acknowledge it. The series
+write follows on its own worker (:meth:`FallAlerts.points_loop`), straight to the store,
+never through the telemetry spool: with InfluxDB down and the spool full an alert is still
+recorded and notified at once, and ``alert_points_pending`` shows the delayed write. A
+point written twice (a crash between the write and the delete) is the same series and
+timestamp, which InfluxDB overwrites, so it lands exactly once. Escalation
 re-announces a fall alert nobody acknowledged within ``escalate_after_s``, and again every
 ``escalate_after_s`` until someone does (social-alarm practice: an alarm is repeated
 until the receiving side confirms it).
@@ -16,19 +22,23 @@ import threading
 import time
 from typing import Any
 
+import msgspec
+
 from fallwatch.gateway.channels import Action, AlertEvent, Notifier
 from fallwatch.gateway.decode import Decoder, device_update
 from fallwatch.gateway.dedup import Deduplicator
 from fallwatch.gateway.ingest import InFlight, LatencyProbe
 from fallwatch.gateway.links import Item, ItemQueue
 from fallwatch.gateway.metrics import Counters, Metrics
-from fallwatch.gateway.sinks import SeriesSink
+from fallwatch.gateway.points import SeriesPoint
+from fallwatch.gateway.sinks import SeriesSink, SinkError
 from fallwatch.gateway.state import StateStore
 from fallwatch.gateway.store import Storage
 from fallwatch.gateway.workers import Workers, run_batch
 from fallwatch.protocol import contract, topics
 
 log = logging.getLogger("fallwatch.gateway")
+_points_decoder = msgspec.json.Decoder(list[tuple[str, dict[str, str], dict[str, bool | int | float | str], int]])
 
 
 class FallAlerts:
@@ -48,10 +58,19 @@ class FallAlerts:
         self.escalate_after_ms = int(escalate_after_s * 1000)
         self.workers = workers
         self.latency_probe: LatencyProbe | None = None
+        #: fall-alert points recorded and not yet in the series store (visible delay)
+        self.points_pending = 0
+        self._points_wake = threading.Event()
+
+    def load(self) -> None:
+        """At start: the alert points a previous run left for the series store."""
+        self.points_pending = self.state.count_alert_points()
+        if self.points_pending:
+            log.warning("%d fall-alert points from before the restart still to write", self.points_pending)
+            self._points_wake.set()
 
     def loop(self) -> None:
         """Worker: one fall alert at a time off the alert queue."""
-        sink = self.storage.new_sink()
         while True:
             try:
                 item = self.q.get(timeout=0.2)
@@ -59,7 +78,7 @@ class FallAlerts:
                 if self.stop.is_set():
                     return
                 continue
-            run_batch(self.stop, self.workers, "alerts", lambda items: self.process(items[0], sink), [item],
+            run_batch(self.stop, self.workers, "alerts", lambda items: self.process(items[0]), [item],
                       self.poison)
 
     def poison(self, item: Item, exc: Exception) -> None:
@@ -89,8 +108,8 @@ class FallAlerts:
                                             site_id=parsed.site, device_id=parsed.device, at_ms=now,
                                             detail=detail, raised_ms=now))
 
-    def process(self, item: Item, sink: SeriesSink) -> None:
-        """Store one fall alert (point + lifecycle), tell staff if it is new, then ack it."""
+    def process(self, item: Item) -> None:
+        """Record one fall alert (lifecycle + queued points), tell staff if it is new, then ack it."""
         decoded = self.decoder.decode([item])
         if not decoded:
             self.unreadable(item, "it broke the contract (see the dead letter)")
@@ -101,12 +120,13 @@ class FallAlerts:
                 self.counters.add(duplicates=1)
                 continue
             recv_ms = item[3] // 1_000_000
-            refused = self.storage.store(points, sink, "alert")
-            if refused is None:
-                return
-            if refused:  # the series point only: the alert itself is recorded and told below
-                self.counters.reject("store_refused")
-            new, alert_id = self.state.record_fall(msg, recv_ms, device_update(msg, recv_ms, item[4]), digest)
+            series = msgspec.json.encode(points).decode() if points else None
+            new, alert_id = self.state.record_fall(msg, recv_ms, device_update(msg, recv_ms, item[4]), digest,
+                                                   series)
+            if series is not None:
+                with self.counters.lock:
+                    self.points_pending += 1
+                self._points_wake.set()
             done_ns = time.time_ns()
             self.metrics.ingest_latency.labels("alert").observe((done_ns - item[3]) / 1e9)
             if self.latency_probe is not None:
@@ -126,6 +146,49 @@ class FallAlerts:
         with self.counters.lock:
             self.counters.escalations += len(escalated)
         return escalated
+
+    def points_loop(self) -> None:
+        """Worker: write queued fall-alert points to the series store, oldest first, and forget
+        each once the store took it; while the store is down, back off and keep them."""
+        sink = self.storage.new_sink()
+        ready, backoff = False, 0.5
+        while not self.stop.is_set():
+            self._points_wake.wait(0.5)
+            self._points_wake.clear()
+            rows = self.state.alert_points(100)
+            if not rows:
+                continue
+            try:
+                if not ready:
+                    sink.setup()
+                    ready = True
+                self._write_points(sink, rows)
+                backoff = 0.5
+            except SinkError as exc:
+                ready = False
+                log.warning("series store unavailable for %d fall-alert points (%s); retrying in %.1f s "
+                            "(the alerts themselves are recorded and notified)", self.points_pending, exc, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._points_wake.set()
+                continue
+            if len(rows) == 100:
+                self._points_wake.set()
+
+    def _write_points(self, sink: SeriesSink, rows: list[tuple[int, str]]) -> None:
+        """One alert's points per write, so a point the store refuses for good costs only itself
+        (the alert is recorded and was told to staff; only its series point is refused)."""
+        for row_id, body in rows:
+            points: list[SeriesPoint] = [tuple(p) for p in _points_decoder.decode(body)]  # type: ignore[misc]  # msgspec gives lists; the worker encoded SeriesPoint tuples
+            t0 = time.perf_counter()
+            refused = self.storage.write_split(points, sink)  # a retryable error propagates
+            if refused:
+                self.counters.reject("store_refused")
+            self.metrics.write_latency.labels("alert").observe(time.perf_counter() - t0)
+            self.counters.add(points_written=len(points) - len(refused))
+            self.state.drop_alert_points([row_id])
+            with self.counters.lock:
+                self.points_pending = max(0, self.points_pending - 1)
 
 
 def fall_event(msg: contract.FallAlert, alert_id: str, action: Action, at_ms: int) -> AlertEvent:

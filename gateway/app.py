@@ -18,7 +18,8 @@ api + http          the HTTP endpoints, against a narrow read interface
 
 Threads, one stop event: paho's network threads only enqueue (fall alerts on their own
 queue, everything else on the bulk queue); the **alert worker** stores each fall alert on
-its own; the **bulk writer** drains its queue in natural micro-batches; the **drainer**
+its own, in the state DB, and the **alert-points writer** puts their series points in the
+store when it takes writes; the **bulk writer** drains its queue in natural micro-batches; the **drainer**
 empties the spool into the store when it is back; the **supervisor** raises device
 alerts, escalates and prunes old idempotency keys.
 
@@ -145,9 +146,11 @@ class Gateway:
     def start_state(self) -> None:
         self.state.setup(clock_skew_ms=int(self.cfg.gateway.clock_skew_s * 1000))
         self.supervisor.load_open()
+        self.fall_alerts.load()
 
     def start_workers(self) -> None:
         self.workers.start("alerts", self.fall_alerts.loop)
+        self.workers.start("alert-points", self.fall_alerts.points_loop)
         self.workers.start("bulk", self.bulk.loop)
         self.workers.start("drain", self.storage.drain_loop)
         self.workers.start("supervisor", self.supervisor.loop)
@@ -200,6 +203,7 @@ class Gateway:
         return {
             "spool_depth_points": float(self.spool.depth),
             "spool_bytes": float(self.spool.nbytes),
+            "alert_points_pending": float(self.fall_alerts.points_pending),
             "queue_depth": float(self.inflight.in_progress),
             "mqtt_connected": float(self.connected),
             "devices_offline": float(len(self.supervisor.offline)),
@@ -222,6 +226,7 @@ class Gateway:
                 "points_refused": c.points_refused,
                 "dead_lettered": c.dead_lettered,
                 "spool_depth": self.spool.depth,
+                "alert_points_pending": self.fall_alerts.points_pending,
                 "in_progress": self.inflight.in_progress,
                 "acked": self.links.acked,
                 "batches": c.batches,
@@ -257,10 +262,11 @@ class Gateway:
                                             raised_ms=now))
 
     def wait_idle(self, timeout_s: float, quiet_s: float = 0.3) -> bool:
-        """True once nothing received is still unstored, the spool is empty and input is quiet."""
+        """True once nothing received is still unstored, the spool and the alert points are
+        written and input is quiet."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.inflight.idle(quiet_s) and self.spool.depth == 0:
+            if self.inflight.idle(quiet_s) and self.spool.depth == 0 and self.fall_alerts.points_pending == 0:
                 return True
             time.sleep(0.02)
         return False

@@ -6,7 +6,10 @@ What it fixes that a default Mosquitto gets wrong for us:
   lagging subscriber (a gateway during an InfluxDB outage or a restart) are dropped
   without an error to anyone. Here it is 0 (no count limit) with a byte bound high
   enough that only a broker-host resource problem could hit it;
-* persistent sessions (``persistence true``) with ``persistent_client_expiration`` so
+* persistent sessions (``persistence true``), saved after every change
+  (``autosave_on_changes true``, ``autosave_interval 1``): the default saves every 30
+  minutes, so a broker SIGKILL lost QoS 1 messages it had already acknowledged to a hub,
+  with ``persistent_client_expiration`` so
   abandoned device sessions do not pile up for ever, but a gateway or hub that is away
   for days still finds its queued messages;
 * no anonymous access, a per-user password (random, 24 bytes, hashed by
@@ -104,11 +107,14 @@ def mosquitto_conf(
         f"password_file {out / 'passwd'}",
         f"acl_file {out / 'acl'}",
         "",
-        "# persistent sessions: queued QoS 1 messages survive broker restarts",
+        "# persistent sessions: queued QoS 1 messages survive broker restarts. A PUBACK tells the",
+        "# hub it may delete its copy, so the broker must save at once, not every 60 s: with",
+        "# autosave_on_changes true, autosave_interval counts changes (queued QoS>0 messages,",
+        "# subscriptions, retained messages) and 1 = save after every change (mosquitto.conf(5))",
         "persistence true",
         f"persistence_location {data_dir.rstrip('/')}/",
-        "autosave_interval 60",
-        "autosave_on_changes false",
+        "autosave_on_changes true",
+        "autosave_interval 1",
         "# abandoned sessions (a hub decommissioned without cleanup) are dropped after 14 days;",
         "# keep this longer than the longest outage a gateway or hub must ride out",
         "persistent_client_expiration 14d",

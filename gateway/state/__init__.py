@@ -18,6 +18,9 @@ Tables:
 * ``alerts``    — staff-facing alerts (falls, device offline, overdue test alarm) with
   lifecycle raised → acknowledged → cleared (or ``cancelled`` for a pre-alarm the wearer
   stopped), receipt / acknowledgment / clear time stamps (answer-time targets);
+* ``alert_points`` — the series points of fall alerts recorded here and not yet in the
+  series store (an outbox: the alert never waits for the store; a worker writes them and
+  deletes the row);
 * ``alert_log`` — append-only audit of every lifecycle change (EN 50134 practice);
 * ``access_log`` — append-only audit of every request for staff data.
 
@@ -105,6 +108,8 @@ _SCHEMA = [
         acked_ms BIGINT, acked_by TEXT, cleared_ms BIGINT, cleared_by TEXT,
         escalations BIGINT NOT NULL DEFAULT 0, last_escalated_ms BIGINT)""",
     "CREATE INDEX IF NOT EXISTS alerts_open ON alerts (status, kind, device_id)",
+    """CREATE TABLE IF NOT EXISTS alert_points (
+        id {autoinc}, msg_id TEXT NOT NULL, body TEXT NOT NULL, created_ms BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS alert_log (
         id {autoinc}, alert_id TEXT NOT NULL, action TEXT NOT NULL, actor TEXT NOT NULL,
         at_ms BIGINT NOT NULL, detail TEXT, chain TEXT)""",
@@ -408,10 +413,11 @@ class StateStore:
 
     # ------------------------------------------------------------ alerts
     def record_fall(self, msg: c.FallAlert, received_ms: int, device: DeviceUpdate | None = None,
-                    digest: str | None = None) -> tuple[bool, str]:
+                    digest: str | None = None, series: str | None = None) -> tuple[bool, str]:
         """Store a fall alert (idempotent by event); returns (new event?, alert_id).
 
-        Also marks the message seen in the same transaction. A re-sent or updated alert
+        Also marks the message seen and queues its encoded series points (``series``, for
+        ``alert_points``) in the same transaction. A re-sent or updated alert
         for the same event updates the stored figures but keeps its lifecycle state;
         a pre-alarm the wearer cancelled is kept with status ``cancelled`` (still logged).
         """
@@ -462,6 +468,9 @@ class StateStore:
             )
             if device is not None:
                 self._upsert_device(cur, device)
+            if series is not None:
+                self._exec(cur, "INSERT INTO alert_points (msg_id, body, created_ms) VALUES (?, ?, ?)",
+                           (msg.msg_id, series, received_ms))
             self._log(
                 cur,
                 alert_id,
@@ -471,6 +480,20 @@ class StateStore:
                 f"{d.status} conf={d.confidence:.2f} msg={msg.msg_id}",
             )
         return new, alert_id
+
+    def alert_points(self, limit: int = 100) -> list[tuple[int, str]]:
+        """The oldest ``(id, encoded points)`` of fall alerts not yet in the series store."""
+        rows = self._select("SELECT id, body FROM alert_points ORDER BY id LIMIT ?", (limit,))
+        return [(int(r["id"]), str(r["body"])) for r in rows]
+
+    def drop_alert_points(self, ids: list[int]) -> None:
+        """Forget alert points the series store has taken (or refused for good)."""
+        if ids:
+            with self._tx() as cur:
+                cur.executemany(self._sql("DELETE FROM alert_points WHERE id = ?"), [(i,) for i in ids])
+
+    def count_alert_points(self) -> int:
+        return int(self._select("SELECT count(*) AS n FROM alert_points")[0]["n"])
 
     def raise_alert(self, kind: str, site_id: str, device_id: str, now_ms: int, detail: str) -> str | None:
         """Open a device alert unless one of that kind is already open; returns its id if new."""

@@ -68,7 +68,7 @@ def _decision_stage(tmp_path: Path, cancel_s: float = 10.0) -> tuple[AlertDecisi
     messages = Messages("home-1", "hub-1", 0)
     sent: list[list[Pending]] = []
 
-    def send(items: list[Pending]) -> list[int]:
+    def send(items: list[Pending], done: list[str] | None = None) -> list[int]:
         sent.append(items)
         return list(range(100, 100 + len(items)))
 
@@ -148,3 +148,76 @@ def test_downlink_payloads_decode_strictly() -> None:
     assert topics.downlink_filters("home-1", "hub-1") == (
         "fallwatch/v1/home-1/hub-1/config", "fallwatch/v1/home-1/hub-1/ota/model",
         "fallwatch/v1/home-1/hub-1/cmd/req/+")
+
+
+class _Store:
+    """The uplink's side of pending decisions, on a real outbox DB; ``fail`` = the disk is gone."""
+
+    def __init__(self, ob: Outbox) -> None:
+        self.ob, self.fail = ob, False
+
+    def save_pending(self, key: str, body: str, due_ms: int) -> bool:
+        self.ob.save_pending(key, body, due_ms)
+        return True
+
+    def pending_decisions(self) -> list[tuple[str, str, int]]:
+        return self.ob.pending_decisions()
+
+    def send(self, items: list[Pending], done: list[str] | None = None) -> list[int]:
+        if self.fail:
+            raise OSError("disk I/O error")
+        return self.ob.append_many(items, done or ())
+
+
+def _durable_stage(ob: Outbox, start_ms: int, cancel_s: float = 10.0) -> tuple[AlertDecision, Sensors, _Store]:
+    sensors = Sensors("hub-1", ThresholdScorer())
+    sensors.add_wearable("wear-1", "r01")
+    store = _Store(ob)
+    stage = AlertDecision(sensors, RoomFusion(sensors, start_ms), Messages("home-1", "hub-1", start_ms), Counters(),
+                          cancel_window_s=cancel_s, send=store.send, warn=lambda note: None,
+                          on_raised=lambda: None, store=store)
+    return stage, sensors, store
+
+
+def test_a_pending_decision_is_on_disk_and_leaves_memory_only_after_the_commit(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite")
+    stage, sensors, store = _durable_stage(ob, 1_000_000)
+    stage.decide(sensors.wearables["wear-1"], _decision(20.0), now_s=22.5)
+    assert [(k, due) for k, _, due in ob.pending_decisions()] == [(stage.pending[0].event_id, 1_032_500)]
+    store.fail = True
+    with pytest.raises(OSError):
+        stage.resolve(now_s=40.0, wall=1.0)
+    assert len(stage.pending) == 1 and len(ob.pending_decisions()) == 1 and ob.depth() == 0  # kept
+    store.fail = False
+    stage.resolve(now_s=41.0, wall=2.0)
+    assert stage.pending == [] and ob.pending_decisions() == [] and ob.depth_by_kind() == {"fall": 1}
+    assert sensors.wearables["wear-1"].falls == 1
+    ob.close()
+
+
+def test_a_resumed_decision_keeps_its_due_time_or_goes_at_once_when_overdue(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite")
+    first, sensors, _ = _durable_stage(ob, 1_000_000)
+    first.decide(sensors.wearables["wear-1"], _decision(20.0), now_s=22.5)  # due at wall 1_032_500
+    event_id = first.pending[0].event_id
+    # a restart 5 s after the decision: 5 s of the window are left
+    again, _, _ = _durable_stage(ob, 1_027_500)
+    assert again.resume() == 1 and again.pending[0].event_id == event_id
+    assert again.pending[0].due_t_s == pytest.approx(5.0)
+    again.resolve(now_s=4.9, wall=0.0)
+    assert ob.depth() == 0
+    again.resolve(now_s=5.0, wall=0.0)
+    rows = ob.peek()
+    assert [r.kind for r in rows] == ["fall"] and ob.pending_decisions() == []
+    fall = C.decode(topics.fall("home-1", "hub-1"), rows[0].payload)
+    assert isinstance(fall, C.FallAlert) and fall.data.event_id == event_id and fall.data.impact_ms == 1_020_000
+    # overdue (restarted long after the window): sent at the first resolve
+    ob2 = Outbox(tmp_path / "o2.sqlite")
+    s1, w1, _ = _durable_stage(ob2, 1_000_000)
+    s1.decide(w1.wearables["wear-1"], _decision(20.0), now_s=22.5)
+    s2, _, _ = _durable_stage(ob2, 2_000_000)
+    assert s2.resume() == 1
+    s2.resolve(now_s=0.0, wall=0.0)
+    assert ob2.depth_by_kind() == {"fall": 1} and s2.pending == []
+    ob.close()
+    ob2.close()

@@ -18,6 +18,10 @@ a lagging consumer loses nothing) and a private InfluxDB 1.x on loopback:
    plus fall alerts from a second publisher: end-to-end p50/p99 (publish → durable),
    and alert p99 while the telemetry load runs; an alert is lost unless it was stored
    and staff were notified (seen by a recording notification channel).
+6. **latency, store down** — the same load against a private InfluxDB that is stopped
+   halfway through: the alerts published while it is down must still be recorded and
+   notified (publish → staff notification p50/p99/max, and how many); InfluxDB then
+   comes back and everything, alerts' points included, is counted in it.
 
 Raw broker and raw database rates are repeated (median reported, spread as _min/_max).
 """
@@ -310,7 +314,10 @@ def latency(
     work: Path,
     progress: bool,
     batch_max_delay_ms: float | None = None,
+    stop_store_after_s: float | None = None,
 ) -> dict[str, Any]:
+    """``stop_store_after_s``: stop InfluxDB that far into the run (and start it again after
+    publishing), and report the alerts published while it was down."""
     from fallwatch.gateway.app import Gateway
     from fallwatch.gateway.channels import Action
     from fallwatch.testing.channels import RecordingChannel
@@ -351,6 +358,14 @@ def latency(
         t0 = time.perf_counter()
         sent = alerts = 0
         tick = 0.005
+        alert_sent_ms: dict[str, int] = {}  # alert id -> publish time
+        down_at_ms: list[int] = []  # set once InfluxDB is really down
+
+        def stop_store() -> None:
+            db.stop()
+            down_at_ms.append(contract.now_ms())
+
+        stopper: threading.Thread | None = None
         with tqdm(
             total=n, desc=f"latency @ {rate:.0f} msg/s", unit="msg", disable=not progress, file=sys.stderr, leave=False
         ) as bar:
@@ -362,16 +377,47 @@ def latency(
                     bar.update(due - sent)
                     sent = due
                 if (time.perf_counter() - t0) * 20 > alerts:  # 20 fall alerts per second alongside
+                    alert_sent_ms[f"fall:{SITE}:{DEVICE}:ev{alerts}"] = contract.now_ms()
                     alerts_pub.publish(*fall(SITE, DEVICE, 10**9 + alerts, event=f"ev{alerts}"))
                     alerts += 1
+                elapsed_s = time.perf_counter() - t0
+                if stop_store_after_s is not None and stopper is None and elapsed_s >= stop_store_after_s:
+                    stopper = threading.Thread(target=stop_store, daemon=True)
+                    stopper.start()
                 time.sleep(tick)
         alerts_pub.wait(30)
+        down: dict[str, Any] = {}
+        if stopper is not None:
+            stopper.join(30)
+            # the alerts published while the store was down: recorded and notified, and when
+            down_ids = {a for a, ms in alert_sent_ms.items() if down_at_ms and ms >= down_at_ms[0]}
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not down_ids <= set(recorder.first_times("fall", Action.RAISED)):
+                time.sleep(0.05)
+            told = recorder.first_times("fall", Action.RAISED)
+            recorded = {a["alert_id"] for a in gw.alerts()}
+            waits = [told[a] * 1000 - alert_sent_ms[a] for a in down_ids if a in told]
+            down = {
+                "_alert_store_down_notify_ms": waits,
+                "alert_store_down_alerts": len(down_ids),
+                "alert_store_down_recorded_and_notified": len(down_ids & recorded & set(told)),
+                "alert_store_down_notify_p50_ms": round(_pct(waits, 0.50), 1),
+                "alert_store_down_notify_p99_ms": round(_pct(waits, 0.99), 1),
+                "alert_store_down_notify_max_ms": round(max(waits), 1) if waits else float("nan"),
+                "alert_store_down_points_pending": gw.stats()["alert_points_pending"],
+                "alert_store_down_spool_points": gw.stats()["spool_depth"],
+            }
+            db.start()  # ... and back: everything must reach it
         deadline = time.monotonic() + 60
         while gw.stats()["stored"] < n + alerts and time.monotonic() < deadline:
             time.sleep(0.05)
         elapsed = time.perf_counter() - t0  # publishing + draining: what the gateway sustained
         pub.close()
-        gw.wait_idle(60)
+        gw.wait_idle(60 if stopper is None else 180)
+        if stopper is not None:
+            down["alert_store_down_points_in_store"] = _count(db, database, "fall_alert", "confidence")
+            return {**down, "alert_store_down_lost": n - _count(db, database) + alerts - len(
+                {a["alert_id"] for a in gw.alerts()} & set(recorder.first_times("fall", Action.RAISED)))}
         warm = lat["bulk"][int(len(lat["bulk"]) * 0.1) :]  # skip the start-up second
         achieved = len(lat["bulk"]) / elapsed if elapsed > 0 else 0.0
         return {
@@ -449,6 +495,11 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
         bar.set_postfix_str("latency")
         out.update(latency(broker, db, out["gateway_msgs_per_s"] / 2, 8.0 if quick else 20.0, work, progress))
         out["lost"] += out["latency_lost"] + out["alerts_lost"]
+        with InfluxDB1() as db_down:  # its own InfluxDB: this one is stopped halfway
+            duration = 8.0 if quick else 20.0
+            out.update(latency(broker, db_down, out["gateway_msgs_per_s"] / 2, duration, work, progress,
+                               stop_store_after_s=duration / 2))
+        out["lost"] += out["alert_store_down_lost"]
         if not quick:  # throughput vs offered load, for the plot (the figures above stay at half rate)
             for frac in (0.25, 0.75, 0.95):
                 more = latency(broker, db, out["gateway_msgs_per_s"] * frac, 10.0, work, progress)
