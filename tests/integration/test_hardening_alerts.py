@@ -40,14 +40,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def gateway_cfg(url: str, tmp: Path, name: str, *, db: Any = None, user: str | None = None,
-                password: str | None = None, **gw: Any) -> FallwatchConfig:
+                password: str | None = None, alert_password: str | None = None, **gw: Any) -> FallwatchConfig:
     influx: dict[str, object] = (
         {"url": db.url, "version": 1, "database": name.replace("-", "_")}
         if db is not None
         else {"url": "", "embedded_path": str(tmp / "series.sqlite")}
     )
     return load_config(None, {
-        "mqtt": {"url": url, "username": user, "password": password, "keepalive_s": 5},
+        "mqtt": {"url": url, "username": user, "password": password, "alert_password": alert_password,
+                 "keepalive_s": 5},
         "influx": influx,
         "gateway": {"gateway_id": gw.pop("gateway_id", f"gw-{name}"[:60]), "state_db": str(tmp / "state.sqlite"),
                     "spool_dir": str(tmp / "spool"), "http_port": 0, **gw},
@@ -170,7 +171,7 @@ def test_broker_sigkill_keeps_an_acknowledged_alert(tmp_path: Path, unique_name:
     broker.start()
     rec = RecordingChannel()
     cfg = gateway_cfg(f"mqtt://127.0.0.1:{port}", tmp_path, unique_name, user="gw-1", password=creds["gw-1"],
-                      gateway_id="gw-1")
+                      alert_password=creds["gw-1-alerts"], gateway_id="gw-1")  # one user per gateway link
     gw = Gateway(cfg, channels=[rec])
     try:
         gw.start()
