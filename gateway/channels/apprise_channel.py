@@ -1,0 +1,64 @@
+"""A generic adapter over Apprise (ntfy, Pushover, Matrix, Telegram, many SMS gateways …):
+an operator adds a service by URL, without code.
+
+::
+
+    [[gateway.channels]]
+    type = "apprise"
+    urls = ["ntfy://ntfy.example.org/night-team"]
+    urls_env = "FALLWATCH_APPRISE_URLS"   # URLs that hold a token: whitespace- or comma-separated
+
+The title and body are the same plain words as the e-mail's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Literal
+
+import apprise
+from pydantic import Field, model_validator
+
+from fallwatch.config import ConfigError
+from fallwatch.gateway.channels import CHANNELS, AlertEvent, Channel, ChannelContext
+from fallwatch.gateway.channels._common import body, subject
+from fallwatch.gateway.channels._queue import QueuedChannel, QueuedChannelConfig
+
+
+class AppriseChannelConfig(QueuedChannelConfig):
+    type: Literal["apprise"] = "apprise"
+    urls: list[str] = Field(default_factory=list)
+    urls_env: str | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> AppriseChannelConfig:
+        if not self.urls and self.urls_env is None:
+            raise ValueError("give urls or urls_env")
+        return self
+
+
+class AppriseChannel(QueuedChannel):
+    def __init__(self, cfg: AppriseChannelConfig, ctx: ChannelContext) -> None:
+        urls = list(cfg.urls)
+        if cfg.urls_env is not None:
+            raw = os.environ.get(cfg.urls_env, "")
+            if not raw.strip():
+                raise ConfigError(f"apprise channel: environment variable {cfg.urls_env} is not set")
+            urls += [u for u in re.split(r"[\s,]+", raw) if u]
+        self.apprise = apprise.Apprise()
+        for u in urls:
+            if not self.apprise.add(u):
+                # never echo the URL: it may hold a token
+                raise ConfigError(f"apprise channel: a URL with scheme {u.split(':', 1)[0]!r} is not understood")
+        super().__init__(cfg, f"{len(urls)} apprise url(s)")
+
+    def send(self, event: AlertEvent) -> str:
+        if not self.apprise.notify(body=body(event), title=subject(event)):
+            raise RuntimeError("apprise reported a failed notification")
+        return "sent"
+
+
+@CHANNELS.register(AppriseChannelConfig)
+def _make(cfg: AppriseChannelConfig, ctx: ChannelContext) -> Channel:
+    return AppriseChannel(cfg, ctx)
