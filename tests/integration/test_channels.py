@@ -1,0 +1,246 @@
+"""Notification channels against real receivers: an in-process aiosmtpd SMTP server, a local
+HTTP receiver (webhook and Apprise's json://), and the staff topic on the real Mosquitto."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from email import message_from_bytes, policy
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from aiosmtpd.controller import Controller
+
+from fallwatch.gateway.app import Gateway
+from fallwatch.gateway.channels import CHANNELS, Action, AlertEvent, ChannelContext
+from fallwatch.gateway.channels._queue import QueuedChannel
+from fallwatch.gateway.channels.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from fallwatch.testing import publisher as t
+from fallwatch.testing.publisher import make_cfg, wait_until
+from fallwatch.testing.services import Mosquitto
+
+pytestmark = pytest.mark.integration
+
+SECRET = "webhook-test-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mailbox:
+    """An aiosmtpd handler that keeps every message it accepted."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's name)
+        with self._lock:
+            self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+            self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return "250 OK"
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.messages)
+
+
+class SmtpServer:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.mailbox = Mailbox()
+        self.controller: Controller | None = None
+
+    def start(self) -> SmtpServer:
+        self.controller = Controller(self.mailbox, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+
+@pytest.fixture
+def smtpd() -> Iterator[SmtpServer]:
+    server = SmtpServer(free_port()).start()
+    yield server
+    server.stop()
+
+
+class Receiver:
+    """A real HTTP server in a thread that records every POST (path, headers, body)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with outer._lock:
+                    outer.requests.append((self.path, dict(self.headers.items()), raw))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def at(self, path: str) -> list[tuple[str, dict[str, str], bytes]]:
+        with self._lock:
+            return [r for r in self.requests if r[0] == path]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+class StaffSubscriber:
+    def __init__(self, port: int, topic: str, name: str) -> None:
+        self.messages: list[bytes] = []
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"staff-{name}"[:60],
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = lambda c, u, m: self.messages.append(m.payload)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_fall_reaches_email_webhook_staff_topic_and_apprise(
+    mosquitto: Mosquitto, smtpd: SmtpServer, receiver: Receiver, tmp_path: Path, unique_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FW_TEST_WEBHOOK_SECRET", SECRET)
+    topic = f"fallwatch/v1/_staff/{unique_name}"
+    staff = StaffSubscriber(mosquitto.port, topic, unique_name)
+    assert staff.subscribed.wait(10)
+    channels = [
+        {"type": "log"},
+        {"type": "smtp", "host": "127.0.0.1", "port": smtpd.port, "security": "none",
+         "from": "fallwatch@home.example", "to": ["night@home.example", "lead@home.example"]},
+        {"type": "webhook", "url": f"http://127.0.0.1:{receiver.port}/hook", "secret_env": "FW_TEST_WEBHOOK_SECRET"},
+        {"type": "mqtt", "url": mosquitto.url, "topic": topic},
+        {"type": "apprise", "urls": [f"json://127.0.0.1:{receiver.port}/apprise"]},
+    ]
+    gw = Gateway(make_cfg(mosquitto, None, tmp_path, unique_name, channels=channels))
+    gw.start()
+    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
+    try:
+        assert wait_until(lambda: gw.ready()[0]), "gateway never became ready"
+        site, dev = "site-a", f"hub-{unique_name}"[:40]
+        topic_, payload = t.fall(site, dev, 7)
+        pub.publish(topic_, payload)
+        pub.publish(topic_, payload)  # a redelivery: still one alert, one message per channel
+        assert pub.wait()
+        assert wait_until(lambda: smtpd.mailbox.count() >= 1 and len(receiver.at("/hook")) >= 1
+                          and len(receiver.at("/apprise")) >= 1 and len(staff.messages) >= 1, 30)
+        assert gw.wait_idle(10)
+        time.sleep(0.5)  # a second message would already be on its way: nothing may follow
+        aid = gw.alerts()[0]["alert_id"]
+
+        assert smtpd.mailbox.count() == 1
+        mail = smtpd.mailbox.messages[0]
+        assert smtpd.mailbox.envelopes[0] == ("fallwatch@home.example", ["night@home.example", "lead@home.example"])
+        assert "Fall" in mail["Subject"] and "r01" in mail["Subject"] and str(mail["X-Fallwatch-Alert"]) == aid
+        text = mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
+        assert "Resident: r01" in text and "Why: impact, lying" in text and "Confidence: 93%" in text
+
+        hooks = receiver.at("/hook")
+        assert len(hooks) == 1
+        _, headers, raw = hooks[0]
+        assert verify(SECRET, headers[TIMESTAMP_HEADER], raw, headers[SIGNATURE_HEADER])
+        assert not verify("wrong", headers[TIMESTAMP_HEADER], raw, headers[SIGNATURE_HEADER])
+        assert abs(int(headers[TIMESTAMP_HEADER]) - time.time()) < 300
+        body = json.loads(raw)
+        assert body["alert_id"] == aid and body["kind"] == "fall" and body["action"] == "raised"
+        assert body["device_id"] == dev and body["resident_id"] == "r01"
+
+        assert len(staff.messages) == 1 and json.loads(staff.messages[0])["alert_id"] == aid
+
+        apprised = receiver.at("/apprise")
+        assert len(apprised) == 1
+        note = json.loads(apprised[0][2])
+        assert "Fall" in note["title"] and "Resident: r01" in note["message"]
+
+        by_name = {ch.name: ch for ch in gw.notifier.channels if isinstance(ch, QueuedChannel)}
+        assert set(by_name) == {"smtp", "webhook", "mqtt", "apprise"}
+        assert all(ch.delivered() == 1 and ch.failed() == 0 for ch in by_name.values())
+    finally:
+        pub.close()
+        gw.stop()
+        staff.close()
+
+
+def fall_event(alert_id: str = "al-1") -> AlertEvent:
+    return AlertEvent(kind="fall", action=Action.RAISED, alert_id=alert_id, site_id="site-a", device_id="hub-1",
+                      at_ms=int(time.time() * 1000), resident_id="r01", room="bedroom", confidence=0.9,
+                      reasons=("impact",))
+
+
+def smtp_channel(port: int, **kw: object) -> QueuedChannel:
+    ch = CHANNELS.create({"type": "smtp", "host": "127.0.0.1", "port": port, "security": "none",
+                          "from": "fallwatch@home.example", "to": ["night@home.example"], **kw},
+                         ChannelContext(gateway_id="gw-test"))
+    assert isinstance(ch, QueuedChannel)
+    return ch
+
+
+def test_smtp_down_is_retried_and_delivered_when_it_comes_back() -> None:
+    server = SmtpServer(free_port())  # not started: the port refuses connections
+    ch = smtp_channel(server.port, retry_attempts=10, retry_backoff_s=0.1, retry_backoff_max_s=0.5)
+    try:
+        assert ch.notify(fall_event())[0].detail == "queued"
+        assert wait_until(lambda: len(ch.attempts()) >= 2, 30), "no failed tries while the server was down"
+        assert not any(a.ok for a in ch.attempts())
+        server.start()
+        assert wait_until(lambda: ch.delivered() == 1, 30)
+        assert server.mailbox.count() == 1 and ch.failed() == 0
+        tries = ch.attempts()
+        assert tries[-1].ok and all(not a.ok for a in tries[:-1]) and len(tries) >= 3
+        assert [a.attempt for a in tries] == list(range(1, len(tries) + 1))
+    finally:
+        ch.close()
+        server.stop()
+
+
+def test_smtp_down_for_good_is_reported_failed_after_bounded_tries() -> None:
+    ch = smtp_channel(free_port(), retry_attempts=3, retry_backoff_s=0.05, retry_backoff_max_s=0.1)
+    try:
+        ch.notify(fall_event())
+        assert wait_until(lambda: ch.failed() == 1, 30)
+        assert [(a.attempt, a.ok) for a in ch.attempts()] == [(1, False), (2, False), (3, False)]
+        assert ch.delivered() == 0
+    finally:
+        ch.close()
