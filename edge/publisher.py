@@ -40,6 +40,10 @@ from fallwatch.mqtt import Will, connect, make_client, publish_properties
 log = logging.getLogger(__name__)
 _MISSING = object()
 
+#: An alert (any row but telemetry) in flight this long without a PUBACK is reported in
+#: health: Mosquitto may close the socket on a refusal before its PUBACK leaves, and paho's
+#: re-send on reconnect can meet the same fate, so the delay must be visible, not silent.
+UNACKED_WARN_S = 10.0
 #: Longest wait between two re-publishes of a row the broker refused.
 REFUSED_RETRY_MAX_S = 15.0
 
@@ -94,6 +98,8 @@ class Publisher:
         self.refused_retries = 0
         #: seq -> (kind, attempts, next retry (monotonic), last reason) of refused rows held back
         self._refused: dict[int, tuple[str, int, float, str]] = {}
+        #: seq -> (kind, monotonic time first handed to paho) of rows (not telemetry) not yet PUBACKed
+        self._unacked: dict[int, tuple[str, float]] = {}
         #: seq -> monotonic time its PUBACK arrived (only while ``track_acks`` is set; benchmarks)
         self.track_acks = False
         self.ack_times: dict[int, float] = {}
@@ -175,6 +181,7 @@ class Publisher:
         else:
             with self._lock:
                 self._refused.pop(seq, None)
+                self._unacked.pop(seq, None)
                 self._acked.append(seq)
                 if self.track_acks:
                     self.ack_times[seq] = time.monotonic()
@@ -201,10 +208,15 @@ class Publisher:
 
     def refusals(self) -> list[str]:
         """One line per row the broker refused and that is still held back (health warnings)."""
+        now = time.monotonic()
         with self._lock:
             held = sorted(self._refused.items())
+            waiting = sorted((s, k, now - t) for s, (k, t) in self._unacked.items()
+                             if s not in self._refused and now - t >= UNACKED_WARN_S)
         return [f"{kind} seq {seq} refused by the broker ({reason}), retrying (attempt {n})"
-                for seq, (kind, n, _, reason) in held]
+                for seq, (kind, n, _, reason) in held] + [
+                f"{kind} seq {seq} not acknowledged by the broker for {age:.0f} s, kept and sent again"
+                for seq, kind, age in waiting]
 
     @property
     def refused_pending(self) -> int:
@@ -288,6 +300,8 @@ class Publisher:
                 early = self._early.pop(info.mid, _MISSING)
                 if early is _MISSING:
                     self._inflight[info.mid] = row.seq
+                if row.kind not in THINNABLE:
+                    self._unacked.setdefault(row.seq, (row.kind, time.monotonic()))
             if early is not _MISSING:
                 self._settle(row.seq, early)
             self._sent_upto[lane] = row.seq

@@ -248,7 +248,9 @@ def test_a_refused_alert_is_retried_reported_and_counted(mosquitto_factory: Any,
         assert wait_until(lambda: agent.stats()["refused_retries"] >= 2, 30), "the refused alert is not retried"
         assert wait_until(lambda: any(w.startswith("fall") for w in agent.uplink.warnings()), 30), agent.stats()
         health = agent.telemetry.health(40.0)  # the heartbeat says so
-        assert any(w.startswith("fall seq") and "refused" in w for w in health.warnings), health.warnings
+        # held back after a refusal, or waiting for a PUBACK Mosquitto's closed socket swallowed
+        assert any(w.startswith("fall seq") and ("refused" in w or "not acknowledged" in w)
+                   for w in health.warnings), health.warnings
         assert agent.stats()["rejected"] == 0  # nothing given up
 
         broker.acl = FIXED_ACL  # the operator closes the gap
