@@ -197,3 +197,26 @@ def retained(port: int, topic: str) -> dict[str, object] | None:
     c.disconnect()
     c.loop_stop()
     return json.loads(got[-1]) if got else None
+
+
+def probe_client(port: int, user: str | None, password: str | None, client_id: str,
+                 clean: bool = True) -> tuple[mqtt.Client, int]:
+    """Connect one MQTT 5 client to a loopback broker the way a hub or an attacker would, and
+    return it (looping) with the CONNACK reason code (-1 if none came within 5 s)."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if user:
+        c.username_pw_set(user, password)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    result: dict[str, int] = {}
+    done = threading.Event()
+
+    def on_connect(client: mqtt.Client, u: object, flags: object, rc: mqtt.ReasonCode, p: object) -> None:
+        result["rc"] = rc.value
+        done.set()
+
+    c.on_connect = on_connect
+    c.connect("127.0.0.1", port, clean_start=clean, properties=props)
+    c.loop_start()
+    done.wait(5)
+    return c, result.get("rc", -1)

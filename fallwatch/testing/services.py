@@ -258,3 +258,21 @@ bind-address = "127.0.0.1:{self._rpc_port}"
 
     def __enter__(self) -> InfluxDB1:
         return self.start()
+
+
+def postgres_database(name: str) -> str:
+    """A fresh PostgreSQL database for one test, on the server the machine already runs
+    (``FALLWATCH_TEST_POSTGRES``, default the local trust-auth one); a database a previous run
+    left is dropped first. Skips the calling test when no server answers."""
+    import psycopg
+    import pytest
+
+    base = os.environ.get("FALLWATCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+    db = f"fw_{name.replace('-', '_')}"[:60]
+    try:
+        with psycopg.connect(base, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db}"')
+            conn.execute(f'CREATE DATABASE "{db}"')
+    except psycopg.Error as exc:
+        pytest.skip(f"no PostgreSQL at {base}: {exc}")
+    return base.rsplit("/", 1)[0] + f"/{db}"

@@ -20,7 +20,7 @@ from fallwatch.gateway.app import Gateway
 from fallwatch.protocol import contract
 from fallwatch.testing import publisher as t
 from fallwatch.testing.publisher import make_cfg, wait_until
-from fallwatch.testing.services import InfluxDB1, Mosquitto, free_port
+from fallwatch.testing.services import InfluxDB1, Mosquitto, free_port, postgres_database
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -210,7 +210,7 @@ def test_two_replicas_on_shared_subscription_store_each_message_once(
 ) -> None:
     state_db = str(tmp_path / "shared-state.sqlite")
     if state_backend == "postgresql":
-        state_db = _postgres_dsn(unique_name)
+        state_db = postgres_database(unique_name)
     gws = []
     for i in (1, 2):
         cfg = make_cfg(
@@ -245,18 +245,6 @@ def test_two_replicas_on_shared_subscription_store_each_message_once(
         for g in gws:
             g.stop()
 
-
-def _postgres_dsn(name: str) -> str:
-    psycopg = pytest.importorskip("psycopg")
-    base = os.environ.get("FALLWATCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-    try:
-        with psycopg.connect(base, autocommit=True, connect_timeout=3) as conn:
-            db = f"fw_{name.replace('-', '_')}"[:60]
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}"')
-            conn.execute(f'CREATE DATABASE "{db}"')
-    except psycopg.Error as exc:
-        pytest.skip(f"no PostgreSQL at {base}: {exc}")
-    return base.rsplit("/", 1)[0] + f"/{db}"
 
 
 def test_broker_restart_mid_drain_loses_nothing(

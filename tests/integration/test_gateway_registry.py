@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from fallwatch.gateway.app import Gateway
 from fallwatch.gateway.brokerconf import generate, read_credentials
 from fallwatch.protocol import contract
 from fallwatch.testing import publisher as t
+from fallwatch.testing.publisher import probe_client
 from fallwatch.testing.services import Mosquitto, find_binary, free_port
 
 pytestmark = pytest.mark.integration
@@ -145,25 +145,6 @@ def _can_connect(port: int) -> bool:
         return False
 
 
-def _client(port: int, user: str | None, pw: str | None, cid: str, clean: bool = True) -> tuple[mqtt.Client, int]:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
-    if user:
-        c.username_pw_set(user, pw)
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 3600
-    result: dict[str, int] = {}
-    done = threading.Event()
-
-    def on_connect(client: mqtt.Client, u: object, flags: object, rc: mqtt.ReasonCode, p: object) -> None:
-        result["rc"] = rc.value
-        done.set()
-
-    c.on_connect = on_connect
-    c.connect("127.0.0.1", port, clean_start=clean, properties=props)
-    c.loop_start()
-    done.wait(5)
-    return c, result.get("rc", -1)
-
 
 def test_generated_broker_config_auth_acl_and_no_silent_drop(
     prod_broker: tuple[int, dict[str, str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -175,10 +156,10 @@ def test_generated_broker_config_auth_acl_and_no_silent_drop(
     monkeypatch.setenv("FALLWATCH_MQTT_ALERT_PASSWORD", creds["gw-1-alerts"])
     assert (conf_dir / "credentials.txt").stat().st_mode & 0o777 == 0o600
 
-    anon, rc = _client(port, None, None, "anon")
+    anon, rc = probe_client(port, None, None, "anon")
     assert rc != 0  # anonymous refused
     anon.loop_stop()
-    _, rc = _client(port, "hub-1", "wrong", "hub-1")
+    _, rc = probe_client(port, "hub-1", "wrong", "hub-1")
     assert rc != 0
 
     cfg = load_config(
@@ -198,7 +179,7 @@ def test_generated_broker_config_auth_acl_and_no_silent_drop(
     gw.start()
     try:
         assert t.wait_until(lambda: gw.ready()[0]), "gateway could not subscribe with $share under the ACL"
-        hub, rc = _client(port, "hub-1", creds["hub-1"], "hub-1")
+        hub, rc = probe_client(port, "hub-1", creds["hub-1"], "hub-1")
         assert rc == 0
         hub.publish(*t.tele("site-1", "hub-1", 1), qos=1).wait_for_publish(5)
         # hub-1 speaking for hub-2 is refused by the ACL (Mosquitto may also drop the connection)
@@ -207,7 +188,7 @@ def test_generated_broker_config_auth_acl_and_no_silent_drop(
         time.sleep(0.5)
         hub.disconnect()
         hub.loop_stop()
-        hub, rc = _client(port, "hub-1", creds["hub-1"], "hub-1")
+        hub, rc = probe_client(port, "hub-1", creds["hub-1"], "hub-1")
         hub.publish(*t.tele("site-1", "hub-1", 2), qos=1).wait_for_publish(5)
         assert t.wait_until(lambda: gw.stats()["stored"] == 2)
         assert gw.wait_idle(5)

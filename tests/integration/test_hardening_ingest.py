@@ -7,7 +7,6 @@ reproduces one defect found in the review; they failed on the code as it was.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 import urllib.request
@@ -27,24 +26,12 @@ from fallwatch.protocol import topics
 from fallwatch.testing import publisher as t
 from fallwatch.testing.channels import RecordingChannel
 from fallwatch.testing.publisher import make_cfg, wait_until
-from fallwatch.testing.services import InfluxDB1, Mosquitto
+from fallwatch.testing.services import InfluxDB1, Mosquitto, postgres_database
 
 pytestmark = pytest.mark.integration
 
 TEN_YEARS_MS = 10 * 365 * 24 * 3600 * 1000
 
-
-def _postgres_dsn(name: str) -> str:
-    psycopg = pytest.importorskip("psycopg")
-    base = os.environ.get("FALLWATCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-    db = f"fw_{name.replace('-', '_')}"[:60]
-    try:
-        with psycopg.connect(base, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}"')
-            conn.execute(f'CREATE DATABASE "{db}"')
-    except psycopg.Error as exc:
-        pytest.skip(f"no PostgreSQL at {base}: {exc}")
-    return base.rsplit("/", 1)[0] + f"/{db}"
 
 
 def _get(gw: Gateway, path: str) -> tuple[int, Any]:
@@ -100,7 +87,7 @@ def test_fall_with_nul_in_event_id_on_postgresql_does_not_wedge_the_alert_worker
     from another site was never stored. Now the poisoned one is dead-lettered and staff still see
     that a fall alert from that hub could not be read; the later fall is stored and notified."""
     rec = RecordingChannel()
-    gw = Gateway(make_cfg(mosquitto, influxdb, tmp_path, unique_name, state_db=_postgres_dsn(unique_name)),
+    gw = Gateway(make_cfg(mosquitto, influxdb, tmp_path, unique_name, state_db=postgres_database(unique_name)),
                  channels=[rec])
     gw.start()
     pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")

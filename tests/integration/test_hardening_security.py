@@ -27,8 +27,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from fallwatch.cli import main
 from fallwatch.config import load_config
@@ -38,7 +36,8 @@ from fallwatch.gateway.staff import StaffDirectory, StaffError
 from fallwatch.gateway.state import StateStore
 from fallwatch.protocol import contract
 from fallwatch.testing import publisher as t
-from fallwatch.testing.services import Mosquitto, find_binary, free_port
+from fallwatch.testing.publisher import probe_client
+from fallwatch.testing.services import Mosquitto, find_binary, free_port, postgres_database
 
 pytestmark = pytest.mark.integration
 
@@ -98,24 +97,6 @@ def _can_connect(port: int) -> bool:
         return False
 
 
-def _client(port: int, user: str, pw: str, cid: str, clean: bool = True) -> tuple[mqtt.Client, int]:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
-    c.username_pw_set(user, pw)
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 3600
-    result: dict[str, int] = {}
-    done = threading.Event()
-
-    def on_connect(client: mqtt.Client, u: object, flags: object, rc: mqtt.ReasonCode, p: object) -> None:
-        result["rc"] = rc.value
-        done.set()
-
-    c.on_connect = on_connect
-    c.connect("127.0.0.1", port, clean_start=clean, properties=props)
-    c.loop_start()
-    done.wait(5)
-    return c, result.get("rc", -1)
-
 
 def _gateway_cfg(broker: ProdBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     # the alert link's own credentials (user gw-1-alerts) come from the environment like the bulk link's
@@ -130,7 +111,7 @@ def _gateway_cfg(broker: ProdBroker, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def _publish(port: int, user: str, pw: str, msgs: list[tuple[str, bytes]]) -> None:
-    c, rc = _client(port, user, pw, user, clean=True)
+    c, rc = probe_client(port, user, pw, user, clean=True)
     assert rc == 0
     for topic, payload in msgs:
         c.publish(topic, payload, qos=1).wait_for_publish(5)
@@ -153,7 +134,7 @@ def test_hub_cannot_take_over_the_gateway_alert_session(
 
     _publish(b.port, "hub-1", creds["hub-1"], [t.fall("site-a", "hub-1", i) for i in (1, 2, 3)])
     # hub-2 has valid credentials and connects with the gateway's alert-link client id, clean start
-    rogue, rc = _client(b.port, "hub-2", creds["hub-2"], "gw-1-alerts", clean=True)
+    rogue, rc = probe_client(b.port, "hub-2", creds["hub-2"], "gw-1-alerts", clean=True)
     assert rc == 0
     time.sleep(0.5)
     rogue.disconnect()
@@ -172,7 +153,7 @@ def test_hub_cannot_take_over_the_gateway_alert_session(
     try:
         assert t.wait_until(lambda: gw.stats()["fall_alerts"] == 3, 15), "queued fall alerts were wiped"
         # the same trick while the gateway is online must not kick it off
-        rogue, rc = _client(b.port, "hub-2", creds["hub-2"], "gw-1-alerts", clean=True)
+        rogue, rc = probe_client(b.port, "hub-2", creds["hub-2"], "gw-1-alerts", clean=True)
         assert rc == 0  # valid credentials: connected, but as hub-2's own client id
         _publish(b.port, "hub-1", creds["hub-1"], [t.fall("site-a", "hub-1", 4)])
         assert t.wait_until(lambda: gw.stats()["fall_alerts"] == 4, 15)
@@ -436,23 +417,11 @@ def test_generated_passwd_is_private_and_passwords_stay_off_the_command_line(
     assert all(pw not in text for pw in creds.values()) and text.count("$7$") == len(creds)
 
 
-def _postgres_dsn(name: str) -> str:
-    psycopg = pytest.importorskip("psycopg")
-    base = os.environ.get("FALLWATCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-    db = f"fw_{name.replace('-', '_')}"[:60]
-    try:
-        with psycopg.connect(base, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}"')
-            conn.execute(f'CREATE DATABASE "{db}"')
-    except psycopg.Error as exc:
-        pytest.skip(f"no PostgreSQL at {base}: {exc}")
-    return base.rsplit("/", 1)[0] + f"/{db}"
-
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_audit_log_is_append_only_and_verifiable(backend: str, tmp_path: Path, unique_name: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    dsn = _postgres_dsn(unique_name) if backend == "postgresql" else str(tmp_path / "st.sqlite")
+    dsn = postgres_database(unique_name) if backend == "postgresql" else str(tmp_path / "st.sqlite")
     cfg_path = tmp_path / "gw.toml"
     cfg_path.write_text(f'[gateway]\nstate_db = "{dsn}"\n')
     st = StateStore(dsn)
