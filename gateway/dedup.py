@@ -75,9 +75,6 @@ class Deduplicator:
         if self.on_conflict is not None:
             self.on_conflict(msg)
 
-    def is_new(self, msg_id: str) -> bool:
-        return bool(self.state.filter_new([msg_id]))
-
     def prune(self, older_than_ms: int) -> int:
         """Forget keys received before ``older_than_ms`` (past the broker's session expiry)."""
         return self.state.prune_seen(older_than_ms)

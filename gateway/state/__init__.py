@@ -305,20 +305,7 @@ class StateStore:
     # ------------------------------------------------------------ de-duplication
     def filter_new(self, msg_ids: list[str]) -> set[str]:
         """The ids among ``msg_ids`` not stored before (by this or any replica)."""
-        if not msg_ids:
-            return set()
-        seen: set[str] = set()
-        cur = self._conn().cursor()
-        try:
-            for i in range(0, len(msg_ids), 500):
-                chunk = msg_ids[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                self._exec(cur, f"SELECT msg_id FROM seen WHERE msg_id IN ({marks})", chunk)
-                seen.update(r[0] for r in cur.fetchall())
-        finally:
-            cur.close()
-            self.dialect.end_read(self._conn())
-        return set(msg_ids) - seen
+        return set(msg_ids) - self.seen_digests(msg_ids).keys()
 
     def seen_digests(self, msg_ids: list[str]) -> dict[str, str | None]:
         """The ids among ``msg_ids`` stored before, with the content digest kept for each
