@@ -127,6 +127,105 @@ class InfluxConfig(_Strict):
         return f"{self.database}/{self.retention_policy}"
 
 
+_HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
+Urgency = Literal["urgent", "high", "normal", "technical", "planning"]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_ALL_DAYS: list[Weekday] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class Contact(_Strict):
+    """One way to reach a person: a ``[[gateway.channels]]`` by its name, and the address on it
+    (an e-mail address, an Apprise URL, a push subscriber id; "" = the channel's own target,
+    e.g. an alarm receiving centre's web hook URL)."""
+
+    channel: str = Field(min_length=1)
+    to: str = ""
+
+
+class Person(_Strict):
+    """Someone the gateway may page: a carer, a team lead, a technician."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    name: str = Field(min_length=1, max_length=120)
+    contacts: list[Contact] = Field(min_length=1)  # in order of preference
+
+
+class Shift(_Strict):
+    """Who is on call on which days between ``start`` and ``end`` (local time of the team;
+    an ``end`` before ``start`` runs past midnight). ``people`` in order: first = primary."""
+
+    people: list[str] = Field(min_length=1)
+    days: list[Weekday] = Field(default_factory=lambda: list(_ALL_DAYS), min_length=1)
+    start: str = Field(default="00:00", pattern=_HHMM)
+    end: str = Field(default="00:00", pattern=_HHMM)  # 00:00–00:00 = the whole day
+
+
+class Team(_Strict):
+    """A home-care team: the sites it answers for, its on-call schedule, lead and fallback."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    name: str = ""
+    sites: list[str] = Field(min_length=1)  # site ids, or "*" for every site not named elsewhere
+    timezone: str = "Europe/Stockholm"
+    shifts: list[Shift] = []
+    # an iCalendar file or http(s) URL: each event's SUMMARY lists the person ids on call, in
+    # order ("anna, bertil"); it is used where it has an event, the shifts elsewhere
+    ical: str | None = None
+    lead: str | None = None
+    fallback: list[Contact] = []  # e.g. the alarm receiving centre's web hook
+    technicians: list[str] = []
+    quiet_hours: str | None = Field(default="22:00-07:00", pattern=r"^\d\d:\d\d-\d\d:\d\d$")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+
+class PagingConfig(_Strict):
+    """Who is told about which alert, how, and what happens when nobody answers
+    (fallwatch.gateway.paging). Off until at least one team is configured."""
+
+    people: list[Person] = []
+    teams: list[Team] = []
+    escalate_after_s: float = Field(default=120.0, gt=0, le=3600)  # unacknowledged → next level
+    resend_every_s: float = Field(default=60.0, gt=0, le=60)  # an urgent page is repeated (R1)
+    # where the gateway's HTTP endpoint is reachable from a phone (for acknowledge links)
+    public_url: str | None = None
+    ack_link_ttl_s: float = Field(default=12 * 3600.0, gt=0, le=7 * 86400)
+    ack_secret_env: str | None = None  # default: a random key kept in the state DB (shared by replicas)
+    ack_secret_file: Path | None = None
+    send_attempts: int = Field(default=2, ge=1, le=10)  # per contact, before the next contact
+    send_backoff_s: float = Field(default=1.0, gt=0, le=60)
+    channel_fail_alert_after: int = Field(default=3, ge=1)  # consecutive failures → technician alert
+    damp_s: float = Field(default=900.0, ge=0)  # a device alert re-raised within this is held
+    suspected_below: float = Field(default=0.8, ge=0, le=1)  # fall confidence below: "suspected fall"
+    urgency: dict[str, Urgency] = {}  # per-kind overrides of the default urgency
+    tick_s: float = Field(default=1.0, gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _refs(self) -> PagingConfig:
+        ids = [p.id for p in self.people]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"people listed twice: {sorted(dup)}")
+        known = set(ids)
+        for t in self.teams:
+            named = [*(p for s in t.shifts for p in s.people), *t.technicians, *([t.lead] if t.lead else [])]
+            missing = sorted({p for p in named if p not in known})
+            if missing:
+                raise ValueError(f"team {t.id}: unknown people {missing} (add them to [[gateway.paging.people]])")
+        if self.teams and not any(t.shifts or t.ical or t.lead or t.fallback for t in self.teams):
+            raise ValueError("a team needs shifts, an ical schedule, a lead or a fallback: nobody could be paged")
+        return self
+
+
 class GatewayConfig(_Strict):
     gateway_id: str = Field(default="gw-1", pattern=ID_PATTERN)
     shared_group: str | None = Field(default=None, pattern=ID_PATTERN)
@@ -149,6 +248,8 @@ class GatewayConfig(_Strict):
     # staff notification channels (fallwatch.gateway.channels), each `[[gateway.channels]] type = "…"`;
     # the default is the staff log the gateway always wrote
     channels: list[PluginSection] = [PluginSection(type="log")]
+    # on-call routing, escalation and acknowledge links (fallwatch.gateway.paging)
+    paging: PagingConfig = PagingConfig()
 
 
 class EdgeRoomSensor(_Strict):

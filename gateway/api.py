@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from fallwatch.gateway.channels import Action, AlertEvent, Notifier
 from fallwatch.gateway.metrics import Metrics
+from fallwatch.gateway.paging import AckResult, Pager
 from fallwatch.gateway.state import StateStore
 from fallwatch.gateway.workers import Workers
 
@@ -47,9 +48,23 @@ class GatewayReader(Protocol):
         """The device registry (``/devices``)."""
         ...
 
-    def transition(self, alert_id: str, action: str, actor: str, now_ms: int) -> Row | None:
-        """``acknowledge`` or ``clear`` an alert as ``actor``; None if unknown; raises
-        :class:`~fallwatch.gateway.state.StateError` for a transition the lifecycle forbids."""
+    def transition(self, alert_id: str, action: str, actor: str, now_ms: int, *, via: str | None = None,
+                   outcome: str | None = None, note: str | None = None) -> Row | None:
+        """``acknowledge`` or ``clear`` an alert as ``actor`` (a resolution with an outcome and a
+        note); None if unknown; raises :class:`~fallwatch.gateway.state.StateError` for a
+        transition the lifecycle forbids."""
+        ...
+
+    def ack_link(self, token: str, use: bool) -> AckResult:
+        """Describe (GET) or use (POST) a message's acknowledge link."""
+        ...
+
+    def alert_history(self, alert_id: str) -> Row | None:
+        """One alert with its audit trail and every delivery try (``/alerts/{id}``)."""
+        ...
+
+    def planning(self, since_ms: int) -> list[Row]:
+        """Alerts that are never sent, for the day's planning list (``/planning``)."""
         ...
 
     def log_access(self, actor: str, role: str, method: str, path: str, status: int, client: str,
@@ -70,8 +85,10 @@ class GatewayApi:
     """:class:`GatewayReader` over the gateway's state store, workers, metrics and stats."""
 
     def __init__(self, state: StateStore, workers: Workers, metrics: Metrics, notifier: Notifier,
-                 stats: Callable[[], dict[str, Any]], ready: Callable[[], tuple[bool, str]]) -> None:
+                 stats: Callable[[], dict[str, Any]], ready: Callable[[], tuple[bool, str]],
+                 pager: Pager | None = None) -> None:
         self._state = state
+        self._pager = pager
         self._notifier = notifier
         self._workers = workers
         self._metrics = metrics
@@ -99,12 +116,31 @@ class GatewayApi:
     def devices(self) -> list[Row]:
         return self._state.devices()
 
-    def transition(self, alert_id: str, action: str, actor: str, now_ms: int) -> Row | None:
-        alert = self._state.transition(alert_id, action, actor, now_ms)
+    def transition(self, alert_id: str, action: str, actor: str, now_ms: int, *, via: str | None = None,
+                   outcome: str | None = None, note: str | None = None) -> Row | None:
+        alert = self._state.transition(alert_id, action, actor, now_ms, via=via, outcome=outcome, note=note)
         if alert is not None:
             done = Action.ACKNOWLEDGED if action == "acknowledge" else Action.RESOLVED
             self._notifier.notify(AlertEvent.from_alert(alert, done, now_ms, actor))
         return alert
+
+    def ack_link(self, token: str, use: bool) -> AckResult:
+        if self._pager is None or not self._pager.enabled:
+            return AckResult(404, "acknowledge links are not enabled on this gateway")
+        return self._pager.use_link(token) if use else self._pager.describe_link(token)
+
+    def alert_history(self, alert_id: str) -> Row | None:
+        alert = self._state.alert(alert_id)
+        if alert is None:
+            return None
+        out = dict(alert)
+        out["log"] = self._state.audit(alert_id)
+        out["deliveries"] = self._pager.store.deliveries(alert_id) if self._pager is not None else []
+        out["page"] = self._pager.store.page(alert_id) if self._pager is not None else None
+        return out
+
+    def planning(self, since_ms: int) -> list[Row]:
+        return self._pager.planning(since_ms) if self._pager is not None else []
 
     def log_access(self, actor: str, role: str, method: str, path: str, status: int, client: str,
                    now_ms: int) -> None:

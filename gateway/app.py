@@ -12,6 +12,7 @@ store               series store or disk spool (durable either way), and the dra
 ingest              the bulk worker: micro-batches through decode → dedup → store → ack
 alerts              the fall-alert worker, and escalation of unacknowledged alerts
 channels            staff notification: each alert event to every configured channel
+paging              on-call routing, delivery with fallback, escalation, acknowledge links
 supervision         device offline / daily test alarm overdue
 api + http          the HTTP endpoints, against a narrow read interface
 ==================  ====================================================================
@@ -47,6 +48,8 @@ from fallwatch.gateway.http import HttpServer
 from fallwatch.gateway.ingest import BulkIngest, InFlight, LatencyProbe
 from fallwatch.gateway.links import Item, Links
 from fallwatch.gateway.metrics import Counters, Metrics
+from fallwatch.gateway.paging import Pager
+from fallwatch.gateway.paging.store import PagingStore
 from fallwatch.gateway.sinks import SINKS, sink_type
 from fallwatch.gateway.spool import Spool
 from fallwatch.gateway.state import DIALECTS, StateStore, state_type
@@ -93,9 +96,18 @@ class Gateway:
         self.dedup = Deduplicator(self.state, self.counters)
 
     def init_channels(self, extra: Sequence[Channel]) -> None:
-        ctx = ChannelContext(self.gateway_id)
+        subs = PagingStore(self.state)
+        ctx = ChannelContext(self.gateway_id, push_subscriptions=subs.subscriptions,
+                             drop_subscription=subs.drop_subscription)
         self.notifier = Notifier.from_config(self.cfg.gateway.channels, ctx, extra)
         self.dedup.on_conflict = self._id_conflict
+        addressable = {ch.name: ch for ch in self.notifier.channels if hasattr(ch, "send_to")}
+        self.pager = Pager(self.cfg.gateway.paging, self.state, addressable,  # type: ignore[arg-type]  # checked by hasattr
+                           gateway_id=self.gateway_id, stop=self.stop_event)
+        self.pager.emit = self.notifier.notify
+        self.pager.raise_alert = self.raise_device_alert
+        self.pager.resolve_alert = self.resolve_device_alert
+        self.notifier.channels.append(self.pager)
 
     def init_storage(self) -> None:
         g = self.cfg.gateway
@@ -126,7 +138,8 @@ class Gateway:
                                      self.cfg.mqtt.session_expiry_s * 1000 * 2, self.stop_event)
 
     def init_api(self) -> None:
-        self.api = GatewayApi(self.state, self.workers, self.metrics, self.notifier, self.stats, self.ready)
+        self.api = GatewayApi(self.state, self.workers, self.metrics, self.notifier, self.stats, self.ready,
+                              self.pager)
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
@@ -147,6 +160,7 @@ class Gateway:
         self.state.setup(clock_skew_ms=int(self.cfg.gateway.clock_skew_s * 1000))
         self.supervisor.load_open()
         self.fall_alerts.load()
+        self.pager.setup()
 
     def start_workers(self) -> None:
         self.workers.start("alerts", self.fall_alerts.loop)
@@ -154,11 +168,15 @@ class Gateway:
         self.workers.start("bulk", self.bulk.loop)
         self.workers.start("drain", self.storage.drain_loop)
         self.workers.start("supervisor", self.supervisor.loop)
+        if self.pager.enabled:
+            self.workers.start("pager", self.pager.loop)
 
     def start_http(self) -> None:
         g = self.cfg.gateway
         self.http = HttpServer(self.api, g.http_host, g.http_port, g.staff_users_file)
         self.http.start()
+        if self.pager.public_url is None:
+            self.pager.public_url = self.http.url
 
     def start_links(self) -> None:
         self.links.start()
@@ -171,6 +189,7 @@ class Gateway:
         if self.http is not None:
             self.http.close()
         self.storage.close()
+        self.pager.close()  # its sends use the channels: let them finish first
         self.notifier.close()
         self.state.close()
         log.info("gateway %s stopped", self.gateway_id)
@@ -237,6 +256,7 @@ class Gateway:
                 "worker_problems": self.workers.problems(),
                 "devices_offline": len(self.supervisor.offline),
                 "devices_test_overdue": len(self.supervisor.test_overdue),
+                "paging": self.pager.stats(),
             }
 
     def ready(self) -> tuple[bool, str]:
@@ -252,14 +272,23 @@ class Gateway:
 
     def _id_conflict(self, msg: contract.Message) -> None:
         """A key seen before with different content: an alarm for staff (a device alert)."""
-        now = contract.now_ms()
         why = (f"message key {msg.msg_id} from {msg.device_id} at {msg.site_id} arrived again with different "
                f"content: kept, but the hub may have been re-imaged or cloned (check its outbox / install id)")
-        alert_id = self.state.raise_alert("msg_id_conflict", msg.site_id, msg.device_id, now, why)
+        self.raise_device_alert("msg_id_conflict", msg.site_id, msg.device_id, why)
+
+    def raise_device_alert(self, kind: str, site_id: str, device_id: str, why: str) -> None:
+        """Open an alert of ``kind`` for a device (or a gateway part) unless one is open, and tell staff."""
+        now = contract.now_ms()
+        alert_id = self.state.raise_alert(kind, site_id, device_id, now, why)
         if alert_id:
-            self.notifier.notify(AlertEvent(kind="msg_id_conflict", action=Action.RAISED, alert_id=alert_id,
-                                            site_id=msg.site_id, device_id=msg.device_id, at_ms=now, detail=why,
-                                            raised_ms=now))
+            self.notifier.notify(AlertEvent(kind=kind, action=Action.RAISED, alert_id=alert_id, site_id=site_id,
+                                            device_id=device_id, at_ms=now, detail=why, raised_ms=now))
+
+    def resolve_device_alert(self, kind: str, site_id: str, device_id: str, why: str) -> None:
+        now = contract.now_ms()
+        for alert_id in self.state.resolve_alerts(kind, site_id, device_id, now, why):
+            self.notifier.notify(AlertEvent(kind=kind, action=Action.RECOVERED, alert_id=alert_id, site_id=site_id,
+                                            device_id=device_id, at_ms=now, detail=why))
 
     def wait_idle(self, timeout_s: float, quiet_s: float = 0.3) -> bool:
         """True once nothing received is still unstored, the spool and the alert points are

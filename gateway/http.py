@@ -7,6 +7,11 @@
     GET  /alerts[?kind=&status=&open=1]  alerts as JSON; fall alerts only for carer/admin
     POST /alerts/{id}/ack          acknowledge, as the token's owner              (carer, admin)
     POST /alerts/{id}/clear        resolve, as the token's owner                  (carer, admin)
+    POST /alerts/{id}/resolve      resolve with {"outcome": …, "note": …}         (carer, admin)
+    GET  /alerts/{id}              one alert, its audit trail and delivery tries  (carer, admin)
+    GET  /planning[?since_ms=]     raised fall risk etc., never sent to anyone    (carer, admin)
+    GET  /ack/{token}              what a message's acknowledge link would do     (the link is the key)
+    POST /ack/{token}              acknowledge as the link's recipient, once      (the link is the key)
     GET  /devices                  the device registry                            (technician, admin)
     GET  /metrics, /stats          Prometheus text / counters                     (technician, admin)
     GET  /audit                    the access audit log                           (admin)
@@ -56,7 +61,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from fallwatch.gateway.api import GatewayReader
 from fallwatch.gateway.staff import StaffDirectory, StaffError, StaffUser
-from fallwatch.gateway.state import StateError
+from fallwatch.gateway.state import OUTCOMES, StateError
 
 log = logging.getLogger("fallwatch.gateway.http")
 _STAFF_PAGE = Path(__file__).with_name("static") / "staff.html"
@@ -65,6 +70,11 @@ MAX_CONNECTIONS = 64
 TIMEOUT_S = 30.0
 UNAUTH_PER_MINUTE = 30
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+_ACK_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>fallwatch: {title}</title></head>
+<body><h1>{title}</h1><p>{message}</p>{form}</body></html>"""
+_ACK_FORM = ('<form method="post"><button type="submit" style="font-size:2em;padding:.5em 1em">'
+             'Acknowledge: I am taking it</button></form>')
 
 
 def is_loopback(host: str) -> bool:
@@ -290,10 +300,38 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:  # the audit log must not take the API down, but say so loudly
             log.exception("could not write the access audit log")
 
+    def _ack(self, token: str, use: bool) -> None:
+        """An acknowledge link: no sign-in, the signed single-use token is the key. A GET only
+        shows what it would do (mail scanners and link previews fetch links); the POST acts."""
+        import html
+
+        res = self.server_ref.api.ack_link(token, use)
+        self._audit(None, "POST" if use else "GET", f"/ack/{res.alert_id or '?'}", res.status)
+        if "text/html" in self.headers.get("Accept", "") or not use:
+            title = {200: "Acknowledged" if use else "Acknowledge alert", 409: "Already taken",
+                     410: "Link expired"}.get(res.status, "Link not valid")
+            form = _ACK_FORM if res.status == 200 and not use else ""
+            page = _ACK_PAGE.format(title=html.escape(title), message=html.escape(res.message), form=form)
+            self._send(res.status, page.encode(), "text/html; charset=utf-8",
+                       "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
+        else:
+            self._json(res.status, {"status": res.status, "message": res.message, "alert_id": res.alert_id})
+
     def do_GET(self) -> None:
         url = urlparse(self.path)
         api = self.server_ref.api
         path = url.path
+        if path.startswith("/ack/") and path.count("/") == 2:
+            self._ack(path[5:], use=False)
+            return
+        if path.startswith("/alerts/") and path.count("/") == 2:
+            user = self._guarded("GET", path, "alerts:read")
+            if user is None:
+                return
+            got = api.alert_history(unquote(path[8:]))
+            self._json(200 if got else 404, got if got else {"error": "no such alert"})
+            self._audit(user, "GET", path, 200 if got else 404)
+            return
         if path == "/healthz":
             dead, problems = api.dead_workers(), api.worker_problems()
             if dead or problems:
@@ -312,7 +350,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, self.server_ref.page, "text/html; charset=utf-8", self.server_ref.page_csp)
             return
         permission = {"/metrics": "metrics:read", "/stats": "metrics:read", "/devices": "devices:read",
-                      "/audit": "audit:read", "/me": None, "/alerts": "device_alerts:read"}.get(path, "")
+                      "/audit": "audit:read", "/me": None, "/alerts": "device_alerts:read",
+                      "/planning": "alerts:read"}.get(path, "")
         if permission == "":
             self._json(404, {"error": "not found"})
             return
@@ -338,13 +377,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, api.access_log())
         elif path == "/me":
             self._json(200, {"name": user.name, "role": user.role})
+        elif path == "/planning":
+            since = parse_qs(url.query).get("since_ms", ["0"])[0]
+            self._json(200, api.planning(int(since) if since.isdigit() else 0))
         self._audit(user, "GET", path, 200)
 
     def do_POST(self) -> None:
         url = urlparse(self.path)
         api = self.server_ref.api
         parts = url.path.strip("/").split("/")
-        if len(parts) != 3 or parts[0] != "alerts" or parts[2] not in ("ack", "clear"):
+        if len(parts) == 2 and parts[0] == "ack":
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(min(length, 4096))  # the form's (empty) body
+            self._ack(parts[1], use=True)
+            return
+        if len(parts) != 3 or parts[0] != "alerts" or parts[2] not in ("ack", "clear", "resolve"):
             self._json(404, {"error": "not found"})
             return
         user = self._guarded("POST", url.path, "alerts:act")
@@ -359,6 +407,13 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = json.loads(self.rfile.read(length) or b"{}") if length else {}
             claimed = str(body.get("by", "")).strip()[:80]
+            outcome = body.get("outcome")
+            note = body.get("note")
+            if outcome is not None and outcome not in OUTCOMES:
+                self._json(400, {"error": f"outcome must be one of {', '.join(OUTCOMES)}"})
+                return
+            if note is not None and not isinstance(note, str):
+                raise ValueError("note")
         except (ValueError, AttributeError):
             self._json(400, {"error": 'body must be JSON like {"by": "name"}'})
             return
@@ -369,7 +424,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         action = "acknowledge" if parts[2] == "ack" else "clear"
         try:
-            alert = api.transition(unquote(parts[1]), action, actor, time.time_ns() // 1_000_000)
+            alert = api.transition(unquote(parts[1]), action, actor, time.time_ns() // 1_000_000,
+                                   via="console" if action == "acknowledge" else None,
+                                   outcome=outcome if action == "clear" else None,
+                                   note=note if action == "clear" else None)
         except StateError as exc:
             self._audit(user, "POST", url.path, 409)
             self._json(409, {"error": str(exc)})

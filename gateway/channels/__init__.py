@@ -27,7 +27,7 @@ stops the others or the gateway.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -71,6 +71,14 @@ class AlertEvent:
     detail: str = ""  # human-readable why (device alerts)
     raised_ms: int | None = None
     escalations: int = 0
+    # set by the pager on a message to one person (fallwatch.gateway.paging)
+    page_kind: str | None = None  # "fall", "suspected_fall", "long_lie", … (what the message calls it)
+    urgency: str | None = None
+    recipient: str | None = None  # the person's display name
+    level: int = 0  # 0 on call, 1 next on call, 2 team lead, 3 fallback
+    ack_url: str | None = None  # single-use acknowledge link for this recipient
+    outcome: str | None = None
+    note: str | None = None
 
     @classmethod
     def from_alert(cls, alert: Mapping[str, Any], action: Action, at_ms: int, actor: str = "gateway"
@@ -86,6 +94,7 @@ class AlertEvent:
             detail="" if alert.get("kind") == "fall" else str(alert.get("detail") or ""),
             raised_ms=None if alert.get("raised_ms") is None else int(alert["raised_ms"]),
             escalations=int(alert.get("escalations") or 0),
+            outcome=alert.get("outcome"), note=alert.get("outcome_note"),
         )
 
 
@@ -109,11 +118,30 @@ class Channel(Protocol):
     def close(self) -> None: ...
 
 
+class Addressable(Protocol):
+    """A channel the pager can send one message to one address on (e-mail, push, …)."""
+
+    name: str
+
+    def send_to(self, event: AlertEvent, address: str) -> str:
+        """Deliver now (blocking, on the pager's delivery thread); raise on failure; return a detail.
+        ``address`` "" means the channel's own configured target."""
+        ...
+
+
+def _no_subscriptions(person: str) -> list[dict[str, Any]]:
+    return []
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelContext:
     """What a channel factory may need from the gateway besides its own config."""
 
     gateway_id: str
+    #: Web Push subscriptions of a person (the pager's store); none outside a gateway
+    push_subscriptions: Callable[[str], list[dict[str, Any]]] = _no_subscriptions
+    #: forget a subscription the push service says is gone (HTTP 404/410)
+    drop_subscription: Callable[[str], None] = lambda endpoint: None
 
 
 #: ``factory(cfg, ctx: ChannelContext) -> Channel``, keyed by ``[[gateway.channels]] type``

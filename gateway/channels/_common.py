@@ -54,7 +54,10 @@ def event_json(e: AlertEvent) -> bytes:
     return json.dumps(event_dict(e), sort_keys=True, separators=(",", ":")).encode()
 
 
-_KIND = {"fall": "Fall", "device_offline": "Device offline", "test_overdue": "Test alarm overdue"}
+_KIND = {"fall": "Fall", "suspected_fall": "Suspected fall", "long_lie": "Long lie", "inactivity": "No movement",
+         "device_offline": "Device offline", "test_overdue": "Test alarm overdue", "fall_unreadable":
+         "Unreadable fall alert", "bed_exit_night": "Out of bed at night", "not_worn": "Wearable not worn",
+         "low_battery": "Low battery", "channel_failing": "Notification channel failing"}
 _ACTION = {Action.RAISED: "", Action.ESCALATED: "NOT ACKNOWLEDGED – ", Action.CANCELLED: "cancelled – ",
            Action.ACKNOWLEDGED: "acknowledged – ", Action.RESOLVED: "resolved – ", Action.RECOVERED: "recovered – "}
 
@@ -63,8 +66,13 @@ def when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _kind(e: AlertEvent) -> str:
+    k = e.page_kind or e.kind
+    return _KIND.get(k, k.replace("_", " ").capitalize())
+
+
 def subject(e: AlertEvent) -> str:
-    kind = _KIND.get(e.kind, e.kind.replace("_", " ").capitalize())
+    kind = _kind(e)
     who = f"resident {e.resident_id}" if e.resident_id else f"device {e.device_id}"
     room = f", room {e.room}" if e.room else ""
     return f"{_ACTION.get(e.action, '')}{kind}: {who}{room} (site {e.site_id})"
@@ -72,8 +80,11 @@ def subject(e: AlertEvent) -> str:
 
 def body(e: AlertEvent) -> str:
     """The event in plain words, one fact per line."""
-    kind = _KIND.get(e.kind, e.kind.replace("_", " ").capitalize())
+    kind = _kind(e)
     lines = [f"{kind} alert, {e.action}."]
+    if e.level >= 1 and e.action in (Action.RAISED, Action.ESCALATED):
+        lines.append("Escalated to you: " + ("the carer on call has not acknowledged it."
+                                             if e.level == 1 else "nobody on call has acknowledged it."))
     if e.action is Action.ESCALATED:
         lines.append(f"Nobody has acknowledged it yet (reminder {e.escalations}).")
     lines += [
@@ -91,5 +102,9 @@ def body(e: AlertEvent) -> str:
         lines.append(f"Lying for: {e.lying_s:.0f} s")
     if e.action in (Action.ACKNOWLEDGED, Action.RESOLVED):
         lines.append(f"By: {e.actor}")
+    if e.outcome:
+        lines.append(f"Outcome: {e.outcome.replace('_', ' ')}" + (f" ({e.note})" if e.note else ""))
+    if e.ack_url:
+        lines.append(f"Take it (acknowledge, single use): {e.ack_url}")
     lines.append(f"Alert id: {e.alert_id}")
     return "\n".join(lines) + "\n"

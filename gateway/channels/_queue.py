@@ -34,7 +34,10 @@ class QueuedChannelConfig(PluginConfig):
     """Settings every queued channel has (its own config class adds ``type`` and the rest)."""
 
     type: str
-    name: str | None = None  # shown in deliveries and logs; default: the type
+    name: str | None = None  # shown in deliveries and logs, and what a person's contact names; default: the type
+    # every event to the channel's own target (the behaviour before paging); false = only the
+    # messages the pager addresses to people through this channel
+    broadcast: bool = True
     actions: list[Action] = Field(default_factory=lambda: [Action.RAISED, Action.ESCALATED], min_length=1)
     retry_attempts: int = Field(default=5, ge=1, le=50)
     retry_backoff_s: float = Field(default=1.0, gt=0, le=3600)
@@ -171,17 +174,23 @@ class QueuedChannel:
 
     def __init__(self, cfg: QueuedChannelConfig, recipient: str) -> None:
         self.name = cfg.name or cfg.type
+        self.broadcast = cfg.broadcast
         self.actions = frozenset(cfg.actions)
         self.queue = DeliveryQueue(self.name, self.send, recipient, attempts=cfg.retry_attempts,
                                    backoff_s=cfg.retry_backoff_s, backoff_max_s=cfg.retry_backoff_max_s,
                                    maxsize=cfg.queue_size)
 
     def send(self, event: AlertEvent) -> str:
-        """Deliver one event now (on the worker thread); raise on failure; return a detail."""
+        """Deliver one event now to the channel's own target (on the worker thread)."""
+        return self.send_to(event, "")
+
+    def send_to(self, event: AlertEvent, address: str) -> str:
+        """Deliver one event now to ``address`` ("" = the configured target); raise on failure;
+        return a detail. The pager calls this on its own delivery threads."""
         raise NotImplementedError
 
     def notify(self, event: AlertEvent) -> list[Delivery]:
-        if event.action not in self.actions:
+        if not self.broadcast or event.action not in self.actions:
             return []
         return [self.queue.submit(event)]
 

@@ -33,8 +33,8 @@ class AppriseChannelConfig(QueuedChannelConfig):
 
     @model_validator(mode="after")
     def _some(self) -> AppriseChannelConfig:
-        if not self.urls and self.urls_env is None:
-            raise ValueError("give urls or urls_env")
+        if self.broadcast and not self.urls and self.urls_env is None:
+            raise ValueError("give urls or urls_env (or broadcast = false: people's contacts give the URLs)")
         return self
 
 
@@ -53,8 +53,15 @@ class AppriseChannel(QueuedChannel):
                 raise ConfigError(f"apprise channel: a URL with scheme {u.split(':', 1)[0]!r} is not understood")
         super().__init__(cfg, f"{len(urls)} apprise url(s)")
 
-    def send(self, event: AlertEvent) -> str:
-        if not self.apprise.notify(body=body(event), title=subject(event)):
+    def send_to(self, event: AlertEvent, address: str) -> str:
+        target = self.apprise
+        if address:
+            target = apprise.Apprise()
+            if not target.add(address):
+                raise ValueError(f"an apprise contact with scheme {address.split(':', 1)[0]!r} is not understood")
+        elif not len(self.apprise):
+            raise ValueError("no apprise URL for this message")
+        if not target.notify(body=body(event), title=subject(event)):
             raise RuntimeError("apprise reported a failed notification")
         return "sent"
 

@@ -92,10 +92,11 @@ class MqttChannel(QueuedChannel):
     def _on_disconnect(self, *args: object) -> None:
         self.connected.clear()
 
-    def send(self, event: AlertEvent) -> str:
+    def send_to(self, event: AlertEvent, address: str) -> str:
+        topic = check_staff_topic(f"{self.cfg.topic}/{address}") if address else self.cfg.topic
         if not self.connected.wait(self.cfg.publish_timeout_s):
             raise ConnectionError(f"not connected to {self.mqtt_cfg.host}:{self.mqtt_cfg.port}")
-        info = self.client.publish(self.cfg.topic, event_json(event), qos=1,
+        info = self.client.publish(topic, event_json(event), qos=1,
                                    properties=publish_properties(self.mqtt_cfg))
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise ConnectionError(f"publish failed: {paho.error_string(info.rc)}")

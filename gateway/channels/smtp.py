@@ -38,7 +38,7 @@ class SmtpChannelConfig(QueuedChannelConfig):
     password_env: str | None = None
     password_file: Path | None = None
     from_: str = Field(alias="from", min_length=3)
-    to: list[str] = Field(min_length=1)
+    to: list[str] = Field(default_factory=list)  # the broadcast list; a person's own address comes from their contact
     timeout_s: float = Field(default=10.0, gt=0, le=300)
 
     @model_validator(mode="after")
@@ -47,6 +47,9 @@ class SmtpChannelConfig(QueuedChannelConfig):
             raise ValueError("give password_env or password_file, not both")
         if (self.password_env or self.password_file) and not self.username:
             raise ValueError("a password needs a username")
+        if self.broadcast and not self.to:
+            raise ValueError("a broadcast smtp channel needs `to` (or set broadcast = false and address "
+                             "people through [[gateway.paging.people]] contacts)")
         for addr in (self.from_, *self.to):
             if "@" not in addr or any(c in addr for c in "\r\n"):
                 raise ValueError(f"not an e-mail address: {addr!r}")
@@ -58,22 +61,27 @@ class SmtpChannel(QueuedChannel):
         self.cfg = cfg
         self.gateway_id = ctx.gateway_id
         self.password = read_secret("smtp channel password", cfg.password_env, cfg.password_file)
-        super().__init__(cfg, ",".join(cfg.to))
+        super().__init__(cfg, ",".join(cfg.to) or "(addressed)")
 
-    def message(self, e: AlertEvent) -> EmailMessage:
+    def message(self, e: AlertEvent, to: list[str] | None = None) -> EmailMessage:
         msg = EmailMessage()
         msg["Subject"] = subject(e)
         msg["From"] = self.cfg.from_
-        msg["To"] = ", ".join(self.cfg.to)
+        msg["To"] = ", ".join(to or self.cfg.to)
         msg["Date"] = formatdate(localtime=False)
         msg["Message-ID"] = make_msgid(domain=self.cfg.from_.rsplit("@", 1)[1])
         msg["X-Fallwatch-Alert"] = e.alert_id
         msg.set_content(body(e))
         return msg
 
-    def send(self, event: AlertEvent) -> str:
+    def send_to(self, event: AlertEvent, address: str) -> str:
         cfg = self.cfg
-        msg = self.message(event)
+        if address and ("@" not in address or any(ch in address for ch in "\r\n,")):
+            raise ValueError(f"not an e-mail address: {address!r}")
+        to = [address] if address else list(cfg.to)
+        if not to:
+            raise ValueError("no recipient address")
+        msg = self.message(event, to)
         smtp: smtplib.SMTP
         if cfg.security == "ssl":
             smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout_s, context=ssl.create_default_context())

@@ -78,12 +78,17 @@ class WebhookChannel(QueuedChannel):
         self.user_agent = f"fallwatch-gateway/{ctx.gateway_id}"
         super().__init__(cfg, urlparse(cfg.url).hostname or cfg.url)
 
-    def send(self, event: AlertEvent) -> str:
+    def send_to(self, event: AlertEvent, address: str) -> str:
+        url = address or self.cfg.url
+        if address:
+            u = urlparse(address)
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise ValueError("a webhook contact address must be an http(s) URL")
         payload = event_json(event)
         ts = str(int(time.time()))
         headers = {"Content-Type": "application/json", "User-Agent": self.user_agent, TIMESTAMP_HEADER: ts,
                    SIGNATURE_HEADER: sign(self.secret, ts, payload)}
-        r = self.session.post(self.cfg.url, data=payload, headers=headers, timeout=self.cfg.timeout_s,
+        r = self.session.post(url, data=payload, headers=headers, timeout=self.cfg.timeout_s,
                               allow_redirects=False)
         if not 200 <= r.status_code < 300:
             raise RuntimeError(f"HTTP {r.status_code}")

@@ -87,7 +87,11 @@ _DEVICE_COLS = (
 )
 
 #: columns added after a table's first release: (table, column, type), added by setup()
-_ADDED_COLUMNS = (("seen", "digest", "TEXT"), ("devices", "clock_skew_ms", "BIGINT"))
+_ADDED_COLUMNS = (("seen", "digest", "TEXT"), ("devices", "clock_skew_ms", "BIGINT"),
+                  ("alerts", "acked_via", "TEXT"), ("alerts", "outcome", "TEXT"), ("alerts", "outcome_note", "TEXT"))
+
+#: how a member of staff closes an alert (issue 13): what happened, for answer-time and outcome statistics
+OUTCOMES = ("injury", "no_injury", "ambulance", "false_alarm", "resident_cancelled", "other")
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS seen (
@@ -556,15 +560,22 @@ class StateStore:
                     out.append(alert)
         return out
 
-    def transition(self, alert_id: str, action: str, actor: str, now_ms: int) -> dict[str, Any] | None:
-        """``acknowledge`` or ``clear`` an alert; returns the updated alert, None if unknown.
+    def transition(self, alert_id: str, action: str, actor: str, now_ms: int, *, via: str | None = None,
+                   outcome: str | None = None, note: str | None = None) -> dict[str, Any] | None:
+        """``acknowledge`` or ``clear`` (``resolve``) an alert; returns the updated alert, None if unknown.
 
+        ``via`` says where an acknowledgement came from (the console, a message's link);
+        a resolution may carry an ``outcome`` (one of :data:`OUTCOMES`) and a free-text note.
         Raises StateError for a transition the lifecycle does not allow (clearing twice,
-        acknowledging a cleared alert).
+        acknowledging a cleared alert) or an unknown outcome.
         """
+        action = "clear" if action == "resolve" else action
         allowed = {"acknowledge": ("raised",), "clear": ("raised", "acknowledged")}
         if action not in allowed:
             raise StateError(f"unknown action {action!r}")
+        if outcome is not None and outcome not in OUTCOMES:
+            raise StateError(f"unknown outcome {outcome!r} (one of {', '.join(OUTCOMES)})")
+        note = None if note is None else c.safe_text(note, 2000)
         with self._tx() as cur:
             self._exec(cur, "SELECT status FROM alerts WHERE alert_id = ?", (alert_id,))
             row = cur.fetchone()
@@ -575,16 +586,24 @@ class StateStore:
             if action == "acknowledge":
                 self._exec(
                     cur,
-                    "UPDATE alerts SET status = 'acknowledged', acked_ms = ?, acked_by = ? WHERE alert_id = ?",
-                    (now_ms, actor, alert_id),
+                    "UPDATE alerts SET status = 'acknowledged', acked_ms = ?, acked_by = ?, acked_via = ? "
+                    "WHERE alert_id = ?",
+                    (now_ms, actor, via, alert_id),
                 )
             else:
                 self._exec(
                     cur,
-                    "UPDATE alerts SET status = 'cleared', cleared_ms = ?, cleared_by = ? WHERE alert_id = ?",
-                    (now_ms, actor, alert_id),
+                    "UPDATE alerts SET status = 'cleared', cleared_ms = ?, cleared_by = ?, outcome = ?, "
+                    "outcome_note = ?, acked_ms = COALESCE(acked_ms, ?), acked_by = COALESCE(acked_by, ?) "
+                    "WHERE alert_id = ?",
+                    (now_ms, actor, outcome, note, now_ms, actor, alert_id),
                 )
-            self._log(cur, alert_id, action, actor, now_ms, None)
+            detail = None
+            if action == "acknowledge" and via:
+                detail = f"via {via}"
+            elif action == "clear" and (outcome or note):
+                detail = f"outcome {outcome or '-'}" + (f": {note}" if note else "")
+            self._log(cur, alert_id, action, actor, now_ms, detail)
         return self.alert(alert_id)
 
     def _log(self, cur: Cursor, alert_id: str, action: str, actor: str, at_ms: int, detail: str | None) -> None:

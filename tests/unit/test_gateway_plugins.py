@@ -152,8 +152,20 @@ class _StubReader:
     def devices(self) -> list[dict[str, Any]]:
         return []
 
-    def transition(self, alert_id: str, action: str, actor: str, now_ms: int) -> dict[str, Any] | None:
+    def transition(self, alert_id: str, action: str, actor: str, now_ms: int, *, via: str | None = None,
+                   outcome: str | None = None, note: str | None = None) -> dict[str, Any] | None:
         return None
+
+    def ack_link(self, token: str, use: bool) -> Any:
+        from fallwatch.gateway.paging import AckResult
+
+        return AckResult(400, "not a link")
+
+    def alert_history(self, alert_id: str) -> dict[str, Any] | None:
+        return None
+
+    def planning(self, since_ms: int) -> list[dict[str, Any]]:
+        return []
 
     def log_access(self, actor: str, role: str, method: str, path: str, status: int, client: str,
                    now_ms: int) -> None:

@@ -1,0 +1,520 @@
+"""The pager: every alert that needs a person reaches one, and keeps reaching people until
+someone takes it.
+
+It sits in the :class:`~fallwatch.gateway.channels.Notifier`'s list like a channel, so every
+alert event the gateway produces (fall alerts, device supervision, acknowledgements from
+the console, the CLI or a message's link) reaches it. For a new alert it opens a *page*
+(state DB ``pages``) and sends the first round to whoever is on call; its worker then
+ticks every ``tick_s`` and, for each page that is due, claims the next *step* with a
+conditional update (exactly one replica wins each step) and performs it:
+
+* an urgent or high page is repeated to everyone paged so far every ``resend_every_s``
+  (≤ 60 s, R1) until the alert is acknowledged;
+* after ``escalate_after_s`` without an acknowledgement it goes one level up: the next
+  person on call, the team lead, then the fallback (urgent only) — a level with nobody
+  on it is skipped;
+* normal and technical pages are sent once, and held until the end of the team's quiet
+  hours if they arrive during them; a device alert raised again within ``damp_s`` of the
+  last one closing (a flapping device) is held for the rest of that time, and dropped
+  from paging — not from the record — if it recovers meanwhile;
+* ``planning`` kinds (raised fall risk) are never sent; they are listed for the day's
+  planning.
+
+Each message goes to one person through their first contact; a failed send is tried
+``send_attempts`` times with backoff, then the person's next contact, and every try is
+recorded (``deliveries`` and the audit log). A channel that fails
+``channel_fail_alert_after`` times in a row raises a ``channel_failing`` alert for the
+technicians; it clears when the channel delivers again. Sends run on the pager's own
+delivery threads: nothing here ever blocks the alert worker on a mail server.
+
+One open page per resident and cause: a second fall of the same resident while the first
+is open is recorded and grouped into it (no new notification); acknowledging or resolving
+the first does the same to the grouped ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fallwatch.config import PagingConfig
+from fallwatch.gateway.channels import Action, Addressable, AlertEvent, Delivery
+from fallwatch.gateway.channels._common import read_secret
+from fallwatch.gateway.paging import kinds
+from fallwatch.gateway.paging.acklinks import AckLinkError, AckSigner
+from fallwatch.gateway.paging.roster import LEVELS, Recipient, Roster, Route
+from fallwatch.gateway.paging.store import PagingStore
+from fallwatch.gateway.state import StateError, StateStore
+from fallwatch.protocol import contract
+
+log = logging.getLogger("fallwatch.gateway.paging")
+
+FAR_MS = 24 * 3600 * 1000  # a page sent once is looked at again after a day
+Emit = Callable[[AlertEvent], object]
+RaiseAlert = Callable[[str, str, str, str], None]  # (kind, site_id, device_id, detail)
+ResolveAlert = Callable[[str, str, str, str], None]
+
+
+@dataclasses.dataclass
+class PagerCounters:
+    pages: int = 0
+    grouped: int = 0
+    held: int = 0
+    planning: int = 0
+    escalations: int = 0
+    reminders: int = 0
+    sent: int = 0
+    failed_tries: int = 0
+    undelivered: int = 0
+    unrouted: int = 0
+    acks_by_link: int = 0
+    links_refused: int = 0
+
+
+class AckResult:
+    """What using an acknowledge link did: an HTTP status and a sentence for the person."""
+
+    def __init__(self, status: int, message: str, alert_id: str | None = None) -> None:
+        self.status, self.message, self.alert_id = status, message, alert_id
+
+
+class Pager:
+    name = "pager"
+
+    def __init__(self, cfg: PagingConfig, state: StateStore, channels: Mapping[str, Addressable], *,
+                 gateway_id: str, stop: threading.Event, public_url: str | None = None,
+                 clock: Callable[[], int] = contract.now_ms) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.store = PagingStore(state)
+        self.roster = Roster(cfg)
+        self.channels = dict(channels)
+        self.gateway_id = gateway_id
+        self.stop = stop
+        self.public_url = cfg.public_url or public_url
+        self.clock = clock
+        self.counters = PagerCounters()
+        self.emit: Emit = lambda e: None  # set by the gateway: the whole notifier (broadcast + this)
+        self.raise_alert: RaiseAlert | None = None
+        self.resolve_alert: ResolveAlert | None = None
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._channel_fails: dict[str, int] = {}
+        self._failing: set[str] = set()
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pager-send")
+        self.signer: AckSigner | None = None
+        missing = sorted({c.channel for p in cfg.people for c in p.contacts} - self.channels.keys()
+                         | {c.channel for t in cfg.teams for c in t.fallback} - self.channels.keys())
+        if missing and self.enabled:
+            from fallwatch.config import ConfigError
+
+            raise ConfigError(f"gateway.paging: contacts name channel(s) {missing}, but [[gateway.channels]] "
+                              f"has only {sorted(self.channels)} (a channel's name is its `name`, or its type)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.roster.enabled
+
+    def setup(self) -> None:
+        self.store.setup()
+        key = read_secret("paging ack link key", self.cfg.ack_secret_env, self.cfg.ack_secret_file)
+        self.signer = AckSigner(key or self.store.ack_key())
+
+    # ------------------------------------------------------------ events in (Channel protocol)
+    def notify(self, e: AlertEvent) -> list[Delivery]:
+        if not self.enabled:
+            return []
+        if e.action is Action.RAISED:
+            return self._raised(e)
+        if e.action in (Action.ACKNOWLEDGED, Action.RESOLVED, Action.CANCELLED, Action.RECOVERED) and e.alert_id:
+            self._closed(e)
+            return [Delivery(self.name, "*", True, f"page closed ({e.action})")]
+        return []  # ESCALATED: the pager escalates by itself
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+    # ------------------------------------------------------------ opening
+    def _kind(self, e: AlertEvent) -> str:
+        return kinds.page_kind(e.kind, e.reasons, e.confidence, e.lying_s, self.cfg.suspected_below)
+
+    @staticmethod
+    def group_key(e: AlertEvent, kind: str) -> str:
+        cause = "fall" if kind in ("fall", "suspected_fall", "long_lie", "inactivity") else kind
+        return f"{e.site_id}:{e.resident_id or e.device_id}:{cause}"
+
+    def _raised(self, e: AlertEvent, now_ms: int | None = None) -> list[Delivery]:
+        now = self.clock() if now_ms is None else now_ms
+        kind = self._kind(e)
+        urg = kinds.urgency(kind, self.cfg.urgency)
+        route = self.roster.route(e.site_id, now)
+        if urg == "planning":
+            self.store.open_page(e.alert_id, e.site_id, kind, urg, route.team if route else None,
+                                 self.group_key(e, kind), now, status="closed")
+            with self._lock:
+                self.counters.planning += 1
+            return [Delivery(self.name, "planning list", True, "never sent: for the day's planning")]
+        status, next_ms = "open", now
+        if kind in kinds.DAMPED:
+            last = self._last_closed(self.group_key(e, kind))
+            if last is not None and self.cfg.damp_s and now - last < self.cfg.damp_s * 1000:
+                status, next_ms = "held", last + int(self.cfg.damp_s * 1000)
+        if status == "open" and urg in kinds.QUIET and route is not None and route.quiet and route.quiet_ends_ms:
+            status, next_ms = "held", route.quiet_ends_ms
+        got, leader = self.store.open_page(e.alert_id, e.site_id, kind, urg, route.team if route else None,
+                                           self.group_key(e, kind), now, status=status, next_ms=next_ms)
+        if got == "grouped":
+            with self._lock:
+                self.counters.grouped += 1
+            return [Delivery(self.name, "*", True, f"grouped into open alert {leader}")]
+        if got == "exists":
+            return []
+        with self._lock:
+            self.counters.pages += 1
+            self.counters.held += status == "held"
+        if status == "held":
+            return [Delivery(self.name, "*", True, f"held until {next_ms} (quiet hours or a flapping device)")]
+        page = self.store.page(e.alert_id)
+        if page is not None:
+            self._step(page, now, e)
+        return [Delivery(self.name, "*", True, "paging")]
+
+    def _last_closed(self, group_key: str) -> int | None:
+        rows = self.state._select("SELECT max(closed_ms) AS t FROM pages WHERE group_key = ? AND status = 'closed'",
+                                  (group_key,))
+        t = rows[0]["t"] if rows else None
+        return None if t is None else int(t)
+
+    # ------------------------------------------------------------ the worker
+    def loop(self) -> None:
+        while not self.stop.wait(self.cfg.tick_s):
+            if self.enabled:
+                self.tick(self.clock())
+
+    def tick(self, now_ms: int) -> None:
+        """Perform every step that is due at ``now_ms`` (tests call this with a chosen clock)."""
+        for a in self.store.unpaged_alerts(now_ms - 3600_000):
+            if now_ms - int(a["raised_ms"]) >= 5000:  # the recording replica had its chance
+                log.warning("alert %s was recorded but never paged (a replica stopped?): paging it now",
+                            a["alert_id"])
+                self._raised(AlertEvent.from_alert(a, Action.RAISED, now_ms), now_ms)
+        for page in self.store.due(now_ms):
+            try:
+                self._step(page, now_ms)
+            except Exception:
+                log.exception("paging step for %s failed (tried again next tick)", page["alert_id"])
+
+    def _step(self, page: dict[str, Any], now: int, event: AlertEvent | None = None) -> None:
+        alert = self.state.alert(page["alert_id"])
+        if alert is None:
+            return
+        step, level, urg = int(page["step"]), int(page["level"]), str(page["urgency"])
+        paged: list[str] = json.loads(page["paged"] or "[]")
+        if alert["status"] != "raised":
+            why = f"alert {alert['status']}" + (" while held" if page["status"] == "held" else "")
+            self.store.claim(page["alert_id"], step, now, level=level, level_since_ms=int(page["level_since_ms"]),
+                             next_ms=now, status="closed", paged=paged, what="page_closed", closed_why=why)
+            return
+        e = event or AlertEvent.from_alert(alert, Action.RAISED, now)
+        e = dataclasses.replace(e, page_kind=str(page["kind"]), urgency=urg)
+        route = self.roster.route(str(page["site_id"]), now)
+        first = step == 0 or page["status"] == "held"
+        repeated = urg in kinds.REPEATED
+        resend_ms = int(self.cfg.resend_every_s * 1000)
+        escalate_ms = int(self.cfg.escalate_after_s * 1000)
+        new: list[tuple[Recipient, int]] = []
+        what = "page_sent"
+        level_since = int(page["level_since_ms"])
+        if first:
+            if urg == "technical":
+                new = [(r, 0) for r in self._technicians(route)]
+            else:
+                lv = self._next_level(route, -1, urg)
+                if lv is not None:
+                    level, level_since = lv, now
+                    new = [(r, lv) for r in route.at(lv)] if route else []
+        elif repeated and now - level_since >= escalate_ms:
+            lv = self._next_level(route, level, urg)
+            if lv is not None:
+                level, level_since, what = lv, now, "page_escalated"
+                new = [(r, lv) for r in route.at(lv)] if route else []
+            else:
+                what = "page_reminder"
+        else:
+            what = "page_reminder"
+        if first:
+            next_ms = now + (min(resend_ms, escalate_ms) if repeated else FAR_MS)
+        elif repeated:
+            next_ms = now + min(resend_ms, max(1, level_since + escalate_ms - now))
+        else:
+            next_ms = now + FAR_MS
+        new_ids = [r.id for r, _ in new if r.id not in paged]
+        reminders = [] if first or not repeated else [p for p in paged if p not in new_ids]
+        if first and not new:
+            what = "page_unrouted"
+        if not self.store.claim(page["alert_id"], step, now, level=level, level_since_ms=level_since,
+                                next_ms=next_ms, status="open", paged=[*paged, *new_ids], what=what):
+            return  # another replica took this step
+        if what == "page_unrouted":
+            with self._lock:
+                self.counters.unrouted += 1
+            log.error("NOBODY TO PAGE for %s %s at %s (%s): check [gateway.paging] teams and schedules; "
+                      "trying again in %.0f s", page["kind"], page["alert_id"], page["site_id"],
+                      "; ".join(route.notes) if route else "no team covers the site", (next_ms - now) / 1000)
+            return
+        with self._lock:
+            self.counters.escalations += what == "page_escalated"
+            self.counters.reminders += bool(reminders)
+        action = Action.RAISED if first else Action.ESCALATED
+        for r, lv in new:
+            if r.id in new_ids:
+                self._submit(dataclasses.replace(e, action=action, level=lv, escalations=step), r, step + 1, lv)
+        for pid in reminders:
+            again = self._resolve_recipient(pid, route)
+            if again is not None:
+                self._submit(dataclasses.replace(e, action=Action.ESCALATED, escalations=step), again, step + 1,
+                             self._level_of(pid, route))
+
+    def _technicians(self, route: Route | None) -> list[Recipient]:
+        if route is not None and route.technicians:
+            return list(route.technicians)
+        seen: dict[str, Recipient] = {}
+        for t in self.cfg.teams:  # a gateway-level problem: every team's technicians
+            for pid in t.technicians:
+                r = self.roster.recipient(pid)
+                if r is not None:
+                    seen.setdefault(pid, r)
+        return list(seen.values())
+
+    @staticmethod
+    def _next_level(route: Route | None, level: int, urg: str) -> int | None:
+        if route is None:
+            return None
+        for lv in range(level + 1, kinds.MAX_LEVEL.get(urg, 0) + 1):
+            if route.at(lv):
+                return lv
+        return None
+
+    def _resolve_recipient(self, pid: str, route: Route | None) -> Recipient | None:
+        if pid == "fallback" and route is not None and route.at(3):
+            return route.at(3)[0]
+        return self.roster.recipient(pid)
+
+    @staticmethod
+    def _level_of(pid: str, route: Route | None) -> int:
+        if route is not None:
+            for lv in range(4):
+                if any(r.id == pid for r in route.at(lv)):
+                    return lv
+        return 0
+
+    # ------------------------------------------------------------ closing
+    def _closed(self, e: AlertEvent) -> None:
+        page = self.store.page(e.alert_id)
+        if page is None:
+            return
+        now = self.clock()
+        paged: list[str] = json.loads(page["paged"] or "[]")
+        if page["status"] in ("open", "held"):
+            won = self.store.claim(e.alert_id, int(page["step"]), now, level=int(page["level"]),
+                                   level_since_ms=int(page["level_since_ms"]), next_ms=now, status="closed",
+                                   paged=paged, what="page_closed", closed_why=f"{e.action} by {e.actor}")
+            if won and page["status"] == "open":
+                route = self.roster.route(str(page["site_id"]), now)
+                info = dataclasses.replace(e, page_kind=str(page["kind"]), urgency=str(page["urgency"]))
+                for pid in paged:
+                    r = self._resolve_recipient(pid, route)
+                    if r is not None and r.id != e.actor and r.name != e.actor:
+                        self._submit(info, r, int(page["step"]) + 1, self._level_of(pid, route), ack_link=False)
+        if e.action in (Action.ACKNOWLEDGED, Action.RESOLVED):
+            self._close_members(e, now)
+
+    def _close_members(self, e: AlertEvent, now: int) -> None:
+        """Do to the alerts grouped into this one what was done to it."""
+        for member in self.store.members(e.alert_id):
+            try:
+                if e.action is Action.ACKNOWLEDGED:
+                    self.state.transition(member, "acknowledge", e.actor, now, via=f"grouped with {e.alert_id}")
+                else:
+                    self.state.transition(member, "clear", e.actor, now, outcome=e.outcome,
+                                          note=f"grouped with {e.alert_id}" + (f": {e.note}" if e.note else ""))
+            except StateError:
+                pass  # already further along
+        if e.action is Action.RESOLVED:
+            self.store.close_group(e.alert_id, now, f"resolved with {e.alert_id}")
+
+    # ------------------------------------------------------------ delivery
+    def _submit(self, e: AlertEvent, r: Recipient, step: int, level: int, ack_link: bool = True) -> None:
+        with self._lock:
+            self._pending += 1
+        self._pool.submit(self._deliver, e, r, step, level, ack_link)
+
+    def _deliver(self, e: AlertEvent, r: Recipient, step: int, level: int, ack_link: bool) -> None:
+        try:
+            self._deliver_one(e, r, step, level, ack_link)
+        except Exception:
+            log.exception("delivery of %s to %s crashed", e.alert_id, r.id)
+        finally:
+            with self._lock:
+                self._pending -= 1
+
+    def _deliver_one(self, e: AlertEvent, r: Recipient, step: int, level: int, ack_link: bool) -> None:
+        e = dataclasses.replace(e, recipient=r.name, level=level)
+        last = ""
+        for contact in r.contacts:
+            ch = self.channels.get(contact.channel)
+            if ch is None:
+                last = f"no channel named {contact.channel!r}"
+                self.store.record_delivery(e.alert_id, step, level, r.id, contact.channel, 1, self.clock(), False,
+                                           last)
+                continue
+            for attempt in range(1, self.cfg.send_attempts + 1):
+                msg = e
+                if ack_link and e.action in (Action.RAISED, Action.ESCALATED):
+                    msg = dataclasses.replace(e, ack_url=self.ack_url(e.alert_id, r.id, ch.name))
+                try:
+                    detail = ch.send_to(msg, contact.to) or "sent"
+                    ok = True
+                except Exception as exc:
+                    detail, ok = f"{type(exc).__name__}: {str(exc)[:300]}", False
+                self.store.record_delivery(e.alert_id, step, level, r.id, ch.name, attempt, self.clock(), ok, detail)
+                self._channel_result(ch.name, ok, detail)
+                if ok:
+                    with self._lock:
+                        self.counters.sent += 1
+                    return
+                last = detail
+                with self._lock:
+                    self.counters.failed_tries += 1
+                if attempt < self.cfg.send_attempts and self.stop.wait(self.cfg.send_backoff_s * 2 ** (attempt - 1)):
+                    break
+        with self._lock:
+            self.counters.undelivered += 1
+        log.error("could not reach %s (%s) about %s on any of their %d contact(s): %s — the next round tries again",
+                  r.name, r.id, e.alert_id, len(r.contacts), last)
+
+    def _channel_result(self, name: str, ok: bool, detail: str) -> None:
+        with self._lock:
+            if ok:
+                self._channel_fails[name] = 0
+                recovered = name in self._failing
+                self._failing.discard(name)
+                raise_now = False
+            else:
+                n = self._channel_fails[name] = self._channel_fails.get(name, 0) + 1
+                raise_now = n == self.cfg.channel_fail_alert_after
+                recovered = False
+                if raise_now:
+                    self._failing.add(name)
+        if raise_now and self.raise_alert is not None:
+            self.raise_alert("channel_failing", self.gateway_id, name,
+                             f"notification channel {name} failed {self.cfg.channel_fail_alert_after} times in a "
+                             f"row (last: {detail[:200]}); messages fall back to people's next contacts")
+        if recovered and self.resolve_alert is not None:
+            self.resolve_alert("channel_failing", self.gateway_id, name, f"channel {name} delivered again")
+
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        """True once every queued message has been delivered or given up (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._pending == 0:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    # ------------------------------------------------------------ acknowledge links
+    def ack_url(self, alert_id: str, person: str, channel: str) -> str | None:
+        if self.signer is None:
+            return None
+        now = self.clock()
+        claim = self.signer.issue(alert_id, person, channel, now + int(self.cfg.ack_link_ttl_s * 1000))
+        self.store.record_token(claim.jti, alert_id, person, channel, now, claim.expires_ms)
+        base = (self.public_url or "").rstrip("/")
+        return f"{base}/ack/{self.signer.token(claim)}"
+
+    def describe_link(self, token: str) -> AckResult:
+        """What a link would do, without using it (the page behind a GET: mail scanners follow
+        links, so only the POST from that page acknowledges)."""
+        try:
+            claim = self._read(token)
+        except AckLinkError as exc:
+            return AckResult(400, str(exc))
+        alert = self.state.alert(claim.alert_id)
+        if alert is None:
+            return AckResult(404, "This alert no longer exists.")
+        r = self.roster.recipient(claim.person)
+        who = r.name if r else claim.person
+        if self.clock() > claim.expires_ms:
+            return AckResult(410, "This link has expired. Open the staff console to see the alert.", claim.alert_id)
+        return AckResult(200, f"Acknowledge this alert as {who}? {alert['kind']} at {alert['site_id']}"
+                              + (f", resident {alert['resident_id']}" if alert.get("resident_id") else "")
+                              + f" (status: {alert['status']}).", claim.alert_id)
+
+    def _read(self, token: str) -> Any:
+        if self.signer is None:
+            raise AckLinkError("acknowledge links are not enabled on this gateway")
+        return self.signer.read(token)
+
+    def use_link(self, token: str) -> AckResult:
+        """Acknowledge the link's alert as the link's recipient, once."""
+        try:
+            claim = self._read(token)
+        except AckLinkError as exc:
+            with self._lock:
+                self.counters.links_refused += 1
+            return AckResult(400, str(exc))
+        now = self.clock()
+        if now > claim.expires_ms:
+            with self._lock:
+                self.counters.links_refused += 1
+            with self.state._tx() as cur:
+                self.state._log(cur, claim.alert_id, "ack_link_expired", claim.person, now,
+                                f"link via {claim.channel} used {(now - claim.expires_ms) / 1000:.0f} s after expiry")
+            return AckResult(410, "This link has expired and did nothing. Open the staff console to see the alert.",
+                             claim.alert_id)
+        result, detail = self.store.use_token(claim.jti, claim.alert_id, claim.person, claim.channel, now)
+        r = self.roster.recipient(claim.person)
+        who = r.name if r else claim.person
+        if result == "acknowledged":
+            with self._lock:
+                self.counters.acks_by_link += 1
+            alert = self.state.alert(claim.alert_id)
+            if alert is not None:
+                self.emit(AlertEvent.from_alert(alert, Action.ACKNOWLEDGED, now, claim.person))
+            return AckResult(200, f"Thank you, {who}: the alert is yours. Others have been told you took it.",
+                             claim.alert_id)
+        with self._lock:
+            self.counters.links_refused += 1
+        alert = self.state.alert(claim.alert_id)
+        by = f" by {alert['acked_by']}" if alert and alert.get("acked_by") else ""
+        if result == "used":
+            return AckResult(409, f"This link was already used; the alert is already acknowledged{by}.",
+                             claim.alert_id)
+        if result == "already":
+            return AckResult(409, f"The alert is already {detail[2] if detail else 'acknowledged'}{by}; "
+                                  f"this link did nothing.", claim.alert_id)
+        if result == "no_alert":
+            return AckResult(404, "This alert no longer exists.", claim.alert_id)
+        return AckResult(400, "This link is not known to this gateway.")
+
+    # ------------------------------------------------------------ reads
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return dataclasses.asdict(self.counters) | {"pending_sends": self._pending}
+
+    def planning(self, since_ms: int) -> list[dict[str, Any]]:
+        """Alerts for the day's planning list (never sent to anyone)."""
+        return self.state._select("SELECT a.* FROM pages p JOIN alerts a ON a.alert_id = p.alert_id "
+                                  "WHERE p.urgency = 'planning' AND p.opened_ms >= ? ORDER BY p.opened_ms",
+                                  (since_ms,))
+
+    @staticmethod
+    def level_name(level: int) -> str:
+        return LEVELS[level] if 0 <= level < len(LEVELS) else str(level)
