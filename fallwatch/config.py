@@ -148,6 +148,9 @@ class Person(_Strict):
     id: str = Field(pattern=ID_PATTERN)
     name: str = Field(min_length=1, max_length=120)
     contacts: list[Contact] = Field(min_length=1)  # in order of preference
+    # false: the first contact that works gets the message (the next one only if it fails);
+    # true: every contact gets every message (e.g. the phone and a pager at once)
+    all_contacts: bool = False
 
 
 class Shift(_Strict):

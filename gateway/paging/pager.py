@@ -366,7 +366,7 @@ class Pager:
 
     def _deliver_one(self, e: AlertEvent, r: Recipient, step: int, level: int, ack_link: bool) -> None:
         e = dataclasses.replace(e, recipient=r.name, level=level)
-        last = ""
+        last, reached = "", 0
         for contact in r.contacts:
             ch = self.channels.get(contact.channel)
             if ch is None:
@@ -388,12 +388,17 @@ class Pager:
                 if ok:
                     with self._lock:
                         self.counters.sent += 1
-                    return
+                    reached += 1
+                    break
                 last = detail
                 with self._lock:
                     self.counters.failed_tries += 1
                 if attempt < self.cfg.send_attempts and self.stop.wait(self.cfg.send_backoff_s * 2 ** (attempt - 1)):
                     break
+            if reached and not r.all_contacts:
+                return
+        if reached:
+            return
         with self._lock:
             self.counters.undelivered += 1
         log.error("could not reach %s (%s) about %s on any of their %d contact(s): %s — the next round tries again",

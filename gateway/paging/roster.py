@@ -42,6 +42,7 @@ class Recipient:
     id: str
     name: str
     contacts: tuple[Contact, ...]
+    all_contacts: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +174,7 @@ class Roster:
 
     def recipient(self, person_id: str) -> Recipient | None:
         p = self.people.get(person_id)
-        return Recipient(p.id, p.name, tuple(p.contacts)) if p is not None else None
+        return Recipient(p.id, p.name, tuple(p.contacts), p.all_contacts) if p is not None else None
 
     def on_call(self, team: Team, at_ms: int) -> tuple[list[str], str]:
         """Person ids on call, and where that came from ("calendar", "shifts")."""

@@ -4,19 +4,13 @@ HTTP receiver (webhook and Apprise's json://), and the staff topic on the real M
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from email import message_from_bytes, policy
-from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from aiosmtpd.controller import Controller
 
 from fallwatch.gateway.app import Gateway
 from fallwatch.gateway.channels import CHANNELS, Action, AlertEvent, ChannelContext
@@ -24,6 +18,7 @@ from fallwatch.gateway.channels._queue import QueuedChannel
 from fallwatch.gateway.channels.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from fallwatch.testing import publisher as t
 from fallwatch.testing.publisher import make_cfg, wait_until
+from fallwatch.testing.receivers import Receiver, SmtpServer, free_port
 from fallwatch.testing.services import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -31,87 +26,11 @@ pytestmark = pytest.mark.integration
 SECRET = "webhook-test-secret"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Mailbox:
-    """An aiosmtpd handler that keeps every message it accepted."""
-
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self.envelopes: list[tuple[str, list[str]]] = []
-        self._lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self._lock:
-            self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
-            self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
-        return "250 OK"
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.messages)
-
-
-class SmtpServer:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.mailbox = Mailbox()
-        self.controller: Controller | None = None
-
-    def start(self) -> SmtpServer:
-        self.controller = Controller(self.mailbox, hostname="127.0.0.1", port=self.port)
-        self.controller.start()
-        return self
-
-    def stop(self) -> None:
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
-
-
 @pytest.fixture
 def smtpd() -> Iterator[SmtpServer]:
-    server = SmtpServer(free_port()).start()
+    server = SmtpServer().start()
     yield server
     server.stop()
-
-
-class Receiver:
-    """A real HTTP server in a thread that records every POST (path, headers, body)."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, dict[str, str], bytes]] = []
-        self._lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with outer._lock:
-                    outer.requests.append((self.path, dict(self.headers.items()), raw))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def at(self, path: str) -> list[tuple[str, dict[str, str], bytes]]:
-        with self._lock:
-            return [r for r in self.requests if r[0] == path]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
