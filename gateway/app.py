@@ -48,6 +48,7 @@ from fallwatch.gateway.http import HttpServer
 from fallwatch.gateway.ingest import BulkIngest, InFlight, LatencyProbe
 from fallwatch.gateway.links import Item, Links
 from fallwatch.gateway.metrics import Counters, Metrics
+from fallwatch.gateway.observe import Observer
 from fallwatch.gateway.paging import Pager
 from fallwatch.gateway.paging.store import PagingStore
 from fallwatch.gateway.sinks import SINKS, sink_type
@@ -78,6 +79,7 @@ class Gateway:
         self.init_decode()
         self.init_bulk()
         self.init_alerts()
+        self.init_observer()
         self.init_supervision()
         self.init_api()
 
@@ -132,6 +134,10 @@ class Gateway:
                                       self.inflight, self.counters, self.metrics, self.notifier,
                                       self.stop_event, self.cfg.gateway.escalate_after_s, self.workers)
 
+    def init_observer(self) -> None:
+        self.observer = Observer(self.state, self.raise_device_alert, self.resolve_device_alert)
+        self.bulk.observer = self.observer.observe
+
     def init_supervision(self) -> None:
         self.supervisor = Supervisor(self.cfg.gateway, self.state, self.dedup, self.notifier,
                                      self.fall_alerts.check_escalations,
@@ -161,6 +167,7 @@ class Gateway:
         self.supervisor.load_open()
         self.fall_alerts.load()
         self.pager.setup()
+        self.observer.load_open()
 
     def start_workers(self) -> None:
         self.workers.start("alerts", self.fall_alerts.loop)

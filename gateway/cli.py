@@ -29,12 +29,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     al.add_argument("--kind", help="fall|device_offline|test_overdue")
     al.set_defaults(func=_alerts)
 
-    for action in ("ack", "clear"):
-        a = gsub.add_parser(action, help=f"{action} an alert (writes the audit log)")
+    for action in ("ack", "clear", "resolve"):
+        a = gsub.add_parser(action, help=f"{action} an alert (writes the audit log; a running gateway's pager "
+                                         f"stops paging and tells those paged within a second)")
         a.add_argument("alert_id")
         a.add_argument("--by", required=True, help="who acts (recorded)")
         a.add_argument("--config", type=Path)
+        if action != "ack":
+            from fallwatch.gateway.state import OUTCOMES
+
+            a.add_argument("--outcome", choices=OUTCOMES, help="what happened")
+            a.add_argument("--note", help="free text, e.g. what was done")
         a.set_defaults(func=_transition, action="acknowledge" if action == "ack" else "clear")
+
+    at = gsub.add_parser("answer-times", help="answer times of urgent alerts per team and shift (TSA: 97.5 %% "
+                                              "within 60 s)")
+    at.add_argument("--config", type=Path)
+    at.add_argument("--days", type=float, default=30.0, help="look back this many days (default 30)")
+    at.add_argument("--json", action="store_true")
+    at.set_defaults(func=_answer_times)
+
+    hi = gsub.add_parser("history", help="one alert's lifecycle: every step and every delivery try")
+    hi.add_argument("alert_id")
+    hi.add_argument("--config", type=Path)
+    hi.set_defaults(func=_history)
+
+    ps = gsub.add_parser("push-subscribe", help="register a phone's Web Push subscription (JSON file) for a person")
+    ps.add_argument("person")
+    ps.add_argument("subscription", type=Path)
+    ps.add_argument("--config", type=Path)
+    ps.set_defaults(func=_push_subscribe)
 
     ds = gsub.add_parser("downsample", help="aggregate recent raw series into a long-retention policy (1.x)")
     ds.add_argument("--config", type=Path)
@@ -176,7 +200,9 @@ def _transition(args: argparse.Namespace) -> int:
     st = StateStore(cfg.gateway.state_db, cfg.gateway.state_db_type)
     st.setup()
     try:
-        alert = st.transition(args.alert_id, args.action, args.by, time.time_ns() // 1_000_000)
+        alert = st.transition(args.alert_id, args.action, args.by, time.time_ns() // 1_000_000,
+                              via="cli" if args.action == "acknowledge" else None,
+                              outcome=getattr(args, "outcome", None), note=getattr(args, "note", None))
     except StateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -184,6 +210,69 @@ def _transition(args: argparse.Namespace) -> int:
         print(f"error: no alert {args.alert_id!r}", file=sys.stderr)
         return 1
     print(json.dumps(alert, default=str))
+    return 0
+
+
+def _answer_times(args: argparse.Namespace) -> int:
+    from fallwatch.gateway.paging.report import answer_times
+    from fallwatch.gateway.paging.store import PagingStore
+    from fallwatch.gateway.state import StateStore
+
+    cfg = _load(args)
+    st = StateStore(cfg.gateway.state_db, cfg.gateway.state_db_type)
+    st.setup()
+    PagingStore(st).setup()
+    rows = answer_times(st, cfg.gateway.paging, time.time_ns() // 1_000_000 - int(args.days * 86_400_000))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'team':<14}{'shift':<14}{'alerts':>7}{'answered':>9}{'p50 s':>8}{'p90 s':>8}{'≤60 s':>8}{'≤180 s':>8}")
+    for r in rows:
+        print(f"{r['team']:<14}{r['shift']:<14}{r['alerts']:>7}{r['answered']:>9}{r['p50_s'] or '-':>8}"
+              f"{r['p90_s'] or '-':>8}{r['within_60s_pct']:>7}%{r['within_180s_pct']:>7}%")
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from fallwatch.gateway.paging.store import PagingStore
+    from fallwatch.gateway.state import StateStore
+
+    cfg = _load(args)
+    st = StateStore(cfg.gateway.state_db, cfg.gateway.state_db_type)
+    st.setup()
+    ps = PagingStore(st)
+    ps.setup()
+    alert = st.alert(args.alert_id)
+    if alert is None:
+        print(f"error: no alert {args.alert_id!r}", file=sys.stderr)
+        return 1
+    print(json.dumps({"alert": alert, "page": ps.page(args.alert_id), "log": st.audit(args.alert_id),
+                      "deliveries": ps.deliveries(args.alert_id)}, default=str, indent=1))
+    return 0
+
+
+def _push_subscribe(args: argparse.Namespace) -> int:
+    from fallwatch.gateway.paging.store import PagingStore
+    from fallwatch.gateway.state import StateStore
+
+    cfg = _load(args)
+    try:
+        sub = json.loads(args.subscription.read_text())
+        if not str(sub["endpoint"]).startswith(("https://", "http://")) or not sub["keys"]["p256dh"] \
+                or not sub["keys"]["auth"]:
+            raise ValueError("endpoint, keys.p256dh and keys.auth are required")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"error: not a Web Push subscription: {exc}", file=sys.stderr)
+        return 1
+    if args.person not in {p.id for p in cfg.gateway.paging.people}:
+        print(f"error: {args.person!r} is not in [[gateway.paging.people]]", file=sys.stderr)
+        return 1
+    st = StateStore(cfg.gateway.state_db, cfg.gateway.state_db_type)
+    st.setup()
+    ps = PagingStore(st)
+    ps.setup()
+    ps.add_subscription(args.person, sub, time.time_ns() // 1_000_000)
+    print(f"subscription for {args.person} stored ({len(ps.subscriptions(args.person))} in all)")
     return 0
 
 

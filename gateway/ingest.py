@@ -103,6 +103,8 @@ class BulkIngest:
         self.stop = stop
         self.workers = workers
         self.latency_probe: LatencyProbe | None = None
+        #: called with the messages of each batch once they are durable (derived alerts, observe.py)
+        self.observer: Callable[[list[contract.Message]], None] | None = None
 
     def loop(self) -> None:
         """Worker: batches off the bulk queue until stopped and drained."""
@@ -162,3 +164,5 @@ class BulkIngest:
                 self.latency_probe("bulk", done_ms - msg.sent_ms)
         self.counters.add(stored=len(new_ids), duplicates=dups, telemetry_points=tele, batches=1)
         self.inflight.finish(batch)
+        if self.observer is not None:
+            self.observer([m for m, _, _ in fresh])

@@ -204,7 +204,7 @@ class Pager:
                 log.warning("alert %s was recorded but never paged (a replica stopped?): paging it now",
                             a["alert_id"])
                 self._raised(AlertEvent.from_alert(a, Action.RAISED, now_ms), now_ms)
-        for page in self.store.due(now_ms):
+        for page in [*self.store.settled_elsewhere(), *self.store.due(now_ms)]:
             try:
                 self._step(page, now_ms)
             except Exception:
@@ -217,9 +217,22 @@ class Pager:
         step, level, urg = int(page["step"]), int(page["level"]), str(page["urgency"])
         paged: list[str] = json.loads(page["paged"] or "[]")
         if alert["status"] != "raised":
+            # acknowledged or resolved elsewhere (the CLI, another replica, the database): stop, and
+            # tell whoever was paged, once (the claim decides which replica does)
             why = f"alert {alert['status']}" + (" while held" if page["status"] == "held" else "")
-            self.store.claim(page["alert_id"], step, now, level=level, level_since_ms=int(page["level_since_ms"]),
-                             next_ms=now, status="closed", paged=paged, what="page_closed", closed_why=why)
+            won = self.store.claim(page["alert_id"], step, now, level=level,
+                                   level_since_ms=int(page["level_since_ms"]), next_ms=now, status="closed",
+                                   paged=paged, what="page_closed", closed_why=why)
+            if won and page["status"] == "open" and alert["status"] in ("acknowledged", "cleared"):
+                done = Action.ACKNOWLEDGED if alert["status"] == "acknowledged" else Action.RESOLVED
+                actor = str(alert.get("acked_by") if done is Action.ACKNOWLEDGED else alert.get("cleared_by"))
+                info = dataclasses.replace(AlertEvent.from_alert(alert, done, now, actor),
+                                           page_kind=str(page["kind"]), urgency=urg)
+                route = self.roster.route(str(page["site_id"]), now)
+                for pid in paged:
+                    r = self._resolve_recipient(pid, route)
+                    if r is not None and actor not in (r.id, r.name):
+                        self._submit(info, r, step + 1, self._level_of(pid, route), ack_link=False)
             return
         e = event or AlertEvent.from_alert(alert, Action.RAISED, now)
         e = dataclasses.replace(e, page_kind=str(page["kind"]), urgency=urg)

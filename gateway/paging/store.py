@@ -111,6 +111,12 @@ class PagingStore:
         return self.state._select("SELECT * FROM pages WHERE status IN ('open', 'held') AND next_ms <= ? "
                                   "ORDER BY next_ms LIMIT ?", (now_ms, limit))
 
+    def settled_elsewhere(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Open pages whose alert someone acknowledged or resolved without the pager seeing it
+        (the CLI, a replica that stopped): closed on the next tick, not at the next resend."""
+        return self.state._select("SELECT p.* FROM pages p JOIN alerts a ON a.alert_id = p.alert_id "
+                                  "WHERE p.status IN ('open', 'held') AND a.status <> 'raised' LIMIT ?", (limit,))
+
     def members(self, leader: str) -> list[str]:
         rows = self.state._select("SELECT alert_id FROM pages WHERE leader = ? AND status = 'grouped'", (leader,))
         return [str(r["alert_id"]) for r in rows]

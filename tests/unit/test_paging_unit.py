@@ -189,3 +189,78 @@ def test_technical_alert_goes_to_the_technician(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     rig.device_alert("msg_id_conflict")
     assert rig.sent_to() == [("tom", "msg_id_conflict", "raised")]
+
+
+def test_an_acknowledgement_from_elsewhere_stops_paging_and_tells_those_paged(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.now = ms(2026, 12, 1, 23)
+    aid = rig.device_alert("device_offline")  # high: paged, repeated
+    rig.now += 130_000
+    rig.pager.tick(rig.now)  # escalated to bertil
+    rig.pager.wait_idle(5)
+    assert {a for a, _, _ in rig.sent_to()} == {"anna", "bertil"}
+    n = len(rig.ch.sent)
+    rig.state.transition(aid, "acknowledge", "bertil", rig.now, via="cli")  # the CLI writes the state DB only
+    rig.now += 1000
+    rig.pager.tick(rig.now)
+    rig.pager.wait_idle(5)
+    assert rig.sent_to()[n:] == [("anna", "device_offline", "acknowledged")]
+    rig.now += 600_000
+    rig.pager.tick(rig.now)
+    rig.pager.wait_idle(5)
+    assert len(rig.ch.sent) == n + 1  # nothing more
+
+
+def test_answer_times_per_team_and_shift(tmp_path: Path) -> None:
+    from fallwatch.gateway.paging.report import answer_times
+
+    rig = Rig(tmp_path)
+    for i, (hour, answer_s) in enumerate([(23, 30), (23, 90), (12, 20), (13, None)]):
+        rig.now = ms(2026, 12, 1, hour, i)
+        aid = rig.device_alert("device_offline") if i == 0 else None
+        if aid is None:
+            aid = rig.state.raise_alert("device_offline", "site-a", f"hub-x{i}", rig.now, "x")
+            assert aid
+            rig.pager.notify(AlertEvent(kind="device_offline", action=Action.RAISED, alert_id=aid,
+                                        site_id="site-a", device_id=f"hub-x{i}", at_ms=rig.now))
+        if answer_s is not None:
+            rig.state.transition(aid, "acknowledge", "anna", rig.now + answer_s * 1000)
+    rows = {r["shift"]: r for r in answer_times(rig.state, rig.pager.cfg, 0)}
+    assert rows["22:00-07:00"]["alerts"] == 2 and rows["22:00-07:00"]["within_60s_pct"] == 50.0
+    assert rows["07:00-22:00"]["unanswered"] == 1 and rows["07:00-22:00"]["within_60s_pct"] == 50.0
+
+
+def test_observer_derives_alerts_from_health_risk_and_room_concerns(tmp_path: Path) -> None:
+    from fallwatch.gateway.observe import Observer
+    from fallwatch.protocol import contract as c
+
+    state = StateStore(str(tmp_path / "s.sqlite"))
+    state.setup()
+    raised: list[tuple[str, str]] = []
+    cleared: list[str] = []
+    obs = Observer(state, lambda k, s, d, why: raised.append((k, why)), lambda k, s, d, why: cleared.append(k))
+    env = {"schema": 1, "site_id": "site-a", "device_id": "hub-1", "boot_id": 1, "ts_ms": 1, "sent_ms": 1,
+           "resident_id": "r01"}
+
+    def health(status: str, battery: float, n: int) -> c.Health:
+        warn = [f"wearable wear-r01 {status} (last seen 99 s ago)"] if status != "ok" else []
+        return c.Health(**env, msg_id=f"hub-1:1:{n}", seq=n, data=c.HealthData(  # type: ignore[arg-type]
+            uptime_s=1, outbox_depth=0, warnings=warn,
+            sensors={"wear-r01": c.SensorHealth(last_seen_ms=1, battery_pct=battery, status=status)}))  # type: ignore[arg-type]
+
+    obs.observe([health("stale", 10, 1)])
+    assert [k for k, _ in raised] == ["not_worn", "low_battery"]
+    obs.observe([health("stale", 10, 2)])  # still so: nothing new
+    assert len(raised) == 2
+    obs.observe([health("ok", 20, 3)])  # worn again; battery not yet back to 25 %
+    assert cleared == ["not_worn"]
+    obs.observe([health("ok", 80, 4)])
+    assert cleared == ["not_worn", "low_battery"]
+    risk = c.RiskScore(**env, msg_id="hub-1:1:5", seq=5, data=c.RiskData(  # type: ignore[arg-type]
+        day="2026-12-01", score=0.81, level="high", factors=[c.Factor("gait_speed_drop", 0.3, 0.5)]))
+    obs.observe([risk])
+    assert raised[-1][0] == "fall_risk" and "gait_speed_drop" in raised[-1][1]
+    tele = c.Telemetry(**env, msg_id="hub-1:1:6", seq=6, data=c.TeleData(  # type: ignore[arg-type]
+        sensor="bed-1", window_s=10, room="bedroom", fields={"concern": "bed_exit_no_return", "concern_minutes": 35}))
+    obs.observe([tele])
+    assert raised[-1][0] == "bed_exit_night" and "35" in raised[-1][1]
