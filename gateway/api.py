@@ -7,6 +7,7 @@ gateway's implementation, built by the composition root from the stages it reads
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -65,6 +66,10 @@ class GatewayReader(Protocol):
 
     def planning(self, since_ms: int) -> list[Row]:
         """Alerts that are never sent, for the day's planning list (``/planning``)."""
+        ...
+
+    def add_push_subscription(self, person: str, subscription: dict[str, Any]) -> int:
+        """Keep a phone's Web Push subscription for a person of the roster: 200, or 404 if unknown."""
         ...
 
     def log_access(self, actor: str, role: str, method: str, path: str, status: int, client: str,
@@ -141,6 +146,12 @@ class GatewayApi:
 
     def planning(self, since_ms: int) -> list[Row]:
         return self._pager.planning(since_ms) if self._pager is not None else []
+
+    def add_push_subscription(self, person: str, subscription: dict[str, Any]) -> int:
+        if self._pager is None or self._pager.roster.recipient(person) is None:
+            return 404
+        self._pager.store.add_subscription(person, subscription, int(time.time() * 1000))
+        return 200
 
     def log_access(self, actor: str, role: str, method: str, path: str, status: int, client: str,
                    now_ms: int) -> None:

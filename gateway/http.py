@@ -12,6 +12,7 @@
     GET  /planning[?since_ms=]     raised fall risk etc., never sent to anyone    (carer, admin)
     GET  /ack/{token}              what a message's acknowledge link would do     (the link is the key)
     POST /ack/{token}              acknowledge as the link's recipient, once      (the link is the key)
+    POST /push/subscriptions       this phone's Web Push subscription, for the token's owner (carer, admin)
     GET  /devices                  the device registry                            (technician, admin)
     GET  /metrics, /stats          Prometheus text / counters                     (technician, admin)
     GET  /audit                    the access audit log                           (admin)
@@ -317,6 +318,33 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(res.status, {"status": res.status, "message": res.message, "alert_id": res.alert_id})
 
+    def _subscribe(self, path: str) -> None:
+        """Keep a phone's push subscription for the signed-in person (a service caller names the
+        person); the person must be in the paging roster, so nobody subscribes to others' alerts."""
+        user = self._guarded("POST", path, "alerts:act")
+        if user is None:
+            return
+        why = self._same_origin()
+        if why is not None:
+            self._audit(user, "POST", path, 403)
+            self._json(403, {"error": why})
+            return
+        try:
+            body = json.loads(self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 8192)) or b"{}")
+            sub = body.get("subscription", body)
+            person = str(body.get("person", "")) if user.service else user.name
+            ok = (str(sub["endpoint"]).startswith("https://") or self.server_ref.open_dev) and \
+                bool(sub["keys"]["p256dh"]) and bool(sub["keys"]["auth"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            ok, person, sub = False, "", None
+        if not ok or sub is None:
+            self._json(400, {"error": "body must be a Web Push subscription: endpoint (https), keys.p256dh, keys.auth"})
+            return
+        status = self.server_ref.api.add_push_subscription(person, sub)
+        self._audit(user, "POST", path, status)
+        self._json(status, {"person": person} if status == 200 else
+                   {"error": f"{person!r} is not in the paging roster ([[gateway.paging.people]])"})
+
     def do_GET(self) -> None:
         url = urlparse(self.path)
         api = self.server_ref.api
@@ -391,6 +419,9 @@ class _Handler(BaseHTTPRequestHandler):
             if length:
                 self.rfile.read(min(length, 4096))  # the form's (empty) body
             self._ack(parts[1], use=True)
+            return
+        if parts == ["push", "subscriptions"]:
+            self._subscribe(url.path)
             return
         if len(parts) != 3 or parts[0] != "alerts" or parts[2] not in ("ack", "clear", "resolve"):
             self._json(404, {"error": "not found"})

@@ -341,3 +341,30 @@ def test_a_burst_of_falls_pages_each_resident_once_and_a_second_fall_is_grouped(
     finally:
         pub.close()
         gw.stop()
+
+
+def test_a_phone_registers_its_push_subscription_over_http(
+    mosquitto: Mosquitto, receiver: Receiver, tmp_path: Path, unique_name: str,
+) -> None:
+    cfg = make_cfg(mosquitto, None, tmp_path, unique_name, channels=channels(free_port(), f"{receiver.url}/arc"),
+                   paging=paging(receiver.url))
+    gw = Gateway(cfg)
+    gw.start()
+    try:
+        sub = {"endpoint": "https://push.example/abc", "keys": {"p256dh": "BPk", "auth": "aa"}}
+
+        def post(body: dict[str, Any]) -> int:
+            req = urllib.request.Request(f"{gw.http_url}/push/subscriptions", data=json.dumps(body).encode(),
+                                         method="POST", headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as e:
+                return int(e.code)
+
+        assert post({"person": "anna", "subscription": sub}) == 200  # the open development gateway: a service caller
+        assert gw.pager.store.subscriptions("anna") == [sub]
+        assert post({"person": "mallory", "subscription": sub}) == 404  # not in the roster
+        assert post({"person": "anna", "subscription": {"endpoint": "x"}}) == 400
+    finally:
+        gw.stop()

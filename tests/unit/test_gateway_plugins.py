@@ -167,6 +167,9 @@ class _StubReader:
     def planning(self, since_ms: int) -> list[dict[str, Any]]:
         return []
 
+    def add_push_subscription(self, person: str, subscription: dict[str, Any]) -> int:
+        return 404
+
     def log_access(self, actor: str, role: str, method: str, path: str, status: int, client: str,
                    now_ms: int) -> None:
         self.audited.append((path, status))

@@ -9,10 +9,19 @@ seen by an in-process recording channel next to the staff log). That time
 includes the wearer's cancel window (EN 50134-2 pre-alarm, ``edge.cancel_window_s``),
 which is deliberate; ``notify_after_cancel_window_*`` shows what the system itself adds.
 Alerts are then read back from InfluxDB with InfluxQL and compared with ground truth.
+
+The staff side is real too: the gateway pages an on-call carer by e-mail (to an aiosmtpd
+server) and by signed web hook (to a local HTTP receiver), and the alerts are counted
+where they arrive. ``decision_to_smtp_*`` and ``decision_to_webhook_*`` are the wall time
+from the edge agent's decision (the alert committed to its outbox, after the cancel
+window) to the message received at the SMTP server and at the web hook receiver.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +31,28 @@ import numpy as np
 
 from fallwatch.config import load_config
 from fallwatch.pacing import Pacer
+from fallwatch.testing.receivers import Receiver, SmtpServer
 from fallwatch.testing.services import InfluxDB1, Mosquitto
+
+SECRET_ENV = "FALLWATCH_BENCH_WEBHOOK_SECRET"
+
+
+def paging_overrides(smtp_port: int, hook_url: str) -> dict[str, object]:
+    """One carer on call for every site, reached by e-mail and web hook at once."""
+    return {
+        "channels": [
+            {"type": "log"},
+            {"type": "smtp", "name": "email", "broadcast": False, "host": "127.0.0.1", "port": smtp_port,
+             "security": "none", "from": "fallwatch@bench.example"},
+            {"type": "webhook", "name": "hook", "broadcast": False, "url": hook_url, "secret_env": SECRET_ENV},
+        ],
+        "paging": {
+            "people": [{"id": "carer", "name": "Night carer", "all_contacts": True,
+                        "contacts": [{"channel": "email", "to": "carer@bench.example"},
+                                     {"channel": "hook", "to": f"{hook_url}/carer"}]}],
+            "teams": [{"id": "night", "sites": ["*"], "shifts": [{"people": ["carer"]}], "quiet_hours": None}],
+        },
+    }
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -38,12 +68,19 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
 
     residents, duration_s = (4, 60.0) if quick else (12, 100.0)
     recorder = RecordingChannel()
+    os.environ.setdefault(SECRET_ENV, secrets.token_hex(16))
+    smtpd, hooks = SmtpServer().start(), Receiver()
+    decided: dict[tuple[str, str], float] = {}  # (device, event id) -> wall time of the edge's decision
     with tempfile.TemporaryDirectory(prefix="fw-bench-e2e-") as tmp, Mosquitto() as broker, InfluxDB1() as db:
-        cfg = load_config(overrides={"mqtt": {"url": broker.url}, "influx": {"url": db.url, "version": 1}})
+        cfg = load_config(overrides={"mqtt": {"url": broker.url}, "influx": {"url": db.url, "version": 1},
+                                     "gateway": paging_overrides(smtpd.port, hooks.url)})
         scenario = demo_scenario(residents=residents, duration_s=duration_s, falls=1, seed=2024)
         scenario = scenario.model_copy(update={"start_epoch_ms": int(time.time() * 1000)})
         fleet = Fleet(scenario)
         with Pipeline(cfg, fleet, Path(tmp), channels=[recorder]) as pipe:
+            for dev, agent in pipe.agents.items():
+                agent.on_alert(lambda d, dev=dev: decided.setdefault((dev, d.event_id), time.time())
+                               if d.status == "alert" else None)
             wall0 = time.time()
             pipe.drive(duration_s, speed=1.0, step_s=0.25, progress=progress)
             # let the last cancel windows expire at real-time pace, then drain
@@ -55,6 +92,7 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
                 for agent in pipe.agents.values():
                     agent.feed([], now_s)
             pipe.settle(60.0)
+            pipe.gateway.pager.wait_idle(30)
             alerts = pipe.gateway.alerts()
             raised = sum(int(a.stats().get("alerts_raised", 0)) for a in pipe.agents.values())
             outbox_left = sum(int(a.stats().get("outbox_depth", 0)) for a in pipe.agents.values())
@@ -62,6 +100,25 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
                           db="fallwatch")
         stored = int(series[0]["values"][0][1]) if series else 0
 
+    smtpd.stop()
+    hooks.close()
+    mail_at: dict[str, float] = {}
+    for m, t_ns in zip(smtpd.mailbox.messages, smtpd.mailbox.arrived_ns, strict=True):
+        mail_at.setdefault(str(m["X-Fallwatch-Alert"]), t_ns / 1e9)
+    hook_at: dict[str, float] = {}
+    for (_, _, raw), t_ns in zip(hooks.requests, hooks.arrived_ns, strict=True):
+        body = json.loads(raw)
+        if body.get("action") == "raised":
+            hook_at.setdefault(str(body["alert_id"]), t_ns / 1e9)
+    to_smtp, to_hook = [], []
+    for a in alerts:
+        t_dec = decided.get((str(a["device_id"]), str(a.get("event_id"))))
+        if t_dec is None or a.get("data_status") != "alert":
+            continue
+        if a["alert_id"] in mail_at:
+            to_smtp.append(mail_at[a["alert_id"]] - t_dec)
+        if a["alert_id"] in hook_at:
+            to_hook.append(hook_at[a["alert_id"]] - t_dec)
     notified_at = recorder.first_times("fall", Action.RAISED)
     truth = [e for e in fleet.ground_truth if e.type == "fall" and not e.details.get("cancelled_by_wearer")]
     by_sensor = {e.sensor_id: e for e in truth}
@@ -76,7 +133,7 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
         d = notified_at[a["alert_id"]] - impact_wall
         delays.append(d)
         after_window.append(d - cfg.edge.cancel_window_s)
-    notified = len(notified_at)
+    fall_ids = {a["alert_id"] for a in alerts if a.get("data_status") == "alert"}
     return {
         "residents": residents,
         "sim_seconds": duration_s,
@@ -85,12 +142,20 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
         "falls_missed": len(truth) - len(delays),
         "fall_alerts_raised": raised,
         "alerts_stored": stored,
-        "alerts_notified": notified,
+        "alerts_notified": len(fall_ids & mail_at.keys() & hook_at.keys()),  # counted where they arrived
+        "alerts_notified_smtp": len(fall_ids & mail_at.keys()),
+        "alerts_notified_webhook": len(fall_ids & hook_at.keys()),
+        "emails_received": smtpd.mailbox.count(),
+        "webhooks_received": len(hooks.requests),
         "lost": max(0, raised - stored) + outbox_left,
         "cancel_window_s": cfg.edge.cancel_window_s,
         "impact_to_notify_p50_s": _pct(delays, 50),
         "impact_to_notify_p99_s": _pct(delays, 99),
         "notify_after_cancel_window_p50_s": _pct(after_window, 50),
         "notify_after_cancel_window_p99_s": _pct(after_window, 99),
+        "decision_to_smtp_p50_s": _pct(to_smtp, 50),
+        "decision_to_smtp_p99_s": _pct(to_smtp, 99),
+        "decision_to_webhook_p50_s": _pct(to_hook, 50),
+        "decision_to_webhook_p99_s": _pct(to_hook, 99),
         "_impact_to_notify_s": delays,
     }
