@@ -79,8 +79,8 @@ class PagingStore:
                      (alert_id, site_id, kind, urgency, team, group_key, now_ms, now_ms,
                       now_ms if next_ms is None else next_ms, status))
             if cur.rowcount:
-                st._log(cur, alert_id, "page_opened" if status == "open" else "page_held", "gateway", now_ms,
-                        f"{kind} ({urgency}), team {team or '-'}")
+                what = {"open": "page_opened", "held": "page_held"}.get(status, "planning_listed")
+                st._log(cur, alert_id, what, "gateway", now_ms, f"{kind} ({urgency}), team {team or '-'}")
                 return status, None
             st._exec(cur, "SELECT alert_id FROM pages WHERE alert_id = ?", (alert_id,))
             if cur.fetchone():
