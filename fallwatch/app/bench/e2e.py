@@ -105,9 +105,12 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
     mail_at: dict[str, float] = {}
     for m, t_ns in zip(smtpd.mailbox.messages, smtpd.mailbox.arrived_ns, strict=True):
         mail_at.setdefault(str(m["X-Fallwatch-Alert"]), t_ns / 1e9)
+    pages_by_kind: dict[str, int] = {}
     hook_at: dict[str, float] = {}
     for (_, _, raw), t_ns in zip(hooks.requests, hooks.arrived_ns, strict=True):
         body = json.loads(raw)
+        kind = str(body.get("page_kind") or body.get("kind"))
+        pages_by_kind[kind] = pages_by_kind.get(kind, 0) + (body.get("action") == "raised")
         if body.get("action") == "raised":
             hook_at.setdefault(str(body["alert_id"]), t_ns / 1e9)
     to_smtp, to_hook = [], []
@@ -147,6 +150,7 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
         "alerts_notified_webhook": len(fall_ids & hook_at.keys()),
         "emails_received": smtpd.mailbox.count(),
         "webhooks_received": len(hooks.requests),
+        "pages_by_kind": pages_by_kind,
         "lost": max(0, raised - stored) + outbox_left,
         "cancel_window_s": cfg.edge.cancel_window_s,
         "impact_to_notify_p50_s": _pct(delays, 50),
@@ -158,4 +162,5 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
         "decision_to_webhook_p50_s": _pct(to_hook, 50),
         "decision_to_webhook_p99_s": _pct(to_hook, 99),
         "_impact_to_notify_s": delays,
+        "_decision_to_smtp_s": to_smtp,
     }
