@@ -66,6 +66,7 @@ from fallwatch.gateway.state import OUTCOMES, StateError
 
 log = logging.getLogger("fallwatch.gateway.http")
 _STAFF_PAGE = Path(__file__).with_name("static") / "staff.html"
+_SERVICE_WORKER = Path(__file__).with_name("static") / "sw.js"
 
 MAX_CONNECTIONS = 64
 TIMEOUT_S = 30.0
@@ -373,6 +374,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/readyz":
             ok, why = api.ready()
             self._json(200 if ok else 503, {"ready": ok, "detail": why})
+            return
+        if path == "/sw.js":  # the phone's service worker: shows pushes, acknowledges from the button
+            self._send(200, _SERVICE_WORKER.read_bytes(), "text/javascript; charset=utf-8")
             return
         if path in ("/", "/staff"):
             self._send(200, self.server_ref.page, "text/html; charset=utf-8", self.server_ref.page_csp)

@@ -366,5 +366,7 @@ def test_a_phone_registers_its_push_subscription_over_http(
         assert gw.pager.store.subscriptions("anna") == [sub]
         assert post({"person": "mallory", "subscription": sub}) == 404  # not in the roster
         assert post({"person": "anna", "subscription": {"endpoint": "x"}}) == 400
+        code, js = http("GET", f"{gw.http_url}/sw.js")  # the service worker behind the push's button
+        assert code == 200 and "ack_url" in js and 'method: "POST"' in js
     finally:
         gw.stop()
