@@ -129,6 +129,7 @@ class InfluxConfig(_Strict):
 
 _HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 Urgency = Literal["urgent", "high", "normal", "technical", "planning"]
+Locale = Literal["sv", "en"]  # staff-facing languages with a full catalog (fallwatch.gateway.i18n)
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _ALL_DAYS: list[Weekday] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
@@ -151,6 +152,7 @@ class Person(_Strict):
     # false: the first contact that works gets the message (the next one only if it fails);
     # true: every contact gets every message (e.g. the phone and a pager at once)
     all_contacts: bool = False
+    locale: Locale | None = None  # the language of this person's messages; None: the team's
 
 
 class Shift(_Strict):
@@ -178,6 +180,7 @@ class Team(_Strict):
     fallback: list[Contact] = []  # e.g. the alarm receiving centre's web hook
     technicians: list[str] = []
     quiet_hours: str | None = Field(default="22:00-07:00", pattern=r"^\d\d:\d\d-\d\d:\d\d$")
+    locale: Locale | None = None  # None: gateway.locale
 
     @field_validator("timezone")
     @classmethod
@@ -253,6 +256,10 @@ class GatewayConfig(_Strict):
     channels: list[PluginSection] = [PluginSection(type="log")]
     # on-call routing, escalation and acknowledge links (fallwatch.gateway.paging)
     paging: PagingConfig = PagingConfig()
+    # the language and time zone of staff-facing text (notifications, acknowledge pages) unless a
+    # team, a person or a channel says otherwise; Swedish for a Swedish municipality
+    locale: Locale = "sv"
+    timezone: str = "Europe/Stockholm"
 
 
 class EdgeRoomSensor(_Strict):

@@ -100,12 +100,13 @@ class Gateway:
     def init_channels(self, extra: Sequence[Channel]) -> None:
         subs = PagingStore(self.state)
         ctx = ChannelContext(self.gateway_id, push_subscriptions=subs.subscriptions,
-                             drop_subscription=subs.drop_subscription)
+                             drop_subscription=subs.drop_subscription, locale=self.cfg.gateway.locale,
+                             timezone=self.cfg.gateway.timezone)
         self.notifier = Notifier.from_config(self.cfg.gateway.channels, ctx, extra)
         self.dedup.on_conflict = self._id_conflict
         addressable = {ch.name: ch for ch in self.notifier.channels if hasattr(ch, "send_to")}
         self.pager = Pager(self.cfg.gateway.paging, self.state, addressable,  # type: ignore[arg-type]  # checked by hasattr
-                           gateway_id=self.gateway_id, stop=self.stop_event)
+                           gateway_id=self.gateway_id, stop=self.stop_event, locale=self.cfg.gateway.locale)
         self.pager.emit = self.notifier.notify
         self.pager.raise_alert = self.raise_device_alert
         self.pager.resolve_alert = self.resolve_device_alert

@@ -72,11 +72,11 @@ MAX_CONNECTIONS = 64
 TIMEOUT_S = 30.0
 UNAUTH_PER_MINUTE = 30
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-_ACK_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+_ACK_PAGE = """<!doctype html><html lang="{lang}"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>fallwatch: {title}</title></head>
 <body><h1>{title}</h1><p>{message}</p>{form}</body></html>"""
 _ACK_FORM = ('<form method="post"><button type="submit" style="font-size:2em;padding:.5em 1em">'
-             'Acknowledge: I am taking it</button></form>')
+             '{button}</button></form>')
 
 
 def is_loopback(host: str) -> bool:
@@ -310,10 +310,9 @@ class _Handler(BaseHTTPRequestHandler):
         res = self.server_ref.api.ack_link(token, use)
         self._audit(None, "POST" if use else "GET", f"/ack/{res.alert_id or '?'}", res.status)
         if "text/html" in self.headers.get("Accept", "") or not use:
-            title = {200: "Acknowledged" if use else "Acknowledge alert", 409: "Already taken",
-                     410: "Link expired"}.get(res.status, "Link not valid")
-            form = _ACK_FORM if res.status == 200 and not use else ""
-            page = _ACK_PAGE.format(title=html.escape(title), message=html.escape(res.message), form=form)
+            form = _ACK_FORM.format(button=html.escape(res.button)) if res.status == 200 and not use else ""
+            page = _ACK_PAGE.format(lang=html.escape(res.lang), title=html.escape(res.title),
+                                    message=html.escape(res.message), form=form)
             self._send(res.status, page.encode(), "text/html; charset=utf-8",
                        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
         else:

@@ -79,6 +79,8 @@ class AlertEvent:
     ack_url: str | None = None  # single-use acknowledge link for this recipient
     outcome: str | None = None
     note: str | None = None
+    locale: str | None = None  # the reader's language ("sv", "en"); None: the channel's
+    tz: str | None = None  # the reader's time zone; None: the channel's
 
     @classmethod
     def from_alert(cls, alert: Mapping[str, Any], action: Action, at_ms: int, actor: str = "gateway"
@@ -142,6 +144,9 @@ class ChannelContext:
     push_subscriptions: Callable[[str], list[dict[str, Any]]] = _no_subscriptions
     #: forget a subscription the push service says is gone (HTTP 404/410)
     drop_subscription: Callable[[str], None] = lambda endpoint: None
+    #: the language and time zone of a broadcast message (gateway.locale / gateway.timezone)
+    locale: str = "en"
+    timezone: str = "UTC"
 
 
 #: ``factory(cfg, ctx: ChannelContext) -> Channel``, keyed by ``[[gateway.channels]] type``

@@ -7,11 +7,11 @@ import dataclasses
 import json
 import os
 import stat
-from datetime import UTC, datetime
 from pathlib import Path
 
 from fallwatch.config import ConfigError
 from fallwatch.gateway.channels import Action, AlertEvent
+from fallwatch.gateway.i18n import N_, gettext_for, local_time
 
 
 def read_secret(what: str, env: str | None, file: Path | None) -> str | None:
@@ -54,57 +54,91 @@ def event_json(e: AlertEvent) -> bytes:
     return json.dumps(event_dict(e), sort_keys=True, separators=(",", ":")).encode()
 
 
-_KIND = {"fall": "Fall", "suspected_fall": "Suspected fall", "long_lie": "Long lie", "inactivity": "No movement",
-         "device_offline": "Device offline", "test_overdue": "Test alarm overdue", "fall_unreadable":
-         "Unreadable fall alert", "bed_exit_night": "Out of bed at night", "not_worn": "Wearable not worn",
-         "low_battery": "Low battery", "channel_failing": "Notification channel failing"}
-_ACTION = {Action.RAISED: "", Action.ESCALATED: "NOT ACKNOWLEDGED – ", Action.CANCELLED: "cancelled – ",
-           Action.ACKNOWLEDGED: "acknowledged – ", Action.RESOLVED: "resolved – ", Action.RECOVERED: "recovered – "}
+_KIND = {"fall": N_("Fall"), "suspected_fall": N_("Suspected fall"), "long_lie": N_("Long lie"),
+         "inactivity": N_("No movement"), "device_offline": N_("Device offline"),
+         "test_overdue": N_("Test alarm overdue"), "fall_unreadable": N_("Unreadable fall alert"),
+         "bed_exit_night": N_("Out of bed at night"), "not_worn": N_("Wearable not worn"),
+         "low_battery": N_("Low battery"), "channel_failing": N_("Notification channel failing"),
+         "fall_risk": N_("Raised fall risk"), "msg_id_conflict": N_("Hub message conflict")}
+_ACTION = {Action.RAISED: "", Action.ESCALATED: N_("NOT ACKNOWLEDGED – "), Action.CANCELLED: N_("cancelled – "),
+           Action.ACKNOWLEDGED: N_("acknowledged – "), Action.RESOLVED: N_("resolved – "),
+           Action.RECOVERED: N_("recovered – ")}
+_ACTION_WORD = {Action.RAISED: N_("raised"), Action.ESCALATED: N_("not acknowledged"),
+                Action.CANCELLED: N_("cancelled"), Action.ACKNOWLEDGED: N_("acknowledged"),
+                Action.RESOLVED: N_("resolved"), Action.RECOVERED: N_("recovered")}
+#: a fall alert's evidence codes in plain words
+REASONS = {"impact": N_("a hard impact"), "lying": N_("lying afterwards"), "model_score": N_("fall-like movement"),
+           "posture_change": N_("body turned towards lying"), "stillness": N_("still after the impact"),
+           "free_fall": N_("a drop before the impact"), "no_room_motion": N_("no movement in the room since"),
+           "room_motion_after": N_("movement in the room afterwards"), "bathroom": N_("in the bathroom"),
+           "room_confirmed": N_("nobody moving in the flat, not in bed or chair"),
+           "no_recovery": N_("has not got up"), "lying_s": N_("lying for a long time"),
+           "cancelled_by_wearer": N_("cancelled by the wearer")}
+_OUTCOME = {"injury": N_("fall with injury"), "no_injury": N_("fall without injury"),
+            "ambulance": N_("ambulance called"), "false_alarm": N_("false alarm"),
+            "resident_cancelled": N_("cancelled by the resident"), "other": N_("other")}
 
 
-def when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def when(ms: int, tz: str | None = None) -> str:
+    return local_time(ms, tz, None)
 
 
-def _kind(e: AlertEvent) -> str:
+def _lang(e: AlertEvent, lang: str | None) -> str:
+    return e.locale or lang or "en"
+
+
+def kind_name(e: AlertEvent, lang: str | None = None) -> str:
+    _ = gettext_for(_lang(e, lang))
     k = e.page_kind or e.kind
-    return _KIND.get(k, k.replace("_", " ").capitalize())
+    return _(_KIND[k]) if k in _KIND else k.replace("_", " ").capitalize()
 
 
-def subject(e: AlertEvent) -> str:
-    kind = _kind(e)
-    who = f"resident {e.resident_id}" if e.resident_id else f"device {e.device_id}"
-    room = f", room {e.room}" if e.room else ""
-    return f"{_ACTION.get(e.action, '')}{kind}: {who}{room} (site {e.site_id})"
+def reasons_text(e: AlertEvent, lang: str | None = None) -> str:
+    _ = gettext_for(_lang(e, lang))
+    return ", ".join(_(REASONS[r]) if r in REASONS else r.replace("_", " ") for r in e.reasons)
 
 
-def body(e: AlertEvent) -> str:
-    """The event in plain words, one fact per line."""
-    kind = _kind(e)
-    lines = [f"{kind} alert, {e.action}."]
+def subject(e: AlertEvent, lang: str | None = None) -> str:
+    _ = gettext_for(_lang(e, lang))
+    kind = kind_name(e, lang)
+    who = _("resident {id}").format(id=e.resident_id) if e.resident_id else _("device {id}").format(id=e.device_id)
+    room = _(", room {room}").format(room=e.room) if e.room else ""
+    action = _(_ACTION[e.action]) if _ACTION.get(e.action) else ""
+    return _("{action}{kind}: {who}{room} (site {site})").format(action=action, kind=kind, who=who, room=room,
+                                                               site=e.site_id)
+
+
+def body(e: AlertEvent, lang: str | None = None, tz: str | None = None) -> str:
+    """The event in plain words, one fact per line, in the reader's language and time zone."""
+    _ = gettext_for(_lang(e, lang))
+    tz = e.tz or tz
+    lines = [_("{kind} alert, {action}.").format(kind=kind_name(e, lang), action=_(_ACTION_WORD[e.action]))]
     if e.level >= 1 and e.action in (Action.RAISED, Action.ESCALATED):
-        lines.append("Escalated to you: " + ("the carer on call has not acknowledged it."
-                                             if e.level == 1 else "nobody on call has acknowledged it."))
+        lines.append(_("Escalated to you: the carer on call has not acknowledged it.") if e.level == 1
+                     else _("Escalated to you: nobody on call has acknowledged it."))
     if e.action is Action.ESCALATED:
-        lines.append(f"Nobody has acknowledged it yet (reminder {e.escalations}).")
+        lines.append(_("Nobody has acknowledged it yet (reminder {n}).").format(n=e.escalations))
+    unknown = _("unknown")
     lines += [
-        f"Resident: {e.resident_id or 'unknown'}",
-        f"Room: {e.room or 'unknown'}",
-        f"Site: {e.site_id}, hub {e.device_id}" + (f", sensor {e.sensor}" if e.sensor else ""),
-        f"When: {when(e.raised_ms if e.raised_ms is not None else e.at_ms)}",
+        _("Resident: {v}").format(v=e.resident_id or unknown),
+        _("Room: {v}").format(v=e.room or unknown),
+        _("Site: {site}, hub {hub}").format(site=e.site_id, hub=e.device_id)
+        + (_(", sensor {v}").format(v=e.sensor) if e.sensor else ""),
+        _("When: {v}").format(v=when(e.raised_ms if e.raised_ms is not None else e.at_ms, tz)),
     ]
-    why = ", ".join(e.reasons) or e.detail
+    why = reasons_text(e, lang) or e.detail
     if why:
-        lines.append(f"Why: {why}")
+        lines.append(_("Why: {v}").format(v=why))
     if e.confidence is not None:
-        lines.append(f"Confidence: {e.confidence:.0%}")
+        lines.append(_("Confidence: {v}").format(v=f"{e.confidence:.0%}"))
     if e.lying_s is not None:
-        lines.append(f"Lying for: {e.lying_s:.0f} s")
+        lines.append(_("Lying for: {v} s").format(v=f"{e.lying_s:.0f}"))
     if e.action in (Action.ACKNOWLEDGED, Action.RESOLVED):
-        lines.append(f"By: {e.actor}")
+        lines.append(_("By: {v}").format(v=e.actor))
     if e.outcome:
-        lines.append(f"Outcome: {e.outcome.replace('_', ' ')}" + (f" ({e.note})" if e.note else ""))
+        outcome = _(_OUTCOME[e.outcome]) if e.outcome in _OUTCOME else e.outcome
+        lines.append(_("Outcome: {v}").format(v=outcome) + (f" ({e.note})" if e.note else ""))
     if e.ack_url:
-        lines.append(f"Take it (acknowledge, single use): {e.ack_url}")
-    lines.append(f"Alert id: {e.alert_id}")
+        lines.append(_("Take it (acknowledge, single use): {v}").format(v=e.ack_url))
+    lines.append(_("Alert id: {v}").format(v=e.alert_id))
     return "\n".join(lines) + "\n"

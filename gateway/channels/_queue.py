@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import Field
 
@@ -38,6 +39,7 @@ class QueuedChannelConfig(PluginConfig):
     # every event to the channel's own target (the behaviour before paging); false = only the
     # messages the pager addresses to people through this channel
     broadcast: bool = True
+    locale: Literal["sv", "en"] | None = None  # broadcast messages' language; None: gateway.locale
     actions: list[Action] = Field(default_factory=lambda: [Action.RAISED, Action.ESCALATED], min_length=1)
     retry_attempts: int = Field(default=5, ge=1, le=50)
     retry_backoff_s: float = Field(default=1.0, gt=0, le=3600)
@@ -172,8 +174,14 @@ class QueuedChannel:
 
     name: str
 
+    #: language and time zone of what this channel broadcasts (a paged event carries its reader's)
+    locale: str = "en"
+    tz: str = "UTC"
+
     def __init__(self, cfg: QueuedChannelConfig, recipient: str) -> None:
         self.name = cfg.name or cfg.type
+        if cfg.locale is not None:
+            self.locale = cfg.locale
         self.broadcast = cfg.broadcast
         self.actions = frozenset(cfg.actions)
         self.queue = DeliveryQueue(self.name, self.send, recipient, attempts=cfg.retry_attempts,

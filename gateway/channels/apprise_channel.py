@@ -40,6 +40,7 @@ class AppriseChannelConfig(QueuedChannelConfig):
 
 class AppriseChannel(QueuedChannel):
     def __init__(self, cfg: AppriseChannelConfig, ctx: ChannelContext) -> None:
+        self.locale, self.tz = ctx.locale, ctx.timezone
         urls = list(cfg.urls)
         if cfg.urls_env is not None:
             raw = os.environ.get(cfg.urls_env, "")
@@ -61,7 +62,7 @@ class AppriseChannel(QueuedChannel):
                 raise ValueError(f"an apprise contact with scheme {address.split(':', 1)[0]!r} is not understood")
         elif not len(self.apprise):
             raise ValueError("no apprise URL for this message")
-        if not target.notify(body=body(event), title=subject(event)):
+        if not target.notify(body=body(event, self.locale, self.tz), title=subject(event, self.locale)):
             raise RuntimeError("apprise reported a failed notification")
         return "sent"
 

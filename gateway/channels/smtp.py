@@ -58,6 +58,7 @@ class SmtpChannelConfig(QueuedChannelConfig):
 
 class SmtpChannel(QueuedChannel):
     def __init__(self, cfg: SmtpChannelConfig, ctx: ChannelContext) -> None:
+        self.locale, self.tz = ctx.locale, ctx.timezone
         self.cfg = cfg
         self.gateway_id = ctx.gateway_id
         self.password = read_secret("smtp channel password", cfg.password_env, cfg.password_file)
@@ -65,13 +66,13 @@ class SmtpChannel(QueuedChannel):
 
     def message(self, e: AlertEvent, to: list[str] | None = None) -> EmailMessage:
         msg = EmailMessage()
-        msg["Subject"] = subject(e)
+        msg["Subject"] = subject(e, self.locale)
         msg["From"] = self.cfg.from_
         msg["To"] = ", ".join(to or self.cfg.to)
         msg["Date"] = formatdate(localtime=False)
         msg["Message-ID"] = make_msgid(domain=self.cfg.from_.rsplit("@", 1)[1])
         msg["X-Fallwatch-Alert"] = e.alert_id
-        msg.set_content(body(e))
+        msg.set_content(body(e, self.locale, self.tz))
         return msg
 
     def send_to(self, event: AlertEvent, address: str) -> str:

@@ -68,6 +68,7 @@ def load_vapid(secret: str) -> Vapid:
 
 class WebPushChannel(QueuedChannel):
     def __init__(self, cfg: WebPushChannelConfig, ctx: ChannelContext) -> None:
+        self.locale, self.tz = ctx.locale, ctx.timezone
         self.cfg = cfg
         secret = read_secret("webpush channel VAPID key", cfg.vapid_private_key_env, cfg.vapid_private_key_file)
         assert secret is not None  # the config requires one of the two
@@ -77,9 +78,9 @@ class WebPushChannel(QueuedChannel):
         super().__init__(cfg, "(push subscribers)")
 
     def payload(self, e: AlertEvent) -> str:
-        return json.dumps({"title": subject(e), "body": body(e), "alert_id": e.alert_id,
-                           "kind": e.page_kind or e.kind, "urgency": e.urgency, "action": str(e.action),
-                           "ack_url": e.ack_url, "tag": e.alert_id}, separators=(",", ":"))
+        return json.dumps({"title": subject(e, self.locale), "body": body(e, self.locale, self.tz),
+                           "alert_id": e.alert_id, "kind": e.page_kind or e.kind, "urgency": e.urgency,
+                           "action": str(e.action), "ack_url": e.ack_url, "tag": e.alert_id}, separators=(",", ":"))
 
     def send_to(self, event: AlertEvent, address: str) -> str:
         if not address:

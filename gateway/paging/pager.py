@@ -45,7 +45,8 @@ from typing import Any
 
 from fallwatch.config import PagingConfig
 from fallwatch.gateway.channels import Action, Addressable, AlertEvent, Delivery
-from fallwatch.gateway.channels._common import read_secret
+from fallwatch.gateway.channels._common import kind_name, read_secret
+from fallwatch.gateway.i18n import N_, gettext_for
 from fallwatch.gateway.paging import kinds
 from fallwatch.gateway.paging.acklinks import AckLinkError, AckSigner
 from fallwatch.gateway.paging.roster import LEVELS, Recipient, Roster, Route
@@ -56,6 +57,8 @@ from fallwatch.protocol import contract
 log = logging.getLogger("fallwatch.gateway.paging")
 
 FAR_MS = 24 * 3600 * 1000  # a page sent once is looked at again after a day
+#: alert statuses as a carer reads them (for the acknowledge page)
+STATUS_WORDS = (N_("raised"), N_("acknowledged"), N_("cleared"), N_("cancelled"))
 Emit = Callable[[AlertEvent], object]
 RaiseAlert = Callable[[str, str, str, str], None]  # (kind, site_id, device_id, detail)
 ResolveAlert = Callable[[str, str, str, str], None]
@@ -78,10 +81,13 @@ class PagerCounters:
 
 
 class AckResult:
-    """What using an acknowledge link did: an HTTP status and a sentence for the person."""
+    """What using an acknowledge link did: an HTTP status and a sentence for the person, in
+    their language (``title``, ``message``, ``button`` for the page)."""
 
-    def __init__(self, status: int, message: str, alert_id: str | None = None) -> None:
+    def __init__(self, status: int, message: str, alert_id: str | None = None, title: str = "",
+                 button: str = "", lang: str = "en") -> None:
         self.status, self.message, self.alert_id = status, message, alert_id
+        self.title, self.button, self.lang = title, button, lang
 
 
 class Pager:
@@ -89,7 +95,7 @@ class Pager:
 
     def __init__(self, cfg: PagingConfig, state: StateStore, channels: Mapping[str, Addressable], *,
                  gateway_id: str, stop: threading.Event, public_url: str | None = None,
-                 clock: Callable[[], int] = contract.now_ms) -> None:
+                 clock: Callable[[], int] = contract.now_ms, locale: str = "sv") -> None:
         self.cfg = cfg
         self.state = state
         self.store = PagingStore(state)
@@ -99,6 +105,7 @@ class Pager:
         self.stop = stop
         self.public_url = cfg.public_url or public_url
         self.clock = clock
+        self.locale = locale
         self.counters = PagerCounters()
         self.emit: Emit = lambda e: None  # set by the gateway: the whole notifier (broadcast + this)
         self.raise_alert: RaiseAlert | None = None
@@ -378,7 +385,7 @@ class Pager:
                 self._pending -= 1
 
     def _deliver_one(self, e: AlertEvent, r: Recipient, step: int, level: int, ack_link: bool) -> None:
-        e = dataclasses.replace(e, recipient=r.name, level=level)
+        e = dataclasses.replace(e, recipient=r.name, level=level, locale=r.locale or self.locale, tz=r.tz)
         last, reached = "", 0
         for contact in r.contacts:
             ch = self.channels.get(contact.channel)
@@ -457,23 +464,41 @@ class Pager:
         base = (self.public_url or "").rstrip("/")
         return f"{base}/ack/{self.signer.token(claim)}"
 
+    def _result(self, status: int, message: str, alert_id: str | None, lang: str, use: bool) -> AckResult:
+        _ = gettext_for(lang)
+        title = {200: _("Acknowledged") if use else _("Acknowledge alert"), 409: _("Already taken"),
+                 410: _("Link expired")}.get(status, _("Link not valid"))
+        return AckResult(status, message, alert_id, title, _("Acknowledge: I am taking it"), lang)
+
+    def _who(self, person: str) -> tuple[str, str]:
+        r = self.roster.recipient(person)
+        return (r.name if r else person), ((r.locale if r else None) or self.locale)
+
     def describe_link(self, token: str) -> AckResult:
         """What a link would do, without using it (the page behind a GET: mail scanners follow
         links, so only the POST from that page acknowledges)."""
+        _ = gettext_for(self.locale)
         try:
             claim = self._read(token)
-        except AckLinkError as exc:
-            return AckResult(400, str(exc))
+        except AckLinkError:
+            return self._result(400, _("This link is not valid (it may be incomplete or not from this gateway)."),
+                                None, self.locale, False)
+        who, lang = self._who(claim.person)
+        _ = gettext_for(lang)
         alert = self.state.alert(claim.alert_id)
         if alert is None:
-            return AckResult(404, "This alert no longer exists.")
-        r = self.roster.recipient(claim.person)
-        who = r.name if r else claim.person
+            return self._result(404, _("This alert no longer exists."), claim.alert_id, lang, False)
         if self.clock() > claim.expires_ms:
-            return AckResult(410, "This link has expired. Open the staff console to see the alert.", claim.alert_id)
-        return AckResult(200, f"Acknowledge this alert as {who}? {alert['kind']} at {alert['site_id']}"
-                              + (f", resident {alert['resident_id']}" if alert.get("resident_id") else "")
-                              + f" (status: {alert['status']}).", claim.alert_id)
+            return self._result(410, _("This link has expired. Open the staff console to see the alert."),
+                                claim.alert_id, lang, False)
+        e = AlertEvent.from_alert(alert, Action.RAISED, self.clock())
+        what = kind_name(dataclasses.replace(e, page_kind=kinds.page_kind(
+            e.kind, e.reasons, e.confidence, e.lying_s, self.cfg.suspected_below)), lang)
+        status = _(str(alert["status"]))
+        msg = _("Acknowledge this alert as {who}? {what} at {site}{resident} (status: {status}).").format(
+            who=who, what=what, site=alert["site_id"], status=status,
+            resident=_(", resident {id}").format(id=alert["resident_id"]) if alert.get("resident_id") else "")
+        return self._result(200, msg, claim.alert_id, lang, False)
 
     def _read(self, token: str) -> Any:
         if self.signer is None:
@@ -482,12 +507,16 @@ class Pager:
 
     def use_link(self, token: str) -> AckResult:
         """Acknowledge the link's alert as the link's recipient, once."""
+        _ = gettext_for(self.locale)
         try:
             claim = self._read(token)
-        except AckLinkError as exc:
+        except AckLinkError:
             with self._lock:
                 self.counters.links_refused += 1
-            return AckResult(400, str(exc))
+            return self._result(400, _("This link is not valid (it may be incomplete or not from this gateway)."),
+                                None, self.locale, True)
+        who, lang = self._who(claim.person)
+        _ = gettext_for(lang)
         now = self.clock()
         if now > claim.expires_ms:
             with self._lock:
@@ -495,32 +524,31 @@ class Pager:
             with self.state._tx() as cur:
                 self.state._log(cur, claim.alert_id, "ack_link_expired", claim.person, now,
                                 f"link via {claim.channel} used {(now - claim.expires_ms) / 1000:.0f} s after expiry")
-            return AckResult(410, "This link has expired and did nothing. Open the staff console to see the alert.",
-                             claim.alert_id)
+            return self._result(410, _("This link has expired and did nothing. Open the staff console to see the "
+                                       "alert."), claim.alert_id, lang, True)
         result, detail = self.store.use_token(claim.jti, claim.alert_id, claim.person, claim.channel, now)
-        r = self.roster.recipient(claim.person)
-        who = r.name if r else claim.person
         if result == "acknowledged":
             with self._lock:
                 self.counters.acks_by_link += 1
             alert = self.state.alert(claim.alert_id)
             if alert is not None:
                 self.emit(AlertEvent.from_alert(alert, Action.ACKNOWLEDGED, now, claim.person))
-            return AckResult(200, f"Thank you, {who}: the alert is yours. Others have been told you took it.",
-                             claim.alert_id)
+            return self._result(200, _("Thank you, {who}: the alert is yours. Others have been told you took it.")
+                                .format(who=who), claim.alert_id, lang, True)
         with self._lock:
             self.counters.links_refused += 1
         alert = self.state.alert(claim.alert_id)
-        by = f" by {alert['acked_by']}" if alert and alert.get("acked_by") else ""
+        by = _(" by {who}").format(who=alert["acked_by"]) if alert and alert.get("acked_by") else ""
         if result == "used":
-            return AckResult(409, f"This link was already used; the alert is already acknowledged{by}.",
-                             claim.alert_id)
+            return self._result(409, _("This link was already used; the alert is already acknowledged{by}.")
+                                .format(by=by), claim.alert_id, lang, True)
         if result == "already":
-            return AckResult(409, f"The alert is already {detail[2] if detail else 'acknowledged'}{by}; "
-                                  f"this link did nothing.", claim.alert_id)
+            state = _(str(detail[2])) if detail else _("acknowledged")
+            return self._result(409, _("The alert is already {state}{by}; this link did nothing.")
+                                .format(state=state, by=by), claim.alert_id, lang, True)
         if result == "no_alert":
-            return AckResult(404, "This alert no longer exists.", claim.alert_id)
-        return AckResult(400, "This link is not known to this gateway.")
+            return self._result(404, _("This alert no longer exists."), claim.alert_id, lang, True)
+        return self._result(400, _("This link is not known to this gateway."), None, lang, True)
 
     # ------------------------------------------------------------ reads
     def stats(self) -> dict[str, int]:

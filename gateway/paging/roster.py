@@ -43,6 +43,8 @@ class Recipient:
     name: str
     contacts: tuple[Contact, ...]
     all_contacts: bool = False
+    locale: str | None = None  # the language of their messages (person, else team)
+    tz: str | None = None  # their team's time zone
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +174,15 @@ class Roster:
                 return t
         return None
 
-    def recipient(self, person_id: str) -> Recipient | None:
+    def recipient(self, person_id: str, team: Team | None = None) -> Recipient | None:
         p = self.people.get(person_id)
-        return Recipient(p.id, p.name, tuple(p.contacts), p.all_contacts) if p is not None else None
+        if p is None:
+            return None
+        if team is None:
+            team = next((t for t in self.cfg.teams if person_id in (t.lead, *t.technicians,
+                                                                    *(x for s in t.shifts for x in s.people))), None)
+        return Recipient(p.id, p.name, tuple(p.contacts), p.all_contacts, p.locale or (team.locale if team else None),
+                         team.timezone if team else None)
 
     def on_call(self, team: Team, at_ms: int) -> tuple[list[str], str]:
         """Person ids on call, and where that came from ("calendar", "shifts")."""
@@ -195,18 +203,18 @@ class Roster:
         ids, source = self.on_call(team, at_ms)
         oncall: list[Recipient] = []
         for pid in ids:
-            r = self.recipient(pid)
+            r = self.recipient(pid, team)
             if r is None:
                 notes.append(f"{source} names unknown person {pid!r}")
             else:
                 oncall.append(r)
         if not oncall:
             notes.append("nobody on call")
-        lead = self.recipient(team.lead) if team.lead else None
-        fallback = (Recipient("fallback", f"{team.name or team.id} fallback", tuple(team.fallback)),) \
-            if team.fallback else ()
+        lead = self.recipient(team.lead, team) if team.lead else None
+        fallback = (Recipient("fallback", f"{team.name or team.id} fallback", tuple(team.fallback), False,
+                              team.locale, team.timezone),) if team.fallback else ()
         levels = (tuple(oncall[:1]), tuple(oncall[1:2]), (lead,) if lead else (), fallback)
-        techs = tuple(r for r in (self.recipient(t) for t in team.technicians) if r is not None)
+        techs = tuple(r for r in (self.recipient(t, team) for t in team.technicians) if r is not None)
         local = datetime.fromtimestamp(at_ms / 1000, ZoneInfo(team.timezone))
         quiet, ends = quiet_window(team.quiet_hours, local)
         return Route(team.id, levels, techs, quiet, int(ends.timestamp() * 1000) if ends else None, tuple(notes))

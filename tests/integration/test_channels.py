@@ -73,7 +73,7 @@ def test_fall_reaches_email_webhook_staff_topic_and_apprise(
         {"type": "mqtt", "url": mosquitto.url, "topic": topic},
         {"type": "apprise", "urls": [f"json://127.0.0.1:{receiver.port}/apprise"]},
     ]
-    gw = Gateway(make_cfg(mosquitto, None, tmp_path, unique_name, channels=channels))
+    gw = Gateway(make_cfg(mosquitto, None, tmp_path, unique_name, channels=channels, locale="en", timezone="UTC"))
     gw.start()
     pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
     try:
@@ -94,7 +94,7 @@ def test_fall_reaches_email_webhook_staff_topic_and_apprise(
         assert smtpd.mailbox.envelopes[0] == ("fallwatch@home.example", ["night@home.example", "lead@home.example"])
         assert "Fall" in mail["Subject"] and "r01" in mail["Subject"] and str(mail["X-Fallwatch-Alert"]) == aid
         text = mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
-        assert "Resident: r01" in text and "Why: impact, lying" in text and "Confidence: 93%" in text
+        assert "Resident: r01" in text and "Why: a hard impact, lying afterwards" in text and "Confidence: 93%" in text
 
         hooks = receiver.at("/hook")
         assert len(hooks) == 1

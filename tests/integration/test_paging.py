@@ -128,7 +128,9 @@ def test_fall_pages_the_on_call_carer_by_email_and_signed_webhook_and_the_link_a
             (aid, "Anna Berg", 0, "fall", "urgent")
 
         text = smtpd.mailbox.messages[0].get_payload(decode=True).decode()  # type: ignore[union-attr]
-        link = re.search(r"Take it \(acknowledge, single use\): (\S+)", text)
+        # Swedish by default (gateway.locale), in the site's time zone
+        assert "Boende: r01" in text and "Varför: en kraftig stöt" in text and "CET" in text
+        link = re.search(r"Ta larmet \(kvittera, engångslänk\): (\S+)", text)
         assert link, text
         url = link.group(1)
         assert url.startswith(gw.http_url or "?") and hook["ack_url"] != url  # one link per message
@@ -137,23 +139,23 @@ def test_fall_pages_the_on_call_carer_by_email_and_signed_webhook_and_the_link_a
         assert code == 200 and "Anna Berg" in page and "<form" in page
         assert gw.state.alert(aid)["status"] == "raised"  # type: ignore[index]
         code, body = http("POST", url)
-        assert code == 200 and "yours" in json.loads(body)["message"]
+        assert code == 200 and "larmet är ditt" in json.loads(body)["message"]
         alert = gw.state.alert(aid)
         assert alert is not None and (alert["status"], alert["acked_by"], alert["acked_via"]) == \
             ("acknowledged", "anna", "email")
         code, body = http("POST", url)
-        assert code == 409 and "already" in json.loads(body)["message"]
+        assert code == 409 and "redan använd" in json.loads(body)["message"]
         code, body = http("POST", hook["ack_url"])  # the web hook's own link: the alert is taken
-        assert code == 409 and "already acknowledged by anna" in json.loads(body)["message"]
+        assert code == 409 and "redan kvitterat av anna" in json.loads(body)["message"]
         code, body = http("POST", url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB"))
-        assert code == 400 and "not valid" in json.loads(body)["message"]
+        assert code == 400 and "ogiltig" in json.loads(body)["message"]
 
         # an expired link does nothing and says so
         later = gw.pager.ack_url(aid, "bertil", "hook")
         assert later is not None
         gw.pager.clock = lambda: int(time.time() * 1000) + int(cfg.gateway.paging.ack_link_ttl_s * 1000) + 1000
         code, body = http("POST", later)
-        assert code == 410 and "expired" in json.loads(body)["message"]
+        assert code == 410 and "gått ut" in json.loads(body)["message"]
 
         log = [(r["action"], r["actor"]) for r in gw.state.audit(aid)]
         assert ("notified", "gateway") in log and ("acknowledge", "anna") in log and \

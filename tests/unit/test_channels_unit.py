@@ -125,7 +125,8 @@ def test_event_json_and_words() -> None:
     assert d["resident_id"] == "r01" and d["alert_id"] == "al-1"
     s, b = subject(e), body(e)
     assert "Fall" in s and "r01" in s and "bedroom" in s
-    for needle in ("Resident: r01", "Room: bedroom", "When: 2023-11-14 22:13:20 UTC", "Why: impact, lying",
+    for needle in ("Resident: r01", "Room: bedroom", "When: 2023-11-14 22:13:20 UTC",
+                   "Why: a hard impact, lying afterwards",
                    "Confidence: 93%"):
         assert needle in b
     assert "NOT ACKNOWLEDGED" in subject(event(Action.ESCALATED, escalations=1))
