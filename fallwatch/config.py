@@ -141,6 +141,15 @@ class Contact(_Strict):
 
     channel: str = Field(min_length=1)
     to: str = ""
+    # or: the environment variable holding the address (an Apprise or webhook URL with a token
+    # must not sit in the config file)
+    to_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Contact:
+        if self.to and self.to_env:
+            raise ValueError("give `to` or `to_env`, not both")
+        return self
 
 
 class Person(_Strict):

@@ -228,8 +228,10 @@ def _answer_times(args: argparse.Namespace) -> int:
         return 0
     print(f"{'team':<14}{'shift':<14}{'alerts':>7}{'answered':>9}{'p50 s':>8}{'p90 s':>8}{'≤60 s':>8}{'≤180 s':>8}")
     for r in rows:
-        print(f"{r['team']:<14}{r['shift']:<14}{r['alerts']:>7}{r['answered']:>9}{r['p50_s'] or '-':>8}"
-              f"{r['p90_s'] or '-':>8}{r['within_60s_pct']:>7}%{r['within_180s_pct']:>7}%")
+        p50 = "-" if r["p50_s"] is None else r["p50_s"]
+        p90 = "-" if r["p90_s"] is None else r["p90_s"]
+        print(f"{r['team']:<14}{r['shift']:<14}{r['alerts']:>7}{r['answered']:>9}{p50:>8}"
+              f"{p90:>8}{r['within_60s_pct']:>7}%{r['within_180s_pct']:>7}%")
     return 0
 
 

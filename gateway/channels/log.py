@@ -97,9 +97,9 @@ class LogChannel:
 
     def send_to(self, e: AlertEvent, address: str) -> str:
         """A paged message in the staff log (a contact for testing a roster without a phone)."""
-        _OneLineLogger(self.log).warning("PAGE to %s (%s, level %d): %s %s %s%s", e.recipient or address or "?",
-                                         address or "-", e.level, e.page_kind or e.kind, e.action, e.alert_id,
-                                         f" ack: {e.ack_url}" if e.ack_url else "")
+        # never the acknowledge link: it is the recipient's key, and logs are read by others
+        _OneLineLogger(self.log).warning("PAGE to %s (%s, level %d): %s %s %s", e.recipient or address or "?",
+                                         address or "-", e.level, e.page_kind or e.kind, e.action, e.alert_id)
         return "logged"
 
     def close(self) -> None:

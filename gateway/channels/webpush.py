@@ -102,6 +102,8 @@ class WebPushChannel(QueuedChannel):
                 if status in (404, 410):
                     self.drop(str(sub.get("endpoint")))
                 errors.append(f"HTTP {status}" if status else str(exc)[:100])
+            except Exception as exc:  # one unreachable push service must not cost the person's other phones
+                errors.append(f"{type(exc).__name__}")
         if not sent:
             raise RuntimeError(f"push to {address} failed: {'; '.join(errors)}")
         return f"pushed to {sent} of {len(subs)} subscription(s)"

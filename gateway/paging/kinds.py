@@ -46,6 +46,8 @@ DAMPED = frozenset({"device_offline", "not_worn", "low_battery", "test_overdue",
                     "msg_id_conflict"})
 #: urgencies held back during quiet hours
 QUIET = frozenset({"normal", "technical"})
+#: kinds never held: paging itself is failing
+QUIET_EXEMPT = frozenset({"channel_failing"})
 
 #: reason codes from the edge that mean "found lying for a long time"
 _LONG_LIE = frozenset({"long_lie", "inactivity"})

@@ -34,9 +34,12 @@ the first does the same to the grouped ones.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -57,6 +60,13 @@ from fallwatch.protocol import contract
 log = logging.getLogger("fallwatch.gateway.paging")
 
 FAR_MS = 24 * 3600 * 1000  # a page sent once is looked at again after a day
+_URL = re.compile(r"([a-z][a-z0-9+.-]*://)([^/\s?#@]*@)?([^/\s?#]*)[^\s]*", re.I)
+
+
+def redact(text: str) -> str:
+    """Text for the append-only log: a URL keeps its scheme and host only (paths, queries and
+    credentials can hold tokens, and the audit log can never be edited)."""
+    return _URL.sub(lambda m: f"{m.group(1)}{m.group(3)}/…", text)
 #: alert statuses as a carer reads them (for the acknowledge page)
 STATUS_WORDS = (N_("raised"), N_("acknowledged"), N_("cleared"), N_("cancelled"))
 Emit = Callable[[AlertEvent], object]
@@ -169,10 +179,12 @@ class Pager:
             return [Delivery(self.name, "planning list", True, "never sent: for the day's planning")]
         status, next_ms = "open", now
         if kind in kinds.DAMPED:
-            last = self._last_closed(self.group_key(e, kind))
-            if last is not None and self.cfg.damp_s and now - last < self.cfg.damp_s * 1000:
-                status, next_ms = "held", last + int(self.cfg.damp_s * 1000)
-        if status == "open" and urg in kinds.QUIET and route is not None and route.quiet and route.quiet_ends_ms:
+            last, recent = self._last_closed(self.group_key(e, kind), now - 3600_000)
+            if last is not None and self.cfg.damp_s and now - last < self.cfg.damp_s * 1000 and recent < 3:
+                status, next_ms = "held", last + int(self.cfg.damp_s * 1000)  # a flap: wait and see
+            # three outages within the hour: a device that keeps failing is reported, not damped
+        if status == "open" and urg in kinds.QUIET and kind not in kinds.QUIET_EXEMPT and route is not None \
+                and route.quiet and route.quiet_ends_ms:
             status, next_ms = "held", route.quiet_ends_ms
         got, leader = self.store.open_page(e.alert_id, e.site_id, kind, urg, route.team if route else None,
                                            self.group_key(e, kind), now, status=status, next_ms=next_ms)
@@ -192,11 +204,12 @@ class Pager:
             self._step(page, now, e)
         return [Delivery(self.name, "*", True, "paging")]
 
-    def _last_closed(self, group_key: str) -> int | None:
-        rows = self.state._select("SELECT max(closed_ms) AS t FROM pages WHERE group_key = ? AND status = 'closed'",
-                                  (group_key,))
+    def _last_closed(self, group_key: str, since_ms: int) -> tuple[int | None, int]:
+        """When the last page of this group closed, and how many closed since ``since_ms``."""
+        rows = self.state._select("SELECT max(closed_ms) AS t, sum(CASE WHEN closed_ms >= ? THEN 1 ELSE 0 END) AS n "
+                                  "FROM pages WHERE group_key = ? AND status = 'closed'", (since_ms, group_key))
         t = rows[0]["t"] if rows else None
-        return None if t is None else int(t)
+        return (None if t is None else int(t)), int(rows[0]["n"] or 0) if rows else 0
 
     # ------------------------------------------------------------ the worker
     def loop(self) -> None:
@@ -210,7 +223,15 @@ class Pager:
             if now_ms - int(a["raised_ms"]) >= 5000:  # the recording replica had its chance
                 log.warning("alert %s was recorded but never paged (a replica stopped?): paging it now",
                             a["alert_id"])
-                self._raised(AlertEvent.from_alert(a, Action.RAISED, now_ms), now_ms)
+                try:
+                    self._raised(AlertEvent.from_alert(a, Action.RAISED, now_ms), now_ms)
+                except Exception:
+                    log.exception("paging the unpaged alert %s failed (tried again next tick)", a["alert_id"])
+        for m in self.store.orphaned_members():
+            try:
+                self._settle_member(m, now_ms)
+            except Exception:
+                log.exception("settling grouped alert %s failed (tried again next tick)", m["alert_id"])
         for page in [*self.store.settled_elsewhere(), *self.store.due(now_ms)]:
             try:
                 self._step(page, now_ms)
@@ -244,42 +265,41 @@ class Pager:
         e = event or AlertEvent.from_alert(alert, Action.RAISED, now)
         e = dataclasses.replace(e, page_kind=str(page["kind"]), urgency=urg)
         route = self.roster.route(str(page["site_id"]), now)
-        first = step == 0 or page["status"] == "held"
         repeated = urg in kinds.REPEATED
         resend_ms = int(self.cfg.resend_every_s * 1000)
         escalate_ms = int(self.cfg.escalate_after_s * 1000)
-        new: list[tuple[Recipient, int]] = []
-        what = "page_sent"
         level_since = int(page["level_since_ms"])
-        if first:
-            if urg == "technical":
-                new = [(r, 0) for r in self._technicians(route)]
-            else:
-                lv = self._next_level(route, -1, urg)
-                if lv is not None:
-                    level, level_since = lv, now
-                    new = [(r, lv) for r in route.at(lv)] if route else []
+        what = "page_reminder"
+        if not paged:  # nobody reached yet: the first round (also after a hold, or an unrouted round)
+            level, level_since = 0, now
+            what = "page_sent"
         elif repeated and now - level_since >= escalate_ms:
             lv = self._next_level(route, level, urg)
             if lv is not None:
                 level, level_since, what = lv, now, "page_escalated"
-                new = [(r, lv) for r in route.at(lv)] if route else []
-            else:
-                what = "page_reminder"
-        else:
-            what = "page_reminder"
-        if first:
-            next_ms = now + (min(resend_ms, escalate_ms) if repeated else FAR_MS)
-        elif repeated:
-            next_ms = now + min(resend_ms, max(1, level_since + escalate_ms - now))
-        else:
-            next_ms = now + FAR_MS
-        new_ids = [r.id for r, _ in new if r.id not in paged]
-        reminders = [] if first or not repeated else [p for p in paged if p not in new_ids]
-        if first and not new:
+        # who should hear now: everyone at the levels reached, as the schedule stands at this moment
+        # (a shift that began since brings its carer in; a gap goes on up, never waits)
+        current = self._current(route, level, urg)
+        if not current and not paged and urg != "technical":
+            lv = self._next_level(route, level, urg if repeated else "_first_reachable")
+            if lv is not None:
+                level = lv
+                current = self._current(route, level, urg)
+        undelivered = set() if repeated else self._unreached(page["alert_id"], paged)
+        new = [(r, lv) for r, lv in current if r.id not in paged or r.id in undelivered]
+        new_ids = [r.id for r, _ in new]
+        reminders = [(r, lv) for r, lv in current if r.id in paged and r.id not in new_ids] if repeated else []
+        if not current:
             what = "page_unrouted"
+        if repeated:
+            to_escalation = level_since + escalate_ms - now
+            has_next = self._next_level(route, level, urg) is not None
+            next_ms = now + (min(resend_ms, max(1, to_escalation)) if has_next else resend_ms)
+        else:  # told once; tried again every round while nobody could be reached
+            next_ms = now + (resend_ms if not current or undelivered else FAR_MS)
         if not self.store.claim(page["alert_id"], step, now, level=level, level_since_ms=level_since,
-                                next_ms=next_ms, status="open", paged=[*paged, *new_ids], what=what):
+                                next_ms=next_ms, status="open", paged=[*paged, *(i for i in new_ids if i not in paged)],
+                                what=what):
             return  # another replica took this step
         if what == "page_unrouted":
             with self._lock:
@@ -291,15 +311,31 @@ class Pager:
         with self._lock:
             self.counters.escalations += what == "page_escalated"
             self.counters.reminders += bool(reminders)
-        action = Action.RAISED if first else Action.ESCALATED
         for r, lv in new:
-            if r.id in new_ids:
-                self._submit(dataclasses.replace(e, action=action, level=lv, escalations=step), r, step + 1, lv)
-        for pid in reminders:
-            again = self._resolve_recipient(pid, route)
-            if again is not None:
-                self._submit(dataclasses.replace(e, action=Action.ESCALATED, escalations=step), again, step + 1,
-                             self._level_of(pid, route))
+            action = Action.RAISED if (what == "page_sent" or r.id in undelivered) else Action.ESCALATED
+            self._submit(dataclasses.replace(e, action=action, level=lv, escalations=step), r, step + 1, lv)
+        for r, lv in reminders:
+            self._submit(dataclasses.replace(e, action=Action.ESCALATED, escalations=step), r, step + 1, lv)
+
+    def _current(self, route: Route | None, level: int, urg: str) -> list[tuple[Recipient, int]]:
+        """Everyone at levels 0..``level`` of the route now (technicians for a technical kind)."""
+        if urg == "technical":
+            techs = self._technicians(route)
+            if techs:
+                return [(r, 0) for r in techs]
+            return [(r, 2) for r in (route.at(2) if route else ())]  # no technician: the team lead
+        if route is None:
+            return []
+        return [(r, lv) for lv in range(level + 1) for r in route.at(lv)]
+
+    def _unreached(self, alert_id: str, paged: list[str]) -> set[str]:
+        """People paged for this alert whom no delivery has reached yet (tried again next round)."""
+        if not paged:
+            return set()
+        ok = {d["person"] for d in self.store.deliveries(alert_id) if d["ok"]}
+        with self._lock:
+            busy = self._pending > 0
+        return set() if busy else {p for p in paged if p not in ok}
 
     def _technicians(self, route: Route | None) -> list[Recipient]:
         if route is not None and route.technicians:
@@ -314,9 +350,12 @@ class Pager:
 
     @staticmethod
     def _next_level(route: Route | None, level: int, urg: str) -> int | None:
+        """The next level up with somebody on it, within the urgency's reach (``_first_reachable``:
+        up to the team lead, for a kind told once when nobody is on call)."""
         if route is None:
             return None
-        for lv in range(level + 1, kinds.MAX_LEVEL.get(urg, 0) + 1):
+        top = 2 if urg == "_first_reachable" else kinds.MAX_LEVEL.get(urg, 0)
+        for lv in range(level + 1, top + 1):
             if route.at(lv):
                 return lv
         return None
@@ -354,6 +393,20 @@ class Pager:
                         self._submit(info, r, int(page["step"]) + 1, self._level_of(pid, route), ack_link=False)
         if e.action in (Action.ACKNOWLEDGED, Action.RESOLVED):
             self._close_members(e, now)
+
+    def _settle_member(self, m: dict[str, Any], now: int) -> None:
+        """A grouped alert whose leader's page closed (or that has no leader): give it what the
+        leader got, or page it on its own if the leader closed without a person acting."""
+        leader = self.state.alert(str(m["leader"])) if m.get("leader") else None
+        if leader is not None and leader["status"] == "acknowledged":
+            with contextlib.suppress(StateError):
+                self.state.transition(m["alert_id"], "acknowledge", str(leader["acked_by"]), now,
+                                      via=f"grouped with {leader['alert_id']}")
+        elif leader is not None and leader["status"] == "cleared" and leader.get("cleared_by") != "gateway":
+            with contextlib.suppress(StateError):
+                self.state.transition(m["alert_id"], "clear", str(leader["cleared_by"]), now,
+                                      outcome=leader.get("outcome"), note=f"grouped with {leader['alert_id']}")
+        self.store.release_member(str(m["alert_id"]), now)  # still raised: it becomes its own page
 
     def _close_members(self, e: AlertEvent, now: int) -> None:
         """Do to the alerts grouped into this one what was done to it."""
@@ -399,10 +452,10 @@ class Pager:
                 if ack_link and e.action in (Action.RAISED, Action.ESCALATED):
                     msg = dataclasses.replace(e, ack_url=self.ack_url(e.alert_id, r.id, ch.name))
                 try:
-                    detail = ch.send_to(msg, contact.to) or "sent"
+                    detail = redact(ch.send_to(msg, self.address(contact)) or "sent")
                     ok = True
                 except Exception as exc:
-                    detail, ok = f"{type(exc).__name__}: {str(exc)[:300]}", False
+                    detail, ok = redact(f"{type(exc).__name__}: {str(exc)[:300]}"), False
                 self.store.record_delivery(e.alert_id, step, level, r.id, ch.name, attempt, self.clock(), ok, detail)
                 self._channel_result(ch.name, ok, detail)
                 if ok:
@@ -421,8 +474,20 @@ class Pager:
             return
         with self._lock:
             self.counters.undelivered += 1
+        if e.urgency not in kinds.REPEATED:  # an urgent page's next round comes anyway; this one must be asked for
+            self.store.reschedule(e.alert_id, self.clock() + int(self.cfg.resend_every_s * 1000))
         log.error("could not reach %s (%s) about %s on any of their %d contact(s): %s — the next round tries again",
                   r.name, r.id, e.alert_id, len(r.contacts), last)
+
+    def address(self, contact: Any) -> str:
+        """A contact's address: ``to``, or the environment variable ``to_env`` names (an Apprise URL
+        with a token stays out of the config file)."""
+        if getattr(contact, "to_env", None):
+            value = os.environ.get(contact.to_env, "")
+            if not value:
+                raise LookupError(f"environment variable {contact.to_env} (a contact address) is not set")
+            return value
+        return str(contact.to)
 
     def _channel_result(self, name: str, ok: bool, detail: str) -> None:
         with self._lock:

@@ -24,6 +24,11 @@ def shift_label(cfg: PagingConfig, team_id: str | None, at_ms: int) -> str:
     if team is None:
         return "no team"
     local = datetime.fromtimestamp(at_ms / 1000, ZoneInfo(team.timezone))
+    if team.ical:
+        from fallwatch.gateway.paging.roster import IcalSchedule
+
+        if IcalSchedule(team.ical).people(local, wait=True) is not None:
+            return "calendar"
     for s in team.shifts:
         if shift_people([s], local):
             return f"{s.start}-{s.end}"
@@ -32,12 +37,14 @@ def shift_label(cfg: PagingConfig, team_id: str | None, at_ms: int) -> str:
 
 def answer_times(state: StateStore, cfg: PagingConfig, since_ms: int) -> list[dict[str, Any]]:
     rows = state._select(
-        "SELECT p.team, p.kind, p.urgency, a.raised_ms, a.acked_ms, a.cleared_ms, a.status FROM pages p "
+        "SELECT p.team, p.kind, p.urgency, a.raised_ms, a.acked_ms, a.cleared_ms, a.cleared_by, a.status FROM pages p "
         "JOIN alerts a ON a.alert_id = p.alert_id WHERE p.urgency IN ('urgent', 'high') AND p.status <> 'grouped' "
         "AND a.raised_ms >= ?", (since_ms,))
     groups: dict[tuple[str, str], list[float | None]] = {}
     for r in rows:
-        first = r["acked_ms"] if r["acked_ms"] is not None else r["cleared_ms"]
+        # the first human step: a clear by the gateway itself (a device came back) is no answer
+        human_clear = r["cleared_ms"] if r.get("cleared_by") not in (None, "gateway") else None
+        first = r["acked_ms"] if r["acked_ms"] is not None else human_clear
         secs = None if first is None else (int(first) - int(r["raised_ms"])) / 1000
         key = (str(r["team"] or "-"), shift_label(cfg, r["team"], int(r["raised_ms"])))
         groups.setdefault(key, []).append(secs)

@@ -125,21 +125,32 @@ class IcalSchedule:
             raw = Path(self.source).read_bytes()
         self._cal = icalendar.Calendar.from_ical(raw)
 
-    def people(self, at: datetime) -> list[str] | None:
+    def _refresh(self) -> None:
+        try:
+            self._load()
+            self.error = None
+        except Exception as exc:  # keep the last good copy
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.warning("on-call calendar %s unreadable (%s); %s", self.source, self.error,
+                        "keeping the last copy" if self._cal is not None else "using the shifts")
+
+    def people(self, at: datetime, wait: bool = False) -> list[str] | None:
         """Person ids on call at ``at`` (aware datetime) in order, or None where the calendar has
-        no event then (or was never readable)."""
+        no event then (or was never readable). A URL is re-read in the background (an alert never
+        waits for a web server); a file, or the first read with ``wait``, in line."""
         import recurring_ical_events
 
         with self._lock:
-            if time.monotonic() - self._loaded > self.refresh_s:
+            due = time.monotonic() - self._loaded > self.refresh_s
+            if due:
                 self._loaded = time.monotonic()
-                try:
-                    self._load()
-                    self.error = None
-                except Exception as exc:  # keep the last good copy
-                    self.error = f"{type(exc).__name__}: {exc}"
-                    log.warning("on-call calendar %s unreadable (%s); %s", self.source, self.error,
-                                "keeping the last copy" if self._cal is not None else "using the shifts")
+        if due:
+            remote = self.source.startswith(("http://", "https://"))
+            if remote and not wait:
+                threading.Thread(target=self._refresh, name="oncall-ical", daemon=True).start()
+            else:
+                self._refresh()
+        with self._lock:
             cal = self._cal
         if cal is None:
             return None

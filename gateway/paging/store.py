@@ -88,7 +88,7 @@ class PagingStore:
             st._exec(cur, "SELECT alert_id FROM pages WHERE group_key = ? AND status IN ('open', 'held')",
                      (group_key,))
             row = cur.fetchone()
-            leader = str(row[0]) if row else None
+            leader = str(row[0]) if row else None  # None: that page closed meanwhile; the sweep pages this one
             st._exec(cur, "INSERT INTO pages (alert_id, site_id, kind, urgency, team, group_key, leader, opened_ms, "
                           "level_since_ms, next_ms, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'grouped') "
                           "ON CONFLICT DO NOTHING",
@@ -116,6 +116,33 @@ class PagingStore:
         (the CLI, a replica that stopped): closed on the next tick, not at the next resend."""
         return self.state._select("SELECT p.* FROM pages p JOIN alerts a ON a.alert_id = p.alert_id "
                                   "WHERE p.status IN ('open', 'held') AND a.status <> 'raised' LIMIT ?", (limit,))
+
+    def orphaned_members(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Grouped pages whose leader's page is closed, or that have no leader (a race)."""
+        return self.state._select("SELECT m.* FROM pages m LEFT JOIN pages l ON l.alert_id = m.leader "
+                                  "WHERE m.status = 'grouped' AND (l.alert_id IS NULL OR l.status = 'closed') "
+                                  "LIMIT ?", (limit,))
+
+    def release_member(self, alert_id: str, now_ms: int) -> None:
+        """A grouped page becomes a page of its own: closed if its alert is settled, else open and due."""
+        st = self.state
+        with st._tx() as cur:
+            st._exec(cur, "SELECT status FROM alerts WHERE alert_id = ?", (alert_id,))
+            row = cur.fetchone()
+            settled = row is None or row[0] != "raised"
+            st._exec(cur, "UPDATE pages SET status = ?, group_key = ?, next_ms = ?, closed_ms = ?, closed_why = ? "
+                          "WHERE alert_id = ? AND status = 'grouped'",
+                     ("closed" if settled else "open", f"released:{alert_id}", now_ms,
+                      now_ms if settled else None, "settled with its group" if settled else None, alert_id))
+            if cur.rowcount and not settled:
+                st._log(cur, alert_id, "ungrouped", "gateway", now_ms, "its group closed without a person acting: "
+                                                                       "paged on its own")
+
+    def reschedule(self, alert_id: str, next_ms: int) -> None:
+        st = self.state
+        with st._tx() as cur:
+            st._exec(cur, "UPDATE pages SET next_ms = ? WHERE alert_id = ? AND status = 'open' AND next_ms > ?",
+                     (next_ms, alert_id, next_ms))
 
     def members(self, leader: str) -> list[str]:
         rows = self.state._select("SELECT alert_id FROM pages WHERE leader = ? AND status = 'grouped'", (leader,))

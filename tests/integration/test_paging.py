@@ -214,6 +214,7 @@ def test_escalation_next_on_call_then_lead_then_fallback_once_each_with_two_repl
         anna = [json.loads(raw) for _, _, raw in receiver.at("/anna")]
         gaps = [b - a for a, b in zip([0, *seen_steps(anna)], seen_steps(anna)[1:], strict=False)]
         assert len(anna) >= 6 and all(g >= 1 for g in gaps)  # re-sent every round (≤ 60 s) until acknowledged
+        assert len(anna) <= 420 // 60 + 2 and len(receiver.at("/arc")) <= 2  # …and not more often
         # acknowledged: no more reminders, only "taken" news to those who were paged
         before = {p: len(receiver.at(f"/{p}")) for p in ("anna", "bertil", "karin", "arc")}
         code, _body = http("POST", anna[-1]["ack_url"])

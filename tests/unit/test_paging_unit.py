@@ -264,3 +264,70 @@ def test_observer_derives_alerts_from_health_risk_and_room_concerns(tmp_path: Pa
         sensor="bed-1", window_s=10, room="bedroom", fields={"concern": "bed_exit_no_return", "concern_minutes": 35}))
     obs.observe([tele])
     assert raised[-1][0] == "bed_exit_night" and "35" in raised[-1][1]
+
+
+def run_until(rig: Rig, end_ms: int, step_ms: int = 5000) -> None:
+    while rig.now < end_ms:
+        rig.now += step_ms
+        rig.pager.tick(rig.now)
+        rig.pager.wait_idle(5)
+
+
+def test_after_the_last_level_reminders_keep_the_resend_interval(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.now = ms(2026, 12, 1, 23)
+    t0 = rig.now
+    rig.device_alert("device_offline")  # high: anna → bertil → karin (lead), no fallback
+    run_until(rig, t0 + 15 * 60_000, 1000)  # a tick every second for 15 minutes
+    per_person: dict[str, int] = {}
+    for addr, _e in rig.ch.sent:
+        per_person[addr] = per_person.get(addr, 0) + 1
+    # one message at most every 60 s each: ≤ 16 in 15 minutes, however often the pager ticks
+    assert set(per_person) == {"anna", "bertil", "karin"} and max(per_person.values()) <= 16, per_person
+    assert per_person["anna"] >= 14  # and still re-sent every minute (R1)
+
+
+def test_a_gap_in_the_schedule_pages_the_lead_and_the_carer_once_the_shift_starts(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, team={"shifts": [{"people": ["anna"], "start": "08:00", "end": "16:00"}], "lead": None})
+    rig.now = ms(2026, 12, 1, 7, 58)
+    aid = rig.device_alert("device_offline")  # nobody on call, no lead: unrouted, tried again every round
+    assert rig.ch.sent == [] and rig.pager.stats()["unrouted"] == 1
+    run_until(rig, ms(2026, 12, 1, 8, 1))
+    assert [a for a, _ in rig.ch.sent][:1] == ["anna"] and rig.ch.sent[0][1].action is Action.RAISED
+    page = rig.pager.store.page(aid)
+    assert page is not None and page["status"] == "open"
+
+
+def test_normal_kind_with_nobody_on_call_goes_to_the_lead(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, team={"shifts": [{"people": ["anna"], "start": "08:00", "end": "09:00"}]})
+    rig.now = ms(2026, 12, 1, 12)
+    rig.device_alert("low_battery")
+    assert rig.sent_to() == [("karin", "low_battery", "raised")]
+
+
+def test_grouped_alerts_follow_their_leader_acknowledged_from_the_cli(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    ids = []
+    for n in (1, 2):
+        aid = rig.state.raise_alert("fall", "site-a", f"hub-{n}", rig.now, "x")
+        assert aid
+        ids.append(aid)
+        rig.pager.notify(AlertEvent(kind="fall", action=Action.RAISED, alert_id=aid, site_id="site-a",
+                                    device_id=f"hub-{n}", resident_id="r01", at_ms=rig.now, confidence=0.95))
+        rig.pager.wait_idle(5)
+    assert rig.pager.store.page(ids[1])["status"] == "grouped"  # type: ignore[index]
+    rig.state.transition(ids[0], "acknowledge", "anna", rig.now + 1000, via="cli")  # not through the pager
+    rig.now += 2000
+    rig.pager.tick(rig.now)  # closes the leader's page
+    rig.pager.tick(rig.now)  # settles its group
+    member = rig.state.alert(ids[1])
+    assert member is not None and (member["status"], member["acked_by"]) == ("acknowledged", "anna")
+    assert rig.pager.store.page(ids[1])["status"] == "closed"  # type: ignore[index]
+
+
+def test_redact_keeps_only_scheme_and_host() -> None:
+    from fallwatch.gateway.paging.pager import redact
+
+    text = "ConnectionError: HTTPSConnectionPool: https://user:pw@sms.example/send?token=s3cret failed"
+    assert redact(text) == "ConnectionError: HTTPSConnectionPool: https://sms.example/… failed"
+    assert "s3cret" not in redact("json://127.0.0.1:8080/hook?key=s3cret")
