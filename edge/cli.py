@@ -52,6 +52,10 @@ def register(sub: SubParsers) -> None:
     for add in _EXTRA_COMMANDS:
         add(esub)
 
+    from fallwatch.edge import enrol
+
+    enrol.register(esub)
+
     k = esub.add_parser("keygen", help="make an ed25519 model-signing key; prints the public key for the config")
     k.add_argument("--out", type=Path, required=True, help="private key file (PEM, mode 600)")
     k.set_defaults(func=_cmd_keygen)
