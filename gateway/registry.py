@@ -696,7 +696,8 @@ def bulk_apply(reg: Registry, rows: list[dict[str, str | None]], *, actor: str, 
                 if kind == "sensor":
                     if row.get("sensor_kind") not in SENSOR_KINDS:
                         raise RegistryError(f"sensor_kind {row.get('sensor_kind')!r}: one of {', '.join(SENSOR_KINDS)}")
-                    check_id(row.get("room", ""), "room")
+                    rec["room"] = check_id(row.get("room", ""), "room")
+                    rec["sensor_kind"] = row["sensor_kind"]
                 elif row.get("room") or row.get("sensor_kind"):
                     raise RegistryError("room and sensor_kind are for sensors")
                 if row.get("resident"):
