@@ -103,13 +103,13 @@ def test_device_lifecycle_with_assignment_history_and_audit(reg: Any) -> None:
     report = reg.verify()
     assert report["reg_log"]["broken_at"] is None and report["reg_log"]["rows"] >= 12
     # append-only: the trigger refuses an edit of the audit trail
-    with pytest.raises(Exception, match="append-only|prohibited|trigger"), reg.store._tx() as cur:
+    with pytest.raises(Exception, match=r"append-only|prohibited|trigger"), reg.store._tx() as cur:
         reg.store._exec(cur, "UPDATE reg_log SET actor = 'nobody'")
 
 
 def test_bundle_codes_are_single_use_expire_and_are_voided_by_a_newer_one(reg: Any) -> None:
     _home(reg)
-    b1, code1 = reg.create_bundle("hub-1", actor="tech", broker_url="u", enrol_url="e", ttl_s=3600)
+    _b1, code1 = reg.create_bundle("hub-1", actor="tech", broker_url="u", enrol_url="e", ttl_s=3600)
     b2, code2 = reg.create_bundle("hub-1", actor="tech", broker_url="u", enrol_url="e", ttl_s=3600)
     with pytest.raises(RegistryError, match="voided"):
         reg.redeem(code1)
