@@ -10,7 +10,9 @@ accepted by every OpenSSL Mosquitto links against.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import grp
 import ipaddress
 import os
 from pathlib import Path
@@ -120,6 +122,9 @@ def server_cert(ca_dir: Path, names: list[str], out_dir: Path | None = None, *, 
     out.mkdir(parents=True, exist_ok=True)
     crt, key, _ = _issue(ca_dir, names[0], days, server_names=names)
     _write_private(out / "server.key", key)
+    with contextlib.suppress(KeyError, PermissionError):  # Debian's broker reads it as group mosquitto
+        os.chown(out / "server.key", -1, grp.getgrnam("mosquitto").gr_gid)
+        (out / "server.key").chmod(0o640)
     (out / "server.crt").write_bytes(crt)
     if out != Path(ca_dir):
         (out / "ca.crt").write_bytes((Path(ca_dir) / "ca.crt").read_bytes())

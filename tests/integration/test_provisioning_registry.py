@@ -230,3 +230,26 @@ def test_cli_device_and_resident_commands(tmp_path: Path, capsys: pytest.Capture
     passwd = tmp_path / "broker" / "passwd"
     assert passwd.stat().st_mode & 0o007 == 0 and passwd.read_text().startswith("gw-1:$7$")
     assert main(["gateway", "audit-verify", "--config", str(cfg)]) == 0
+
+
+def test_cli_bulk_import_dry_run_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "fw.toml"
+    cfg.write_text(f'[gateway]\nstate_db = "{tmp_path / "st.sqlite"}"\n')
+    c = ["--config", str(cfg), "--by", "tech-ben"]
+    rows = ("action,device_id,kind,site,home,hub,room,sensor_kind,resident\n"
+            "add,hub-30,hub,site-d,flat-30,,,,\n"
+            "add,pir-30,sensor,,,hub-30,hall,pir,\n")
+    (tmp_path / "ok.csv").write_text(rows)
+    (tmp_path / "bad.csv").write_text(rows + "add,pir-31,sensor,,,hub-30,,pir,\nadd,x,y,z\n,,,,,,,,,,,,\n")
+    assert main(["device", "import", str(tmp_path / "bad.csv"), *c]) == 1
+    out = capsys.readouterr().out
+    assert "line 4: ERROR invalid room ''" in out and "line 5: ERROR invalid device id 'x'" not in out
+    assert "line 5: ERROR kind 'y'" in out and "line 6: ERROR more fields than the header has" in out
+    assert "2 rows ok, 3 rows with errors (nothing changed)" in out
+    assert main(["device", "import", str(tmp_path / "ok.csv"), "--dry-run", *c]) == 0
+    assert "line 2: would add hub hub-30 at site-d/flat-30" in capsys.readouterr().out
+    assert main(["device", "list", *c]) == 0 and capsys.readouterr().out == ""
+    assert main(["device", "import", str(tmp_path / "ok.csv"), *c]) == 0
+    assert "2 rows ok, 0 rows with errors" in capsys.readouterr().out
+    assert main(["device", "list", *c]) == 0
+    assert capsys.readouterr().out.count("site-d/flat-30") == 2
