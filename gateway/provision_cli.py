@@ -407,7 +407,7 @@ def _rotate(args: argparse.Namespace) -> int:
         _sync(reg, cfg)
         print(f"  the old credential of {args.device_id} no longer works")
     _make_bundle(reg, cfg, args, args.device_id)
-    if not args.now:
+    if not args.now and d["status"] == "active":
         print("  the current credential keeps working until this bundle is redeemed on the hub")
     return 0
 
