@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import ssl
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -41,31 +40,57 @@ def load_bundle(path: Path) -> dict[str, Any]:
     return bundle
 
 
-def redeem(enrol_url: str, code: str, ca_pem: str | None = None, timeout: float = 15.0) -> dict[str, Any]:
-    """Use the one-time code; returns the server's answer (with the sealed bundle)."""
-    import requests
+def redeem(enrol_url: str, code: str, ca_pem: str | None = None, pin: str | None = None,
+           timeout: float = 15.0) -> dict[str, Any]:
+    """Use the one-time code; returns the server's answer (with the sealed bundle).
 
-    verify: bool | str = True
-    tmp = None
-    if ca_pem and enrol_url.startswith("https:"):
-        tmp = tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False)  # noqa: SIM115 - closed below
-        tmp.write(ca_pem)
-        tmp.close()
-        verify = tmp.name
+    Over HTTPS the server is verified with the site CA from the bundle (``ca_pem``) or, for a
+    token-only enrolment that has no CA yet, by the SHA-256 ``pin`` of its certificate carried
+    in the token: whoever can see the LAN must not be able to pose as the server and take the
+    code (the code decrypts the bundle)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    u = urlparse(enrol_url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise EnrolError(f"bad enrolment URL {enrol_url!r}")
+    body = json.dumps({"code": code}).encode()
+    conn: http.client.HTTPConnection
+    if u.scheme == "https":
+        if ca_pem:
+            ctx = ssl.create_default_context(cadata=ca_pem)
+        elif pin:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE  # verified below, against the pin, before anything is sent
+        else:
+            ctx = ssl.create_default_context()
+        conn = http.client.HTTPSConnection(u.hostname, u.port or 443, timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
     try:
-        r = requests.post(f"{enrol_url.rstrip('/')}/enrol", json={"code": code}, timeout=timeout, verify=verify)
-    except requests.RequestException as exc:
+        conn.connect()
+        if u.scheme == "https" and pin and not ca_pem:
+            import hashlib
+
+            der = conn.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+            if der is None or hashlib.sha256(der).hexdigest() != pin.lower():
+                raise EnrolError(f"enrolment server {enrol_url} is not the one in the token (certificate pin)")
+        conn.request("POST", (u.path.rstrip("/") or "") + "/enrol", body=body,
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        raw = r.read(1 << 20)
+    except (OSError, http.client.HTTPException) as exc:
         raise EnrolError(f"enrolment server {enrol_url} unreachable: {exc}") from exc
     finally:
-        if tmp is not None:
-            os.unlink(tmp.name)
+        conn.close()
     try:
-        body: dict[str, Any] = r.json()
+        answer: dict[str, Any] = json.loads(raw)
     except ValueError:
-        body = {"error": r.text[:200]}
-    if r.status_code != 200:
-        raise EnrolError(f"enrolment refused ({r.status_code}): {body.get('error', '?')}")
-    return body
+        answer = {"error": raw[:200].decode(errors="replace")}
+    if r.status != 200:
+        raise EnrolError(f"enrolment refused ({r.status}): {answer.get('error', '?')}")
+    return answer
 
 
 def _toml_value(v: Any) -> str:
@@ -197,7 +222,8 @@ def enrol(source: str, dest: Path, *, append: str = "", check: bool = True, time
     if source.startswith(TOKEN_PREFIX):
         try:
             code, url = parse_token(source)
-            answer = redeem(url, code)
+            url, _, pin = url.partition("#")
+            answer = redeem(url, code, pin=pin or None)
             bundle = unseal(code, answer["sealed"])
         except BundleError as exc:
             raise EnrolError(str(exc)) from exc

@@ -215,6 +215,8 @@ class ProvisioningConfig(_Strict):
     plain_port: int | None = Field(default=1883, ge=0, le=65535)
     tls_port: int | None = Field(default=8883, ge=0, le=65535)
     broker_data_dir: str = "/var/lib/mosquitto"
+    # hubs on the TLS listener authenticate with a client certificate (CN = device id) instead of a password
+    client_certs: bool = False
 
 
 class FallwatchConfig(_Strict):

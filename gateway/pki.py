@@ -146,6 +146,12 @@ def expiry(pem: str | bytes) -> dt.datetime:
     return x509.load_pem_x509_certificate(data).not_valid_after_utc
 
 
+def fingerprint(pem: str | bytes) -> str:
+    """SHA-256 of a certificate's DER form (hex): what a token-only enrolment pins."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    return x509.load_pem_x509_certificate(data).fingerprint(hashes.SHA256()).hex()
+
+
 def report(ca_dir: Path, tls_dir: Path | None = None) -> list[dict[str, object]]:
     """Expiry of the CA and the server certificate, for `fallwatch device ca status` and health."""
     out: list[dict[str, object]] = []

@@ -51,7 +51,7 @@ def broker_files(cfg: FallwatchConfig) -> Any:
         return None
     return BrokerFiles(out=p.broker_dir, gateways=list(p.gateways), tls_dir=str(p.ca_dir.resolve()),
                        data_dir=p.broker_data_dir, plain_port=p.plain_port, tls_port=p.tls_port,
-                       pid_file=p.broker_pid_file)
+                       pid_file=p.broker_pid_file, client_certs=p.client_certs)
 
 
 def _sync(reg: Any, cfg: FallwatchConfig) -> None:
@@ -374,6 +374,9 @@ def _make_bundle(reg: Any, cfg: FallwatchConfig, args: argparse.Namespace, devic
                                      model_pubkeys=tuple(p.model_pubkeys), client_cert=client)
     _private_file(args.out, json.dumps(bundle, indent=1) + "\n")
     token = make_token(code, p.enrol_url)
+    if p.enrol_url.startswith("https:") and (p.ca_dir / "server.crt").exists():
+        # a hub with only the token has no CA yet: it checks the server by this pin
+        token += "#" + pki.fingerprint((p.ca_dir / "server.crt").read_bytes())
     print(f"bundle for {device_id} (site {bundle['site_id']}) written to {args.out} (0600), "
           f"expires {_ms(bundle['expires_ms'])}")
     if ca is None:

@@ -31,7 +31,7 @@ def parse_token(token: str) -> tuple[str, str]:
     if not token.startswith(TOKEN_PREFIX) or "@" not in token:
         raise BundleError(f"not an enrolment token (expected {TOKEN_PREFIX}CODE@URL)")
     code, url = token[len(TOKEN_PREFIX):].split("@", 1)
-    return code, url
+    return code, url  # the URL may end in "#<sha256 of the server certificate>" (a pin)
 
 
 def code_id(code: str) -> str:

@@ -380,3 +380,39 @@ def test_edge_enrol_installs_owner_only_connects_and_a_used_or_expired_bundle_is
         assert srv.redeemed == 2 and srv.refused == 3
     finally:
         srv.stop()
+
+
+def test_enrolment_over_https_checks_the_server_by_the_bundle_ca_or_the_token_pin(
+        rb: RegistryBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    srv = EnrolServer(rb.reg, rb.files, tls_cert=rb.ca_dir / "server.crt", tls_key=rb.ca_dir / "server.key").start()
+    other = tmp_path / "other-ca"
+    pki.init_ca(other, "impostor")
+    pki.server_cert(other, ["127.0.0.1"])
+    impostor = EnrolServer(rb.reg, rb.files, tls_cert=other / "server.crt", tls_key=other / "server.key").start()
+    try:
+        def bundle(hub: str, url: str) -> tuple[dict[str, Any], str]:
+            rb.reg.add_device(hub, "hub", actor="tech", site_id="site-a")
+            return rb.reg.create_bundle(hub, actor="tech", broker_url=f"mqtts://localhost:{rb.tls_port}",
+                                        enrol_url=url, ttl_s=600, ca_pem=pki.ca_pem(rb.ca_dir))
+
+        # the bundle file: the server is checked against the site CA in the bundle
+        b8, _ = bundle("hub-8", impostor.url)
+        (tmp_path / "b8").write_text(json.dumps(b8))
+        assert main(["edge", "enrol", str(tmp_path / "b8"), "--dir", str(tmp_path / "h8")]) == 1
+        assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err and impostor.redeemed == 0
+        b8["enrol_url"] = srv.url
+        (tmp_path / "b8").write_text(json.dumps(b8))
+        assert main(["edge", "enrol", str(tmp_path / "b8"), "--dir", str(tmp_path / "h8")]) == 0
+        # the token alone: checked by the certificate pin it carries; a wrong pin sends nothing
+        _, code9 = bundle("hub-9", srv.url)
+        pin = pki.fingerprint((rb.ca_dir / "server.crt").read_bytes())
+        wrong = pki.fingerprint((other / "server.crt").read_bytes())
+        assert main(["edge", "enrol", f"fwenrol1:{code9}@{srv.url}#{wrong}", "--dir", str(tmp_path / "h9")]) == 1
+        assert "certificate pin" in capsys.readouterr().err
+        assert main(["edge", "enrol", f"fwenrol1:{code9}@{srv.url}#{pin}", "--dir", str(tmp_path / "h9")]) == 0
+        assert srv.redeemed == 2 and srv.refused == 0
+    finally:
+        srv.stop()
+        impostor.stop()
