@@ -127,6 +127,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     asg.add_argument("device_id")
     asg.add_argument("resident_id", nargs="?")
     asg.add_argument("--none", action="store_true", help="take it back (no wearer)")
+    asg.add_argument("--push", action="store_true", help="tell the hub now (its retained config; see push-config)")
     _common(asg)
     asg.set_defaults(func=_assign)
 
@@ -157,6 +158,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     eb.add_argument("--ttl-h", type=float, help="hours until the code expires (default provisioning.bundle_ttl_s)")
     _common(eb)
     eb.set_defaults(func=_bundle)
+
+    pc = dsub.add_parser("push-config", help="put the registry's wearer assignments into a hub's retained config "
+                                             "(user {gateway}-config, FALLWATCH_MQTT_CONFIG_PASSWORD)")
+    pc.add_argument("device_id", help="the hub")
+    _common(pc)
+    pc.set_defaults(func=_push_config)
 
     sy = dsub.add_parser("sync", help="write the broker's passwd, acl and mosquitto.conf from the registry, reload it")
     _common(sy)
@@ -273,7 +280,9 @@ def _add(args: argparse.Namespace) -> int:
 def _write_gateway_creds(path: Path, creds: dict[str, str]) -> None:
     users = list(creds)
     _private_file(path, f"# gateway broker credentials (hand over, then delete)\n"
-                        f"FALLWATCH_MQTT_PASSWORD={creds[users[0]]}\nFALLWATCH_MQTT_ALERT_PASSWORD={creds[users[1]]}\n")
+                        f"FALLWATCH_MQTT_PASSWORD={creds[users[0]]}\nFALLWATCH_MQTT_ALERT_PASSWORD={creds[users[1]]}\n"
+                        f"# for `fallwatch device push-config` / `assign --push` (user {users[2]})\n"
+                        f"FALLWATCH_MQTT_CONFIG_PASSWORD={creds[users[2]]}\n")
     print(f"  credentials of users {', '.join(users)} written to {path} (0600)")
 
 
@@ -332,9 +341,39 @@ def _assign(args: argparse.Namespace) -> int:
     d = reg.assign(args.device_id, None if args.none else args.resident_id, actor=_actor(args))
     who = args.resident_id or "nobody"
     print(f"{args.device_id} now worn by {who} ({len(d['assignments'])} assignments in its history)")
-    print(f"  the hub learns it from its next config: fallwatch device rotate {d['hub_id']} --out … "
-          "or its config downlink")
+    if args.push:
+        return _push(reg, _cfg(args), d["hub_id"], _actor(args))
+    print(f"  tell the hub: fallwatch device push-config {d['hub_id']} (or assign with --push)")
     return 0
+
+
+def _push(reg: Any, cfg: FallwatchConfig, hub_id: str, actor: str) -> int:
+    from fallwatch.gateway.hubconfig import PushError, push_wearers
+    from fallwatch.gateway.registry import config_user
+
+    hub = reg._need(hub_id, "hub")
+    wearers = {w["id"]: w.get("resident_id") for w in reg.hub_config(hub_id)["wearables"]}
+    password = os.environ.get("FALLWATCH_MQTT_CONFIG_PASSWORD")
+    if not cfg.mqtt.url or password is None:
+        print("error: set mqtt.url and FALLWATCH_MQTT_CONFIG_PASSWORD (user "
+              f"{config_user(cfg.gateway.gateway_id)}, from the gateway's credentials file)", file=sys.stderr)
+        return 1
+    mq = cfg.mqtt.model_copy(update={"username": config_user(cfg.gateway.gateway_id), "password": password,
+                                     "client_id": None})
+    try:
+        doc = push_wearers(mq, hub["site_id"], hub_id, wearers)
+    except PushError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    reg.note(actor, "device.push-config", hub_id, {"wearers": wearers, "version": doc["version"]})
+    print(f"  pushed to {hub_id}: wearers {json.dumps(wearers, sort_keys=True)} (config version {doc['version']})")
+    return 0
+
+
+@_guard
+def _push_config(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    return _push(_registry(cfg), cfg, args.device_id, _actor(args))
 
 
 @_guard

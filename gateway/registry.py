@@ -83,6 +83,11 @@ _SCHEMA = [
 ]
 
 
+def config_user(gateway: str) -> str:
+    """The broker user with which `fallwatch device push-config` sets hubs' desired config."""
+    return f"{gateway}-config"
+
+
 class RegistryError(ValueError):
     """A request the registry refuses (unknown device, wrong kind, bad id, used bundle …)."""
 
@@ -143,6 +148,11 @@ class Registry:
         rows = self.store._select(q, args)
         return rows[0] if rows else None
 
+    def note(self, actor: str, action: str, subject: str, detail: Any = None) -> None:
+        """Audit something done outside the registry's tables (e.g. a config pushed to a hub)."""
+        with self.store._tx() as cur:
+            self._audit(cur, actor, action, subject, detail)
+
     def log(self, subject: str | None = None) -> list[dict[str, Any]]:
         if subject:
             return self.store._select("SELECT * FROM reg_log WHERE subject = ? ORDER BY id", (subject,))
@@ -202,8 +212,9 @@ class Registry:
             check_id(room, "room")
         elif room or sensor_kind:
             raise RegistryError("--room and --sensor-kind are for sensors")
-        if users_taken := self._users_taken(brokerconf.alert_user(device_id) if kind == "gateway" else device_id):
-            raise RegistryError(f"broker user {users_taken} already exists")
+        for user in ((brokerconf.alert_user(device_id), config_user(device_id)) if kind == "gateway" else (device_id,)):
+            if self._users_taken(user) or self.device(user) is not None:
+                raise RegistryError(f"broker user {user} already exists")
         now = self._now()
         with self.store._tx() as cur:
             self.store._exec(
@@ -366,10 +377,13 @@ class Registry:
         return self.device(device_id) or {}
 
     def gateway_credentials(self, device_id: str, *, actor: str) -> dict[str, str]:
-        """New passwords for a gateway's two broker users (bulk and alert link), effective at
-        the next broker sync; returned once, stored only as hashes."""
+        """New passwords for a gateway's three broker users — bulk link, alert link and the
+        provisioning tools' ``{id}-config`` (:func:`config_user`: a tool connecting as the
+        gateway's own user would take over the running gateway's session) — effective at the
+        next broker sync; returned once, stored only as hashes."""
         self._need(device_id, "gateway")
-        creds = {u: secrets.token_urlsafe(24) for u in (device_id, brokerconf.alert_user(device_id))}
+        creds = {u: secrets.token_urlsafe(24)
+                 for u in (device_id, brokerconf.alert_user(device_id), config_user(device_id))}
         now = self._now()
         with self.store._tx() as cur:
             self._set_credentials(cur, device_id, {u: mosquitto_hash(p) for u, p in creds.items()}, now)
@@ -593,8 +607,11 @@ class Registry:
         """The ACL from the registry: each active gateway's links and each active hub's
         site-literal subtree (:func:`brokerconf.acl_text`); nothing for anyone else."""
         active = [d for d in self.devices(status="active") if d["kind"] in ("hub", "gateway")]
-        return brokerconf.acl_text([d["device_id"] for d in active if d["kind"] == "gateway"],
-                                   [(d["site_id"], d["device_id"]) for d in active if d["kind"] == "hub"])
+        gateways = [d["device_id"] for d in active if d["kind"] == "gateway"]
+        text = brokerconf.acl_text(gateways, [(d["site_id"], d["device_id"]) for d in active if d["kind"] == "hub"])
+        for gw in gateways:  # the provisioning tools: read and set hubs' desired config, nothing else
+            text += f"\nuser {config_user(gw)}\ntopic readwrite fallwatch/v1/+/+/config\n"
+        return text
 
     def sync_broker(self, files: BrokerFiles) -> dict[str, Any]:
         """Write mosquitto.conf, passwd and acl from the registry (each replaced atomically,

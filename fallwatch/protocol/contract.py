@@ -361,13 +361,16 @@ class RemoteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     heartbeat_s: float | None = None
     telemetry_window_s: float | None = None
     upload_raw_imu: bool | None = None
+    #: who wears which of the hub's wearables (wearable id -> resident id, None = nobody), from the
+    #: provisioning registry (`fallwatch device assign --push`); wearables not named keep theirs
+    wearers: Annotated[dict[Id, Id | None], Meta(max_length=256)] | None = None
 
     def settings(self) -> dict[str, float | bool]:
-        """The keys this document sets (everything but ``version`` that is not None)."""
+        """The scalar keys this document sets (everything but ``version`` and ``wearers`` that is not None)."""
         out: dict[str, float | bool] = {}
         for name in self.__struct_fields__:
             value = getattr(self, name)
-            if name != "version" and value is not None:
+            if name not in ("version", "wearers") and value is not None:
                 out[name] = value
         return out
 

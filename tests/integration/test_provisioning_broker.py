@@ -270,6 +270,7 @@ def _tls_client(port: int, ca: Path, user: str, pw: str, cert: tuple[Path, Path]
     got: dict[str, int] = {}
     done = threading.Event()
     c.on_connect = lambda _c, _u, _f, rc, _p: (got.setdefault("rc", rc.value), done.set())
+    c.on_disconnect = lambda *_a: (got.setdefault("rc", -2), done.set())  # e.g. the handshake failed
     try:
         c.connect("127.0.0.1", port)
     except (ssl.SSLError, OSError) as exc:
@@ -416,3 +417,54 @@ def test_enrolment_over_https_checks_the_server_by_the_bundle_ca_or_the_token_pi
     finally:
         srv.stop()
         impostor.stop()
+
+
+def test_a_reassigned_wearable_reaches_the_hub_and_its_next_fall_is_the_new_wearers(
+        rb: RegistryBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from fallwatch.edge.enrol import install
+
+    root = Path(__file__).resolve().parents[2]
+    rec = tmp_path / "flat.jsonl"  # the flat scenario's hub: a fall 330 s in
+    assert main(["edge", "record", "--scenario", str(root / "firmware_sim/scenarios/flat.toml"),
+                 "--duration", "380", "--out", str(rec)]) == 0
+    reg = rb.reg
+    for rid in ("r01", "ann-2"):
+        reg.add_resident("site-a", rid, actor="lead")
+    reg.add_device("hub-flat-01", "hub", actor="tech", site_id="site-a")
+    reg.add_device("wear-r01", "wearable", actor="tech", hub_id="hub-flat-01")
+    reg.assign("wear-r01", "r01", actor="tech")
+    bundle = rb.enrol("hub-flat-01")
+    rb.sync()
+    hub_dir = tmp_path / "hub"
+    install(bundle, hub_dir, append=f'[edge.source]\ntype = "replay"\npath = "{rec}"\nspeed = 120\n')
+    assert "resident_id = \"r01\"" in (hub_dir / "edge.toml").read_text()
+
+    # the wearable changes hands after installation: the technician tells the running hub
+    cfg = tmp_path / "fw.toml"
+    cfg.write_text(f'[mqtt]\nurl = "mqtt://127.0.0.1:{rb.port}"\n[gateway]\nstate_db = "{rb.work / "state.sqlite"}"\n')
+    monkeypatch.setenv("FALLWATCH_MQTT_CONFIG_PASSWORD", rb.creds["gw-1-config"])
+    capsys.readouterr()
+    assert main(["device", "assign", "wear-r01", "ann-2", "--push", "--config", str(cfg)]) == 0, \
+        capsys.readouterr().err
+    assert 'wearers {"wear-r01": "ann-2"}' in capsys.readouterr().out
+    alerts, _ = rb.connect("gw-1-alerts")
+    assert alerts.subscribe(f"{P}/site-a/hub-flat-01/evt/fall") < 128
+    gw, _ = rb.connect("gw-1")
+    assert gw.subscribe(f"{P}/site-a/hub-flat-01/cmd/res/config") < 128
+
+    assert main(["edge", "run", "--config", str(hub_dir / "edge.toml")]) == 0
+    assert t.wait_until(lambda: alerts.got, 10), (capsys.readouterr().out, gw.got)
+    fall = json.loads(alerts.got[0][1])
+    assert fall["resident_id"] == "ann-2" and fall["data"]["sensor"] == "wear-r01"
+    reply = json.loads(gw.got[0][1])
+    assert reply["data"]["status"] == "ok" and reply["data"]["version"].startswith("registry-")
+    # the history keeps who wore it before; the push is audited
+    assert [a["resident_id"] for a in reg.assignments("wear-r01")] == ["r01", "ann-2"]
+    assert reg.log("hub-flat-01")[-1]["action"] == "device.push-config"
+    # a hub that does not know a wearable refuses the whole document (and says so)
+    monkeypatch.setenv("FALLWATCH_MQTT_CONFIG_PASSWORD", "wrong")
+    assert main(["device", "push-config", "hub-flat-01", "--config", str(cfg)]) == 1
+    assert "refused user 'gw-1-config'" in capsys.readouterr().err
