@@ -303,7 +303,8 @@ def _show(args: argparse.Namespace) -> int:
     reg = _registry(_cfg(args))
     d = reg.show(args.device_id)
     _print_device(d)
-    print(f"  broker users: {', '.join(d['broker_users']) or '(none: cannot connect)'}")
+    if d["kind"] in ("hub", "gateway"):
+        print(f"  broker users: {', '.join(d['broker_users']) or '(none: cannot connect)'}")
     if d.get("cert_not_after_ms"):
         print(f"  client certificate expires {_ms(d['cert_not_after_ms'])} ({d['cert_expires_in_days']} days)")
     for p in d.get("parts", []):
