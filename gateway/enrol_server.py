@@ -110,7 +110,12 @@ class EnrolServer:
             self._fail(client)
             log.warning("enrolment from %s refused: %s", client, exc)
             return 410, {"error": str(exc)}
-        sync = self.registry.sync_broker(self.files) if self.files is not None else None
+        try:
+            sync = self.registry.sync_broker(self.files) if self.files is not None else None
+        except OSError as exc:  # the code is used and the credential live in the registry: say what is missing
+            log.error("enrolment of %s: broker files not written: %s", bundle["device_id"], exc)
+            return 503, {"error": f"credential active but the broker was not updated ({exc}); "
+                                  "the operator must run `fallwatch device sync`"}
         with self._lock:
             self.redeemed += 1
         log.warning("enrolment of %s from %s: credential active (broker %s)", bundle["device_id"], client,
