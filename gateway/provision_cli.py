@@ -236,12 +236,55 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rr.set_defaults(func=_r_remove)
 
 
+#: who may run what when staff accounts exist (``gateway.staff_users_file``): devices are the
+#: technicians' (and admins'); residents' personal data is read by carers and admins, written
+#: by admins (the team lead's account)
+TECH = frozenset({"technician", "admin"})
+READ_PERSONAL = frozenset({"carer", "admin"})
+ADMIN = frozenset({"admin"})
+_NEEDS: dict[str, frozenset[str]] = {"_r_add": ADMIN, "_r_move": ADMIN, "_r_remove": ADMIN,
+                                     "_r_list": TECH | READ_PERSONAL}
+#: run by the service manager, not a person (the enrolment server only redeems one-time codes)
+_SERVICES = frozenset({"_enrol_server"})
+
+
+def _authorise(args: argparse.Namespace, command: str) -> str | None:
+    """With staff accounts configured, the caller proves who they are with their personal
+    token (``FALLWATCH_STAFF_TOKEN``): the account, not ``--by``, is the actor in the audit
+    log, and its role must allow the command. Without accounts (a single-operator host) the
+    actor is ``--by``. Returns why not, or None."""
+    path = _cfg(args).gateway.staff_users_file
+    if path is None or command in _SERVICES:
+        return None
+    from fallwatch.gateway.staff import StaffDirectory, StaffError
+
+    try:
+        user = StaffDirectory(Path(path)).authenticate(os.environ.get("FALLWATCH_STAFF_TOKEN"))
+    except StaffError as exc:
+        return f"staff accounts file: {exc}"
+    if user is None:
+        return "staff accounts are configured: set FALLWATCH_STAFF_TOKEN to your personal token"
+    need = _NEEDS.get(command, TECH)
+    if command == "_r_list" and getattr(args, "personal", False):
+        need = READ_PERSONAL
+    if user.role not in need:
+        return f"{user.name} ({user.role}) may not do this (needs {' or '.join(sorted(need))})"
+    if args.by and args.by != user.name:
+        return f"--by {args.by}: you are {user.name}"
+    args.by = user.name
+    return None
+
+
 def _guard(fn: Any) -> Any:
-    """RegistryError → ``error: …`` on stderr and exit status 1, never a traceback."""
+    """Authorise (:func:`_authorise`); RegistryError → ``error: …`` on stderr and exit status 1,
+    never a traceback."""
     def run(args: argparse.Namespace) -> int:
         from fallwatch.gateway.pki import PkiError
         from fallwatch.gateway.registry import RegistryError
 
+        if why := _authorise(args, fn.__name__):
+            print(f"error: {why}", file=sys.stderr)
+            return 2
         try:
             return int(fn(args) or 0)
         except (RegistryError, PkiError) as exc:

@@ -253,3 +253,44 @@ def test_cli_bulk_import_dry_run_and_errors(tmp_path: Path, capsys: pytest.Captu
     assert "2 rows ok, 0 rows with errors" in capsys.readouterr().out
     assert main(["device", "list", *c]) == 0
     assert capsys.readouterr().out.count("site-d/flat-30") == 2
+
+
+def test_with_staff_accounts_roles_decide_and_the_account_is_the_actor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from fallwatch.gateway.staff import StaffDirectory
+
+    accounts = tmp_path / "staff.toml"
+    staff = StaffDirectory(accounts)
+    tokens = {name: staff.add(name, role) for name, role in
+              (("tina", "technician"), ("carl", "carer"), ("ada", "admin"))}
+    cfg = tmp_path / "fw.toml"
+    cfg.write_text(f'[gateway]\nstate_db = "{tmp_path / "st.sqlite"}"\nstaff_users_file = "{accounts}"\n')
+    c = ["--config", str(cfg)]
+
+    def as_(who: str | None, *argv: str) -> int:
+        if who is None:
+            monkeypatch.delenv("FALLWATCH_STAFF_TOKEN", raising=False)
+        else:
+            monkeypatch.setenv("FALLWATCH_STAFF_TOKEN", tokens[who])
+        return main([*argv, *c])
+
+    assert as_(None, "device", "list") == 2
+    assert "set FALLWATCH_STAFF_TOKEN" in capsys.readouterr().err
+    assert as_("tina", "resident", "add", "r01", "--site", "s1", "--name", "Mary") == 2
+    assert "tina (technician) may not" in capsys.readouterr().err
+    assert as_("ada", "resident", "add", "r01", "--site", "s1", "--name", "Mary") == 0
+    assert as_("tina", "device", "add", "hub-1", "--kind", "hub", "--site", "s1") == 0
+    assert as_("tina", "device", "add", "hub-2", "--kind", "hub", "--site", "s1", "--by", "ada") == 2
+    assert "you are tina" in capsys.readouterr().err
+    assert as_("carl", "device", "add", "hub-3", "--kind", "hub", "--site", "s1") == 2
+    capsys.readouterr()
+    assert as_("tina", "resident", "list") == 0
+    assert "Mary" not in capsys.readouterr().out
+    assert as_("tina", "resident", "list", "--personal") == 2
+    assert as_("carl", "resident", "list", "--personal") == 0
+    assert "Mary" in capsys.readouterr().out
+    store = StateStore(str(tmp_path / "st.sqlite"))
+    reg = Registry(store)
+    assert [(e["actor"], e["action"]) for e in reg.log()] == [
+        ("ada", "resident.add"), ("tina", "device.add"), ("carl", "resident.read-personal")]
+    store.close()
