@@ -101,6 +101,7 @@ def mosquitto_conf(
     log_file: str | None = None,
     pid_file: str | None = None,
     client_certs: bool = False,
+    crlfile: str | None = None,
 ) -> str:
     """``pid_file``: where the broker writes its pid (the registry SIGHUPs it after a change);
     ``client_certs``: hubs on the TLS listener present a certificate from the site CA and its
@@ -152,6 +153,7 @@ def mosquitto_conf(
             "# for client certificates instead of passwords (CN = device id):",
             *(["require_certificate true", "use_identity_as_username true"] if client_certs
               else ["# require_certificate true", "# use_identity_as_username true"]),
+            *([f"crlfile {crlfile}"] if crlfile else []),
             "",
         ]
     lines += [f"pid_file {pid_file}"] if pid_file else []

@@ -146,6 +146,25 @@ def expiry(pem: str | bytes) -> dt.datetime:
     return x509.load_pem_x509_certificate(data).not_valid_after_utc
 
 
+def serial(pem: str | bytes) -> str:
+    """A certificate's serial number (hex), as the registry and the CRL know it."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    return format(x509.load_pem_x509_certificate(data).serial_number, "x")
+
+
+def crl(ca_dir: Path, serials: list[str], *, days: int = 30) -> bytes:
+    """A CRL (PEM) of the site CA revoking ``serials`` (hex). Regenerated at every broker sync,
+    so its ``next_update`` never lapses on a gateway that is in use."""
+    ca_cert, ca_key = _load_ca(ca_dir)
+    now = _now()
+    b = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
+         .last_update(now - dt.timedelta(minutes=5)).next_update(now + dt.timedelta(days=days)))
+    for s in serials:
+        b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(int(s, 16))
+                                      .revocation_date(now - dt.timedelta(minutes=5)).build())
+    return b.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
 def fingerprint(pem: str | bytes) -> str:
     """SHA-256 of a certificate's DER form (hex): what a token-only enrolment pins."""
     data = pem.encode() if isinstance(pem, str) else pem

@@ -449,13 +449,14 @@ def _make_bundle(reg: Any, cfg: FallwatchConfig, args: argparse.Namespace, devic
     ca = pki.ca_pem(p.ca_dir) if (p.ca_dir / "ca.crt").exists() else None
     client = None
     if getattr(args, "client_cert", False):
-        crt, key, not_after = pki.client_cert(p.ca_dir, device_id)
+        crt, key, _ = pki.client_cert(p.ca_dir, device_id)
         client = (crt, key)
-        reg.set_cert_expiry(device_id, int(not_after.timestamp() * 1000), actor=_actor(args))
     bundle, code = reg.create_bundle(device_id, actor=_actor(args), broker_url=p.hub_broker_url,
                                      enrol_url=p.enrol_url, ttl_s=ttl_s or p.bundle_ttl_s, ca_pem=ca,
                                      model_pubkeys=tuple(p.model_pubkeys), client_cert=client)
     _private_file(args.out, json.dumps(bundle, indent=1) + "\n")
+    if client is not None:
+        _sync(reg, cfg)  # the CRL keeps the new certificate dead until the code is redeemed
     token = make_token(code, p.enrol_url)
     if p.enrol_url.startswith("https:") and (p.ca_dir / "server.crt").exists():
         # a hub with only the token has no CA yet: it checks the server by this pin

@@ -63,7 +63,7 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS reg_devices (
         device_id TEXT PRIMARY KEY, kind TEXT NOT NULL, site_id TEXT NOT NULL, home_id TEXT,
         hub_id TEXT, room TEXT, sensor_kind TEXT, status TEXT NOT NULL,
-        cert_not_after_ms BIGINT, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)""",
+        cert_not_after_ms BIGINT, cert_serial TEXT, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS reg_credentials (
         username TEXT PRIMARY KEY, device_id TEXT NOT NULL, hash TEXT NOT NULL, created_ms BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS reg_residents (
@@ -76,7 +76,7 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS reg_bundles (
         code_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, created_ms BIGINT NOT NULL,
         expires_ms BIGINT NOT NULL, used_ms BIGINT, void_ms BIGINT, creds TEXT NOT NULL,
-        sealed TEXT NOT NULL)""",
+        sealed TEXT NOT NULL, cert_serial TEXT, cert_not_after_ms BIGINT)""",
     """CREATE TABLE IF NOT EXISTS reg_log (
         id {autoinc}, at_ms BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
         subject TEXT NOT NULL, detail TEXT, chain TEXT)""",
@@ -354,8 +354,8 @@ class Registry:
             self.store._exec(cur, "DELETE FROM reg_credentials WHERE device_id = ?", (device_id,))
             self.store._exec(cur, "UPDATE reg_bundles SET void_ms = ? WHERE device_id = ? AND used_ms IS NULL "
                                   "AND void_ms IS NULL", (now, device_id))
-            self.store._exec(cur, "UPDATE reg_devices SET status = 'revoked', updated_ms = ? WHERE device_id = ?",
-                             (now, device_id))
+            self.store._exec(cur, "UPDATE reg_devices SET status = 'revoked', cert_serial = NULL, updated_ms = ? "
+                                  "WHERE device_id = ?", (now, device_id))
             self._audit(cur, actor, "device.revoke", device_id, {"reason": reason, "was": d["status"]})
         return self._need(device_id)
 
@@ -370,7 +370,8 @@ class Registry:
             ex(cur, "UPDATE reg_bundles SET void_ms = ? WHERE device_id = ? AND used_ms IS NULL AND void_ms IS NULL",
                (now, device_id))
             self._close_assignments(cur, now, device_id=device_id)
-            ex(cur, "UPDATE reg_devices SET status = 'retired', updated_ms = ? WHERE device_id = ?", (now, device_id))
+            ex(cur, "UPDATE reg_devices SET status = 'retired', cert_serial = NULL, updated_ms = ? WHERE device_id = ?",
+               (now, device_id))
             if d["kind"] == "hub":  # its parts stay registered but unattached
                 ex(cur, "UPDATE reg_devices SET hub_id = NULL, updated_ms = ? WHERE hub_id = ?", (now, device_id))
             self._audit(cur, actor, "device.retire", device_id, {"was": d["status"]})
@@ -398,12 +399,16 @@ class Registry:
             self.store._exec(cur, "INSERT INTO reg_credentials (username, device_id, hash, created_ms) "
                                   "VALUES (?, ?, ?, ?)", (user, device_id, h, now))
 
-    def set_cert_expiry(self, device_id: str, not_after_ms: int, *, actor: str) -> None:
-        self._need(device_id)
-        with self.store._tx() as cur:
-            self.store._exec(cur, "UPDATE reg_devices SET cert_not_after_ms = ?, updated_ms = ? WHERE device_id = ?",
-                             (not_after_ms, self._now(), device_id))
-            self._audit(cur, actor, "device.cert", device_id, {"not_after_ms": not_after_ms})
+    def revoked_serials(self) -> list[str]:
+        """Every client certificate the CA issued (one per bundle) that is not an active
+        device's current one: superseded, from an unused, voided or expired bundle, or of a
+        revoked or retired device. The CRL lists them all, so a certificate is as inert as
+        its bundle's password until the code is redeemed."""
+        issued = {r["cert_serial"] for r in self.store._select(
+            "SELECT cert_serial FROM reg_bundles WHERE cert_serial IS NOT NULL")}
+        current = {r["cert_serial"] for r in self.store._select(
+            "SELECT cert_serial FROM reg_devices WHERE status = 'active' AND cert_serial IS NOT NULL")}
+        return sorted(issued - current)
 
     def expiring_certs(self, within_days: float = 30.0) -> list[dict[str, Any]]:
         """Devices whose client certificate expires within ``within_days`` (or has), for health."""
@@ -421,6 +426,11 @@ class Registry:
         newer bundle voids the older unused ones. The hub's current credential (a rotation)
         keeps working until then, so a routine rotation never cuts a hub off early."""
         d = self._need(device_id, "hub")
+        serial, not_after = None, None
+        if client_cert is not None:  # the CA has signed it already: the CRL keeps it dead until redemption
+            from fallwatch.gateway import pki
+
+            serial, not_after = pki.serial(client_cert[0]), int(pki.expiry(client_cert[0]).timestamp() * 1000)
         code = secrets.token_urlsafe(24)
         password = secrets.token_urlsafe(24)
         now = self._now()
@@ -446,11 +456,12 @@ class Registry:
             ex = self.store._exec
             ex(cur, "UPDATE reg_bundles SET void_ms = ? WHERE device_id = ? AND used_ms IS NULL AND void_ms IS NULL",
                (now, device_id))
-            ex(cur, "INSERT INTO reg_bundles (code_id, device_id, created_ms, expires_ms, creds, sealed) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+            ex(cur, "INSERT INTO reg_bundles (code_id, device_id, created_ms, expires_ms, creds, sealed, cert_serial, "
+                    "cert_not_after_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                (code_id(code), device_id, now, expires, json.dumps({device_id: mosquitto_hash(password)}),
-                seal(code, bundle)))
-            self._audit(cur, actor, "bundle.create", device_id, {"expires_ms": expires})
+                seal(code, bundle), serial, not_after))
+            self._audit(cur, actor, "bundle.create", device_id,
+                        {"expires_ms": expires, **({"client_cert": serial} if serial else {})})
         return bundle, code
 
     def redeem(self, code: str, *, actor: str = "device") -> dict[str, Any]:
@@ -464,8 +475,8 @@ class Registry:
             ex(cur, "UPDATE reg_bundles SET used_ms = ? WHERE code_id = ? AND used_ms IS NULL AND void_ms IS NULL "
                     "AND expires_ms > ?", (now, cid, now))
             won = bool(cur.rowcount)
-            ex(cur, "SELECT device_id, creds, sealed, used_ms, void_ms, expires_ms FROM reg_bundles "
-                    "WHERE code_id = ?", (cid,))
+            ex(cur, "SELECT device_id, creds, sealed, used_ms, void_ms, expires_ms, cert_serial, cert_not_after_ms "
+                    "FROM reg_bundles WHERE code_id = ?", (cid,))
             row = cur.fetchone()
             if row is None:
                 raise RegistryError("unknown enrolment code")
@@ -482,6 +493,9 @@ class Registry:
                 self._set_credentials(cur, device_id, json.loads(creds), now)
                 ex(cur, "UPDATE reg_devices SET status = 'active', updated_ms = ? WHERE device_id = ?",
                    (now, device_id))
+                if row[6] is not None:  # its client certificate becomes the one (the previous one is now revoked)
+                    ex(cur, "UPDATE reg_devices SET cert_serial = ?, cert_not_after_ms = ? WHERE device_id = ?",
+                       (row[6], row[7], device_id))
                 self._audit(cur, actor, "bundle.redeem", device_id, None)
                 why = ""
         if why:  # committed: the refusal is in the audit log
@@ -622,10 +636,16 @@ class Registry:
         users = self.broker_users()
         _atomic_write(out / "passwd", "".join(f"{u}:{h}\n" for u, h in users.items()), 0o600, group="mosquitto")
         _atomic_write(out / "acl", self.acl(), 0o644)
+        crl = None
+        if files.client_certs:  # Mosquitto re-reads the CRL on SIGHUP too
+            from fallwatch.gateway import pki
+
+            _atomic_write(out / "crl.pem", pki.crl(Path(files.tls_dir), self.revoked_serials()).decode(), 0o644)
+            crl = str(out / "crl.pem")
         conf = brokerconf.mosquitto_conf(
             out, tls_dir=files.tls_dir, data_dir=files.data_dir, plain_port=files.plain_port,
             tls_port=files.tls_port, log_file=files.log_file,
-            pid_file=str(files.pid_file) if files.pid_file else None, client_certs=files.client_certs)
+            pid_file=str(files.pid_file) if files.pid_file else None, client_certs=files.client_certs, crlfile=crl)
         _atomic_write(out / "mosquitto.conf", files.preamble + conf, 0o644)
         reloaded = reload_broker(files.pid_file) if files.pid_file else None
         return {"users": len(users), "dir": str(out), "reloaded_pid": reloaded}

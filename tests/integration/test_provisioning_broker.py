@@ -468,3 +468,45 @@ def test_a_reassigned_wearable_reaches_the_hub_and_its_next_fall_is_the_new_wear
     monkeypatch.setenv("FALLWATCH_MQTT_CONFIG_PASSWORD", "wrong")
     assert main(["device", "push-config", "hub-flat-01", "--config", str(cfg)]) == 1
     assert "refused user 'gw-1-config'" in capsys.readouterr().err
+
+
+def test_client_certificates_are_revoked_by_the_crl_until_redeemed_and_after_revocation(tmp_path: Path) -> None:
+    b = RegistryBroker(client_certs=True)
+    try:
+        def cert_bundle(hub: str) -> tuple[tuple[Path, Path], str]:
+            crt, key, _ = pki.client_cert(b.ca_dir, hub)
+            n = len(list(tmp_path.iterdir()))
+            (tmp_path / f"{n}.crt").write_text(crt)
+            (tmp_path / f"{n}.key").write_text(key)
+            _, code = b.reg.create_bundle(hub, actor="tech", broker_url="x", enrol_url="y", ttl_s=600,
+                                          client_cert=(crt, key))
+            b.sync()
+            return (tmp_path / f"{n}.crt", tmp_path / f"{n}.key"), code
+
+        ca = b.ca_dir / "ca.crt"
+
+        def refused(cert: tuple[Path, Path]) -> bool:  # the SIGHUP reload is asynchronous: wait for it
+            return t.wait_until(lambda: _tls_client(b.tls_port, ca, "hub-4", "", cert) != 0, 5)
+
+        def accepted(cert: tuple[Path, Path]) -> bool:
+            return t.wait_until(lambda: _tls_client(b.tls_port, ca, "hub-4", "", cert) == 0, 5)
+
+        b.reg.add_device("hub-4", "hub", actor="tech", site_id="site-a")
+        first, code1 = cert_bundle("hub-4")
+        assert refused(first)  # issued, not yet redeemed: in the CRL
+        b.reg.redeem(code1)
+        b.sync()
+        assert accepted(first)
+        assert b.reg.show("hub-4")["cert_expires_in_days"] > 800
+        second, code2 = cert_bundle("hub-4")  # rotation: the new one waits, the old one works
+        assert refused(second)
+        assert _tls_client(b.tls_port, ca, "hub-4", "", first) == 0
+        b.reg.redeem(code2)
+        b.sync()
+        assert accepted(second)
+        assert refused(first)
+        b.reg.revoke("hub-4", actor="tech")
+        b.sync()
+        assert refused(second)
+    finally:
+        b.close()
