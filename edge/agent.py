@@ -23,6 +23,7 @@ stamped on messages.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -48,6 +49,8 @@ from fallwatch.models.scorers import load_scorer
 from fallwatch.mqtt import Will
 from fallwatch.protocol import contract as C
 from fallwatch.protocol.frames import SensorFrame
+
+log = logging.getLogger(__name__)
 
 
 class EdgeAgent:
@@ -192,6 +195,17 @@ class EdgeAgent:
         self.telemetry.heartbeat_s = checked.heartbeat_s
         self.telemetry.telemetry_window_s = checked.telemetry_window_s
         self.upload_raw_imu = checked.upload_raw_imu
+        wearers = {w.id: w.resident_id for w in checked.wearables}
+        changed = False
+        for sid, w in self.sensors.wearables.items():
+            if sid in wearers and w.resident_id != wearers[sid]:
+                log.warning("wearable %s now worn by %s (was %s)", sid, wearers[sid], w.resident_id)
+                w.resident_id = wearers[sid]
+                changed = True
+        if changed:  # who lives here decides whether room sensors speak for the one wearer
+            rids = [w.resident_id for w in self.sensors.wearables.values()]
+            rids += [r.resident_id for r in self.sensors.room_sensors.values()]
+            self.sensors.residents = list(dict.fromkeys(r for r in rids if r))
 
     def _swap_model(self, model: Scorer) -> None:
         self.model = model

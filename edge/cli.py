@@ -52,6 +52,10 @@ def register(sub: SubParsers) -> None:
     for add in _EXTRA_COMMANDS:
         add(esub)
 
+    from fallwatch.edge import enrol
+
+    enrol.register(esub)
+
     k = esub.add_parser("keygen", help="make an ed25519 model-signing key; prints the public key for the config")
     k.add_argument("--out", type=Path, required=True, help="private key file (PEM, mode 600)")
     k.set_defaults(func=_cmd_keygen)
@@ -62,7 +66,16 @@ def register(sub: SubParsers) -> None:
     s.add_argument("--version", required=True, help="must equal the model's metadata version")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--url", help="put a download URL in the manifest instead of the model bytes")
+    s.add_argument("--announce", type=Path, help="a key announcement (from 'edge announce-key') to carry")
     s.set_defaults(func=_cmd_sign)
+
+    an = esub.add_parser("announce-key", help="sign the next model-signing key with the current one (rotation)")
+    an.add_argument("--key", type=Path, required=True, help="the CURRENT private key (PEM), trusted by the hubs")
+    an.add_argument("--new-pubkey", required=True, help="the new key's model_pubkey (from 'edge keygen')")
+    an.add_argument("--seq", type=int, required=True, help="announcement number, higher than any before")
+    an.add_argument("--retire-old", action="store_true", help="hubs stop trusting the current key once they see it")
+    an.add_argument("--out", type=Path, required=True)
+    an.set_defaults(func=_cmd_announce)
 
     i = esub.add_parser("install-model", help="verify and install a signed update offline (same checks as OTA)")
     i.add_argument("--config", type=Path)
@@ -168,9 +181,39 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     if not isinstance(key, Ed25519PrivateKey):
         print(f"{args.key} is not an ed25519 key (make one with 'fallwatch edge keygen')", file=sys.stderr)
         return 2
-    doc = sign_update(key, args.model.read_bytes(), args.version, inline=args.url is None, url=args.url)
+    announcement = None
+    if args.announce:
+        import msgspec
+
+        from fallwatch.protocol import contract as C
+
+        raw = json.loads(args.announce.read_text())
+        announcement = (msgspec.convert(raw["key_announcement"], C.KeyAnnouncement), raw["announcement_signature"])
+    doc = sign_update(key, args.model.read_bytes(), args.version, inline=args.url is None, url=args.url,
+                      announcement=announcement)
     args.out.write_bytes(doc)
     print(f"wrote {args.out} ({len(doc)} bytes); publish it retained on fallwatch/v1/<site>/<hub>/ota/model")
+    return 0
+
+
+def _cmd_announce(args: argparse.Namespace) -> int:
+    import msgspec
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fallwatch.edge.keyring import announce
+
+    key = serialization.load_pem_private_key(args.key.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        print(f"{args.key} is not an ed25519 key", file=sys.stderr)
+        return 2
+    try:
+        ann, sig = announce(key, args.new_pubkey, args.seq, retire_signer=args.retire_old)
+    except ValueError as exc:
+        print(f"error: --new-pubkey: {exc}", file=sys.stderr)
+        return 2
+    args.out.write_text(json.dumps({"key_announcement": msgspec.to_builtins(ann), "announcement_signature": sig}))
+    print(f"wrote {args.out}: sign the next model with the NEW key and --announce {args.out}")
     return 0
 
 

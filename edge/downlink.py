@@ -167,6 +167,12 @@ class Downlink:
         try:
             desired = C.decode_remote_config(payload)
             merged = self.cfg.edge.model_dump() | desired.settings()
+            if desired.wearers is not None:  # reassignments from the registry (only of known wearables)
+                known = {w["id"] for w in merged["wearables"]}
+                if unknown := sorted(set(desired.wearers) - known):
+                    raise ValueError(f"wearers: unknown wearables {unknown} (new sensors come with a new bundle)")
+                merged["wearables"] = [w | ({"resident_id": desired.wearers[w["id"]]} if w["id"] in desired.wearers
+                                            else {}) for w in merged["wearables"]]
             checked = type(self.cfg.edge).model_validate(merged)  # same limits as the file
         except C.ContractError as exc:
             detail = exc.detail

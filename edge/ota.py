@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fallwatch.config import EdgeConfig
 from fallwatch.protocol import contract as C
@@ -62,8 +61,11 @@ def sign_update(
     expires_ms: int | None = None,
     inline: bool = True,
     url: str | None = None,
+    announcement: tuple[C.KeyAnnouncement, str] | None = None,
 ) -> bytes:
-    """Build a signed update document (``contract.ModelUpdate``; used by tooling and tests)."""
+    """Build a signed update document (``contract.ModelUpdate``; used by tooling and tests);
+    ``announcement``: a key announcement and its signature (:func:`fallwatch.edge.keyring.announce`)
+    introducing the key that signs this update."""
     manifest = C.ModelManifest(
         model="fall",
         version=version,
@@ -74,7 +76,9 @@ def sign_update(
     )
     signature = base64.b64encode(private_key.sign(C.manifest_bytes(manifest))).decode()
     model_b64 = base64.b64encode(model_bytes).decode() if inline else None
-    return C.encode_downlink(C.ModelUpdate(manifest=manifest, signature=signature, model_b64=model_b64))
+    ann, ann_sig = announcement if announcement else (None, None)
+    return C.encode_downlink(C.ModelUpdate(manifest=manifest, signature=signature, model_b64=model_b64,
+                                           key_announcement=ann, announcement_signature=ann_sig))
 
 
 def public_key_b64(private_key: Ed25519PrivateKey) -> str:
@@ -115,8 +119,14 @@ class ModelStore:
         self.cfg = cfg
         self.dir = Path(cfg.model_dir)
         self.running = running
-        self._keys = [Ed25519PublicKey.from_public_bytes(base64.b64decode(k))
-                      for k in (cfg.model_pubkey, *cfg.model_pubkeys) if k]
+        from fallwatch.edge.keyring import Keyring, KeyringError
+
+        try:
+            # the configured keys plus those announced since under a trusted key (edge/keyring.py)
+            self.keyring: Keyring | None = Keyring(self.dir, [k for k in (cfg.model_pubkey, *cfg.model_pubkeys) if k])
+        except KeyringError as exc:
+            log.error("model updates disabled: %s", exc)  # neither widen nor narrow trust on a guess
+            self.keyring = None
 
     @property
     def floor_path(self) -> Path:
@@ -142,14 +152,7 @@ class ModelStore:
         os.replace(tmp, self.floor_path)
 
     def _verify(self, sig: bytes, manifest: C.ModelManifest) -> bool:
-        signed = C.manifest_bytes(manifest)
-        for key in self._keys:
-            try:
-                key.verify(sig, signed)
-                return True
-            except InvalidSignature:
-                continue
-        return False
+        return self.keyring is not None and self.keyring.verify(sig, C.manifest_bytes(manifest)) is not None
 
     @property
     def current_path(self) -> Path:
@@ -164,10 +167,19 @@ class ModelStore:
             raise UpdateError("rejected", f"malformed update: {exc}") from None
         manifest = doc.manifest
         version = manifest.version
-        if not self._keys:
+        if self.keyring is None or not self.keyring.trusted():
             raise UpdateError(
                 "rejected", "no edge.model_pubkey(s) configured: model updates are disabled", version
             )
+        if doc.key_announcement is not None:
+            from fallwatch.edge.keyring import KeyringError
+
+            try:
+                if self.keyring.accept(doc.key_announcement, doc.announcement_signature or ""):
+                    log.warning("new model-signing key trusted (announcement seq %d%s)", doc.key_announcement.seq,
+                                ", signer retired" if doc.key_announcement.retire_signer else "")
+            except KeyringError as exc:
+                raise UpdateError("rejected", f"key announcement refused: {exc}", version) from None
         if not self._verify(sig, manifest):
             raise UpdateError("rejected", "bad ed25519 signature (no trusted key verifies it)", version)
         if manifest.expires_ms < time.time() * 1000:

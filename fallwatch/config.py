@@ -312,11 +312,39 @@ class EdgeConfig(_Strict):
     room_sensors: list[EdgeRoomSensor] = []
 
 
+class ProvisioningConfig(_Strict):
+    """The device registry's broker and enrolment side (docs/provisioning.md); the registry
+    itself lives in ``gateway.state_db``."""
+
+    # where `fallwatch device sync` writes mosquitto.conf, passwd and acl (None = do not write)
+    broker_dir: Path | None = None
+    # the running broker's pid file: after each change the registry SIGHUPs it (None = no reload)
+    broker_pid_file: Path | None = None
+    # the broker URL handed to hubs in their enrolment bundles
+    hub_broker_url: str = "mqtts://localhost:8883"
+    # the site CA and server certificates (`fallwatch device ca init`)
+    ca_dir: Path = Path("var/ca")
+    # where hubs redeem their one-time enrolment code (`fallwatch device enrol-server`)
+    enrol_url: str = "http://localhost:8181"
+    bundle_ttl_s: float = Field(default=72 * 3600.0, gt=0, le=30 * 86_400)
+    # gateways whose broker users (`{id}` and `{id}-alerts`) the registry manages
+    gateways: list[str] = []
+    # the model-signing public keys (base64 ed25519) put into every bundle
+    model_pubkeys: list[str] = []
+    # written into the broker config the registry generates (plain loopback / TLS listener)
+    plain_port: int | None = Field(default=1883, ge=0, le=65535)
+    tls_port: int | None = Field(default=8883, ge=0, le=65535)
+    broker_data_dir: str = "/var/lib/mosquitto"
+    # hubs on the TLS listener authenticate with a client certificate (CN = device id) instead of a password
+    client_certs: bool = False
+
+
 class FallwatchConfig(_Strict):
     mqtt: MqttConfig = MqttConfig()
     influx: InfluxConfig = InfluxConfig()
     gateway: GatewayConfig = GatewayConfig()
     edge: EdgeConfig = EdgeConfig()
+    provisioning: ProvisioningConfig = ProvisioningConfig()
 
 
 class ConfigError(ValueError):

@@ -146,8 +146,11 @@ def _audit_verify(args: argparse.Namespace) -> int:
     cfg = _load(args)
     st = StateStore(cfg.gateway.state_db, cfg.gateway.state_db_type)
     st.setup()
+    from fallwatch.gateway.registry import LOG_FIELDS, Registry
+
+    Registry(st).setup()  # the provisioning registry's audit trail is checked too
     try:
-        report = st.verify_audit()
+        report = st.verify_audit({"reg_log": LOG_FIELDS})
     finally:
         st.close()
     ok = True

@@ -361,13 +361,16 @@ class RemoteConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     heartbeat_s: float | None = None
     telemetry_window_s: float | None = None
     upload_raw_imu: bool | None = None
+    #: who wears which of the hub's wearables (wearable id -> resident id, None = nobody), from the
+    #: provisioning registry (`fallwatch device assign --push`); wearables not named keep theirs
+    wearers: Annotated[dict[Id, Id | None], Meta(max_length=256)] | None = None
 
     def settings(self) -> dict[str, float | bool]:
-        """The keys this document sets (everything but ``version`` that is not None)."""
+        """The scalar keys this document sets (everything but ``version`` and ``wearers`` that is not None)."""
         out: dict[str, float | bool] = {}
         for name in self.__struct_fields__:
             value = getattr(self, name)
-            if name != "version" and value is not None:
+            if name not in ("version", "wearers") and value is not None:
                 out[name] = value
         return out
 
@@ -458,12 +461,33 @@ class ModelManifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     url: Annotated[str, Meta(max_length=2000)] | None = None  # download here when not inline
 
 
+class KeyAnnouncement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """A new model-signing key, signed by a key the hub already trusts (:func:`announcement_bytes`):
+    how a hub learns the next key without a visit. ``seq`` only grows (no replay of an old
+    announcement); ``retire_signer`` makes the hub stop trusting the key that signed it."""
+
+    new_key: Annotated[str, Meta(min_length=40, max_length=64)]  # base64 of the 32-byte ed25519 key
+    seq: Annotated[int, Meta(ge=1, le=2**31)]
+    expires_ms: Ms
+    retire_signer: bool = False
+
+
 class ModelUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    """The retained document on ``…/ota/model``: manifest, its ed25519 signature, maybe the model."""
+    """The retained document on ``…/ota/model``: manifest, its ed25519 signature, maybe the model,
+    and maybe a key announcement (signed by a trusted key) introducing the key that signed it."""
 
     manifest: ModelManifest
     signature: Annotated[str, Meta(max_length=200)]  # base64 of the 64-byte signature
     model_b64: str | None = None
+    key_announcement: KeyAnnouncement | None = None
+    announcement_signature: Annotated[str, Meta(max_length=200)] | None = None
+
+
+def announcement_bytes(ann: KeyAnnouncement) -> bytes:
+    """The canonical signed bytes of a key announcement; the prefix keeps a manifest signature
+    from ever being taken for an announcement signature (or the other way round)."""
+    return b"fallwatch-key-announcement:" + json.dumps(msgspec.to_builtins(ann), sort_keys=True,
+                                                      separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def manifest_bytes(manifest: ModelManifest) -> bytes:

@@ -256,20 +256,24 @@ class StateStore:
             cur.close()
             self.dialect.end_read(conn)
 
-    def _append_audit(self, cur: Cursor, table: str, values: tuple[Any, ...]) -> None:
-        """Insert one audit row, chained to the previous one (inside the caller's transaction)."""
+    def _append_audit(self, cur: Cursor, table: str, values: tuple[Any, ...],
+                      fields: tuple[str, ...] | None = None) -> None:
+        """Insert one audit row, chained to the previous one (inside the caller's transaction).
+        ``fields``: the chained columns of an audit table another module owns (default: the
+        table's entry in :data:`AUDIT_FIELDS`)."""
         self.dialect.lock_chain(cur, table)
         self._exec(cur, f"SELECT chain FROM {table} ORDER BY id DESC LIMIT 1")
         row = cur.fetchone()
-        cols = AUDIT_FIELDS[table]
+        cols = fields or AUDIT_FIELDS[table]
         self._exec(cur, f"INSERT INTO {table} ({', '.join(cols)}, chain) VALUES ({', '.join('?' * (len(cols) + 1))})",
                    (*values, chain_hash(row[0] if row else None, values)))
 
-    def verify_audit(self) -> dict[str, dict[str, Any]]:
-        """Recompute both hash chains: per table the row count, rows from before the chain
+    def verify_audit(self, extra: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, Any]]:
+        """Recompute both hash chains (and those of ``extra`` audit tables other modules own,
+        e.g. the provisioning registry's): per table the row count, rows from before the chain
         existed, the head, and the first row that does not verify (None if all do)."""
         out: dict[str, dict[str, Any]] = {}
-        for table, cols in AUDIT_FIELDS.items():
+        for table, cols in {**AUDIT_FIELDS, **(extra or {})}.items():
             rows = self._select(f"SELECT id, {', '.join(cols)}, chain FROM {table} ORDER BY id")
             prev: str | None = None
             started, legacy, broken = False, 0, None
