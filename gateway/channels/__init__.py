@@ -79,6 +79,8 @@ class AlertEvent:
     ack_url: str | None = None  # single-use acknowledge link for this recipient
     outcome: str | None = None
     note: str | None = None
+    resident_name: str | None = None  # from the registry; shown only by channels allowed personal data
+    flat: str | None = None  # the resident's flat or address label (where to go)
     locale: str | None = None  # the reader's language ("sv", "en"); None: the channel's
     tz: str | None = None  # the reader's time zone; None: the channel's
 

@@ -98,17 +98,28 @@ def reasons_text(e: AlertEvent, lang: str | None = None) -> str:
     return ", ".join(_(REASONS[r]) if r in REASONS else r.replace("_", " ") for r in e.reasons)
 
 
-def subject(e: AlertEvent, lang: str | None = None) -> str:
+def _who(e: AlertEvent, names: bool) -> str | None:
+    """The resident as the reader should see them: name (if allowed) and flat, else the id."""
+    if not e.resident_id:
+        return None
+    parts = [e.resident_name] if names and e.resident_name else []
+    if e.flat:
+        parts.append(e.flat)
+    return ", ".join(parts) + f" ({e.resident_id})" if parts else e.resident_id
+
+
+def subject(e: AlertEvent, lang: str | None = None, names: bool = False) -> str:
     _ = gettext_for(_lang(e, lang))
     kind = kind_name(e, lang)
-    who = _("resident {id}").format(id=e.resident_id) if e.resident_id else _("device {id}").format(id=e.device_id)
+    resident = _who(e, names)
+    who = _("resident {id}").format(id=resident) if resident else _("device {id}").format(id=e.device_id)
     room = _(", room {room}").format(room=e.room) if e.room else ""
     action = _(_ACTION[e.action]) if _ACTION.get(e.action) else ""
     return _("{action}{kind}: {who}{room} (site {site})").format(action=action, kind=kind, who=who, room=room,
                                                                site=e.site_id)
 
 
-def body(e: AlertEvent, lang: str | None = None, tz: str | None = None) -> str:
+def body(e: AlertEvent, lang: str | None = None, tz: str | None = None, names: bool = False) -> str:
     """The event in plain words, one fact per line, in the reader's language and time zone."""
     _ = gettext_for(_lang(e, lang))
     tz = e.tz or tz
@@ -120,7 +131,7 @@ def body(e: AlertEvent, lang: str | None = None, tz: str | None = None) -> str:
         lines.append(_("Nobody has acknowledged it yet (reminder {n}).").format(n=e.escalations))
     unknown = _("unknown")
     lines += [
-        _("Resident: {v}").format(v=e.resident_id or unknown),
+        _("Resident: {v}").format(v=_who(e, names) or unknown),
         _("Room: {v}").format(v=e.room or unknown),
         _("Site: {site}, hub {hub}").format(site=e.site_id, hub=e.device_id)
         + (_(", sensor {v}").format(v=e.sensor) if e.sensor else ""),

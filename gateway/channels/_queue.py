@@ -40,6 +40,9 @@ class QueuedChannelConfig(PluginConfig):
     # messages the pager addresses to people through this channel
     broadcast: bool = True
     locale: Literal["sv", "en"] | None = None  # broadcast messages' language; None: gateway.locale
+    # the resident's name in the message (health data about a named person): only on channels the
+    # municipality trusts with it; the flat and the resident id are always there
+    resident_names: bool = False
     actions: list[Action] = Field(default_factory=lambda: [Action.RAISED, Action.ESCALATED], min_length=1)
     retry_attempts: int = Field(default=5, ge=1, le=50)
     retry_backoff_s: float = Field(default=1.0, gt=0, le=3600)
@@ -183,6 +186,7 @@ class QueuedChannel:
         if cfg.locale is not None:
             self.locale = cfg.locale
         self.broadcast = cfg.broadcast
+        self.names = cfg.resident_names
         self.actions = frozenset(cfg.actions)
         self.queue = DeliveryQueue(self.name, self.send, recipient, attempts=cfg.retry_attempts,
                                    backoff_s=cfg.retry_backoff_s, backoff_max_s=cfg.retry_backoff_max_s,

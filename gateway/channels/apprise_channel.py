@@ -62,7 +62,8 @@ class AppriseChannel(QueuedChannel):
                 raise ValueError(f"an apprise contact with scheme {address.split(':', 1)[0]!r} is not understood")
         elif not len(self.apprise):
             raise ValueError("no apprise URL for this message")
-        if not target.notify(body=body(event, self.locale, self.tz), title=subject(event, self.locale)):
+        text, title = body(event, self.locale, self.tz, names=self.names), subject(event, self.locale, names=self.names)
+        if not target.notify(body=text, title=title):
             raise RuntimeError("apprise reported a failed notification")
         return "sent"
 

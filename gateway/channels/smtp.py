@@ -66,13 +66,13 @@ class SmtpChannel(QueuedChannel):
 
     def message(self, e: AlertEvent, to: list[str] | None = None) -> EmailMessage:
         msg = EmailMessage()
-        msg["Subject"] = subject(e, self.locale)
+        msg["Subject"] = subject(e, self.locale, names=self.names)
         msg["From"] = self.cfg.from_
         msg["To"] = ", ".join(to or self.cfg.to)
         msg["Date"] = formatdate(localtime=False)
         msg["Message-ID"] = make_msgid(domain=self.cfg.from_.rsplit("@", 1)[1])
         msg["X-Fallwatch-Alert"] = e.alert_id
-        msg.set_content(body(e, self.locale, self.tz))
+        msg.set_content(body(e, self.locale, self.tz, names=self.names))
         return msg
 
     def send_to(self, event: AlertEvent, address: str) -> str:

@@ -37,6 +37,7 @@ from fallwatch.gateway.channels._queue import QueuedChannel, QueuedChannelConfig
 class WebPushChannelConfig(QueuedChannelConfig):
     type: Literal["webpush"] = "webpush"
     broadcast: bool = False  # a push goes to a person's own phone, never to everyone
+    resident_names: bool = True  # end-to-end encrypted to a carer's own phone
     vapid_private_key_env: str | None = None
     vapid_private_key_file: Path | None = None
     vapid_subject: str = Field(min_length=8)
@@ -78,7 +79,8 @@ class WebPushChannel(QueuedChannel):
         super().__init__(cfg, "(push subscribers)")
 
     def payload(self, e: AlertEvent) -> str:
-        return json.dumps({"title": subject(e, self.locale), "body": body(e, self.locale, self.tz),
+        return json.dumps({"title": subject(e, self.locale, names=self.names),
+                           "body": body(e, self.locale, self.tz, names=self.names),
                            "alert_id": e.alert_id, "kind": e.page_kind or e.kind, "urgency": e.urgency,
                            "action": str(e.action), "ack_url": e.ack_url, "tag": e.alert_id}, separators=(",", ":"))
 

@@ -126,6 +126,7 @@ class Pager:
         self._failing: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pager-send")
         self.signer: AckSigner | None = None
+        self.registry: Any = None  # the provisioning registry: residents' names, flats, teams
         missing = sorted({c.channel for p in cfg.people for c in p.contacts} - self.channels.keys()
                          | {c.channel for t in cfg.teams for c in t.fallback} - self.channels.keys())
         if missing and self.enabled:
@@ -139,7 +140,11 @@ class Pager:
         return self.roster.enabled
 
     def setup(self) -> None:
+        from fallwatch.gateway.registry import Registry
+
         self.store.setup()
+        self.registry = Registry(self.state)
+        self.registry.setup()
         key = read_secret("paging ack link key", self.cfg.ack_secret_env, self.cfg.ack_secret_file)
         self.signer = AckSigner(key or self.store.ack_key())
 
@@ -166,11 +171,24 @@ class Pager:
         cause = "fall" if kind in ("fall", "suspected_fall", "long_lie", "inactivity") else kind
         return f"{e.site_id}:{e.resident_id or e.device_id}:{cause}"
 
+    def resident(self, site_id: str, resident_id: str | None) -> dict[str, Any] | None:
+        """The registry's record of a resident (name, flat, team); None if unknown or unreadable —
+        a registry problem never stops a page."""
+        if not resident_id or self.registry is None:
+            return None
+        try:
+            row = self.registry.resident(site_id, resident_id)
+        except Exception:
+            log.exception("registry lookup of resident %s at %s failed; paging without it", resident_id, site_id)
+            return None
+        return row if row and row.get("status", "active") == "active" else None
+
     def _raised(self, e: AlertEvent, now_ms: int | None = None) -> list[Delivery]:
         now = self.clock() if now_ms is None else now_ms
         kind = self._kind(e)
         urg = kinds.urgency(kind, self.cfg.urgency)
-        route = self.roster.route(e.site_id, now)
+        who = self.resident(e.site_id, e.resident_id)
+        route = self.roster.route(e.site_id, now, who.get("team") if who else None)
         if urg == "planning":
             self.store.open_page(e.alert_id, e.site_id, kind, urg, route.team if route else None,
                                  self.group_key(e, kind), now, status="closed")
@@ -264,7 +282,7 @@ class Pager:
             return
         e = event or AlertEvent.from_alert(alert, Action.RAISED, now)
         e = dataclasses.replace(e, page_kind=str(page["kind"]), urgency=urg)
-        route = self.roster.route(str(page["site_id"]), now)
+        route = self.roster.route(str(page["site_id"]), now, page.get("team"))
         repeated = urg in kinds.REPEATED
         resend_ms = int(self.cfg.resend_every_s * 1000)
         escalate_ms = int(self.cfg.escalate_after_s * 1000)
@@ -439,6 +457,9 @@ class Pager:
 
     def _deliver_one(self, e: AlertEvent, r: Recipient, step: int, level: int, ack_link: bool) -> None:
         e = dataclasses.replace(e, recipient=r.name, level=level, locale=r.locale or self.locale, tz=r.tz)
+        who = self.resident(e.site_id, e.resident_id)
+        if who is not None:
+            e = dataclasses.replace(e, resident_name=who.get("name"), flat=who.get("flat"))
         last, reached = "", 0
         for contact in r.contacts:
             ch = self.channels.get(contact.channel)

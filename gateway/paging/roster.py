@@ -205,9 +205,11 @@ class Roster:
                 return got, "calendar"
         return shift_people(list(team.shifts), local), "shifts"
 
-    def route(self, site_id: str, at_ms: int) -> Route | None:
-        """Who answers for ``site_id`` at ``at_ms``; None if no team covers the site."""
-        team = self.team_for(site_id)
+    def route(self, site_id: str, at_ms: int, team_id: str | None = None) -> Route | None:
+        """Who answers for ``site_id`` at ``at_ms`` (or the resident's own team ``team_id`` from
+        the registry, when the paging config has it); None if no team covers the site."""
+        team = next((t for t in self.cfg.teams if t.id == team_id), None) if team_id else None
+        team = team or self.team_for(site_id)
         if team is None:
             return None
         notes: list[str] = []

@@ -331,3 +331,29 @@ def test_redact_keeps_only_scheme_and_host() -> None:
     text = "ConnectionError: HTTPSConnectionPool: https://user:pw@sms.example/send?token=s3cret failed"
     assert redact(text) == "ConnectionError: HTTPSConnectionPool: https://sms.example/… failed"
     assert "s3cret" not in redact("json://127.0.0.1:8080/hook?key=s3cret")
+
+
+def test_the_registry_gives_the_message_a_name_and_flat_and_routes_by_the_residents_team(tmp_path: Path) -> None:
+    c = cfg()
+    other = {"id": "t2", "sites": ["site-b"], "shifts": [{"people": ["tom"]}]}
+    c = PagingConfig.model_validate({**c.model_dump(), "teams": [*(t.model_dump() for t in c.teams), other]})
+    state = StateStore(str(tmp_path / "r.sqlite"))
+    state.setup()
+    ch = Addressed()
+    now = ms(2026, 12, 1, 12)
+    pager = Pager(c, state, {"app": ch}, gateway_id="gw-1", stop=threading.Event(), public_url="http://gw",
+                  clock=lambda: now)
+    pager.setup()
+    pager.registry.add_resident("site-a", "r07", actor="test", name="Greta Johansson", flat="lgh 1102", team="t2")
+    aid = state.raise_alert("fall", "site-a", "hub-1", now, "x")
+    assert aid
+    pager.notify(AlertEvent(kind="fall", action=Action.RAISED, alert_id=aid, site_id="site-a", device_id="hub-1",
+                            resident_id="r07", at_ms=now, confidence=0.95))
+    pager.wait_idle(5)
+    [(to, e)] = ch.sent
+    assert to == "tom"  # the resident's own team, not the site's
+    assert (e.resident_name, e.flat) == ("Greta Johansson", "lgh 1102")
+    from fallwatch.gateway.channels._common import body
+
+    assert "Boende: lgh 1102 (r07)" in body(e, "sv")  # no name on a channel not trusted with it
+    assert "Boende: Greta Johansson, lgh 1102 (r07)" in body(e, "sv", names=True)
