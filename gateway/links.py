@@ -108,6 +108,11 @@ class Link:
         self.acks.new_connection()
         self.connected = True
         client.subscribe([(f, 1) for f in self.filters])
+        bare = [f.split("/", 2)[2] for f in self.filters if f.startswith("$share/")]
+        if bare:
+            # a session that ran unshared before (one process, then --workers) would keep its
+            # plain subscriptions and receive everything on top of its share
+            client.unsubscribe(bare)
         if self.presence and self.gateway_id:
             client.publish(self.presence, _presence("ready", self.gateway_id), qos=1, retain=True)
         log.info("MQTT %s link connected (session present: %s)", self.name, getattr(flags, "session_present", "?"))
