@@ -91,8 +91,10 @@ def collect(q: ItemQueue, first_wait_s: float, limit: int, linger_s: float, stop
     return batch
 
 
-#: ``DeviceUpdate`` fields that every message carries; an update with nothing else may wait
-_ROUTINE = frozenset({"site_id", "device_id", "last_seen_ms", "clock_skew_ms"})
+#: ``DeviceUpdate`` fields beyond what every message carries (last-seen, clock skew, sensors):
+#: an update that sets none of them may wait
+_NEWS = ("fw", "model_version", "outbox_depth", "uptime_s", "min_battery_pct", "state", "heartbeat_s",
+         "boot_id", "last_test_ms")
 
 
 class DeviceCoalescer:
@@ -152,7 +154,7 @@ class DeviceCoalescer:
 
 
 def _routine(u: DeviceUpdate) -> bool:
-    return not u.sensors and all(v is None for k, v in vars(u).items() if k not in _ROUTINE and k != "sensors")
+    return not u.sensors and all(getattr(u, k) is None for k in _NEWS)
 
 
 class BulkIngest:
