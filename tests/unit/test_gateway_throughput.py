@@ -69,7 +69,7 @@ def test_seen_keys_of_a_large_batch_are_all_stored_once(tmp_path: Path) -> None:
     st.setup()
     ids = [f"d:{i}" for i in range(1234)]  # more than one INSERT's worth
     st.commit_batch(ids, 1, [], {i: f"h{i}" for i in ids})
-    st.commit_batch(ids[:10] + ["d:x"], 2, [], {"d:0": "other"})  # repeats: the first digest is kept
+    st.commit_batch([*ids[:10], "d:x"], 2, [], {"d:0": "other"})  # repeats: the first digest is kept
     seen = st.seen_digests([*ids, "d:x", "d:nope"])
     assert len(seen) == 1235 and seen["d:0"] == "hd:0" and seen["d:x"] is None and "d:nope" not in seen
     st.close()

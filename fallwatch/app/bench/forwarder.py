@@ -96,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         written += len(batch)
         last = time.time()
     ru = resource.getrusage(resource.RUSAGE_SELF)
+    with open("/proc/self/status") as f:  # VmHWM: ru_maxrss keeps the forking parent's peak across exec
+        hwm = next((int(r.split()[1]) / 1024 for r in f if r.startswith("VmHWM:")), ru.ru_maxrss / 1024)
     print(json.dumps({"first_rx": first[0], "last_write": last, "written": written,
-                      "cpu_s": ru.ru_utime + ru.ru_stime - first[1], "maxrss_mb": ru.ru_maxrss / 1024}), flush=True)
+                      "cpu_s": ru.ru_utime + ru.ru_stime - first[1], "maxrss_mb": hwm}), flush=True)
     client.disconnect()
     client.loop_stop()
     return 0
