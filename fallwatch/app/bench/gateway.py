@@ -31,7 +31,6 @@ point must be in InfluxDB once it is back.
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import os
 import statistics
@@ -41,7 +40,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import msgspec
 import psutil
@@ -362,20 +361,14 @@ def forwarder(broker: Mosquitto, db: InfluxDB1, msgs: list[tuple[str, bytes]]) -
 
 
 # ------------------------------------------------------------------ 3. the gateway (processes)
-class Hook(http.server.BaseHTTPRequestHandler):
-    """The staff-notification web hook: when each fall alert's ``raised`` event arrived."""
-
-    seen: ClassVar[dict[str, float]] = {}
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        if body.get("action") == "raised":
-            self.seen.setdefault(str(body.get("alert_id")), time.time())
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
+def hook_times(path: Path) -> dict[str, float]:
+    """Alert id → when its ``raised`` notification reached :mod:`fallwatch.app.bench.hook`."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for row in path.read_text().splitlines():
+            alert_id, _, at = row.rpartition(" ")
+            out.setdefault(alert_id, float(at))
+    return out
 
 
 class GatewayRun:
@@ -478,11 +471,15 @@ secret_env = "FALLWATCH_BENCH_HOOK_SECRET"
 
 
 def paced(broker: Mosquitto, rate: float, duration_s: float, seq0: int, hubs: int, start: Any, procs: Any,
-          stored: Any, alerts: bool) -> dict[str, Any]:
-    """``rate`` msg/s of telemetry for ``duration_s`` (and 5 fall alerts a second with
-    ``alerts``) into a running consumer: CPU µs per message, alert publish → staff web hook."""
+          stored: Any, hook: Path | None) -> dict[str, Any]:
+    """``rate`` msg/s of telemetry for ``duration_s`` (and 5 fall alerts a second when the
+    ``hook`` file is given) into a running consumer: CPU µs per message, alert publish →
+    staff web hook."""
     msgs = message_set(int(rate * duration_s), hubs, seq0)
     pub = Publisher("127.0.0.1", broker.port, f"bench-paced-{time.monotonic_ns()}")
+    # alerts from their own client, as a hub's outbox sends them first: in the telemetry
+    # client's queue they would wait behind whatever telemetry the broker has not yet taken
+    alert_pub = Publisher("127.0.0.1", broker.port, f"bench-alerts-{time.monotonic_ns()}")
     sent_at: dict[str, float] = {}
     try:
         start()
@@ -494,25 +491,28 @@ def paced(broker: Mosquitto, rate: float, duration_s: float, seq0: int, hubs: in
             for topic, payload in msgs[sent:due]:
                 pub.publish(topic, payload)
             sent = due
-            if alerts and (time.perf_counter() - t0) * 5 > n_alerts:
+            if hook is not None and (time.perf_counter() - t0) * 5 > n_alerts:
                 dev = f"hub-{n_alerts % hubs:04d}"
                 sent_at[f"fall:{SITE}:{dev}:bench{seq0}-{n_alerts}"] = time.time()
-                pub.publish(*fall(SITE, dev, 10**8 + seq0 + n_alerts, event=f"bench{seq0}-{n_alerts}"))
+                alert_pub.publish(*fall(SITE, dev, 10**8 + seq0 + n_alerts, event=f"bench{seq0}-{n_alerts}"))
                 n_alerts += 1
             time.sleep(0.002)
         pub.wait(60)
+        alert_pub.wait(60)
         deadline = time.monotonic() + 60
         while stored() < len(msgs) + n_alerts and time.monotonic() < deadline:
             time.sleep(0.05)
         cpu = _cpu_s(p)
     finally:
         pub.close()
+        alert_pub.close()
     out: dict[str, Any] = {"cpu_us_per_msg": round(1e6 * (cpu - cpu0) / len(msgs), 1)}
-    if alerts:
+    if hook is not None:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not set(sent_at) <= set(Hook.seen):
+        while time.monotonic() < deadline and not set(sent_at) <= set(hook_times(hook)):
             time.sleep(0.05)
-        lat = [1000 * (Hook.seen[a] - t) for a, t in sent_at.items() if a in Hook.seen]
+        told = hook_times(hook)
+        lat = [1000 * (told[a] - t) for a, t in sent_at.items() if a in told]
         out.update({"_alert_latency_ms": lat, "alert_p50_ms": round(_pct(lat, 0.5), 1),
                     "alert_p99_ms": round(_pct(lat, 0.99), 1), "alerts_lost": len(sent_at) - len(lat)})
     return out
@@ -527,13 +527,14 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
     steps = ["ceiling", "forwarder", *(f"gateway x{w}" for w in configs), "store down"]
     bar = tqdm(steps, desc="gateway bench", disable=not progress, file=sys.stderr)
     out: dict[str, Any] = {"messages": n, "hubs": hubs, "cores": cores}
-    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-    hook_url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
     seq0 = n
     with contextlib.ExitStack() as stack:
-        stack.callback(hook.shutdown)
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fw-bench-gw-")))
+        hook_port, hook_file = free_port(), work / "hook.txt"
+        hook = subprocess.Popen([sys.executable, "-m", "fallwatch.app.bench.hook", str(hook_port), str(hook_file)])
+        stack.callback(hook.wait, 10)
+        stack.callback(hook.terminate)
+        hook_url = f"http://127.0.0.1:{hook_port}/hook"
         broker = stack.enter_context(Mosquitto())
         db = stack.enter_context(InfluxDB1())
         msgs = message_set(n, hubs)
@@ -565,7 +566,7 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
             def count(database: str = database) -> int:
                 return _count(db, database)
 
-            r = paced(broker, rate, paced_s, seq0, hubs, start_fwd, lambda h=holder: _tree(h[0].pid), count, False)
+            r = paced(broker, rate, paced_s, seq0, hubs, start_fwd, lambda h=holder: _tree(h[0].pid), count, None)
             holder[0].wait(60)
             out[f"forwarder_{rate}_cpu_us_per_msg"] = r["cpu_us_per_msg"]
             seq0 += int(rate * paced_s)
@@ -582,7 +583,7 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
                 g = GatewayRun(broker, db, w, work, hook_url)
                 try:
                     r = paced(broker, rate, paced_s, seq0, hubs, g.start, g.procs,
-                              lambda g=g: int(g.get("/stats").get("stored", 0)), True)
+                              lambda g=g: int(g.get("/stats").get("stored", 0)), hook_file)
                     r.update(g.rss())
                     r["lost"] = int(rate * paced_s) - _count(db, g.database)
                 finally:
