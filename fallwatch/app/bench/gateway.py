@@ -560,14 +560,19 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
             holder: list[subprocess.Popen[str]] = []
 
             def start_fwd(cmd: list[str] = cmd, holder: list[subprocess.Popen[str]] = holder) -> None:
+                # its session first: what is published before it has subscribed waits for it
+                subprocess.run([*cmd, "--subscribe-only"], check=True, timeout=60)
                 holder.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
-                time.sleep(1.0)  # connected and subscribed (a clean-start-free session: nothing missed)
 
             def count(database: str = database) -> int:
                 return _count(db, database)
 
             r = paced(broker, rate, paced_s, seq0, hubs, start_fwd, lambda h=holder: _tree(h[0].pid), count, None)
-            holder[0].wait(60)
+            try:
+                holder[0].wait(120)
+            except subprocess.TimeoutExpired:
+                holder[0].kill()
+                raise
             out[f"forwarder_{rate}_cpu_us_per_msg"] = r["cpu_us_per_msg"]
             seq0 += int(rate * paced_s)
         bar.update()
