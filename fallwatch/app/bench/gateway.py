@@ -43,8 +43,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import paho.mqtt.client as mqtt
 import psutil
 import requests
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from tqdm import tqdm
 
 from fallwatch.config import load_config
@@ -288,6 +291,19 @@ def publish_all(broker: Mosquitto, msgs: list[tuple[str, bytes]]) -> None:
         pub.close()
 
 
+def forget_sessions(broker: Mosquitto, client_ids: list[str]) -> None:
+    """End a finished consumer's persistent sessions: left behind, each would have the broker
+    queue every later scenario's messages for it too, and the later scenarios would pay."""
+    for cid in client_ids:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0
+        c.connect("127.0.0.1", broker.port, clean_start=True, properties=props)
+        c.loop_start()
+        c.disconnect()
+        c.loop_stop()
+
+
 def _tree(pid: int) -> list[psutil.Process]:
     try:
         p = psutil.Process(pid)
@@ -341,6 +357,7 @@ def ceiling(broker: Mosquitto, msgs: list[tuple[str, bytes]]) -> dict[str, Any]:
         got += 1
     _, _, ru = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t0
+    forget_sessions(broker, [cid])
     return {"msgs_per_s": round(len(msgs) / elapsed, 1), "cpu_us_per_msg": round(1e6 * (ru.ru_utime + ru.ru_stime)
             / len(msgs), 1), "rss_peak_mb": round(rss[0], 1), "lost": len(msgs) - got}
 
@@ -349,11 +366,13 @@ def ceiling(broker: Mosquitto, msgs: list[tuple[str, bytes]]) -> dict[str, Any]:
 def forwarder(broker: Mosquitto, db: InfluxDB1, msgs: list[tuple[str, bytes]]) -> dict[str, Any]:
     database = f"fwd_{time.monotonic_ns()}"
     requests.post(f"{db.url}/query", params={"q": f"CREATE DATABASE {database}"}, timeout=10).raise_for_status()
+    cid = f"fwd-{time.monotonic_ns()}"
     cmd = [sys.executable, "-m", "fallwatch.app.bench.forwarder", "--mqtt-port", str(broker.port), "--influx", db.url,
-           "--db", database, "--client-id", f"fwd-{time.monotonic_ns()}"]
+           "--db", database, "--client-id", cid]
     subprocess.run([*cmd, "--subscribe-only"], check=True, timeout=60)
     publish_all(broker, msgs)
     out = subprocess.run([*cmd, "--n", str(len(msgs))], check=True, timeout=600, stdout=subprocess.PIPE, text=True)
+    forget_sessions(broker, [cid])
     r = json.loads(out.stdout.strip().splitlines()[-1])
     elapsed = r["last_write"] - r["first_rx"]
     return {"msgs_per_s": round(len(msgs) / elapsed, 1), "cpu_us_per_msg": round(1e6 * r["cpu_s"] / len(msgs), 1),
@@ -376,8 +395,9 @@ class GatewayRun:
     database, state DB and spool, and staff notified through a web hook into the bench."""
 
     def __init__(self, broker: Mosquitto, db: InfluxDB1, workers: int, work: Path, hook_url: str) -> None:
-        self.db, self.workers = db, workers
+        self.broker, self.db, self.workers = broker, db, workers
         tag = f"{workers}_{time.monotonic_ns()}"
+        self.gateway_id = f"gw-{tag[-10:]}"
         self.database = f"gw_{tag}"
         self.port = free_port()
         self.cfg = work / f"gw-{tag}.toml"
@@ -389,7 +409,7 @@ url = "{db.url}"
 version = 1
 database = "{self.database}"
 [gateway]
-gateway_id = "gw-{tag[-10:]}"
+gateway_id = "{self.gateway_id}"
 state_db = "{work / f"state-{tag}.sqlite"}"
 spool_dir = "{work / f"spool-{tag}"}"
 http_port = {self.port}
@@ -422,6 +442,12 @@ secret_env = "FALLWATCH_BENCH_HOOK_SECRET"
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
+
+    def close(self) -> None:
+        """Stopped for good: its sessions (both links of every worker) are ended too."""
+        self.stop()
+        ids = [self.gateway_id if i == 0 else f"{self.gateway_id}-w{i}" for i in range(self.workers)]
+        forget_sessions(self.broker, [x for i in ids for x in (i, f"{i}-alerts")])
 
     def get(self, path: str) -> dict[str, Any]:
         try:
@@ -466,7 +492,7 @@ secret_env = "FALLWATCH_BENCH_HOOK_SECRET"
         elapsed = now - t0
         out = {"msgs_per_s": round(n / max(elapsed, 1e-9), 1), "cpu_us_per_msg": round(1e6 * (cpu - cpu0) / n, 1),
                **self.rss(), "lost": n - _count(self.db, self.database)}
-        self.stop()
+        self.close()
         return out
 
 
@@ -573,6 +599,7 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 holder[0].kill()
                 raise
+            forget_sessions(broker, [cmd[cmd.index("--client-id") + 1]])
             out[f"forwarder_{rate}_cpu_us_per_msg"] = r["cpu_us_per_msg"]
             seq0 += int(rate * paced_s)
         bar.update()
@@ -592,7 +619,7 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
                     r.update(g.rss())
                     r["lost"] = int(rate * paced_s) - _count(db, g.database)
                 finally:
-                    g.stop()
+                    g.close()
                 for k, v in r.items():
                     key = f"_{name}_{rate}_{k[1:]}" if k.startswith("_") else f"{name}_{rate}_{k}"
                     out[key] = v
