@@ -81,7 +81,7 @@ def collect(q: ItemQueue, first_wait_s: float, limit: int, linger_s: float, stop
         try:
             batch.append(q.get_nowait())
         except queue.Empty:
-            left = linger_until - time.time()
+            left = min(linger_s, linger_until - time.time())  # never longer, should the clock step back
             if left <= 0 or stop.is_set():
                 break
             try:
