@@ -259,7 +259,8 @@ class GatewayConfig(_Strict):
     # every request for staff data is authenticated, role-checked and written to the audit log
     staff_users_file: Path | None = None
     batch_max: int = Field(default=1000, ge=1)
-    batch_max_delay_ms: float = Field(default=0.0, ge=0)  # 0 = natural batching (measured best)
+    # telemetry linger, from receipt: under load nothing waits, at low rates it forms batches (issue 16)
+    batch_max_delay_ms: float = Field(default=50.0, ge=0)
     # staff notification channels (fallwatch.gateway.channels), each `[[gateway.channels]] type = "…"`;
     # the default is the staff log the gateway always wrote
     channels: list[PluginSection] = [PluginSection(type="log")]

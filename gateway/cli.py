@@ -21,6 +21,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = gsub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
     run.add_argument("--config", type=Path, help="TOML config file")
     run.add_argument("--validate-config", action="store_true", help="check the config and exit")
+    run.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="gateway processes on one shared subscription, one HTTP endpoint for all "
+                          "(default: the number of cores; 1 = this process only)")
+    run.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the pool
     run.set_defaults(func=_run)
 
     al = gsub.add_parser("alerts", help="list alerts from the state DB")
@@ -117,10 +121,31 @@ def _run(args: argparse.Namespace) -> int:
     if args.validate_config:
         print("config ok")
         return 0
-    gw = Gateway(cfg)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if args.worker_index is not None:
+        from fallwatch.gateway.pool import run_worker
+
+        run_worker(cfg, args.worker_index, stop, sys.stdout)
+        return 0
+    from fallwatch.gateway.pool import Pool, default_workers
+
+    n = args.workers if args.workers is not None else default_workers()
+    if n < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return 2
+    if n > 1:
+        pool = Pool(cfg, n, args.config)
+        pool.start()
+        print(f"gateway {cfg.gateway.gateway_id} running, {n} workers; http {pool.http_url}", file=sys.stderr,
+              flush=True)
+        try:
+            pool.supervise(stop)
+        finally:
+            pool.stop()
+        return 0
+    gw = Gateway(cfg)
     gw.start()
     print(f"gateway {cfg.gateway.gateway_id} running; http {gw.http_url}", file=sys.stderr, flush=True)
     while not stop.wait(1.0):

@@ -73,6 +73,7 @@ class Link:
             will = Will(self.presence, _presence("lost", presence_of))
         self.client = make_client(mqtt_cfg.model_copy(update={"client_id": None}), client_id, manual_ack=True,
                                   will=will)
+        buffer_reads(self.client)
         self.acks = AckTracker(self.client.ack)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -108,6 +109,11 @@ class Link:
         self.acks.new_connection()
         self.connected = True
         client.subscribe([(f, 1) for f in self.filters])
+        bare = [f.split("/", 2)[2] for f in self.filters if f.startswith("$share/")]
+        if bare:
+            # a session that ran unshared before (one process, then --workers) would keep its
+            # plain subscriptions and receive everything on top of its share
+            client.unsubscribe(bare)
         if self.presence and self.gateway_id:
             client.publish(self.presence, _presence("ready", self.gateway_id), qos=1, retain=True)
         log.info("MQTT %s link connected (session present: %s)", self.name, getattr(flags, "session_present", "?"))
@@ -187,3 +193,53 @@ class Links:
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Publish on the bulk link (dead letters); raises if paho refuses it outright."""
         self.bulk.client.publish(topic, payload, qos=qos)
+
+
+def buffer_reads(client: mqtt.Client, chunk: int = 65_536) -> None:
+    """Read the socket in chunks instead of paho's three ``recv`` calls (and one ``select``)
+    per message.
+
+    paho reads a packet's first byte, then its length a byte at a time, then the rest, each
+    a system call, and handles one packet per ``select``: in a drain that was ~18 % of the
+    gateway's CPU (issue 16). Here ``recv`` is served from a buffer filled ``chunk`` bytes at
+    a time, and ``loop_read`` goes on while the buffer holds bytes (so a packet never waits
+    in it for a ``select`` that has nothing new to report). The byte stream paho sees is
+    the same; the buffer belongs to one socket and is dropped with it (a reconnect starts
+    clean). Falls back to paho's own reading if its internals are not as expected.
+    """
+    recv0: Callable[[int], bytes] | None = getattr(client, "_sock_recv", None)
+    read0: Callable[[], mqtt.MQTTErrorCode] | None = getattr(client, "loop_read", None)
+    if recv0 is None or read0 is None or not hasattr(client, "_sock"):
+        return
+    buf = _ReadBuffer()
+
+    def recv(bufsize: int) -> bytes:
+        sock = client._sock
+        if buf.sock is not sock:
+            buf.sock, buf.data, buf.pos = sock, b"", 0
+        if buf.pos >= len(buf.data):
+            buf.data, buf.pos = recv0(chunk), 0  # raises BlockingIOError when there is nothing
+            if not buf.data:
+                return b""  # closed by the broker: paho handles it
+        out = buf.data[buf.pos : buf.pos + bufsize]
+        buf.pos += len(out)
+        return out
+
+    def loop_read(max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        rc = read0()
+        while (rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and client._sock is not None
+               and buf.sock is client._sock and buf.pos < len(buf.data)):
+            rc = read0()
+        return rc
+
+    client._sock_recv = recv  # type: ignore[method-assign]
+    client.loop_read = loop_read  # type: ignore[method-assign]
+
+
+class _ReadBuffer:
+    __slots__ = ("data", "pos", "sock")
+
+    def __init__(self) -> None:
+        self.sock: object = None
+        self.data = b""
+        self.pos = 0

@@ -23,6 +23,7 @@ from typing import Any, Protocol, cast
 
 import msgspec
 from influxdb_client.client.write.point import Point as _ClientPoint
+from influxdb_client.client.write.point import _append_fields
 from influxdb_client.domain.write_precision import WritePrecision
 
 from fallwatch.protocol import contract as c
@@ -52,6 +53,9 @@ class InfluxPoint(Protocol):
     def time(self, time: int, write_precision: str = ...) -> InfluxPoint: ...
     def to_line_protocol(self, precision: str | None = None) -> str: ...
 
+
+#: influxdb-client's field-set serializer (what ``Point.to_line_protocol`` calls), typed
+_fields_line = cast(Callable[[dict[str, Any], dict[str, str]], str], _append_fields)
 
 #: influxdb-client's ``Point`` constructor, typed through :class:`InfluxPoint` (no runtime cost)
 _InfluxPoint = cast(Callable[[str], InfluxPoint], _ClientPoint)
@@ -244,13 +248,13 @@ def to_line(p: SeriesPoint) -> str:
     """One line of InfluxDB line protocol ("" for a point without fields).
 
     The escaping is influxdb-client's, not ours: the series prefix comes from a cached
-    ``Point`` with the same tags, the field set from a ``Point`` without tags or time.
+    ``Point`` with the same tags, the field set from the serializer ``Point`` itself calls
+    (``_append_fields``), called directly: building a throw-away ``Point`` per line was half
+    the cost of a line (18 → 9 µs, issue 16).
     """
     measurement, tags, fields, ts_ms = p
-    fp = _InfluxPoint("m")
-    for k, v in fields.items():
-        fp.field(k, v.replace("\n", "\\n").replace("\r", "\\r") if isinstance(v, str) else v)
-    field_part = fp.to_line_protocol()[2:]
+    field_part = _fields_line(
+        {k: v.replace("\n", "\\n").replace("\r", "\\r") if isinstance(v, str) else v for k, v in fields.items()}, {})
     if not field_part:
         return ""
     return f"{_series_prefix(measurement, tags)} {field_part} {ts_ms}"

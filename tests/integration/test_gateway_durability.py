@@ -136,10 +136,10 @@ def test_full_spool_pushes_back_to_the_broker_and_loses_nothing(
         gw.stop()
 
 
-def _gateway_proc(cfg_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def _gateway_proc(cfg_path: Path, log_path: Path, *extra: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "fallwatch.cli", "gateway", "run", "--config", str(cfg_path)],
+        [sys.executable, "-m", "fallwatch.cli", "gateway", "run", "--config", str(cfg_path), *extra],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -277,3 +277,68 @@ def test_broker_restart_mid_drain_loses_nothing(
         assert stored_before < n, "the restart came too late to be mid-drain"
     finally:
         gw.stop()
+
+
+def test_workers_pool_stores_each_message_once_through_a_killed_and_restarted_worker(
+    mosquitto: Mosquitto, influxdb: InfluxDB1, tmp_path: Path, unique_name: str
+) -> None:
+    """``gateway run --workers 2``: two processes on one shared subscription behind one
+    endpoint; one is SIGKILLed mid-stream, the pool restarts it, and every message is in
+    InfluxDB exactly once (its un-acked ones came back to its session); SIGTERM stops all."""
+    import psutil
+
+    port = free_port()
+    database = unique_name.replace("-", "_")
+    cfg_path = tmp_path / "gw.toml"
+    cfg_path.write_text(f"""
+[mqtt]
+url = "{mosquitto.url}"
+[influx]
+url = "{influxdb.url}"
+version = 1
+database = "{database}"
+[gateway]
+gateway_id = "gw-pool"
+state_db = "{tmp_path / "state.sqlite"}"
+spool_dir = "{tmp_path / "spool"}"
+http_port = {port}
+""")
+    log_path = tmp_path / "gw.log"
+    proc = _gateway_proc(cfg_path, log_path, "--workers", "2")
+    url = f"http://127.0.0.1:{port}"
+    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
+    n, devs = 3000, ("hub-pa", "hub-pb")
+    pids: list[int] = []
+    try:
+        assert wait_until(lambda: (_get(f"{url}/readyz") or {}).get("ready"), 40), log_path.read_text()[-2000:]
+        workers = (_get(f"{url}/stats") or {})["workers"]
+        pids = [w["pid"] for w in workers]
+        assert len(set(pids)) == 2 and all(psutil.pid_exists(p) for p in pids)
+        threads = [stream(pub, "site-p", d, n, per_s=1500) for d in devs]
+        assert wait_until(lambda: all(w["stored"] > 200 for w in (_get(f"{url}/stats") or {})["workers"]), 30), (
+            _get(f"{url}/stats"))  # both take a share
+        os.kill(pids[1], signal.SIGKILL)
+        assert wait_until(lambda: (_get(f"{url}/stats") or {})["workers"][1]["restarts"] == 1, 20)
+        for th in threads:
+            th.join(60)
+        assert pub.wait(30)
+        for d in devs:
+            assert wait_until(lambda d=d: len(seqs_in_influx(influxdb, database, d)) >= n, 60), (
+                _get(f"{url}/stats"), log_path.read_text()[-2000:])
+        time.sleep(0.5)
+        for d in devs:  # each message once: none lost, none written as a second point
+            assert sorted(seqs_in_influx(influxdb, database, d)) == list(range(n))
+        st = _get(f"{url}/stats") or {}
+        assert st["rejected"] == 0 and st["workers"][1]["pid"] != pids[1]
+        assert wait_until(lambda: (_get(f"{url}/readyz") or {}).get("ready"), 20)
+        health = _get(f"{url}/healthz") or {}
+        assert health.get("status") == "ok", health
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        assert 'worker="0"' in metrics and 'worker="1"' in metrics
+        pids = [w["pid"] for w in st["workers"]]
+    finally:
+        pub.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(45) == 0
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)

@@ -1,29 +1,31 @@
-"""Gateway benchmark: raw broker, raw database, a naive gateway and fallwatch's, in one run.
+"""Gateway benchmark (issue 16): the same message set through four consumers, in one run.
 
 Everything runs on a private Mosquitto (fallwatch's broker settings: no queue limit, so
-a lagging consumer loses nothing) and a private InfluxDB 1.x on loopback:
+a lagging consumer loses nothing) and a private InfluxDB 1.x on loopback. The message set
+is 50,000 contract telemetry messages (``--quick``: 5,000) from 1,000 hubs (100), ~250 B,
+QoS 1. Each consumer is its own process (tree), so CPU and memory are its own:
 
-1. **raw broker** — Mosquitto's own C clients: ``mosquitto_pub -l -q 1`` reading
-   ~200-byte contract JSON lines from stdin → ``mosquitto_sub -q 1``; messages/s, lost.
-2. **raw database** — pre-serialised line protocol POSTed to ``/write`` in batches of
-   5,000; points/s.
-3. **naive gateway** — a paho subscriber that json-decodes each message and POSTs one
-   line per message (auto-ack): the "obvious" implementation; messages/s, lost.
-4. **fallwatch gateway** — ``fallwatch gateway run`` processes (1 replica, and 2 on a
-   shared subscription in a full run) draining the same kind of burst from the broker:
-   sustained messages/s (first publish to last durable store), lost (read back with
-   InfluxQL).
-5. **latency** — the in-process gateway at half the sustained rate reached in 4,
-   telemetry paced through ``mosquitto_pub -l`` with ``sent_ms`` stamped at send time
-   plus fall alerts from a second publisher: end-to-end p50/p99 (publish → durable),
-   and alert p99 while the telemetry load runs; an alert is lost unless it was stored
-   and staff were notified (seen by a recording notification channel).
-6. **latency, store down** — the same load against a private InfluxDB that is stopped
-   halfway through: the alerts published while it is down must still be recorded and
-   notified (publish → staff notification p50/p99/max, and how many); InfluxDB then
-   comes back and everything, alerts' points included, is counted in it.
+1. **ceiling** — Mosquitto's C subscriber (``mosquitto_sub``), no database.
+2. **bare forwarder** — :mod:`fallwatch.app.bench.forwarder`: paho, acks on receipt, no
+   validation, no de-dup, batched line protocol to InfluxDB: the baseline ratios are against.
+3. **gateway x1** — ``fallwatch gateway run --workers 1``.
+4. **gateway xN** — ``fallwatch gateway run --workers N``, N = the cores this process may use.
 
-Raw broker and raw database rates are repeated (median reported, spread as _min/_max).
+**Drain**: the consumer makes its persistent session and goes away, the whole set is
+queued at the broker, the consumer comes back; msgs/s = set size / time from its first
+received to its last stored message (forwarder: its own clock; gateway: ``/stats`` polled
+10×/s; ceiling: process start to exit); CPU µs/msg = CPU time of the process tree over that
+time / set size; peak RSS per process (``VmHWM`` / ``ru_maxrss``); lost = set size − points
+counted in InfluxDB afterwards.
+
+**Paced** at 200 and 2,000 msg/s for 10 s (4 s quick) into a freshly started consumer:
+CPU µs/msg; for the gateway also 5 fall alerts a second alongside, timed from publish to
+the staff notification's arrival at a web hook in this process (the gateway's real alert
+path, ``webhook`` channel), p50/p99; an alert is lost unless notified.
+
+**Store down** (issue 11): the in-process gateway at 1,000 msg/s against its own InfluxDB,
+stopped halfway: alerts published meanwhile must still be recorded and notified, and every
+point must be in InfluxDB once it is back.
 """
 
 from __future__ import annotations
@@ -42,17 +44,22 @@ from typing import Any
 
 import msgspec
 import paho.mqtt.client as mqtt
+import psutil
 import requests
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from tqdm import tqdm
 
 from fallwatch.config import load_config
-from fallwatch.protocol import contract
+from fallwatch.gateway.pool import default_workers
+from fallwatch.protocol import contract, topics
+from fallwatch.testing.publisher import Publisher, fall
 from fallwatch.testing.services import InfluxDB1, Mosquitto, find_binary, free_port
 
-_EXTRA = ""  # extra [gateway] settings for the replica processes (experiments)
 SITE, DEVICE, SENSOR = "bench", "hub-bench", "wear-b01"
 TOPIC = f"fallwatch/v1/{SITE}/{DEVICE}/tele/{SENSOR}"
 BASE_TS = 1_700_000_000_000
+FILTER = f"{topics.PREFIX}/+/+/tele/+"
 _enc = msgspec.json.Encoder()
 
 
@@ -117,192 +124,9 @@ class LinePublisher:
             self.proc.kill()
 
 
-# ------------------------------------------------------------------ 1. raw broker
-def raw_broker(broker: Mosquitto, n: int, lines_path: Path) -> tuple[float, int]:
-    sub = subprocess.Popen(
-        [
-            find_binary("mosquitto_sub"),
-            "-p",
-            str(broker.port),
-            "-q",
-            "1",
-            "-t",
-            "raw/#",
-            "-C",
-            str(n),
-            "-W",
-            "120",
-            "-i",
-            f"rawsub-{time.monotonic_ns()}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    data = lines_path.read_bytes()
-    time.sleep(0.5)  # let it subscribe
-    t0 = time.perf_counter()
-    pub = LinePublisher(broker.port, "raw/bench", data)
-    out, _ = sub.communicate(timeout=180)
-    elapsed = time.perf_counter() - t0
-    pub.close()
-    got = out.count(b"\n")
-    return n / elapsed, n - got
-
-
-# ------------------------------------------------------------------ 2. raw database
-def raw_db(db: InfluxDB1, n: int, batch: int = 5000) -> float:
-    database = f"rawdb_{time.monotonic_ns()}"
-    requests.post(f"{db.url}/query", params={"q": f"CREATE DATABASE {database}"}, timeout=10).raise_for_status()
-    lines = [
-        f"telemetry,site_id=bench,device_id=hub-{i % 50},sensor=wear-b01 acc=1.02,steps=3 {BASE_TS + i}"
-        for i in range(n)
-    ]
-    bodies = ["\n".join(lines[i : i + batch]).encode() for i in range(0, n, batch)]
-    s = requests.Session()
-    t0 = time.perf_counter()
-    for body in bodies:
-        r = s.post(f"{db.url}/write", params={"db": database, "precision": "ms"}, data=body, timeout=60)
-        r.raise_for_status()
-    return n / (time.perf_counter() - t0)
-
-
-# ------------------------------------------------------------------ 3. naive gateway
-def naive_gateway(broker: Mosquitto, db: InfluxDB1, n: int, lines_path: Path) -> tuple[float, int]:
-    from influxdb_client import Point, WritePrecision
-
-    database = f"naive_{time.monotonic_ns()}"
-    requests.post(f"{db.url}/query", params={"q": f"CREATE DATABASE {database}"}, timeout=10).raise_for_status()
-    s = requests.Session()
-    state = {"n": 0, "t_first": 0.0, "t_last": 0.0}
-    done = threading.Event()
-
-    def on_message(c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
-        if not state["n"]:
-            state["t_first"] = time.perf_counter()
-        d = json.loads(m.payload)
-        p = (
-            Point("telemetry")
-            .tag("site_id", d["site_id"])
-            .tag("device_id", d["device_id"])
-            .tag("sensor", d["data"]["sensor"])
-            .time(d["ts_ms"], WritePrecision.MS)
-        )
-        for k, v in d["data"]["fields"].items():
-            p.field(k, float(v))
-        s.post(f"{db.url}/write", params={"db": database, "precision": "ms"}, data=p.to_line_protocol(), timeout=30)
-        state["n"] += 1
-        state["t_last"] = time.perf_counter()
-        if state["n"] >= n:
-            done.set()
-
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"naive-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
-    c.on_message = on_message
-    c.connect("127.0.0.1", broker.port)
-    c.subscribe("naive/#", qos=1)
-    c.loop_start()
-    time.sleep(0.5)
-    t0 = time.perf_counter()
-    pub = LinePublisher(broker.port, "naive/x", lines_path.read_bytes())
-    done.wait(max(60, n / 200))
-    elapsed = (state["t_last"] or time.perf_counter()) - t0
-    pub.close()
-    c.disconnect()
-    c.loop_stop()
-    stored = _count(db, database)
-    return state["n"] / elapsed if elapsed > 0 else 0.0, n - stored
-
-
 def _count(db: InfluxDB1, database: str, measurement: str = "telemetry", field: str = "acc") -> int:
     series = db.query(f'SELECT count("{field}") FROM "{measurement}"', db=database)
     return int(series[0]["values"][0][1]) if series else 0
-
-
-# ------------------------------------------------------------------ 4. fallwatch gateway (processes)
-def _write_cfg(
-    path: Path,
-    broker: Mosquitto,
-    db: InfluxDB1,
-    database: str,
-    gw_id: str,
-    group: str | None,
-    work: Path,
-    http_port: int,
-) -> None:
-    shared = f'shared_group = "{group}"\n' if group else ""
-    path.write_text(f"""
-[mqtt]
-url = "{broker.url}"
-[influx]
-url = "{db.url}"
-version = 1
-database = "{database}"
-[gateway]
-gateway_id = "{gw_id}"
-{shared}state_db = "{work / f"state-{database}.sqlite"}"
-spool_dir = "{work / f"spool-{gw_id}"}"
-http_port = {http_port}
-batch_max = 2000
-{_EXTRA}""")
-
-
-def _stats(port: int) -> dict[str, Any]:
-    try:
-        return dict(requests.get(f"http://127.0.0.1:{port}/stats", timeout=2).json())
-    except (requests.RequestException, ValueError):
-        return {}
-
-
-def fallwatch_gateway(
-    broker: Mosquitto, db: InfluxDB1, n: int, lines_path: Path, replicas: int, work: Path
-) -> tuple[float, int]:
-    database = f"fw_{replicas}_{time.monotonic_ns()}"
-    group = f"bench{time.monotonic_ns()}" if replicas > 1 else None
-    procs, ports = [], []
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    for i in range(replicas):
-        port = free_port()
-        cfg = work / f"gw{i}-{database}.toml"
-        _write_cfg(cfg, broker, db, database, f"gw{i}-{database[-8:]}", group, work, port)
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "fallwatch.cli", "gateway", "run", "--config", str(cfg)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        ports.append(port)
-    try:
-        deadline = time.monotonic() + 60
-        while not all(
-            (requests.get(f"http://127.0.0.1:{p}/readyz", timeout=2).ok if _stats(p) else False) for p in ports
-        ):
-            if time.monotonic() > deadline:
-                raise RuntimeError("gateway replicas did not become ready")
-            time.sleep(0.2)
-        data = lines_path.read_bytes()
-        t0 = time.perf_counter()
-        pub = LinePublisher(broker.port, TOPIC, data)
-        t_end = None
-        deadline = time.monotonic() + max(120, n / 500)
-        while time.monotonic() < deadline:
-            stored = sum(_stats(p).get("stored", 0) + _stats(p).get("duplicates", 0) for p in ports)
-            if stored >= n:
-                t_end = time.perf_counter()
-                break
-            time.sleep(0.1)
-        pub.close()
-        elapsed = (t_end or time.perf_counter()) - t0
-        time.sleep(0.5)
-        return n / elapsed, n - _count(db, database)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 # ------------------------------------------------------------------ 5. latency (in-process gateway)
@@ -439,73 +263,383 @@ def latency(
         gw.stop()
 
 
+# ------------------------------------------------------------------ the message set
+def message_set(n: int, hubs: int, seq0: int = 0) -> list[tuple[str, bytes]]:
+    """``n`` contract telemetry messages (~250 B) round-robin from ``hubs`` hubs, each its own
+    point (distinct device and time), so InfluxDB's count is the number stored."""
+    out = []
+    now = contract.now_ms()
+    for i in range(seq0, seq0 + n):
+        dev, seq = f"hub-{i % hubs:04d}", i // hubs
+        msg = contract.Telemetry(
+            schema=1, site_id=SITE, device_id=dev, boot_id=1, seq=seq, msg_id=contract.make_msg_id(dev, seq),
+            ts_ms=BASE_TS + seq * 1000, sent_ms=now,
+            data=contract.TeleData(sensor=SENSOR, window_s=10.0, fields={"acc": 1.02, "steps": 3}))
+        out.append((topics.tele(SITE, dev, SENSOR), contract.encode(msg)))
+    return out
+
+
+def publish_all(broker: Mosquitto, msgs: list[tuple[str, bytes]]) -> None:
+    """Queue the set at the broker (QoS 1, every PUBACK awaited) while the consumer is away."""
+    pub = Publisher("127.0.0.1", broker.port, f"bench-pub-{time.monotonic_ns()}")
+    try:
+        for topic, payload in msgs:
+            pub.publish(topic, payload)
+        if not pub.wait(300):
+            raise RuntimeError("the broker did not take the message set")
+    finally:
+        pub.close()
+
+
+def forget_sessions(broker: Mosquitto, client_ids: list[str]) -> None:
+    """End a finished consumer's persistent sessions: left behind, each would have the broker
+    queue every later scenario's messages for it too, and the later scenarios would pay."""
+    for cid in client_ids:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0
+        c.connect("127.0.0.1", broker.port, clean_start=True, properties=props)
+        c.loop_start()
+        c.disconnect()
+        c.loop_stop()
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        p = psutil.Process(pid)
+        return [p, *p.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _cpu_s(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def _peak_rss_mb(p: psutil.Process) -> float:
+    """Peak resident memory of a live process (Linux ``VmHWM``; current RSS elsewhere)."""
+    with contextlib.suppress(OSError), open(f"/proc/{p.pid}/status") as f:
+        for row in f:
+            if row.startswith("VmHWM:"):
+                return int(row.split()[1]) / 1024
+    return float(p.memory_info().rss / 2**20)
+
+
+# ------------------------------------------------------------------ 1. broker ceiling
+def ceiling(broker: Mosquitto, msgs: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Mosquitto's own C subscriber, no database: the most any consumer can drain here."""
+    sub = find_binary("mosquitto_sub")
+    cid = f"ceiling-{time.monotonic_ns()}"
+    args = [sub, "-p", str(broker.port), "-q", "1", "-c", "-i", cid, "-t", FILTER, "-V", "mqttv5",
+            "-x", "3600"]
+    subprocess.run([*args, "-E"], check=True, timeout=30)  # the session, subscribed, then away
+    publish_all(broker, msgs)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([*args, "-C", str(len(msgs)), "-W", "300"], stdout=subprocess.PIPE)
+    rss = [0.0]
+
+    def watch() -> None:  # ru_maxrss would report the bench's own memory, from before the exec
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(proc.pid)
+            while proc.returncode is None:
+                rss[0] = max(rss[0], _peak_rss_mb(p))
+                time.sleep(0.02)
+
+    threading.Thread(target=watch, daemon=True).start()
+    got = 0
+    assert proc.stdout is not None
+    for _ in proc.stdout:
+        got += 1
+    _, _, ru = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    forget_sessions(broker, [cid])
+    return {"msgs_per_s": round(len(msgs) / elapsed, 1), "cpu_us_per_msg": round(1e6 * (ru.ru_utime + ru.ru_stime)
+            / len(msgs), 1), "rss_peak_mb": round(rss[0], 1), "lost": len(msgs) - got}
+
+
+# ------------------------------------------------------------------ 2. bare forwarder (the baseline)
+def forwarder(broker: Mosquitto, db: InfluxDB1, msgs: list[tuple[str, bytes]]) -> dict[str, Any]:
+    database = f"fwd_{time.monotonic_ns()}"
+    requests.post(f"{db.url}/query", params={"q": f"CREATE DATABASE {database}"}, timeout=10).raise_for_status()
+    cid = f"fwd-{time.monotonic_ns()}"
+    cmd = [sys.executable, "-m", "fallwatch.app.bench.forwarder", "--mqtt-port", str(broker.port), "--influx", db.url,
+           "--db", database, "--client-id", cid]
+    subprocess.run([*cmd, "--subscribe-only"], check=True, timeout=60)
+    publish_all(broker, msgs)
+    out = subprocess.run([*cmd, "--n", str(len(msgs))], check=True, timeout=600, stdout=subprocess.PIPE, text=True)
+    forget_sessions(broker, [cid])
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    elapsed = r["last_write"] - r["first_rx"]
+    return {"msgs_per_s": round(len(msgs) / elapsed, 1), "cpu_us_per_msg": round(1e6 * r["cpu_s"] / len(msgs), 1),
+            "rss_peak_mb": round(r["maxrss_mb"], 1), "lost": len(msgs) - _count(db, database)}
+
+
+# ------------------------------------------------------------------ 3. the gateway (processes)
+def hook_times(path: Path) -> dict[str, float]:
+    """Alert id → when its ``raised`` notification reached :mod:`fallwatch.app.bench.hook`."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for row in path.read_text().splitlines():
+            alert_id, _, at = row.rpartition(" ")
+            out.setdefault(alert_id, float(at))
+    return out
+
+
+class GatewayRun:
+    """``fallwatch gateway run --workers N`` as its own process tree, with a private
+    database, state DB and spool, and staff notified through a web hook into the bench."""
+
+    def __init__(self, broker: Mosquitto, db: InfluxDB1, workers: int, work: Path, hook_url: str) -> None:
+        self.broker, self.db, self.workers = broker, db, workers
+        tag = f"{workers}_{time.monotonic_ns()}"
+        self.gateway_id = f"gw-{tag[-10:]}"
+        self.database = f"gw_{tag}"
+        self.port = free_port()
+        self.cfg = work / f"gw-{tag}.toml"
+        self.cfg.write_text(f"""
+[mqtt]
+url = "{broker.url}"
+[influx]
+url = "{db.url}"
+version = 1
+database = "{self.database}"
+[gateway]
+gateway_id = "{self.gateway_id}"
+state_db = "{work / f"state-{tag}.sqlite"}"
+spool_dir = "{work / f"spool-{tag}"}"
+http_port = {self.port}
+[[gateway.channels]]
+type = "webhook"
+url = "{hook_url}"
+secret_env = "FALLWATCH_BENCH_HOOK_SECRET"
+""")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", FALLWATCH_BENCH_HOOK_SECRET="bench")
+        self.proc = subprocess.Popen([sys.executable, "-m", "fallwatch.cli", "gateway", "run", "--config",
+                                      str(self.cfg), "--workers", str(self.workers)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 90
+        if not wait_ready:
+            return
+        while not self.get("/readyz").get("ready"):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"gateway --workers {self.workers} did not become ready")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def close(self) -> None:
+        """Stopped for good: its sessions (both links of every worker) are ended too."""
+        self.stop()
+        ids = [self.gateway_id if i == 0 else f"{self.gateway_id}-w{i}" for i in range(self.workers)]
+        forget_sessions(self.broker, [x for i in ids for x in (i, f"{i}-alerts")])
+
+    def get(self, path: str) -> dict[str, Any]:
+        try:
+            return dict(requests.get(f"http://127.0.0.1:{self.port}{path}", timeout=5).json())
+        except (requests.RequestException, ValueError):
+            return {}
+
+    def procs(self) -> list[psutil.Process]:
+        return _tree(self.proc.pid) if self.proc is not None else []
+
+    def rss(self) -> dict[str, float]:
+        """Peak RSS of each worker process (and of the pool process with more than one)."""
+        procs = self.procs()
+        out = {"rss_peak_mb": round(max(_peak_rss_mb(p) for p in (procs[1:] or procs)), 1)}
+        if len(procs) > 1:
+            out["pool_rss_peak_mb"] = round(_peak_rss_mb(procs[0]), 1)
+        return out
+
+    def drain(self, broker: Mosquitto, msgs: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """Sessions made, gateway stopped, the set queued, gateway resumed: msgs/s from the
+        last ``/stats`` poll (20×/s) that saw nothing received to the first that saw all stored
+        (a poll's delay counts against the gateway; the pool's figures are up to 0.25 s old at
+        both ends)."""
+        self.start()
+        self.stop()
+        publish_all(broker, msgs)
+        self.start(wait_ready=False)
+        n, t0, cpu0 = len(msgs), None, 0.0
+        deadline = time.monotonic() + max(120.0, n / 200)
+        while time.monotonic() < deadline:
+            procs, now = self.procs(), time.perf_counter()
+            cpu, st = _cpu_s(procs), self.get("/stats")
+            if st and st.get("received", 0) == 0:
+                t0, cpu0 = now, cpu
+            if t0 is not None and st.get("stored", 0) + st.get("duplicates", 0) >= n:
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"gateway --workers {self.workers} did not store the set: {st}")
+        if t0 is None:
+            raise RuntimeError("the gateway's endpoint answered only after it had started draining")
+        elapsed = now - t0
+        out = {"msgs_per_s": round(n / max(elapsed, 1e-9), 1), "cpu_us_per_msg": round(1e6 * (cpu - cpu0) / n, 1),
+               **self.rss(), "lost": n - _count(self.db, self.database)}
+        self.close()
+        return out
+
+
+def paced(broker: Mosquitto, rate: float, duration_s: float, seq0: int, hubs: int, start: Any, procs: Any,
+          stored: Any, hook: Path | None) -> dict[str, Any]:
+    """``rate`` msg/s of telemetry for ``duration_s`` (and 5 fall alerts a second when the
+    ``hook`` file is given) into a running consumer: CPU µs per message, alert publish →
+    staff web hook."""
+    msgs = message_set(int(rate * duration_s), hubs, seq0)
+    pub = Publisher("127.0.0.1", broker.port, f"bench-paced-{time.monotonic_ns()}")
+    # alerts from their own client, as a hub's outbox sends them first: in the telemetry
+    # client's queue they would wait behind whatever telemetry the broker has not yet taken
+    alert_pub = Publisher("127.0.0.1", broker.port, f"bench-alerts-{time.monotonic_ns()}")
+    sent_at: dict[str, float] = {}
+    try:
+        start()
+        p = procs()
+        cpu0, t0 = _cpu_s(p), time.perf_counter()
+        sent = n_alerts = 0
+        while sent < len(msgs):
+            due = min(len(msgs), int((time.perf_counter() - t0) * rate) + 1)
+            for topic, payload in msgs[sent:due]:
+                pub.publish(topic, payload)
+            sent = due
+            if hook is not None and (time.perf_counter() - t0) * 5 > n_alerts:
+                dev = f"hub-{n_alerts % hubs:04d}"
+                sent_at[f"fall:{SITE}:{dev}:bench{seq0}-{n_alerts}"] = time.time()
+                alert_pub.publish(*fall(SITE, dev, 10**8 + seq0 + n_alerts, event=f"bench{seq0}-{n_alerts}"))
+                n_alerts += 1
+            time.sleep(0.002)
+        pub.wait(60)
+        alert_pub.wait(60)
+        deadline = time.monotonic() + 60
+        while stored() < len(msgs) + n_alerts and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cpu = _cpu_s(p)
+    finally:
+        pub.close()
+        alert_pub.close()
+    out: dict[str, Any] = {"cpu_us_per_msg": round(1e6 * (cpu - cpu0) / len(msgs), 1)}
+    if hook is not None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not set(sent_at) <= set(hook_times(hook)):
+            time.sleep(0.05)
+        told = hook_times(hook)
+        lat = [1000 * (told[a] - t) for a, t in sent_at.items() if a in told]
+        out.update({"_alert_latency_ms": lat, "alert_p50_ms": round(_pct(lat, 0.5), 1),
+                    "alert_p99_ms": round(_pct(lat, 0.99), 1), "alerts_lost": len(sent_at) - len(lat)})
+    return out
+
+
 # ------------------------------------------------------------------ driver
 def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
-    n_raw = 30_000 if quick else 100_000
-    n_db = 50_000 if quick else 200_000
-    n_naive = 1_000 if quick else 3_000
-    n_gw = 20_000 if quick else 60_000
-    repeats = 1 if quick else 3
-    out: dict[str, Any] = {}
-    steps = ["raw broker", "raw db", "naive", "fallwatch x1"] + ([] if quick else ["fallwatch x2"]) + ["latency"]
+    n, hubs = (5_000, 100) if quick else (50_000, 1_000)
+    paced_s = 4.0 if quick else 10.0
+    cores = default_workers()
+    configs = [1] if cores == 1 else [1, cores]
+    steps = ["ceiling", "forwarder", *(f"gateway x{w}" for w in configs), "store down"]
     bar = tqdm(steps, desc="gateway bench", disable=not progress, file=sys.stderr)
+    out: dict[str, Any] = {"messages": n, "hubs": hubs, "cores": cores}
+    seq0 = n
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fw-bench-gw-")))
+        hook_port, hook_file = free_port(), work / "hook.txt"
+        hook = subprocess.Popen([sys.executable, "-m", "fallwatch.app.bench.hook", str(hook_port), str(hook_file)])
+        stack.callback(hook.wait, 10)
+        stack.callback(hook.terminate)
+        hook_url = f"http://127.0.0.1:{hook_port}/hook"
         broker = stack.enter_context(Mosquitto())
         db = stack.enter_context(InfluxDB1())
-        lines = work / "lines.txt"
-        with open(lines, "wb") as f:
-            now = contract.now_ms()
-            for i in range(max(n_raw, n_gw)):
-                f.write(tele_line(i, sent_ms=now) + b"\n")
-        out["payload_bytes"] = len(tele_line(0))
-        naive_lines = work / "naive.txt"
-        naive_lines.write_bytes(b"".join(tele_line(i) + b"\n" for i in range(n_naive)))
-        gw_lines = work / "gw.txt"
-        with open(lines, "rb") as src, open(gw_lines, "wb") as dst:
-            for _ in range(n_gw):
-                dst.write(src.readline())
+        msgs = message_set(n, hubs)
+        out["payload_bytes"] = round(statistics.mean(len(p) for _, p in msgs))
+        lost = 0
 
-        bar.set_postfix_str("raw broker")
-        rb = [raw_broker(broker, n_raw, lines) for _ in range(repeats)]
-        _put_median(out, "raw_broker_msgs_per_s", [r for r, _ in rb])
-        out["raw_broker_lost"] = max(lost for _, lost in rb)
+        bar.set_postfix_str("ceiling")
+        for k, v in ceiling(broker, msgs).items():
+            out[f"ceiling_{k}"] = v
+        lost += out["ceiling_lost"]
         bar.update()
-        bar.set_postfix_str("raw db")
-        _put_median(out, "raw_db_points_per_s", [raw_db(db, n_db) for _ in range(repeats)])
+
+        bar.set_postfix_str("forwarder")
+        for k, v in forwarder(broker, db, msgs).items():
+            out[f"forwarder_{k}"] = v
+        lost += out["forwarder_lost"]
+        for rate in (200, 2000):  # the forwarder's CPU per message at the same paced rates
+            database = f"fwdp_{time.monotonic_ns()}"
+            requests.post(f"{db.url}/query", params={"q": f"CREATE DATABASE {database}"}, timeout=10)
+            cmd = [sys.executable, "-m", "fallwatch.app.bench.forwarder", "--mqtt-port", str(broker.port),
+                   "--influx", db.url, "--db", database, "--client-id", f"fwdp-{time.monotonic_ns()}",
+                   "--n", str(int(rate * paced_s))]
+            holder: list[subprocess.Popen[str]] = []
+
+            def start_fwd(cmd: list[str] = cmd, holder: list[subprocess.Popen[str]] = holder) -> None:
+                # its session first: what is published before it has subscribed waits for it
+                subprocess.run([*cmd, "--subscribe-only"], check=True, timeout=60)
+                holder.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
+
+            def count(database: str = database) -> int:
+                return _count(db, database)
+
+            r = paced(broker, rate, paced_s, seq0, hubs, start_fwd, lambda h=holder: _tree(h[0].pid), count, None)
+            try:
+                holder[0].wait(120)
+            except subprocess.TimeoutExpired:
+                holder[0].kill()
+                raise
+            forget_sessions(broker, [cmd[cmd.index("--client-id") + 1]])
+            out[f"forwarder_{rate}_cpu_us_per_msg"] = r["cpu_us_per_msg"]
+            seq0 += int(rate * paced_s)
         bar.update()
-        bar.set_postfix_str("naive")
-        rate, lost = naive_gateway(broker, db, n_naive, naive_lines)
-        out["naive_msgs_per_s"], out["naive_lost"] = round(rate, 1), lost
-        bar.update()
-        bar.set_postfix_str("fallwatch x1")
-        rate, lost = fallwatch_gateway(broker, db, n_gw, gw_lines, 1, work)
-        out["gateway_msgs_per_s"], out["lost"] = round(rate, 1), lost
-        bar.update()
-        if not quick:
-            bar.set_postfix_str("fallwatch x2")
-            rate2, lost2 = fallwatch_gateway(broker, db, n_gw, gw_lines, 2, work)
-            out["gateway_2replicas_msgs_per_s"], out["lost_2replicas"] = round(rate2, 1), lost2
-            out["lost"] += lost2
+
+        for w in configs:
+            name = f"gateway_x{w}"
+            bar.set_postfix_str(f"gateway x{w}")
+            g = GatewayRun(broker, db, w, work, hook_url)
+            for k, v in g.drain(broker, msgs).items():
+                out[f"{name}_{k}"] = v
+            lost += out[f"{name}_lost"]
+            for rate in (200, 2000):
+                g = GatewayRun(broker, db, w, work, hook_url)
+                try:
+                    r = paced(broker, rate, paced_s, seq0, hubs, g.start, g.procs,
+                              lambda g=g: int(g.get("/stats").get("stored", 0)), hook_file)
+                    r.update(g.rss())
+                    r["lost"] = int(rate * paced_s) - _count(db, g.database)
+                finally:
+                    g.close()
+                for k, v in r.items():
+                    key = f"_{name}_{rate}_{k[1:]}" if k.startswith("_") else f"{name}_{rate}_{k}"
+                    out[key] = v
+                lost += r["lost"] + r["alerts_lost"]
+                seq0 += int(rate * paced_s)
             bar.update()
-        best = max(out["gateway_msgs_per_s"], out.get("gateway_2replicas_msgs_per_s", 0.0))
-        slower_raw = min(out["raw_broker_msgs_per_s"], out["raw_db_points_per_s"])
-        out["gateway_vs_slower_raw"] = round(best / slower_raw, 3)
-        out["gateway_vs_naive"] = round(out["gateway_msgs_per_s"] / max(out["naive_msgs_per_s"], 1e-9), 1)
-        bar.set_postfix_str("latency")
-        out.update(latency(broker, db, out["gateway_msgs_per_s"] / 2, 8.0 if quick else 20.0, work, progress))
-        out["lost"] += out["latency_lost"] + out["alerts_lost"]
-        with InfluxDB1() as db_down:  # its own InfluxDB: this one is stopped halfway
-            duration = 8.0 if quick else 20.0
-            out.update(latency(broker, db_down, out["gateway_msgs_per_s"] / 2, duration, work, progress,
-                               stop_store_after_s=duration / 2))
-        out["lost"] += out["alert_store_down_lost"]
-        if not quick:  # throughput vs offered load, for the plot (the figures above stay at half rate)
-            for frac in (0.25, 0.75, 0.95):
-                more = latency(broker, db, out["gateway_msgs_per_s"] * frac, 10.0, work, progress)
-                out["_load_curve"] += more["_load_curve"]
-                out["lost"] += more["latency_lost"] + more["alerts_lost"]
-            out["_load_curve"].sort()
+
+        fwd = out["forwarder_msgs_per_s"]
+        out["x1_vs_forwarder"] = round(out["gateway_x1_msgs_per_s"] / fwd, 3)
+        if len(configs) > 1:
+            out[f"x{cores}_vs_x1"] = round(out[f"gateway_x{cores}_msgs_per_s"] / out["gateway_x1_msgs_per_s"], 3)
+            out[f"x{cores}_vs_forwarder"] = round(out[f"gateway_x{cores}_msgs_per_s"] / fwd, 3)
+
+        bar.set_postfix_str("store down")
+        with InfluxDB1() as db_down:  # issue 11: alerts while the series store is down (its own InfluxDB)
+            duration = 6.0 if quick else 12.0
+            down = latency(broker, db_down, 1000.0, duration, work, progress, stop_store_after_s=duration / 2)
+        out.update(down)
+        lost += out["alert_store_down_lost"]
+        out["lost"] = lost
         bar.update()
     bar.close()
     return out
