@@ -46,6 +46,8 @@ from fallwatch.gateway.workers import Workers
 
 log = logging.getLogger("fallwatch.gateway")
 
+#: the pool tells its workers where its HTTP endpoint listens (acknowledge links)
+PUBLIC_URL_ENV = "FALLWATCH_GATEWAY_PUBLIC_URL"
 #: seconds between a worker's snapshots on its stdout
 SNAPSHOT_S = 0.25
 #: a snapshot older than this means the worker is hung (its process may still be alive)
@@ -77,6 +79,9 @@ def run_worker(cfg: FallwatchConfig, index: int, stop: threading.Event, out: IO[
     from fallwatch.gateway.app import Gateway
 
     gw = Gateway(worker_config(cfg, index))
+    # acknowledge links in a worker's messages point at the pool's one endpoint
+    gw.pager.public_url = (cfg.gateway.paging.public_url or os.environ.get(PUBLIC_URL_ENV)
+                           or f"http://{cfg.gateway.http_host}:{cfg.gateway.http_port}")
     gw.start_state()
     gw.start_workers()
     gw.start_links()
@@ -106,6 +111,7 @@ class Worker:
     def __init__(self, index: int, cmd: list[str]) -> None:
         self.index = index
         self.cmd = cmd
+        self.env: dict[str, str] | None = None
         self.proc: subprocess.Popen[str] | None = None
         self.snapshot: dict[str, Any] = {}
         self.snapshot_at = 0.0
@@ -114,7 +120,8 @@ class Worker:
 
     def start(self) -> None:
         self.snapshot, self.snapshot_at, self.died_at = {}, 0.0, None
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent,
+                                     env=self.env)
         threading.Thread(target=self._read, args=(self.proc,), name=f"gw-pool-w{self.index}", daemon=True).start()
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
@@ -159,12 +166,24 @@ class Pool:
     def start(self) -> None:
         g = self.cfg.gateway
         self.state.setup(clock_skew_ms=int(g.clock_skew_s * 1000))  # once, before the workers race to it
-        for w in self.workers:
-            w.start()
-        # acknowledging an alert through this endpoint tells staff, as a worker's would
-        self.notifier = Notifier.from_config(g.channels, ChannelContext(g.gateway_id))
+        # acknowledging an alert through this endpoint tells staff, as a worker's would: the
+        # broadcast channels here, the people paged by the workers' pagers (they see it within a tick)
+        from fallwatch.gateway.paging import Pager
+
+        self.notifier = Notifier.from_config(g.channels, ChannelContext(g.gateway_id, locale=g.locale,
+                                                                        timezone=g.timezone))
+        addressable = {ch.name: ch for ch in self.notifier.channels if hasattr(ch, "send_to")}
+        self.pager = Pager(g.paging, self.state, addressable, gateway_id=g.gateway_id,  # type: ignore[arg-type]
+                           stop=threading.Event(), locale=g.locale)
+        self.pager.setup()  # the acknowledge links' key and tables; this pager runs no rounds
+        self.pager.emit = self.notifier.notify
         self.http = HttpServer(PoolApi(self, self.notifier), g.http_host, g.http_port, g.staff_users_file)
         self.http.start()
+        env = dict(os.environ)
+        env[PUBLIC_URL_ENV] = self.http.url
+        for w in self.workers:
+            w.env = env
+            w.start()
         log.info("gateway pool %s: %d workers, http %s", g.gateway_id, len(self.workers), self.http.url)
 
     @property
@@ -204,6 +223,9 @@ class Pool:
                 w.proc.wait()
         if self.http is not None:
             self.http.close()
+        pager = getattr(self, "pager", None)
+        if pager is not None:
+            pager.close()
         if self.notifier is not None:
             self.notifier.close()
         self.state.close()
@@ -298,7 +320,7 @@ class PoolApi(GatewayApi):
 
     def __init__(self, pool: Pool, notifier: Notifier) -> None:
         super().__init__(pool.state, Workers(threading.Event()), Metrics(Counters(), dict), notifier,
-                         pool.stats, pool.ready)
+                         pool.stats, pool.ready, pool.pager)
         self._pool = pool
 
     def dead_workers(self) -> list[str]:

@@ -373,3 +373,70 @@ def test_a_phone_registers_its_push_subscription_over_http(
         assert code == 200 and "ack_url" in js and 'method: "POST"' in js
     finally:
         gw.stop()
+
+
+def test_a_pool_of_two_workers_pages_once_and_its_endpoint_takes_the_link(
+    mosquitto: Mosquitto, receiver: Receiver, tmp_path: Path, unique_name: str,
+) -> None:
+    """``gateway run --workers 2``: both workers run a pager on the shared state DB; the fall is
+    paged once, and its link points at (and is accepted by) the pool's one endpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    cfg_path = tmp_path / "gw.toml"
+    cfg_path.write_text(f"""
+[mqtt]
+url = "{mosquitto.url}"
+[gateway]
+gateway_id = "gw-pp"
+state_db = "{tmp_path / "state.sqlite"}"
+spool_dir = "{tmp_path / "spool"}"
+http_port = {port}
+[influx]
+embedded_path = "{tmp_path / "series.sqlite"}"
+[[gateway.channels]]
+type = "webhook"
+name = "hook"
+broadcast = false
+url = "{receiver.url}/arc"
+secret_env = "FW_PAGING_WEBHOOK_SECRET"
+[[gateway.paging.people]]
+id = "anna"
+name = "Anna Berg"
+contacts = [{{ channel = "hook", to = "{receiver.url}/anna" }}]
+[[gateway.paging.teams]]
+id = "night"
+sites = ["site-a"]
+shifts = [{{ people = ["anna"] }}]
+""")
+    log_path = tmp_path / "gw.log"
+    proc = subprocess.Popen([sys.executable, "-m", "fallwatch.cli", "gateway", "run", "--config", str(cfg_path),
+                             "--workers", "2"], env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                            stdout=subprocess.DEVNULL, stderr=open(log_path, "ab"))
+    url = f"http://127.0.0.1:{port}"
+    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
+    try:
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                    return bool(json.loads(r.read()).get("ready"))
+            except OSError:
+                return False
+
+        assert wait_until(ready, 60), log_path.read_text()[-2000:]
+        pub.publish(*t.fall("site-a", f"hub-{unique_name}"[:40], 1))
+        assert pub.wait()
+        assert wait_until(lambda: len(receiver.at("/anna")) >= 1, 30), log_path.read_text()[-2000:]
+        time.sleep(2.5)  # both pagers tick every second: a duplicate first page would be here by now
+        assert len(receiver.at("/anna")) == 1
+        hook = json.loads(receiver.at("/anna")[0][2])
+        assert hook["ack_url"].startswith(url + "/ack/")
+        code, body = http("POST", hook["ack_url"])
+        assert code == 200, body
+    finally:
+        pub.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(45) == 0
