@@ -197,6 +197,11 @@ class FallDecision:
     #: The post-impact window needed samples past the end of the stream (flush) and
     #: they were filled by holding the last sample.
     padded: bool = False
+    #: which path decided: "fast" (the model on the impact window) or "no_recovery"
+    #: (:mod:`fallwatch.models.no_recovery`: the wearer stayed down)
+    path: str = "fast"
+    #: how long the wearer had been down when the decision was made (no-recovery path)
+    lying_s: float = 0.0
 
 
 @dataclass(frozen=True)
