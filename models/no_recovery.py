@@ -208,6 +208,8 @@ class NoRecoveryWatch:
             if w.kind != "impact" and abs(impact_t_s - w.t) <= self.settings.bed_exit_s and peak_g > w.peak_g:
                 # the impact of a bed exit or a drop already watched: it dates the event better
                 w.t, w.peak_g, w.probability = impact_t_s, peak_g, max(w.probability, probability)
+                if w.kind == "posture_drop":
+                    w.kind = "impact"  # a drop that ended in an impact (a collapse)
                 w.n = w.down = w.moving = w.early = w.early_down = 0
                 w.up_run = 0.0
                 return
