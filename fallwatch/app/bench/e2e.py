@@ -82,8 +82,9 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
         fall = by_sensor.get(a.get("sensor"))
         if fall is None or fall.t_impact_s is None:
             continue
-        per_fall[fall.sensor_id] = per_fall.get(fall.sensor_id, 0) + 1
-        if per_fall[fall.sensor_id] > 1:
+        key = str(fall.sensor_id)
+        per_fall[key] = per_fall.get(key, 0) + 1
+        if per_fall[key] > 1:
             continue  # a second alert for the same fall: counted below, not a second detection
         impact_wall = wall0 + float(fall.t_impact_s)
         d = notified_at[a["alert_id"]] - impact_wall
