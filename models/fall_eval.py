@@ -15,6 +15,22 @@ Rules:
   cuts windows still waiting for post-impact samples by holding the last sample (the
   decision time is then impact + post_s). Such decisions are flagged ``padded`` and counted
   (``padded_alerts``) so their effect on the figures is visible.
+
+Paths (``paths`` in the summary): ``fast`` is the detector above (the top-level keys, as
+before); ``no_recovery`` is :class:`~fallwatch.models.no_recovery.NoRecoveryWatch` fed the
+same stream and the detector's triggers; ``combined`` is what the edge sends: a fast alert
+not stood down at the end of its cancel window, or else a no-recovery alert. SisFall trials
+stop 5-15 s after a fall, long before anyone could tell whether the person gets up, so for the
+no-recovery path each trial is **extended** by :data:`EXTEND_S` of its own last second,
+repeated: the wearer is assumed to stay as at the end of the recording. For a fall that means
+*not getting up* (SisFall's volunteers did get up after the recording); for an ADL it means
+staying seated, lying, or standing as at the end. These figures are therefore partly
+simulated and are labelled so.
+
+Room sensors (``rooms=True``) are simulated from the activity code, because SisFall has none:
+D12-D14 (lying down on, turning over on, and sitting up on a bed) happen in a bed whose
+pressure sensor reads occupied throughout; every other trial is outside any sensed bed or
+chair (falls end on the floor). No SisFall trial is a fall from bed.
 """
 
 from __future__ import annotations
@@ -26,9 +42,28 @@ import numpy as np
 
 from fallwatch.models import features as F
 from fallwatch.models.detector import DetectorSettings, DeviceFallDetector, FallDecision, WindowScorer
-from fallwatch.models.sisfall import Trial
+from fallwatch.models.no_recovery import NoRecoverySettings, NoRecoveryWatch, NoRooms, RoomView
+from fallwatch.models.sisfall import SENSOR_FRAME_AXES, Trial
 
 CHUNK_S = 0.5
+#: seconds each trial is extended by (its last second repeated) for the no-recovery path
+EXTEND_S = 60.0
+#: the edge's default cancel window (edge.cancel_window_s): a fast alert is stood down or sent then
+CANCEL_WINDOW_S = 15.0
+#: activity codes simulated as happening in an occupied bed when rooms are on
+IN_BED_CODES = frozenset({"D12", "D13", "D14"})
+
+
+class SimulatedRooms:
+    """Room sensors for one SisFall trial: a bed sensor, occupied throughout or never."""
+
+    sensed = True
+
+    def __init__(self, in_bed: bool) -> None:
+        self.in_bed = in_bed
+
+    def occupied_since(self) -> float | None:
+        return -600.0 if self.in_bed else None
 
 
 @dataclass
@@ -41,6 +76,9 @@ class TrialResult:
     duration_s: float
     peak_t_s: float
     alerts: list[FallDecision] = field(default_factory=list)
+    #: no-recovery decisions, and the combined outcome the edge would send (per room setting)
+    no_recovery: dict[str, list[FallDecision]] = field(default_factory=dict)
+    combined: dict[str, list[FallDecision]] = field(default_factory=dict)
 
     @property
     def alerted(self) -> bool:
@@ -58,19 +96,68 @@ class TrialResult:
 
 
 def run_trial(trial: Trial, model: WindowScorer, settings: DetectorSettings | None = None,
-              chunk_s: float = CHUNK_S) -> TrialResult:
-    """Stream one trial through a fresh detector."""
+              chunk_s: float = CHUNK_S, no_recovery: NoRecoverySettings | None = None,
+              extend_s: float = EXTEND_S) -> TrialResult:
+    """Stream one trial through a fresh detector (the fast path, exactly as before) and, on the
+    same stream and triggers, the no-recovery path without and with simulated room sensors."""
     det = DeviceFallDetector(model, settings)
     n = len(trial.acc_g)
     t = np.arange(n) / trial.rate_hz
     step = max(1, round(chunk_s * trial.rate_hz))
+    # the watch judges posture against the sensor frame's up: SisFall's axes mapped to it
+    acc_fw = (trial.acc_g @ SENSOR_FRAME_AXES.T).astype(np.float32)
+    rooms: dict[str, RoomView] = {"none": NoRooms(), "rooms": SimulatedRooms(trial.activity in IN_BED_CODES)}
+    watches = {k: NoRecoveryWatch(no_recovery) for k in rooms}
+    for k, w in watches.items():
+        w.rooms_sensed = rooms[k].sensed
     alerts: list[FallDecision] = []
-    for a in range(0, n, step):
-        alerts += det.push(t[a:a + step], trial.acc_g[a:a + step], trial.gyro_dps[a:a + step])
-    alerts += det.close()
+    nr: dict[str, list[FallDecision]] = {k: [] for k in rooms}
+    stood: dict[str, set[float]] = {k: set() for k in rooms}
+    checked = 0  # fast alerts whose cancel window is over (they are decided in time order)
+
+    def score() -> None:
+        batch = det.pending_windows()
+        if not len(batch):
+            return
+        p = model.predict(batch)
+        for c, pc in zip(det.inflight, p, strict=True):
+            for w in watches.values():
+                w.on_trigger(c.impact_t_s, c.peak_g, float(pc))
+        alerts.extend(det.resolve(p))
+
+    # the recording stops, the person does not: its last second repeated (see the module docstring)
+    tail = acc_fw[-round(trial.rate_hz):]
+    ext = np.resize(tail, (int(extend_s * trial.rate_hz), 3)) if n else np.zeros((0, 3), dtype=np.float32)
+    acc_all = np.concatenate([acc_fw, ext])
+    t_all = np.arange(len(acc_all)) / trial.rate_hz
+    for a in range(0, len(acc_all), step):
+        b = min(len(acc_all), a + step)
+        if a < n:
+            e = min(n, b)
+            det.feed(t[a:e], trial.acc_g[a:e], trial.gyro_dps[a:e])
+            if e == n:
+                det.flush()  # as DeviceFallDetector.close(): the last windows, padded
+        for w in watches.values():
+            w.feed(t_all[a:b], acc_all[a:b])
+        score()
+        now = float(t_all[b - 1])
+        for k, w in watches.items():
+            nr[k] += w.poll(now, rooms[k])
+        while checked < len(alerts) and alerts[checked].decided_t_s + CANCEL_WINDOW_S <= now:
+            d = alerts[checked]
+            checked += 1
+            for k, w in watches.items():
+                if w.stand_down(d.impact_t_s, now, rooms[k]) is not None:
+                    stood[k].add(d.impact_t_s)
     peak = float(np.argmax(F.magnitude(trial.acc_g)) / trial.rate_hz)
-    return TrialResult(trial.name, trial.subject, trial.group, trial.activity, trial.is_fall,
-                       trial.duration_s, peak, alerts)
+    res = TrialResult(trial.name, trial.subject, trial.group, trial.activity, trial.is_fall,
+                      trial.duration_s, peak, alerts)
+    dedup = (settings or DetectorSettings()).dedup_s
+    for k in rooms:
+        res.no_recovery[k] = nr[k]
+        fast = [d for d in alerts if d.impact_t_s not in stood[k]]
+        res.combined[k] = fast + [d for d in nr[k] if all(abs(d.impact_t_s - f.impact_t_s) >= dedup for f in alerts)]
+    return res
 
 
 def run_trials(trials: Iterable[Trial], model: WindowScorer, settings: DetectorSettings | None = None,
@@ -123,8 +210,68 @@ def _r(x: float | None) -> float | None:
 
 
 def summarise(results: list[TrialResult]) -> dict[str, object]:
-    """Overall figures plus the same per group (SA adults, SE elderly)."""
+    """Overall figures plus the same per group (SA adults, SE elderly); per path (``paths``,
+    without and with simulated room sensors) and per activity code (``codes``)."""
     out = _summary(results)
     out["groups"] = {g: _summary([r for r in results if r.group == g])
                      for g in sorted({r.group for r in results})}
+    if results and results[0].combined:
+        out["paths"] = paths_summary(results)
+        out["codes"] = codes_summary(results)
+    return out
+
+
+def path_alerts(r: TrialResult, path: str, rooms: str = "none") -> list[FallDecision]:
+    """The alerts of one trial on ``path`` (fast | no_recovery | combined)."""
+    if path == "fast":
+        return r.alerts
+    return (r.no_recovery if path == "no_recovery" else r.combined).get(rooms, [])
+
+
+def _path_figures(results: list[TrialResult], path: str, rooms: str) -> dict[str, object]:
+    falls = [r for r in results if r.is_fall]
+    adls = [r for r in results if not r.is_fall]
+    tp = sum(bool(path_alerts(r, path, rooms)) for r in falls)
+    fp = sum(bool(path_alerts(r, path, rooms)) for r in adls)
+    hours = sum(r.duration_s for r in adls) / 3600
+    lat = [min(a.decided_t_s for a in al) - r.peak_t_s for r in falls if (al := path_alerts(r, path, rooms))]
+    return {
+        "sensitivity": _r(tp / len(falls) if falls else None),
+        "specificity": _r((len(adls) - fp) / len(adls) if adls else None),
+        "false_alarms_per_hour": _r(sum(len(path_alerts(r, path, rooms)) for r in adls) / hours if hours else None),
+        "median_latency_s": _r(float(np.median(lat)) if lat else None),
+        "p90_latency_s": _r(float(np.percentile(lat, 90)) if lat else None),
+        "latency_s_quantiles": [_r(float(q)) for q in np.percentile(lat, [0, 10, 25, 50, 75, 90, 100])] if lat else [],
+        "tp": tp, "fp": fp, "fall_trials": len(falls), "adl_trials": len(adls),
+    }
+
+
+def paths_summary(results: list[TrialResult]) -> dict[str, object]:
+    """Per path: figures without room sensors, ``rooms`` with simulated ones, and per group."""
+    out: dict[str, object] = {}
+    groups = sorted({r.group for r in results})
+    for path in ("fast", "no_recovery", "combined"):
+        fig = _path_figures(results, path, "none")
+        fig["rooms"] = _path_figures(results, path, "rooms")
+        fig["groups"] = {g: _path_figures([r for r in results if r.group == g], path, "none") for g in groups}
+        out[path] = fig
+    return out
+
+
+def codes_summary(results: list[TrialResult]) -> dict[str, object]:
+    """Per SisFall activity code: trials, and trials alerted per path (sensitivity for F codes,
+    false-alarm trials and alerts per hour for D codes), without and with simulated rooms."""
+    out: dict[str, object] = {}
+    for code in sorted({r.activity for r in results}):
+        rs = [r for r in results if r.activity == code]
+        hours = round(sum(r.duration_s for r in rs) / 3600, 4)
+        row: dict[str, object] = {"trials": len(rs), "is_fall": rs[0].is_fall, "hours": hours}
+        for path in ("fast", "no_recovery", "combined"):
+            for rooms in ("none", "rooms"):
+                if path == "fast" and rooms == "rooms":
+                    continue
+                key = path if rooms == "none" else f"{path}_rooms"
+                hit = sum(bool(path_alerts(r, path, rooms)) for r in rs)
+                row[key] = _r(hit / len(rs))  # sensitivity (F) or share of trials with a false alarm (D)
+        out[code] = row
     return out

@@ -53,8 +53,13 @@ class NoRecoverySettings:
     #: time down after the event before the alert; with the decision's cancel window running
     #: from the event, the alert leaves the hub this long after it (aim: <= 60 s)
     no_recovery_s: float = 45.0
-    #: below this angle to the upright direction the wearer is up (sitting upright included)
+    #: below this angle to the upright direction the wearer is up (sitting upright included);
+    #: at or above ``down_deg`` down (lying, or slumped); in between neither
     upright_deg: float = 35.0
+    down_deg: float = 40.0
+    #: an impact opens a watch unless the wearer was lying before it (turning over, in bed);
+    #: leaning forward to sit down or to get up still counts as upright here
+    pre_max_deg: float = 55.0
     #: the first seconds after the event are the fall itself, not yet "staying down"
     settle_s: float = 1.5
     #: the wearer must be down within this long after the event (a fall ends on the floor at
@@ -183,7 +188,7 @@ class NoRecoveryWatch:
         dt = b.t - w.t
         if dt < s.settle_s:
             return
-        down = b.tilt >= s.upright_deg
+        down = b.tilt >= s.down_deg
         if dt <= s.down_by_s:
             w.early += 1
             w.early_down += down
@@ -191,7 +196,7 @@ class NoRecoveryWatch:
         w.down += down
         w.moving += b.moving
         w.max_tilt = max(w.max_tilt, b.tilt)
-        w.up_run = 0.0 if down else w.up_run + BLOCK_S
+        w.up_run = w.up_run + BLOCK_S if b.tilt < s.upright_deg else 0.0
 
     # ------------------------------------------------------------------ events
 
@@ -214,7 +219,7 @@ class NoRecoveryWatch:
                 w.up_run = 0.0
                 return
         pre = self._pre_posture(impact_t_s)
-        if pre is None or pre >= self.settings.upright_deg:
+        if pre is None or pre >= self.settings.pre_max_deg:
             return  # lying before (turning over, or in bed): only the rooms can tell a fall from bed
         self._open("impact", impact_t_s, peak_g, probability)
 
@@ -225,7 +230,7 @@ class NoRecoveryWatch:
 
     def _untriggered(self, b: _Block) -> None:
         s = self.settings
-        if not s.enabled or b.tilt < s.upright_deg or not self.rooms_sensed:
+        if not s.enabled or b.tilt < s.down_deg or not self.rooms_sensed:
             return
         older = [x.tilt for x in self.blocks if b.t - s.drop_s - 2.0 <= x.t <= b.t - s.drop_s]
         if older and max(older) < s.upright_deg:
