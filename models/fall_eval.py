@@ -27,10 +27,12 @@ repeated: the wearer is assumed to stay as at the end of the recording. For a fa
 staying seated, lying, or standing as at the end. These figures are therefore partly
 simulated and are labelled so.
 
-Room sensors (``rooms=True``) are simulated from the activity code, because SisFall has none:
-D12-D14 (lying down on, turning over on, and sitting up on a bed) happen in a bed whose
-pressure sensor reads occupied throughout; every other trial is outside any sensed bed or
-chair (falls end on the floor). No SisFall trial is a fall from bed.
+Room sensors (the ``rooms`` figures) are simulated from the activity code, because SisFall has
+none: D12-D14 (lying down on, turning over on, and sitting up on a bed) happen in a bed whose
+pressure sensor reads occupied throughout; D07-D11 (sitting down on a chair, collapsing into
+one) on a chair with a pressure sensor, occupied from the trial's largest peak (the sitting
+impact) on; every other trial, and every fall, is outside any sensed bed or chair (falls end
+on the floor). No SisFall trial is a fall from bed.
 """
 
 from __future__ import annotations
@@ -52,18 +54,27 @@ EXTEND_S = 60.0
 CANCEL_WINDOW_S = 15.0
 #: activity codes simulated as happening in an occupied bed when rooms are on
 IN_BED_CODES = frozenset({"D12", "D13", "D14"})
+#: activity codes simulated as sitting down on a sensed chair (occupied from the sitting impact)
+ON_CHAIR_CODES = frozenset({"D07", "D08", "D09", "D10", "D11"})
 
 
 class SimulatedRooms:
-    """Room sensors for one SisFall trial: a bed sensor, occupied throughout or never."""
+    """Room sensors for one SisFall trial: a bed occupied throughout, a chair occupied from
+    ``chair_from_s`` on, or neither; ``now_s`` is set by the evaluation loop."""
 
     sensed = True
 
-    def __init__(self, in_bed: bool) -> None:
+    def __init__(self, in_bed: bool, chair_from_s: float | None = None) -> None:
         self.in_bed = in_bed
+        self.chair_from_s = chair_from_s
+        self.now_s = 0.0
 
     def occupied_since(self) -> float | None:
-        return -600.0 if self.in_bed else None
+        if self.in_bed:
+            return -600.0
+        if self.chair_from_s is not None and self.now_s >= self.chair_from_s:
+            return self.chair_from_s
+        return None
 
 
 @dataclass
@@ -106,7 +117,9 @@ def run_trial(trial: Trial, model: WindowScorer, settings: DetectorSettings | No
     step = max(1, round(chunk_s * trial.rate_hz))
     # the watch judges posture against the sensor frame's up: SisFall's axes mapped to it
     acc_fw = (trial.acc_g @ SENSOR_FRAME_AXES.T).astype(np.float32)
-    rooms: dict[str, RoomView] = {"none": NoRooms(), "rooms": SimulatedRooms(trial.activity in IN_BED_CODES)}
+    peak = float(np.argmax(F.magnitude(trial.acc_g)) / trial.rate_hz) if n else 0.0
+    sim = SimulatedRooms(trial.activity in IN_BED_CODES, peak if trial.activity in ON_CHAIR_CODES else None)
+    rooms: dict[str, RoomView] = {"none": NoRooms(), "rooms": sim}
     watches = {k: NoRecoveryWatch(no_recovery) for k in rooms}
     for k, w in watches.items():
         w.rooms_sensed = rooms[k].sensed
@@ -139,8 +152,9 @@ def run_trial(trial: Trial, model: WindowScorer, settings: DetectorSettings | No
                 det.flush()  # as DeviceFallDetector.close(): the last windows, padded
         for w in watches.values():
             w.feed(t_all[a:b], acc_all[a:b])
-        score()
         now = float(t_all[b - 1])
+        sim.now_s = now
+        score()
         for k, w in watches.items():
             nr[k] += w.poll(now, rooms[k])
         while checked < len(alerts) and alerts[checked].decided_t_s + CANCEL_WINDOW_S <= now:
@@ -149,7 +163,6 @@ def run_trial(trial: Trial, model: WindowScorer, settings: DetectorSettings | No
             for k, w in watches.items():
                 if w.stand_down(d.impact_t_s, now, rooms[k]) is not None:
                     stood[k].add(d.impact_t_s)
-    peak = float(np.argmax(F.magnitude(trial.acc_g)) / trial.rate_hz)
     res = TrialResult(trial.name, trial.subject, trial.group, trial.activity, trial.is_fall,
                       trial.duration_s, peak, alerts)
     dedup = (settings or DetectorSettings()).dedup_s
