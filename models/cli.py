@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("--seed", type=int, default=7)
     t.add_argument("--jobs", type=int, default=1, help="threads for tree training (shared machines: 1-2)")
     t.add_argument("--no-compare", action="store_true", help="skip the feature-set comparison CV")
+    t.add_argument("--no-augment", action="store_true", help="train on the recordings only (no augmentation)")
+    t.add_argument("--compare", default="", help="comma-separated extra CVs to report: acc, no-augment")
     t.set_defaults(func=cmd_train_fall)
 
     e = sub.add_parser("eval-fall", help="stream every trial through the edge detector and report")
@@ -71,15 +73,22 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
         return 2
     data = sisfall.data_summary(trials)
     ws = T.build_windows(trials, progress=True)
+    if not args.no_augment:
+        ws.aug = T.build_windows(T.augment_trials(trials, args.seed), progress=True)
     names = T.feature_names(T.FEATURE_SET)
     with threadpool_limits(args.jobs):
         cv = T.cross_validate(ws, names, args.seed, progress=True)
-        comparison = {T.FEATURE_SET: _brief(cv.summary)}
-        if not args.no_compare:
-            for other in ("acc", "all"):
-                if other != T.FEATURE_SET:
-                    comparison[other] = _brief(T.cross_validate(ws, T.feature_names(other), args.seed,
-                                                                progress=True).summary)
+        label = T.FEATURE_SET + ("" if args.no_augment else " + augmentation")
+        comparison = {label: _brief(cv.summary)}
+        extra = [c for c in args.compare.split(",") if c] if args.no_compare or args.compare else ["acc"]
+        for other in extra:
+            if other == "no-augment" and ws.aug is not None:
+                plain = T.WindowSet(ws.trials, ws.X, ws.y, ws.trial_idx)
+                comparison[f"{T.FEATURE_SET}, recordings only"] = _brief(
+                    T.cross_validate(plain, names, args.seed, progress=True).summary)
+            elif other in ("acc", "all") and other != T.FEATURE_SET:
+                comparison[other] = _brief(T.cross_validate(ws, T.feature_names(other), args.seed,
+                                                            progress=True).summary)
         print("final model: threshold by inner CV on all subjects ...", file=sys.stderr)
         subjects = data["subjects"]
         assert isinstance(subjects, list)
@@ -106,6 +115,8 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
         "inner_folds": T.INNER_FOLDS,
         "training_data": data,
         "windows": {"total": len(ws.y), "fall": int((ws.y == 1).sum()), "excluded": int((ws.y == -1).sum())},
+        "augmentation": None if ws.aug is None else {
+            "description": T.AUGMENTATION, "windows": len(ws.aug.y), "fall_windows": int((ws.aug.y == 1).sum())},
         "cv": cv.summary,
         "folds": cv.folds,
         "curves": curves,

@@ -37,13 +37,20 @@ on the floor). No SisFall trial is a fall from bed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fallwatch.models import features as F
-from fallwatch.models.detector import DetectorSettings, DeviceFallDetector, FallDecision, WindowScorer
+from fallwatch.models.detector import (
+    DetectorSettings,
+    DeviceFallDetector,
+    FallDecision,
+    WindowScorer,
+    free_fall_s,
+    is_device_drop,
+)
 from fallwatch.models.no_recovery import NoRecoverySettings, NoRecoveryWatch, NoRooms, RoomView
 from fallwatch.models.sisfall import SENSOR_FRAME_AXES, Trial
 
@@ -106,26 +113,42 @@ class TrialResult:
         return max((a.probability for a in self.alerts), default=0.0)
 
 
-def run_trial(trial: Trial, model: WindowScorer, settings: DetectorSettings | None = None,
-              chunk_s: float = CHUNK_S, no_recovery: NoRecoverySettings | None = None,
-              extend_s: float = EXTEND_S) -> TrialResult:
-    """Stream one trial through a fresh detector (the fast path, exactly as before) and, on the
-    same stream and triggers, the no-recovery path without and with simulated room sensors."""
+@dataclass
+class Streamed:
+    """What both paths decided on one stream, per room setting (keys of ``rooms``)."""
+
+    alerts: list[FallDecision]  # the fast path
+    no_recovery: dict[str, list[FallDecision]]
+    stood_down: dict[str, set[float]]  # impact times of fast alerts stood down at their cancel window
+    triggers: int = 0  # windows the detector cut (impacts >= trigger_g)
+
+    def combined(self, key: str, dedup_s: float) -> list[FallDecision]:
+        """What the edge sends: fast alerts not stood down, and no-recovery decisions of other events."""
+        fast = [d for d in self.alerts if d.impact_t_s not in self.stood_down[key]]
+        return fast + [d for d in self.no_recovery[key]
+                       if all(abs(d.impact_t_s - f.impact_t_s) >= dedup_s for f in self.alerts)]
+
+
+def stream_paths(model: WindowScorer, t: np.ndarray, acc_g: np.ndarray, gyro_dps: np.ndarray, acc_fw: np.ndarray,
+                 rooms: dict[str, RoomView], *, settings: DetectorSettings | None = None,
+                 no_recovery: NoRecoverySettings | None = None, chunk_s: float = CHUNK_S,
+                 tick: Callable[[float, dict[str, NoRecoveryWatch]], None] | None = None) -> Streamed:
+    """The edge's two paths over one stream, in ``chunk_s`` chunks, in the edge's order (detector
+    and watch fed, windows scored and every trigger handed to the watch, watches polled, fast
+    alerts stood down or kept at the end of their cancel window).
+
+    ``acc_g``/``gyro_dps`` feed the detector (``len(acc_g)`` samples: then it is flushed, as at
+    a recording's end); ``acc_fw`` (sensor frame, at least as long) feeds the watches, so a
+    recording can be extended for them. ``tick(now, watches)`` runs before each poll (the
+    caller's rooms: occupancy, bed exits)."""
     det = DeviceFallDetector(model, settings)
-    n = len(trial.acc_g)
-    t = np.arange(n) / trial.rate_hz
-    step = max(1, round(chunk_s * trial.rate_hz))
-    # the watch judges posture against the sensor frame's up: SisFall's axes mapped to it
-    acc_fw = (trial.acc_g @ SENSOR_FRAME_AXES.T).astype(np.float32)
-    peak = float(np.argmax(F.magnitude(trial.acc_g)) / trial.rate_hz) if n else 0.0
-    sim = SimulatedRooms(trial.activity in IN_BED_CODES, peak if trial.activity in ON_CHAIR_CODES else None)
-    rooms: dict[str, RoomView] = {"none": NoRooms(), "rooms": sim}
+    n = len(acc_g)
+    rate = F.RATE_HZ
+    step = max(1, round(chunk_s * rate))
     watches = {k: NoRecoveryWatch(no_recovery) for k in rooms}
     for k, w in watches.items():
         w.rooms_sensed = rooms[k].sensed
-    alerts: list[FallDecision] = []
-    nr: dict[str, list[FallDecision]] = {k: [] for k in rooms}
-    stood: dict[str, set[float]] = {k: set() for k in rooms}
+    out = Streamed([], {k: [] for k in rooms}, {k: set() for k in rooms})
     checked = 0  # fast alerts whose cancel window is over (they are decided in time order)
 
     def score() -> None:
@@ -133,43 +156,68 @@ def run_trial(trial: Trial, model: WindowScorer, settings: DetectorSettings | No
         if not len(batch):
             return
         p = model.predict(batch)
-        for c, pc in zip(det.inflight, p, strict=True):
-            for w in watches.values():
-                w.on_trigger(c.impact_t_s, c.peak_g, float(pc))
-        alerts.extend(det.resolve(p))
+        out.triggers += len(batch)
+        for i, (c, pc) in enumerate(zip(det.inflight, p, strict=True)):
+            if not is_device_drop(free_fall_s(batch[i]), c.peak_g):
+                for w in watches.values():
+                    w.on_trigger(c.impact_t_s, c.peak_g, float(pc))
+        out.alerts.extend(det.resolve(p))
 
+    for a in range(0, len(acc_fw), step):
+        b = min(len(acc_fw), a + step)
+        if a < n:
+            e = min(n, b)
+            det.feed(t[a:e], acc_g[a:e], gyro_dps[a:e])
+            if e == n:
+                det.flush()  # as DeviceFallDetector.close(): the last windows, padded
+        for w in watches.values():
+            w.feed(t[a:b], acc_fw[a:b])
+        now = float(t[b - 1])
+        if tick is not None:
+            tick(now, watches)
+        score()
+        for k, w in watches.items():
+            out.no_recovery[k] += w.poll(now, rooms[k])
+        while checked < len(out.alerts) and out.alerts[checked].decided_t_s + CANCEL_WINDOW_S <= now:
+            d = out.alerts[checked]
+            checked += 1
+            for k, w in watches.items():
+                if w.stand_down(d.impact_t_s, now, rooms[k]) is not None:
+                    out.stood_down[k].add(d.impact_t_s)
+    return out
+
+
+def run_trial(trial: Trial, model: WindowScorer, settings: DetectorSettings | None = None,
+              chunk_s: float = CHUNK_S, no_recovery: NoRecoverySettings | None = None,
+              extend_s: float = EXTEND_S) -> TrialResult:
+    """Stream one trial through the fast path (exactly as before: a fresh detector, closed at the
+    trial's end) and, on the same stream and triggers, the no-recovery path on the trial extended
+    by ``extend_s``, without and with simulated room sensors."""
+    n = len(trial.acc_g)
+    if abs(trial.rate_hz - F.RATE_HZ) > 1e-6:
+        raise ValueError(f"trial at {trial.rate_hz} Hz, the detector runs at {F.RATE_HZ} Hz")
+    # the watch judges posture against the sensor frame's up: SisFall's axes mapped to it
+    acc_fw = (trial.acc_g @ SENSOR_FRAME_AXES.T).astype(np.float32)
+    peak = float(np.argmax(F.magnitude(trial.acc_g)) / trial.rate_hz) if n else 0.0
+    sim = SimulatedRooms(trial.activity in IN_BED_CODES, peak if trial.activity in ON_CHAIR_CODES else None)
+    rooms: dict[str, RoomView] = {"none": NoRooms(), "rooms": sim}
     # the recording stops, the person does not: its last second repeated (see the module docstring)
     tail = acc_fw[-round(trial.rate_hz):]
     ext = np.resize(tail, (int(extend_s * trial.rate_hz), 3)) if n else np.zeros((0, 3), dtype=np.float32)
     acc_all = np.concatenate([acc_fw, ext])
     t_all = np.arange(len(acc_all)) / trial.rate_hz
-    for a in range(0, len(acc_all), step):
-        b = min(len(acc_all), a + step)
-        if a < n:
-            e = min(n, b)
-            det.feed(t[a:e], trial.acc_g[a:e], trial.gyro_dps[a:e])
-            if e == n:
-                det.flush()  # as DeviceFallDetector.close(): the last windows, padded
-        for w in watches.values():
-            w.feed(t_all[a:b], acc_all[a:b])
-        now = float(t_all[b - 1])
+
+    def tick(now: float, _: dict[str, NoRecoveryWatch]) -> None:
         sim.now_s = now
-        score()
-        for k, w in watches.items():
-            nr[k] += w.poll(now, rooms[k])
-        while checked < len(alerts) and alerts[checked].decided_t_s + CANCEL_WINDOW_S <= now:
-            d = alerts[checked]
-            checked += 1
-            for k, w in watches.items():
-                if w.stand_down(d.impact_t_s, now, rooms[k]) is not None:
-                    stood[k].add(d.impact_t_s)
+
+    st = stream_paths(model, t_all, trial.acc_g, trial.gyro_dps, acc_all, rooms, settings=settings,
+                      no_recovery=no_recovery, chunk_s=chunk_s, tick=tick)
     res = TrialResult(trial.name, trial.subject, trial.group, trial.activity, trial.is_fall,
-                      trial.duration_s, peak, alerts)
+                      trial.duration_s, peak, st.alerts)
     dedup = (settings or DetectorSettings()).dedup_s
     for k in rooms:
-        res.no_recovery[k] = nr[k]
-        fast = [d for d in alerts if d.impact_t_s not in stood[k]]
-        res.combined[k] = fast + [d for d in nr[k] if all(abs(d.impact_t_s - f.impact_t_s) >= dedup for f in alerts)]
+        res.no_recovery[k] = st.no_recovery[k]
+        res.combined[k] = st.combined(k, dedup)
     return res
 
 
