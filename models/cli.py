@@ -44,6 +44,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tr.add_argument("--residents", type=int, default=4000)
     tr.set_defaults(func=cmd_train_risk)
 
+    cs = sub.add_parser("compare-seq", help="a small 1-D CNN vs the trees by the same subject CV "
+                                            "(needs the seq extra: torch CPU)")
+    cs.add_argument("--data", required=True, type=Path)
+    cs.add_argument("--seed", type=int, default=7)
+    cs.add_argument("--epochs", type=int, default=8)
+    cs.add_argument("--card", type=Path, default=None, help="model dir whose metrics.json / MODEL_CARD.md "
+                                                            "get the figures (default: models/fall/)")
+    cs.set_defaults(func=cmd_compare_seq)
+
     er = sub.add_parser("eval-risk", help="evaluate the shipped risk model on a fresh simulated cohort")
     er.add_argument("--model", type=Path, default=None)
     er.add_argument("--seed", type=int, default=12345)
@@ -132,6 +141,26 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
     _print_summary(cv.summary)
     print(f"wrote {onnx_path} ({metrics['onnx_bytes']} bytes, threshold {thr:.2f}), "
           f"{out / 'MODEL_CARD.md'}, {rep}")
+    return 0
+
+
+def cmd_compare_seq(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        print("compare-seq needs torch (CPU): .venv/bin/pip install torch==2.13.0 (the seq extra)", file=sys.stderr)
+        return 2
+    from fallwatch.models import fall_seq, fall_train, report
+
+    out = fall_seq.compare(str(args.data), seed=args.seed, epochs=args.epochs)
+    card = args.card or fall_train.DEFAULT_OUT
+    metrics_path = card / "report" / "metrics.json"
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        metrics["sequence_model"] = out
+        report.write_json(metrics, metrics_path)
+        report.model_card(metrics, card / "MODEL_CARD.md")
+    print(json.dumps(out, indent=2))
     return 0
 
 

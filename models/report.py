@@ -180,6 +180,24 @@ def _sim_table(sim: dict[str, Any] | None) -> str:
     return "\n".join(out)
 
 
+def _seq_table(seq: dict[str, Any] | None) -> str:
+    if not seq:
+        return ("Not run in this build (`fallwatch models compare-seq --data DIR`, needs the `seq` extra: "
+                "torch CPU).")
+    rows = ["| model | sensitivity | specificity | SA specificity | SE specificity | trial ROC AUC |",
+            "|---|---|---|---|---|---|"]
+    for name in ("trees", "cnn"):
+        r = seq[name]
+        rows.append(f"| {name} | {_fmt(r['sensitivity'], True)} | {_fmt(r['specificity'], True)} | "
+                    f"{_fmt(r['SA_specificity'], True)} | {_fmt(r['SE_specificity'], True)} | {_fmt(r['roc_auc'])} |")
+    c = seq["cnn"]
+    return ("\n".join(rows) + f"\n\nCNN: {c['params']} parameters, {seq['epochs']} epochs, ONNX "
+            f"{c['onnx_bytes'] / 1024:.0f} kB, {c['single_window_us']:.0f} µs per single window and "
+            f"{c['batched_per_window_us']:.1f} µs per window in a batch of 64 (channels + ONNX, 1 thread; "
+            f"ONNX vs torch max diff {c['onnx_torch_max_abs_diff']:.1e}); {seq['note']}. Run took "
+            f"{seq['seconds']:.0f} s.")
+
+
 def model_card(metrics: dict[str, Any], path: Path) -> None:  # metrics: the metrics.json document
     cv = metrics["cv"]
     rows = []
@@ -282,6 +300,11 @@ Feature sets compared by the same CV:
 | model | SA sensitivity | SA specificity | SE specificity | false alarms/h |
 |---|---|---|---|---|
 {comp_rows}
+
+A small 1-D CNN over the window (three orientation-invariant channels, `features.sequence_channels`)
+against the trees, by the same subject folds, windows and labels:
+
+{_seq_table(metrics.get('sequence_model'))}
 
 Plots: `report/confusion.png`, `report/roc_pr.png`, `report/latency.png`; all numbers in
 `report/metrics.json`.
