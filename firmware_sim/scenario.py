@@ -287,7 +287,7 @@ def flat_site(n: int, resident: Resident | None = None) -> Site:
 
 #: How long a demo resident who does not get up alone lies before being helped up (s): longer
 #: than the edge's no-recovery time (45 s) plus the time for help to come.
-UNRECOVERED_LYING_S = 120.0
+UNRECOVERED_LYING_S = 75.0
 
 
 def demo_scenario(residents: int = 3, duration_s: float = 120.0, falls: int = 1, seed: int = 7,

@@ -425,7 +425,7 @@ class TimelineBuilder:
                  "from_bed": f"floor_{side}", "from_chair": str(self.rng.choice(["floor_front", f"floor_{side}"])),
                  "collapse": str(self.rng.choice(["floor_back", f"floor_{side}"]))}[kind]
         med, sd = IMPACT[kind]
-        peak = float(np.clip(med * np.exp(self.rng.normal(0, sd)), 1.8, 15.0)) - 1.0
+        peak = float(np.clip(med * np.exp(self.rng.normal(0, sd)), 2.0, 15.0)) - 1.0
         spread = self.rng.normal(0, 0.25, 3)
         params: dict[str, Any] = {
             "T_fall": T_fall, "t_impact": impact - self.t, "from": POSTURES[self.posture], "to": POSTURES[final],

@@ -177,15 +177,23 @@ def test_falls_end_lying_and_near_falls_stay_upright() -> None:
 
 @pytest.mark.data
 def test_fall_impact_peaks_comparable_to_sisfall() -> None:
-    real = np.array([np.linalg.norm(a, axis=1).max() for _, a, _ in _trials("F")])
+    """The simulated falls against SisFall's: all inside its range; those with a SisFall
+    counterpart (not from bed: SisFall has none, and a ~0.5 m drop is softer than any lab fall)
+    mostly inside its 5-95 % band with the median in its IQR; the softer kinds (from a chair, a
+    collapse) against its falls from sitting, getting up, sitting down and fainting (F06-F15).
+    (The walking falls alone sit a little below the IQR of SisFall's F01-F05, young adults
+    slipping and tripping at full walking speed: the residents walk at 0.5-1.1 m/s.)"""
+    trials = _trials("F")
+    real = np.array([np.linalg.norm(a, axis=1).max() for _, a, _ in trials])
+    real_soft = np.array([np.linalg.norm(a, axis=1).max() for n, a, _ in trials if n[:3] >= "F06"])
     events = []
     residents = [Resident(id=f"r{j}", profile=Profile(frailty=0.3)) for j in range(6)]
     for j, r in enumerate(residents):
-        for i in range(6):
+        for i in range(9):
             events.append(Event(type="fall", resident=r.id, at_s=40.0 + 110 * i,
                                 kind=FALL_KINDS[(i + j) % 6], lying_s=30.0, recovered=True))
-    fleet, sig = _run(residents, 720.0, events=events, seed=6)
-    sim, sim_min, sim_rot = [], [], []
+    fleet, sig = _run(residents, 1050.0, events=events, seed=6)
+    sim, sim_min, sim_rot, kinds = [], [], [], []
     for e in fleet.ground_truth:
         if e.type == "fall":
             acc, gyro, _ = sig[e.sensor_id]
@@ -193,14 +201,21 @@ def test_fall_impact_peaks_comparable_to_sisfall() -> None:
             i = int(e.t_impact_s * 50)
             i = i - 25 + int(np.argmax(mag[i - 25:i + 25]))
             sim.append(mag[i])
+            kinds.append(e.details["kind"])
             sim_min.append(mag[i - 50:i].min())  # how close to free fall the descent gets
             sim_rot.append(np.linalg.norm(gyro[i - 50:i + 10], axis=1).max())  # how fast the trunk turns
     sim = np.array(sim)
-    assert len(sim) == 36
-    lo, p5, p25, p75, p95, hi = np.percentile(real, [0, 5, 25, 75, 95, 100])
+    kinds_a = np.array(kinds)
+    assert len(sim) == 54
+    lo, p5, p95, hi = np.percentile(real, [0, 5, 95, 100])
     assert sim.min() >= 0.9 * lo and sim.max() <= hi
-    assert p25 <= np.median(sim) <= p75
-    assert np.mean((sim >= p5) & (sim <= p95)) >= 0.85
+    matched = sim[kinds_a != "from_bed"]  # from bed (~0.5 m onto the floor) is softer than any lab fall
+    assert np.mean((matched >= p5) & (matched <= p95)) >= 0.85
+    q25, q75 = np.percentile(real, [25, 75])
+    assert q25 <= np.median(matched) <= q75
+    soft = sim[np.isin(kinds_a, ["from_chair", "collapse"])]
+    s10, s75 = np.percentile(real_soft, [10, 75])
+    assert s10 <= np.median(soft) <= s75
     real_min, real_rot = _sisfall_descent()
     for simulated, recorded in ((sim_min, real_min), (sim_rot, real_rot)):
         q25, q75 = np.percentile(recorded, [25, 75])
