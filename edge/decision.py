@@ -6,8 +6,12 @@ A wearer's cancel press from the impact to the end of the window turns it into a
 ``cancelled`` FallAlert (still sent and logged, EN 50134-2); a sensor that turns faulty
 around the impact suppresses it (reported as a health warning); otherwise it is raised.
 One fall gives one alert: the detector folds impacts within ``dedup_s`` of the last
-alert's impact, and ``Wearable.last_alert_t`` keeps the soft path and device drops in
-step with it.
+alert's impact, and ``Wearable.last_alert_t`` keeps the no-recovery path and device drops
+in step with it. At the end of its window a fast-path alert is *stood down* — sent as
+``cancelled`` with reason ``recovered`` or ``in_occupied_bed``, logged, nobody called — when the
+wearer's no-recovery watch saw them get up and walk, or they were in an occupied bed or chair
+from before the impact (turning over in bed); a no-recovery decision is due at once, its
+window having run from the event.
 
 A decision is durable from the moment it is made: :meth:`AlertDecision.decide` writes it
 to the outbox DB's ``pending`` table (wall-clock due time), and the transaction that
