@@ -181,6 +181,10 @@ def _print_summary(s: dict[str, Any]) -> None:
     print("group  " + "  ".join(keys))
     for name, v in [("all", s), *sorted(s["groups"].items())]:
         print(f"{name:<6} " + "  ".join(str(v[k]) for k in keys))
+    for path, p in s.get("paths", {}).items():  # the fast path is the table above
+        for label, fig in ((path, p), (f"{path}+rooms", p["rooms"])):
+            print(f"{label:<18} sensitivity {fig['sensitivity']}  specificity {fig['specificity']}  "
+                  f"false_alarms_per_hour {fig['false_alarms_per_hour']}  median_latency_s {fig['median_latency_s']}")
 
 
 def cmd_eval_fall(args: argparse.Namespace) -> int:
