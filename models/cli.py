@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("--seed", type=int, default=7)
     t.add_argument("--jobs", type=int, default=1, help="threads for tree training (shared machines: 1-2)")
     t.add_argument("--no-compare", action="store_true", help="skip the feature-set comparison CV")
-    t.add_argument("--no-augment", action="store_true", help="train on the recordings only (no augmentation)")
+    t.add_argument("--augment", action="store_true",
+                   help="add augmented training windows (slower/softer falls, heavier hard negatives)")
     t.add_argument("--compare", default="", help="comma-separated extra CVs to report: acc, no-augment")
     t.set_defaults(func=cmd_train_fall)
 
@@ -82,12 +83,12 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
         return 2
     data = sisfall.data_summary(trials)
     ws = T.build_windows(trials, progress=True)
-    if not args.no_augment:
+    if args.augment:
         ws.aug = T.build_windows(T.augment_trials(trials, args.seed), progress=True)
     names = T.feature_names(T.FEATURE_SET)
     with threadpool_limits(args.jobs):
         cv = T.cross_validate(ws, names, args.seed, progress=True)
-        label = T.FEATURE_SET + ("" if args.no_augment else " + augmentation")
+        label = T.FEATURE_SET + (" + augmentation" if args.augment else "")
         comparison = {label: _brief(cv.summary)}
         extra = [c for c in args.compare.split(",") if c] if args.no_compare or args.compare else ["acc"]
         for other in extra:
