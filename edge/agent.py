@@ -269,4 +269,9 @@ class EdgeAgent:
                 agg[k] = agg.get(k, 0) + int(getattr(c, k))
             agg["dedup_suppressed"] = agg.get("dedup_suppressed", 0) + w.det.suppressed
         out.update({f"stream_{k}": v for k, v in agg.items()})
+        watch: dict[str, int] = {}  # the no-recovery watches: events, and how each ended
+        for w in self.sensors.wearables.values():
+            for k, v in w.watch.counts.items():
+                watch[k] = watch.get(k, 0) + v
+        out.update({f"no_recovery_watch_{k}": v for k, v in watch.items()})
         return out
