@@ -129,13 +129,9 @@ def cmd_eval_fall(args: argparse.Namespace) -> int:
                    adl_hours=args.adl_hours, seed=args.seed, progress=True)
     out["model"] = model.tag
     card_dir = args.card or model.path.parent
-    metrics_path = card_dir / "report" / "metrics.json"
-    if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
-        metrics["sim"] = out
-        report.write_json(metrics, metrics_path)
-        report.model_card(metrics, card_dir / "MODEL_CARD.md")
-        print(f"added the simulated figures to {metrics_path} and {card_dir / 'MODEL_CARD.md'}", file=sys.stderr)
+    if report.add_to_card(card_dir, "sim", out):
+        print(f"added the simulated figures to {card_dir / 'report' / 'metrics.json'} and "
+              f"{card_dir / 'MODEL_CARD.md'}", file=sys.stderr)
     for kind, row in out["kinds"].items():
         print(f"{kind:<11} " + "  ".join(f"{k}={v}" for k, v in row.items()))
     print("adl " + "  ".join(f"{k}={v}" for k, v in out["adl"].items()))

@@ -154,13 +154,7 @@ def cmd_compare_seq(args: argparse.Namespace) -> int:
     from fallwatch.models import fall_seq, fall_train, report
 
     out = fall_seq.compare(str(args.data), seed=args.seed, epochs=args.epochs)
-    card = args.card or fall_train.DEFAULT_OUT
-    metrics_path = card / "report" / "metrics.json"
-    if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
-        metrics["sequence_model"] = out
-        report.write_json(metrics, metrics_path)
-        report.model_card(metrics, card / "MODEL_CARD.md")
+    report.add_to_card(args.card or fall_train.DEFAULT_OUT, "sequence_model", out)
     print(json.dumps(out, indent=2))
     return 0
 

@@ -40,13 +40,7 @@ def raw_windows(trials: list[sisfall.Trial], progress: bool = False) -> tuple[np
         if len(wins) == 0:
             continue
         xs.append(F.sequence_channels(wins))
-        y = np.zeros(len(cands), dtype=np.int8)
-        if trial.is_fall:
-            peak = int(np.argmax(F.magnitude(trial.acc_g)))
-            d = (np.array([c.impact_index for c in cands]) - peak) / trial.rate_hz
-            y[(d >= -T.EXCLUDE_BEFORE_S) & (d <= T.EXCLUDE_AFTER_S)] = -1
-            y[np.abs(d) <= T.POS_WINDOW_S] = 1
-        ys.append(y)
+        ys.append(T.window_labels(trial, cands))
         ti.append(np.full(len(cands), k))
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(ti)
 

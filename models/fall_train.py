@@ -109,6 +109,17 @@ def trial_windows(trial: sisfall.Trial, settings: DetectorSettings | None = None
     return wins, det.inflight
 
 
+def window_labels(trial: sisfall.Trial, cands: list[Candidate]) -> np.ndarray:
+    """1 fall / 0 ADL / -1 left out, per triggered window of a trial (see the module docstring)."""
+    y = np.zeros(len(cands), dtype=np.int8)
+    if trial.is_fall:
+        peak = int(np.argmax(F.magnitude(trial.acc_g)))
+        d = (np.array([c.impact_index for c in cands]) - peak) / trial.rate_hz
+        y[(d >= -EXCLUDE_BEFORE_S) & (d <= EXCLUDE_AFTER_S)] = -1
+        y[np.abs(d) <= POS_WINDOW_S] = 1
+    return y
+
+
 def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None = None,
                   progress: bool = False) -> WindowSet:
     it = trials
@@ -122,13 +133,7 @@ def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None
         if len(wins) == 0:
             continue
         xs.append(F.window_features(wins))
-        y = np.zeros(len(cands), dtype=np.int8)
-        if trial.is_fall:
-            peak = int(np.argmax(F.magnitude(trial.acc_g)))
-            d = (np.array([c.impact_index for c in cands]) - peak) / trial.rate_hz
-            y[(d >= -EXCLUDE_BEFORE_S) & (d <= EXCLUDE_AFTER_S)] = -1
-            y[np.abs(d) <= POS_WINDOW_S] = 1
-        ys.append(y)
+        ys.append(window_labels(trial, cands))
         ti.append(np.full(len(cands), k))
     return WindowSet(trials, np.concatenate(xs), np.concatenate(ys), np.concatenate(ti))
 

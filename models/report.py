@@ -126,6 +126,20 @@ def _augmentation(metrics: dict[str, Any]) -> str:
             "on the real trials of held-out subjects.\n")
 
 
+def add_to_card(model_dir: Path, key: str, value: object) -> bool:
+    """Put ``value`` under ``key`` in ``model_dir``'s report/metrics.json and re-render its
+    MODEL_CARD.md (figures measured after training: the simulator, the sequence model);
+    False if there is no metrics.json there."""
+    metrics_path = model_dir / "report" / "metrics.json"
+    if not metrics_path.exists():
+        return False
+    metrics = json.loads(metrics_path.read_text())
+    metrics[key] = value
+    write_json(metrics, metrics_path)
+    model_card(metrics, model_dir / "MODEL_CARD.md")
+    return True
+
+
 def write_json(obj: object, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
