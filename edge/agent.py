@@ -3,7 +3,7 @@ stages together; each stage is one module behind a small interface:
 
     frames --> Ingest (edge.ingest: decode, per-wearable streams edge.stream, room events)
            --> Detection (edge.detection: one batched ONNX call per feed, device drops,
-               room-confirmed soft candidates)
+               the no-recovery path models.no_recovery)
            --> AlertDecision (edge.decision: cancel window, fault suppression, de-dup)
                using RoomFusion (edge.fusion: which rooms speak for a wearer, room and
                confidence of a fall)
@@ -45,6 +45,7 @@ from fallwatch.edge.publisher import Publisher
 from fallwatch.edge.sensors import DetectorFactory, Scorer, SensorDescription, Sensors
 from fallwatch.edge.telemetry import Telemetry
 from fallwatch.edge.uplink import Uplink
+from fallwatch.models.no_recovery import NoRecoverySettings
 from fallwatch.models.scorers import load_scorer
 from fallwatch.mqtt import Will
 from fallwatch.protocol import contract as C
@@ -93,7 +94,8 @@ class EdgeAgent:
 
     def init_sensors(self, sensors: Iterable[SensorDescription], make_detector: DetectorFactory | None) -> None:
         self.counters = Counters()
-        self.sensors = Sensors(self.device_id, self.model, make_detector=make_detector)
+        nr = NoRecoverySettings(no_recovery_s=self.cfg.edge.no_recovery_s)
+        self.sensors = Sensors(self.device_id, self.model, make_detector=make_detector, no_recovery=nr)
         self.sensors.register_all(sensors)
 
     def init_messages(self) -> None:
@@ -281,4 +283,9 @@ class EdgeAgent:
                 agg[k] = agg.get(k, 0) + int(getattr(c, k))
             agg["dedup_suppressed"] = agg.get("dedup_suppressed", 0) + w.det.suppressed
         out.update({f"stream_{k}": v for k, v in agg.items()})
+        watch: dict[str, int] = {}  # the no-recovery watches: events, and how each ended
+        for w in self.sensors.wearables.values():
+            for k, v in w.watch.counts.items():
+                watch[k] = watch.get(k, 0) + v
+        out.update({f"no_recovery_watch_{k}": v for k, v in watch.items()})
         return out

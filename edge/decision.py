@@ -6,8 +6,12 @@ A wearer's cancel press from the impact to the end of the window turns it into a
 ``cancelled`` FallAlert (still sent and logged, EN 50134-2); a sensor that turns faulty
 around the impact suppresses it (reported as a health warning); otherwise it is raised.
 One fall gives one alert: the detector folds impacts within ``dedup_s`` of the last
-alert's impact, and ``Wearable.last_alert_t`` keeps the soft path and device drops in
-step with it.
+alert's impact, and ``Wearable.last_alert_t`` keeps the no-recovery path and device drops
+in step with it. At the end of its window a fast-path alert is *stood down* — sent as
+``cancelled`` with reason ``recovered`` or ``in_occupied_bed``, logged, nobody called — when the
+wearer's no-recovery watch saw them get up and walk, or they were in an occupied bed or chair
+from before the impact (turning over in bed); a no-recovery decision is due at once, its
+window having run from the event.
 
 A decision is durable from the moment it is made: :meth:`AlertDecision.decide` writes it
 to the outbox DB's ``pending`` table (wall-clock due time), and the transaction that
@@ -135,6 +139,7 @@ class AlertDecision:
             "impact_ms": ts(d.impact_t_s), "decided_ms": ts(d.decided_t_s), "created_ms": ts(pa.created_t_s),
             "probability": d.probability, "confidence": d.confidence, "peak_g": d.peak_g, "lying": d.lying,
             "still": d.still, "reasons": [list(r) for r in d.reasons], "padded": d.padded,
+            "path": d.path, "lying_s": d.lying_s,
         })
         try:
             self.store.save_pending(pa.event_id, body, ts(pa.due_t_s))
@@ -159,7 +164,7 @@ class AlertDecision:
             d = FallDecision(impact_t_s=hub_s(b["impact_ms"]), decided_t_s=hub_s(b["decided_ms"]),
                              probability=b["probability"], confidence=b["confidence"], peak_g=b["peak_g"],
                              lying=b["lying"], still=b["still"], reasons=[tuple(r) for r in b["reasons"]],
-                             padded=b["padded"])
+                             padded=b["padded"], path=b.get("path", "fast"), lying_s=b.get("lying_s", 0.0))
             w.last_alert_t = max(w.last_alert_t, d.impact_t_s)
             self.pending.append(PendingAlert(key, w, d, hub_s(due_ms), hub_s(b["created_ms"]), 0.0))
             self.count("decisions_resumed")
@@ -193,6 +198,11 @@ class AlertDecision:
                 after.append(functools.partial(self._cancelled, w, pa.due_t_s))
             elif now_s >= pa.due_t_s and w.stream.faulty_between(pa.decision.impact_t_s - 1.0, now_s):
                 after.append(functools.partial(self._suppressed, w))
+            elif now_s >= pa.due_t_s and pa.decision.path == "fast" and (
+                    why := w.watch.stand_down(pa.decision.impact_t_s, now_s, self.fusion.view(w))):
+                # got up and walking, or turning over in an occupied bed: logged, nobody called
+                self._report(pa, "cancelled", now_s, out, events, stood_down=why)
+                after.append(functools.partial(self.count, f"alerts_stood_down_{why[0]}"))
             elif now_s >= pa.due_t_s:
                 raised = True
                 pa.feed_wall = wall
@@ -238,8 +248,9 @@ class AlertDecision:
         out: list[Pending],
         events: list[DecidedAlert],
         cancelled_at: float | None = None,
+        stood_down: tuple[str, str] | None = None,
     ) -> None:
-        data = self.fall_data(pa, status, now_s, cancelled_at)
+        data = self.fall_data(pa, status, now_s, cancelled_at, stood_down)
         w = pa.wearable
         events.append(DecidedAlert(pa.event_id, status, w.sensor_id, w.resident_id, pa.decision.impact_t_s,
                                  data.confidence, pa.feed_wall, -1))
@@ -247,9 +258,11 @@ class AlertDecision:
         out.append(self.messages.fall(data, pa.decision.impact_t_s, w.resident_id))
 
     def fall_data(
-        self, pa: PendingAlert, status: Literal["alert", "cancelled"], now_s: float, cancelled_at: float | None = None
+        self, pa: PendingAlert, status: Literal["alert", "cancelled"], now_s: float, cancelled_at: float | None = None,
+        stood_down: tuple[str, str] | None = None,
     ) -> C.FallData:
-        """The FallAlert body: the detector's reasons, then what the rooms add, then the cancel."""
+        """The FallAlert body: the detector's reasons, then what the rooms add, then the cancel
+        (the wearer's button, or the edge standing the alert down: ``recovered``, ``in_occupied_bed``)."""
         d = pa.decision
         w = pa.wearable
         reasons = [C.Reason(code=C.safe_text(c, 40), detail=C.safe_text(det, 200), weight=float(wt))
@@ -264,7 +277,9 @@ class AlertDecision:
                     weight=-1.0,
                 )
             )
-        lying_s = max(0.0, now_s - d.impact_t_s) if (d.lying and d.still) else 0.0
+        if stood_down is not None:
+            reasons.append(C.Reason(code=stood_down[0], detail=C.safe_text(stood_down[1], 200), weight=-1.0))
+        lying_s = max(d.lying_s, max(0.0, now_s - d.impact_t_s) if (d.lying and d.still) else 0.0)
         return C.FallData(
             event_id=pa.event_id,
             status=status,

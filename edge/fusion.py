@@ -37,12 +37,6 @@ class FusionSettings:
     night_end_h: int = 7
     bed_return_s: float = 30 * 60.0
     inactivity_s: float = 4 * 3600.0
-    #: room confirmation of impacts the model was unsure about: model score at least
-    #: ``soft_p``, lying and still, then ``confirm_s`` with no body movement after
-    #: ``settle_s``, no room motion and nobody in bed or chair
-    soft_p: float = 0.05
-    confirm_s: float = 30.0
-    settle_s: float = 3.0
 
 
 @dataclass(slots=True)
@@ -64,7 +58,8 @@ class RoomState:
     def __post_init__(self) -> None:
         self.motion: dict[str, float] = {}  # room -> last motion time
         self.motion_log: list[tuple[float, str]] = []  # (t, room), trimmed to the last hour
-        self.bed_occupied: dict[str, bool] = {}
+        self.bed_occupied: dict[str, bool] = {}  # bed and chair sensors
+        self.occupied_t: dict[str, float] = {}  # bed/chair sensor -> since when occupied
         self.bed_exit_t: dict[str, float] = {}  # bed sensor -> time it was left (at night)
         self.sensor_room: dict[str, str] = {}
         self.last_activity_t: float | None = None
@@ -83,6 +78,10 @@ class RoomState:
             was = self.bed_occupied.get(ev.sensor_id)
             now = ev.value
             self.bed_occupied[ev.sensor_id] = now
+            if now and not was:
+                self.occupied_t[ev.sensor_id] = t_s
+            elif not now:
+                self.occupied_t.pop(ev.sensor_id, None)
             if ev.kind == "bed" and was and not now and self.is_night(t_s):
                 self.bed_exit_t[ev.sensor_id] = t_s
             if now:
@@ -91,6 +90,10 @@ class RoomState:
                 self.last_activity_t = t_s
         elif ev.kind == "door" and not heartbeat:
             self.last_activity_t = t_s
+
+    def occupied_since(self) -> float | None:
+        """Since when a bed or chair here has been occupied (the latest), None if none is."""
+        return max(self.occupied_t.values(), default=None)
 
     def is_night(self, t_s: float) -> bool:
         hour = time.localtime((self.start_epoch_ms / 1000.0) + t_s).tm_hour
@@ -156,6 +159,17 @@ class RoomState:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class WearerRooms:
+    """:class:`fallwatch.models.no_recovery.RoomView` of one wearer's rooms."""
+
+    state: RoomState | None
+    sensed: bool
+
+    def occupied_since(self) -> float | None:
+        return self.state.occupied_since() if self.state is not None else None
+
+
 #: Motion a wearer's own sensors saw more than this before an impact says nothing about
 #: where the fall happened (care-home units).
 RECENT_S = 120.0
@@ -179,7 +193,9 @@ class RoomFusion:
         self.shared = RoomState(self.settings, start_epoch_ms)
 
     def update(self, ev: RoomEvent, t_s: float, rs: RoomSensor) -> None:
-        """One room event from sensor ``rs`` (already counted and recorded by ingest)."""
+        """One room event from sensor ``rs`` (already counted and recorded by ingest); a bed the
+        wearer was in going empty opens a no-recovery watch (a fall from bed, or getting up)."""
+        was = self.rooms.bed_occupied.get(ev.sensor_id)
         self.rooms.update(ev, t_s)
         if not self.sensors.single_resident:
             if rs.resident_id:
@@ -189,6 +205,12 @@ class RoomFusion:
                 own.update(ev, t_s)
             else:
                 self.shared.update(ev, t_s)
+        if ev.kind == "bed":
+            for w in self.sensors.wearables.values():
+                if self.sensors.single_resident or (rs.resident_id and rs.resident_id == w.resident_id):
+                    w.watch.rooms_sensed = True
+                    if was and not ev.value:
+                        w.watch.on_bed_exit(t_s, self.view(w))
 
     def rooms_for(self, resident_id: str | None) -> RoomState | None:
         """The room state that speaks for this wearer: the whole home when one resident lives
@@ -197,24 +219,17 @@ class RoomFusion:
             return self.rooms
         return self.per_resident.get(resident_id or "")
 
-    def can_confirm(self, resident_id: str | None) -> bool:
-        """Room confirmation needs rooms that are the wearer's, with motion sensors and a bed
-        sensor (lying still *in bed* must be told from lying on the floor)."""
+    def has_bed_sensor(self, resident_id: str | None) -> bool:
+        """Whether the wearer's rooms can tell lying in bed from lying on the floor."""
         if self.rooms_for(resident_id) is None:
             return False
         single = self.sensors.single_resident
-        kinds = {rs.kind for rs in self.sensors.room_sensors.values() if single or rs.resident_id == resident_id}
-        return "bed" in kinds and bool(kinds & {"pir", "bathroom"})
+        return any(rs.kind == "bed" for rs in self.sensors.room_sensors.values()
+                   if single or rs.resident_id == resident_id)
 
-    def confirms(self, w: Wearable, d: FallDecision, now_s: float, dedup_s: float) -> bool:
-        """A soft candidate whose ``confirm_s`` is over: nobody got up (no movement of the
-        wearable after ``settle_s``), no room saw motion, nobody is in bed or chair."""
-        s = self.settings
-        rooms = self.rooms_for(w.resident_id) or self.rooms
-        moved = w.last_move_t > d.impact_t_s + s.settle_s
-        motion = rooms.motion_between(d.impact_t_s + s.quiet_after_s, now_s)
-        in_bed = any(rooms.bed_occupied.values())
-        return not (moved or motion or in_bed or abs(d.impact_t_s - w.last_alert_t) < dedup_s)
+    def view(self, w: Wearable) -> WearerRooms:
+        """What the wearer's rooms say, for the no-recovery path and the fast path's stand-down."""
+        return WearerRooms(self.rooms_for(w.resident_id), self.has_bed_sensor(w.resident_id))
 
     def attribute(self, w: Wearable, d: FallDecision, now_s: float) -> tuple[str | None, float, list[C.Reason]]:
         """(room, confidence, extra reasons) of a fall about to be reported: where it probably

@@ -97,6 +97,7 @@ class Ingest:
     def samples(w: Wearable, t: np.ndarray, acc: np.ndarray, gyro: np.ndarray) -> None:
         """One clean chunk of a wearable: detector, gait features, telemetry accumulators."""
         w.det.feed(t, acc, gyro)
+        w.watch.feed(t, acc)
         w.gait.push(acc)
         mag = F.magnitude(acc)
         w.n += len(mag)

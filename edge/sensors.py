@@ -20,6 +20,7 @@ from fallwatch.edge.risk import GaitAccumulator
 from fallwatch.edge.stream import StreamSettings, WearableStream
 from fallwatch.models import features as F
 from fallwatch.models.detector import Candidate, DetectorSettings, DeviceFallDetector, FallDecision, WindowScorer
+from fallwatch.models.no_recovery import NoRecoverySettings, NoRecoveryWatch
 
 
 class WindowDetector(Protocol):
@@ -65,6 +66,7 @@ class Wearable:
     room: str | None
     stream: WearableStream
     det: WindowDetector
+    watch: NoRecoveryWatch  # the no-recovery path: posture blocks and the events being watched
     # telemetry accumulators since the last summary
     n: int = 0
     act_sum: float = 0.0
@@ -104,8 +106,10 @@ class Sensors:
         make_detector: DetectorFactory | None = None,
         stream_settings: StreamSettings | None = None,
         detector_settings: DetectorSettings | None = None,
+        no_recovery: NoRecoverySettings | None = None,
     ) -> None:
         self.device_id = device_id
+        self.no_recovery = no_recovery or NoRecoverySettings()
         self.model = model
         self.make_detector: DetectorFactory = make_detector or DeviceFallDetector
         self.stream_settings = stream_settings or StreamSettings(rate_hz=F.RATE_HZ)
@@ -138,6 +142,7 @@ class Sensors:
             room,
             WearableStream(sensor_id, self.stream_settings),
             self.make_detector(self.model, self.detector_settings),
+            NoRecoveryWatch(self.no_recovery),
         )
         self.wearables[sensor_id] = w
         return w

@@ -293,6 +293,8 @@ class EdgeConfig(_Strict):
     outbox_path: Path = Path("var/edge-outbox.sqlite")
     heartbeat_s: float = Field(default=30.0, gt=0, le=60.0)
     cancel_window_s: float = Field(default=15.0, ge=0, le=60.0)
+    #: no-recovery path: down this long after an event (impact, drop, bed exit) -> fall alert
+    no_recovery_s: float = Field(default=45.0, ge=10.0, le=600.0)
     telemetry_window_s: float = Field(default=10.0, gt=0)
     upload_raw_imu: bool = False
     model_path: Path | None = None

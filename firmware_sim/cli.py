@@ -96,6 +96,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("out", type=Path, help="*.csv or *.npz")
     e.set_defaults(func=cmd_export)
 
+    ev = s.add_parser("eval-fall", help="simulated elderly-style falls (per kind, per path) and days/nights "
+                                        "through the fall detector; adds them to the model card")
+    ev.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped one)")
+    ev.add_argument("--falls-per-kind", type=int, default=20)
+    ev.add_argument("--adl-residents", type=int, default=4)
+    ev.add_argument("--adl-hours", type=float, default=4.0)
+    ev.add_argument("--seed", type=int, default=12)
+    ev.add_argument("--card", type=Path, default=None,
+                    help="model dir whose report/metrics.json and MODEL_CARD.md get the figures "
+                         "(default: the model's own directory)")
+    ev.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    ev.set_defaults(func=cmd_eval_fall)
+
 
 def add_record_arguments(rec: argparse.ArgumentParser) -> None:
     """The arguments of ``sim record`` (shared with its alias ``edge record``)."""
@@ -104,6 +117,27 @@ def add_record_arguments(rec: argparse.ArgumentParser) -> None:
     rec.add_argument("--duration", type=float, default=None, help="seconds of simulation (default: scenario)")
     rec.add_argument("--seed", type=int, help="override the scenario's seed")
     rec.add_argument("--out", type=Path, required=True, help="the frame log to write (JSON lines)")
+
+
+def cmd_eval_fall(args: argparse.Namespace) -> int:
+    from fallwatch.models import report
+    from fallwatch.models.detector import FallModel
+    from fallwatch.sim.fall_eval import evaluate
+
+    model = FallModel(args.model)
+    out = evaluate(model, falls_per_kind=args.falls_per_kind, adl_residents=args.adl_residents,
+                   adl_hours=args.adl_hours, seed=args.seed, progress=True)
+    out["model"] = model.tag
+    card_dir = args.card or model.path.parent
+    if report.add_to_card(card_dir, "sim", out):
+        print(f"added the simulated figures to {card_dir / 'report' / 'metrics.json'} and "
+              f"{card_dir / 'MODEL_CARD.md'}", file=sys.stderr)
+    for kind, row in out["kinds"].items():
+        print(f"{kind:<11} " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    print("adl " + "  ".join(f"{k}={v}" for k, v in out["adl"].items()))
+    if args.json:
+        print(json.dumps(out, separators=(",", ":")))
+    return 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:

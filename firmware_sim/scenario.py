@@ -52,6 +52,7 @@ class Profile(_Strict):
     device_drops_per_day: float = Field(default=0.0, ge=0.0, le=50.0)  # wearable dropped while taken off
     cancel_prob: float = Field(default=0.15, ge=0.0, le=1.0)  # falls the wearer cancels (button)
     recover_prob: float = Field(default=0.5, ge=0.0, le=1.0)  # gets up alone after a fall
+    turns_per_hour: float = Field(default=2.0, ge=0.0, le=60.0)  # turning over in bed at night
 
 
 class Drift(_Strict):
@@ -284,6 +285,11 @@ def flat_site(n: int, resident: Resident | None = None) -> Site:
                 sensors=sensors)
 
 
+#: How long a demo resident who does not get up alone lies before being helped up (s): longer
+#: than the edge's no-recovery time (45 s) plus the time for help to come.
+UNRECOVERED_LYING_S = 75.0
+
+
 def demo_scenario(residents: int = 3, duration_s: float = 120.0, falls: int = 1, seed: int = 7,
                   near_falls: int = 0) -> Scenario:
     """One flat (site) per resident, one hub each, a wearable plus room sensors.
@@ -307,9 +313,11 @@ def demo_scenario(residents: int = 3, duration_s: float = 120.0, falls: int = 1,
         for k, at in enumerate(slots):
             if k < falls:
                 kind = FALL_KINDS[(i + k) % len(FALL_KINDS)]
-                lying = min(60.0, max(20.0, 0.2 * duration_s))
+                recovered = k % 2 == 1
+                # someone who cannot get up lies until help comes (after the alert), not 20 s
+                lying = min(60.0, max(20.0, 0.2 * duration_s)) if recovered else UNRECOVERED_LYING_S
                 events.append(Event(type="fall", resident=rid, at_s=round(at, 2), kind=kind,
-                                    lying_s=lying, recovered=k % 2 == 1, cancelled=False))
+                                    lying_s=lying, recovered=recovered, cancelled=False))
             else:
                 events.append(Event(type="near_fall", resident=rid, at_s=round(at, 2)))
     return Scenario(name="demo", seed=seed, duration_s=duration_s, sites=sites, events=events)

@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("--seed", type=int, default=7)
     t.add_argument("--jobs", type=int, default=1, help="threads for tree training (shared machines: 1-2)")
     t.add_argument("--no-compare", action="store_true", help="skip the feature-set comparison CV")
+    t.add_argument("--augment", action="store_true",
+                   help="add augmented training windows (slower/softer falls, heavier hard negatives)")
+    t.add_argument("--compare", default="", help="comma-separated extra CVs to report: acc, no-augment")
     t.set_defaults(func=cmd_train_fall)
 
     e = sub.add_parser("eval-fall", help="stream every trial through the edge detector and report")
@@ -41,6 +44,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tr.add_argument("--seed", type=int, default=11)
     tr.add_argument("--residents", type=int, default=4000)
     tr.set_defaults(func=cmd_train_risk)
+
+    cs = sub.add_parser("compare-seq", help="a small 1-D CNN vs the trees by the same subject CV "
+                                            "(needs the seq extra: torch CPU)")
+    cs.add_argument("--data", required=True, type=Path)
+    cs.add_argument("--seed", type=int, default=7)
+    cs.add_argument("--epochs", type=int, default=8)
+    cs.add_argument("--card", type=Path, default=None, help="model dir whose metrics.json / MODEL_CARD.md "
+                                                            "get the figures (default: models/fall/)")
+    cs.set_defaults(func=cmd_compare_seq)
 
     er = sub.add_parser("eval-risk", help="evaluate the shipped risk model on a fresh simulated cohort")
     er.add_argument("--model", type=Path, default=None)
@@ -71,15 +83,22 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
         return 2
     data = sisfall.data_summary(trials)
     ws = T.build_windows(trials, progress=True)
+    if args.augment:
+        ws.aug = T.build_windows(T.augment_trials(trials, args.seed), progress=True)
     names = T.feature_names(T.FEATURE_SET)
     with threadpool_limits(args.jobs):
         cv = T.cross_validate(ws, names, args.seed, progress=True)
-        comparison = {T.FEATURE_SET: _brief(cv.summary)}
-        if not args.no_compare:
-            for other in ("acc", "all"):
-                if other != T.FEATURE_SET:
-                    comparison[other] = _brief(T.cross_validate(ws, T.feature_names(other), args.seed,
-                                                                progress=True).summary)
+        label = T.FEATURE_SET + (" + augmentation" if args.augment else "")
+        comparison = {label: _brief(cv.summary)}
+        extra = [c for c in args.compare.split(",") if c] if args.no_compare or args.compare else ["acc"]
+        for other in extra:
+            if other == "no-augment" and ws.aug is not None:
+                plain = T.WindowSet(ws.trials, ws.X, ws.y, ws.trial_idx)
+                comparison[f"{T.FEATURE_SET}, recordings only"] = _brief(
+                    T.cross_validate(plain, names, args.seed, progress=True).summary)
+            elif other in ("acc", "all") and other != T.FEATURE_SET:
+                comparison[other] = _brief(T.cross_validate(ws, T.feature_names(other), args.seed,
+                                                            progress=True).summary)
         print("final model: threshold by inner CV on all subjects ...", file=sys.stderr)
         subjects = data["subjects"]
         assert isinstance(subjects, list)
@@ -106,6 +125,8 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
         "inner_folds": T.INNER_FOLDS,
         "training_data": data,
         "windows": {"total": len(ws.y), "fall": int((ws.y == 1).sum()), "excluded": int((ws.y == -1).sum())},
+        "augmentation": None if ws.aug is None else {
+            "description": T.AUGMENTATION, "windows": len(ws.aug.y), "fall_windows": int((ws.aug.y == 1).sum())},
         "cv": cv.summary,
         "folds": cv.folds,
         "curves": curves,
@@ -121,6 +142,20 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
     _print_summary(cv.summary)
     print(f"wrote {onnx_path} ({metrics['onnx_bytes']} bytes, threshold {thr:.2f}), "
           f"{out / 'MODEL_CARD.md'}, {rep}")
+    return 0
+
+
+def cmd_compare_seq(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        print("compare-seq needs torch (CPU): .venv/bin/pip install torch==2.13.0 (the seq extra)", file=sys.stderr)
+        return 2
+    from fallwatch.models import fall_seq, fall_train, report
+
+    out = fall_seq.compare(str(args.data), seed=args.seed, epochs=args.epochs)
+    report.add_to_card(args.card or fall_train.DEFAULT_OUT, "sequence_model", out)
+    print(json.dumps(out, indent=2))
     return 0
 
 
@@ -141,6 +176,10 @@ def _print_summary(s: dict[str, Any]) -> None:
     print("group  " + "  ".join(keys))
     for name, v in [("all", s), *sorted(s["groups"].items())]:
         print(f"{name:<6} " + "  ".join(str(v[k]) for k in keys))
+    for path, p in s.get("paths", {}).items():  # the fast path is the table above
+        for label, fig in ((path, p), (f"{path}+rooms", p["rooms"])):
+            print(f"{label:<18} sensitivity {fig['sensitivity']}  specificity {fig['specificity']}  "
+                  f"false_alarms_per_hour {fig['false_alarms_per_hour']}  median_latency_s {fig['median_latency_s']}")
 
 
 def cmd_eval_fall(args: argparse.Namespace) -> int:

@@ -164,6 +164,30 @@ class FallModel:
         return self.predict_features(F.window_features(batch))
 
 
+#: Device-drop signature: this long in free fall (|a| < FREE_FALL_G) right before an impact of
+#: at least DROP_PEAK_G. A waist-worn sensor on a falling body stays well above 0.25 g but for a
+#: few samples (the body pivots and is partly supported); a dropped wearable falls freely
+#: (~0.45 s from 1 m). In the simulator: drops 0.42 s, falls at most 0.04 s.
+FREE_FALL_G = 0.25
+DROP_FREE_FALL_S = 0.2
+DROP_PEAK_G = 3.0
+
+
+def free_fall_s(window: np.ndarray) -> float:
+    """Longest stretch of free fall (s) in the second before the impact of a detector window."""
+    seg = F.magnitude(window[F.PRE - int(F.RATE_HZ):F.PRE, :3]) < FREE_FALL_G
+    best = run = 0
+    for v in seg:
+        run = run + 1 if v else 0
+        best = max(best, run)
+    return best / F.RATE_HZ
+
+
+def is_device_drop(free_fall: float, peak_g: float) -> bool:
+    """A body falling from standing is never in free fall this long before such an impact."""
+    return free_fall >= DROP_FREE_FALL_S and peak_g >= DROP_PEAK_G
+
+
 @dataclass(frozen=True)
 class DetectorSettings:
     """Deployed detector settings (eval-fall runs exactly these defaults)."""
@@ -197,6 +221,11 @@ class FallDecision:
     #: The post-impact window needed samples past the end of the stream (flush) and
     #: they were filled by holding the last sample.
     padded: bool = False
+    #: which path decided: "fast" (the model on the impact window) or "no_recovery"
+    #: (:mod:`fallwatch.models.no_recovery`: the wearer stayed down)
+    path: str = "fast"
+    #: how long the wearer had been down when the decision was made (no-recovery path)
+    lying_s: float = 0.0
 
 
 @dataclass(frozen=True)

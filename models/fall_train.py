@@ -16,6 +16,12 @@ Protocol (why each step):
   with the deployed settings. Reported per group (SA adults, SE elderly).
 - Shipped model: trained on all available subjects; its threshold comes from the same
   inner CV over all of them. The CV figures are the honest estimate of its performance.
+- Augmentation (:func:`augment_trials`, training windows only): every fall trial again,
+  slower (time-stretched ×1.3-2) and softer (the impact's deviation from the slow signal damped
+  to 40-80 %), as older people fall; and hard negatives: the sitting, lying and turning ADLs
+  (D07-D14) and stumbles (D18) again with heavier landings (×1.2-1.8) at varied speed. An
+  augmented window counts only where its subject is a training subject (it is made from that
+  subject's trial), and no augmented trial is ever evaluated or used to choose a threshold.
 """
 
 from __future__ import annotations
@@ -85,6 +91,8 @@ class WindowSet:
     X: np.ndarray  # (N, len(FEATURE_NAMES)) float32
     y: np.ndarray  # (N,) 1 fall, 0 ADL, -1 excluded from training
     trial_idx: np.ndarray  # (N,) index into trials
+    #: augmented windows (training only; their trials name the subject they were made from)
+    aug: WindowSet | None = None
 
     def subjects(self) -> np.ndarray:
         return np.array([self.trials[i].subject for i in self.trial_idx])
@@ -101,6 +109,17 @@ def trial_windows(trial: sisfall.Trial, settings: DetectorSettings | None = None
     return wins, det.inflight
 
 
+def window_labels(trial: sisfall.Trial, cands: list[Candidate]) -> np.ndarray:
+    """1 fall / 0 ADL / -1 left out, per triggered window of a trial (see the module docstring)."""
+    y = np.zeros(len(cands), dtype=np.int8)
+    if trial.is_fall:
+        peak = int(np.argmax(F.magnitude(trial.acc_g)))
+        d = (np.array([c.impact_index for c in cands]) - peak) / trial.rate_hz
+        y[(d >= -EXCLUDE_BEFORE_S) & (d <= EXCLUDE_AFTER_S)] = -1
+        y[np.abs(d) <= POS_WINDOW_S] = 1
+    return y
+
+
 def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None = None,
                   progress: bool = False) -> WindowSet:
     it = trials
@@ -114,15 +133,53 @@ def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None
         if len(wins) == 0:
             continue
         xs.append(F.window_features(wins))
-        y = np.zeros(len(cands), dtype=np.int8)
-        if trial.is_fall:
-            peak = int(np.argmax(F.magnitude(trial.acc_g)))
-            d = (np.array([c.impact_index for c in cands]) - peak) / trial.rate_hz
-            y[(d >= -EXCLUDE_BEFORE_S) & (d <= EXCLUDE_AFTER_S)] = -1
-            y[np.abs(d) <= POS_WINDOW_S] = 1
-        ys.append(y)
+        ys.append(window_labels(trial, cands))
         ti.append(np.full(len(cands), k))
     return WindowSet(trials, np.concatenate(xs), np.concatenate(ys), np.concatenate(ti))
+
+
+#: ADL codes that are the detector's hard negatives: sitting down (D07-D11), lying down and
+#: turning over while lying (D12-D14), stumbling (D18)
+HARD_NEGATIVES = frozenset({"D07", "D08", "D09", "D10", "D11", "D12", "D13", "D14", "D18"})
+AUGMENTATION = ("falls again slower (time-stretched x1.3-2.0) and softer (impact deviation from the "
+                "0.5 s mean damped to 40-80 %); hard negatives (sitting down D07-D11, lying down and "
+                "turning while lying D12-D14, stumbles D18) again with heavier landings (x1.2-1.8), "
+                "time-stretched x0.8-1.3.")
+
+
+def stretch_and_scale(trial: sisfall.Trial, stretch: float, scale: float, number: int) -> sisfall.Trial:
+    """``trial`` played ``stretch`` times slower, its impact (+-0.4 s around the largest peak)
+    deviating ``scale`` times as much from the 0.5 s running mean (gravity and slow movement)."""
+    n = len(trial.acc_g)
+    m = max(2, round(n * stretch))
+    src = np.linspace(0, n - 1, m)
+    idx = np.arange(n)
+
+    def interp(x: np.ndarray) -> np.ndarray:
+        return np.stack([np.interp(src, idx, x[:, k]) for k in range(x.shape[1])], axis=1).astype(np.float32)
+
+    acc, gyro, acc2 = interp(trial.acc_g), interp(trial.gyro_dps) / stretch, interp(trial.acc2_g)
+    k = max(1, round(0.5 * trial.rate_hz))
+    kernel = np.ones(k, dtype=np.float32) / k
+    slow = np.stack([np.convolve(acc[:, c], kernel, mode="same") for c in range(3)], axis=1)
+    peak = int(np.argmax(F.magnitude(acc)))
+    w = round(0.4 * trial.rate_hz)
+    a, b = max(0, peak - w), min(m, peak + w)
+    acc[a:b] = slow[a:b] + scale * (acc[a:b] - slow[a:b])
+    return sisfall.Trial(trial.subject, trial.group, trial.activity, number, trial.rate_hz, acc,
+                         gyro.astype(np.float32), acc2, source_name="augmented")
+
+
+def augment_trials(trials: list[sisfall.Trial], seed: int) -> list[sisfall.Trial]:
+    """Slower, softer falls and heavier hard negatives, one per source trial (see :data:`AUGMENTATION`)."""
+    rng = np.random.default_rng(seed + 101)
+    out = []
+    for t in trials:
+        if t.is_fall:
+            out.append(stretch_and_scale(t, float(rng.uniform(1.3, 2.0)), float(rng.uniform(0.4, 0.8)), 100 + t.trial))
+        elif t.activity in HARD_NEGATIVES:
+            out.append(stretch_and_scale(t, float(rng.uniform(0.8, 1.3)), float(rng.uniform(1.2, 1.8)), 100 + t.trial))
+    return out
 
 
 # ----------------------------------------------------------------------------- model
@@ -159,8 +216,13 @@ def fit(ws: WindowSet, mask: np.ndarray, names: tuple[str, ...], seed: int) -> P
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     use = mask & (ws.y >= 0)
+    X, y = ws.X[use], ws.y[use]
+    if ws.aug is not None and len(ws.aug.y):
+        train_subjects = np.unique(ws.subjects()[mask])
+        a = np.isin(ws.aug.subjects(), train_subjects) & (ws.aug.y >= 0)
+        X, y = np.concatenate([X, ws.aug.X[a]]), np.concatenate([y, ws.aug.y[a]])
     clf = HistGradientBoostingClassifier(**hgb_params(seed))
-    clf.fit(ws.X[use][:, F.feature_index(names)], ws.y[use])
+    clf.fit(X[:, F.feature_index(names)], y)
     model: ProbaClassifier = clf
     return model
 

@@ -150,6 +150,21 @@ def window_features(windows: np.ndarray) -> np.ndarray:
     return f
 
 
+def sequence_channels(windows: np.ndarray) -> np.ndarray:
+    """Orientation-invariant channels of windows ``(n, WINDOW, 6)`` for a sequence model:
+    ``(n, 3, WINDOW)`` float32 = |a| (g), |gyro| / 500 (deg/s), and the cosine of the angle
+    between each sample's acceleration and the pre-fall gravity direction (mean of ``SEG_BEFORE``).
+    """
+    w = np.asarray(windows, dtype=np.float32)
+    acc = w[:, :, 0:3]
+    mag = magnitude(acc)
+    g = acc[:, SEG_BEFORE].mean(axis=1)
+    g = g / np.maximum(magnitude(g), 1e-6)[:, None]
+    cos = np.einsum("nti,ni->nt", acc, g) / np.maximum(mag, 1e-6)
+    gyro = magnitude(w[:, :, 3:6]) / 500.0 if w.shape[2] >= 6 else np.zeros_like(mag)
+    return np.ascontiguousarray(np.stack([mag, gyro, cos], axis=1), dtype=np.float32)
+
+
 def feature_index(names: tuple[str, ...] | list[str]) -> np.ndarray:
     """Column indices of ``names`` in :func:`window_features` output (unknown name -> KeyError)."""
     col = {name: i for i, name in enumerate(FEATURE_NAMES)}

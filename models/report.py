@@ -102,6 +102,44 @@ def latency_png(results: list[TrialResult], path: Path) -> None:
     plt.close(fig)
 
 
+def _hygiene(data: dict[str, Any]) -> str:
+    if "renamed" in data:
+        return ("**Data hygiene.** A file is attributed to the subject folder (archive) it sits in, not to "
+                f"the subject id in its name: the archives hold {len(data['renamed'])} file(s) named after "
+                f"another subject ({'; '.join(data['renamed']) or 'none'}). Before this, the manifest "
+                "listed SE15, a subject not in the data (its only \"trials\" were five D17 files inside "
+                "SA15's archive).")
+    return ("**Data hygiene: this model's manifest predates the loader fix.** It lists SE15, a subject "
+            "not in the data: its only \"trials\" are five files named `D17_SE15_R01..05.txt` inside SA15's "
+            "archive. The loader now attributes a file to the subject folder it sits in (they become "
+            "`D17_SA15_R01..05`, listed under `renamed` in the manifest); the next `train-fall` run writes a "
+            "manifest without SE15. The figures below count those five trials (SA15's, in fact) as an "
+            "elderly subject's; none of them alerted.")
+
+
+def _augmentation(metrics: dict[str, Any]) -> str:
+    aug = metrics.get("augmentation")
+    if not aug:
+        return ""
+    return (f"\n**Augmentation (training only, from training subjects only).** {aug['description']} "
+            f"{aug['windows']} extra windows ({aug['fall_windows']} fall). Held-out figures are always "
+            "on the real trials of held-out subjects.\n")
+
+
+def add_to_card(model_dir: Path, key: str, value: object) -> bool:
+    """Put ``value`` under ``key`` in ``model_dir``'s report/metrics.json and re-render its
+    MODEL_CARD.md (figures measured after training: the simulator, the sequence model);
+    False if there is no metrics.json there."""
+    metrics_path = model_dir / "report" / "metrics.json"
+    if not metrics_path.exists():
+        return False
+    metrics = json.loads(metrics_path.read_text())
+    metrics[key] = value
+    write_json(metrics, metrics_path)
+    model_card(metrics, model_dir / "MODEL_CARD.md")
+    return True
+
+
 def write_json(obj: object, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -112,6 +150,82 @@ def _fmt(x: object, pct: bool = False) -> str:
     if pct:
         return f"{100 * float(x):.2f} %"  # type: ignore[arg-type]  # any number, numpy scalars included
     return f"{float(x):.3g}" if isinstance(x, float) else str(x)
+
+
+PATH_NAMES = {"fast": "fast (model on the impact window)", "no_recovery": "no-recovery (stays down 45 s)",
+              "combined": "combined (what the edge sends)"}
+
+
+def _paths_table(cv: dict[str, Any]) -> str:
+    paths = cv.get("paths")
+    if not paths:
+        return ("(not measured for this model: its cross-validation predates the no-recovery path; the next "
+                "`train-fall` run fills this table and the per-code one below)")
+    out = ["| path | room sensors | group | sensitivity | specificity | false alarms/h | median latency s "
+           "| p90 latency s |", "|---|---|---|---|---|---|---|---|"]
+    for name, p in paths.items():
+        for rooms, fig in (("none", p), ("simulated", p["rooms"])):
+            out.append(f"| {PATH_NAMES.get(name, name)} | {rooms} | all | {_fmt(fig['sensitivity'], True)} | "
+                       f"{_fmt(fig['specificity'], True)} | {_fmt(fig['false_alarms_per_hour'])} | "
+                       f"{_fmt(fig['median_latency_s'])} | {_fmt(fig['p90_latency_s'])} |")
+        for g, fig in sorted(p["groups"].items()):
+            out.append(f"| {PATH_NAMES.get(name, name)} | none | {g} | {_fmt(fig['sensitivity'], True)} | "
+                       f"{_fmt(fig['specificity'], True)} | {_fmt(fig['false_alarms_per_hour'])} | "
+                       f"{_fmt(fig['median_latency_s'])} | {_fmt(fig['p90_latency_s'])} |")
+    lat = "; ".join(f"{k}: {', '.join(_fmt(q) for q in p['latency_s_quantiles'])}" for k, p in paths.items()
+                    if p["latency_s_quantiles"])
+    return "\n".join(out) + ("\n\nDecision-latency quantiles (min, p10, p25, p50, p75, p90, max; "
+                             f"s after the peak): {lat}.")
+
+
+def _codes_table(cv: dict[str, Any]) -> str:
+    codes = cv.get("codes")
+    if not codes:
+        return ""
+    out = ["| code | trials | fast | no-recovery | combined | no-recovery, rooms | combined, rooms |",
+           "|---|---|---|---|---|---|---|"]
+    for code, c in codes.items():
+        out.append(f"| {code} | {c['trials']} | {_fmt(c['fast'], True)} | {_fmt(c['no_recovery'], True)} | "
+                   f"{_fmt(c['combined'], True)} | {_fmt(c['no_recovery_rooms'], True)} | "
+                   f"{_fmt(c['combined_rooms'], True)} |")
+    return "\n".join(out)
+
+
+def _sim_table(sim: dict[str, Any] | None) -> str:
+    if not sim:
+        return "(not run: `fallwatch sim eval-fall` writes these figures into metrics.json)"
+    out = ["| fall kind | falls | fast | no-recovery | combined | no-recovery, rooms | combined, rooms | "
+           "median latency s (combined, rooms) |", "|---|---|---|---|---|---|---|---|"]
+    for kind, k in sim["kinds"].items():
+        out.append(f"| {kind} | {k['falls']} | {_fmt(k['fast'], True)} | {_fmt(k['no_recovery'], True)} | "
+                   f"{_fmt(k['combined'], True)} | {_fmt(k['no_recovery_rooms'], True)} | "
+                   f"{_fmt(k['combined_rooms'], True)} | {_fmt(k['median_latency_s'])} |")
+    adl = sim["adl"]
+    out.append("")
+    out.append(f"Simulated ADL: {adl['hours']} h ({adl['night_hours']} h of it in bed at night, "
+               f"{adl['turns']} turns over in bed, {adl['triggers']} impact triggers): false alarms per hour "
+               f"fast {_fmt(adl['fast_per_hour'])}, combined without rooms {_fmt(adl['combined_per_hour'])}, "
+               f"with rooms {_fmt(adl['combined_rooms_per_hour'])}; alerts in bed without rooms "
+               f"{adl['in_bed_alerts']}, with rooms {adl['in_bed_alerts_rooms']}.")
+    return "\n".join(out)
+
+
+def _seq_table(seq: dict[str, Any] | None) -> str:
+    if not seq:
+        return ("Not run in this build (`fallwatch models compare-seq --data DIR`, needs the `seq` extra: "
+                "torch CPU).")
+    rows = ["| model | sensitivity | specificity | SA specificity | SE specificity | trial ROC AUC |",
+            "|---|---|---|---|---|---|"]
+    for name in ("trees", "cnn"):
+        r = seq[name]
+        rows.append(f"| {name} | {_fmt(r['sensitivity'], True)} | {_fmt(r['specificity'], True)} | "
+                    f"{_fmt(r['SA_specificity'], True)} | {_fmt(r['SE_specificity'], True)} | {r['roc_auc']} |")
+    c = seq["cnn"]
+    return ("\n".join(rows) + f"\n\nCNN: {c['params']} parameters, {seq['epochs']} epochs, ONNX "
+            f"{c['onnx_bytes'] / 1024:.0f} kB, {c['single_window_us']:.0f} µs per single window and "
+            f"{c['batched_per_window_us']:.1f} µs per window in a batch of 64 (channels + ONNX, 1 thread; "
+            f"ONNX vs torch max diff {c['onnx_torch_max_abs_diff']:.1e}); {seq['note']}. Run took "
+            f"{seq['seconds']:.0f} s.")
 
 
 def model_card(metrics: dict[str, Any], path: Path) -> None:  # metrics: the metrics.json document
@@ -178,7 +292,8 @@ Available here: {len(data['subjects'])} subjects ({', '.join(data['subjects'])})
 ({data['fall_trials']} falls, {data['adl_trials']} ADL, {data['hours']} h), manifest hash `{data['hash']}`.
 Falls are simulated in a lab by young adults (SA); of the elderly only SE06 performed falls.
 {no_falls}
-
+{_hygiene(data)}
+{_augmentation(metrics)}
 ## Evaluation protocol
 Leave-subjects-out cross-validation, {metrics['outer_folds']} folds of subjects (SA and SE dealt
 across folds), never a random split of trials. Each fold: threshold by an inner
@@ -213,8 +328,40 @@ Feature sets compared by the same CV:
 |---|---|---|---|---|
 {comp_rows}
 
+A small 1-D CNN over the window (three orientation-invariant channels, `features.sequence_channels`)
+against the trees, by the same subject folds, windows and labels:
+
+{_seq_table(metrics.get('sequence_model'))}
+
 Plots: `report/confusion.png`, `report/roc_pr.png`, `report/latency.png`; all numbers in
 `report/metrics.json`.
+
+**Operating point.** The fast path alerts at P(fall) ≥ {metrics['threshold']:.2f} (the threshold of
+the shipped model, chosen by the inner CV on all subjects; each fold's own threshold was chosen on
+its training subjects only, never on the held-out ones, see above). `report/roc_pr.png` shows the
+held-out trial-level ROC and PR curves with the fold operating points.
+
+## Paths (held-out subjects; the no-recovery figures are partly simulated)
+Real recordings, with one simulation: SisFall trials end 5-15 s after a fall, so for the
+no-recovery path every trial is extended by 60 s of its own last second (the wearer stays as at
+the end: a fall becomes a fall **without recovery**, which SisFall's volunteers did not do; an ADL
+stays seated, lying or standing). Room sensors are simulated from the activity code (D12-D14 in
+an occupied bed, D07-D11 on a sensed chair from the sitting impact on, everything else and every
+fall outside any sensed bed or chair). The fast-path rows are the table above.
+
+{_paths_table(cv)}
+
+Per SisFall activity code (share of trials with an alert: sensitivity for F codes, share of
+trials with a false alarm for D codes):
+
+{_codes_table(cv)}
+
+## Simulated falls (elderly-style; simulation, not recordings)
+The simulator's falls (`firmware_sim/`, checked against SisFall in `tests/integration/test_sim_physics.py`)
+are slower and softer than the lab falls (slow collapses, falls from sitting and from bed); residents do
+not get up. These are the only figures here for elderly-style falls and falls from bed:
+
+{_sim_table(metrics.get('sim'))}
 
 ## Limits
 - Lab falls by young adults onto mats; real-world fall detection is much worse than lab figures

@@ -50,7 +50,7 @@ TRIAL_RE = re.compile(r"(?P<act>[DF]\d{2})_(?P<subject>S[AE]\d{2})_R(?P<trial>\d
 SUBJECT_RE = re.compile(r"^(S[AE]\d{2})(\.tar\.xz)?$")
 
 CACHE_DIR = Path(os.environ.get("FALLWATCH_CACHE", "/tmp/fallwatch-cache"))
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"  # 2: files attributed to the subject folder they sit in
 
 
 class SisFallError(ValueError):
@@ -73,6 +73,9 @@ class Trial:
     acc_g: np.ndarray
     gyro_dps: np.ndarray
     acc2_g: np.ndarray
+    #: the file's own name when it names another subject than the folder it sits in (the
+    #: archives hold a few, e.g. ``SA15/D17_SE15_R01.txt``); "" when they agree
+    source_name: str = ""
 
     @property
     def is_fall(self) -> bool:
@@ -178,16 +181,20 @@ def _ratio(rate_hz: float) -> tuple[int, int]:
     return fr.numerator, fr.denominator
 
 
-def _make_trial(name: str, raw: bytes, rate_hz: float) -> Trial | None:
+def _make_trial(name: str, raw: bytes, rate_hz: float, subject: str | None = None) -> Trial | None:
+    """A trial from one file; ``subject`` is the folder (archive) it sits in, which wins over the
+    subject id in the file name: a training manifest must never claim a subject it does not hold."""
     meta = parse_name(name)
     if meta is None:
         return None
-    act, subject, group, trial_no = meta
+    act, named, _, trial_no = meta
+    subject = subject or named
     counts = parse_counts(raw)
     if len(counts) < 10:
         return None
     x = _resample(counts_to_units(counts), rate_hz).astype(np.float32)
-    return Trial(subject, group, act, trial_no, rate_hz, x[:, 0:3], x[:, 3:6], x[:, 6:9])
+    source = Path(name).name if named != subject else ""
+    return Trial(subject, subject[:2], act, trial_no, rate_hz, x[:, 0:3], x[:, 3:6], x[:, 6:9], source)
 
 
 def list_subjects(data_dir: str | Path) -> list[str]:
@@ -237,8 +244,13 @@ def load_subject(
             return _read_cache(cache_file, rate_hz)
         except (OSError, ValueError, KeyError):
             pass  # a corrupt or partial cache file is simply rebuilt
-    trials = [t for name, raw in _iter_raw(data_dir, subject) if (t := _make_trial(name, raw, rate_hz))]
+    trials = [t for name, raw in _iter_raw(data_dir, subject) if (t := _make_trial(name, raw, rate_hz, subject))]
     trials.sort(key=lambda t: (t.activity, t.trial))
+    seen: set[str] = set()
+    for t in trials:
+        if t.name in seen:  # a renamed file meeting one of the folder's own: say so, never merge
+            raise SisFallError(f"{subject}: two files give trial {t.name} (one named {t.source_name or t.name})")
+        seen.add(t.name)
     if cache:
         _write_cache(cache_file, trials)
     return trials
@@ -249,6 +261,7 @@ def _write_cache(path: Path, trials: list[Trial]) -> None:
     arrays = {}
     for t in trials:
         arrays[t.name] = np.concatenate([t.acc_g, t.gyro_dps, t.acc2_g], axis=1)
+    arrays["__sources__"] = np.array([f"{t.name}={t.source_name}" for t in trials if t.source_name] or [""])
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub matches **kwds against allow_pickle: bool
     tmp.replace(path)  # atomic: parallel workers never read half a file
@@ -257,10 +270,14 @@ def _write_cache(path: Path, trials: list[Trial]) -> None:
 def _read_cache(path: Path, rate_hz: float) -> list[Trial]:
     out = []
     with np.load(path) as z:
+        sources = dict(s.split("=", 1) for s in z["__sources__"].tolist() if s)
         for name in z.files:
+            if name.startswith("__"):
+                continue
             act, subject, group, trial_no = parse_name(name + ".txt") or ("", "", "", 0)
             x = z[name]
-            out.append(Trial(subject, group, act, trial_no, rate_hz, x[:, 0:3], x[:, 3:6], x[:, 6:9]))
+            out.append(Trial(subject, group, act, trial_no, rate_hz, x[:, 0:3], x[:, 3:6], x[:, 6:9],
+                             sources.get(name, "")))
     out.sort(key=lambda t: (t.activity, t.trial))
     return out
 
@@ -298,4 +315,6 @@ def data_summary(trials: list[Trial]) -> dict[str, object]:
         "adl_trials": sum(not t.is_fall for t in trials),
         "hours": round(sum(t.duration_s for t in trials) / 3600, 3),
         "hash": h.hexdigest()[:16],
+        # files whose name carries another subject's id, attributed to the folder they sit in
+        "renamed": sorted(f"{t.subject}/{t.source_name} -> {t.name}" for t in trials if t.source_name),
     }

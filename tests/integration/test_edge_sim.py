@@ -11,7 +11,7 @@ from fallwatch.config import load_config
 from fallwatch.edge.agent import EdgeAgent
 from fallwatch.edge.decision import DecidedAlert
 from fallwatch.sim.fleet import Fleet
-from fallwatch.sim.scenario import Fault, Scenario, demo_scenario, flat_site, load_scenario
+from fallwatch.sim.scenario import Event, Fault, Profile, Resident, Scenario, demo_scenario, flat_site, load_scenario
 from fallwatch.testing.recorder import UplinkRecorder
 from fallwatch.testing.services import Mosquitto
 
@@ -153,3 +153,38 @@ def test_care_home_unit_uses_each_residents_own_room(mosquitto: Mosquitto, tmp_p
     # room, or unknown - never a neighbour's room (here the shared bathroom's PIR was still
     # latched from an earlier visit, so it could not report the resident walking in)
     assert alert.data.room in (falls[0].details["room"], "room-2", None)
+
+
+def test_fall_from_bed_and_slow_collapse_alert_once_turning_over_in_bed_never(mosquitto: Mosquitto,
+                                                                               tmp_path: Path) -> None:
+    """Issue 12: the falls the fast path is weakest on, at night, with room sensors.
+
+    r01 rolls out of bed, r02 collapses slowly; neither gets up. r03 sleeps and turns over
+    60 times an hour (landings on the mattress reach the impact trigger like SisFall's D14).
+    """
+    quiet = {"night_bathroom_visits": 0.0, "cancel_prob": 0.0}
+    residents = [Resident(id="r01", profile=Profile(**quiet), start_room="bedroom"),
+                 Resident(id="r02", profile=Profile(**quiet), start_room="living"),
+                 Resident(id="r03", profile=Profile(turns_per_hour=60.0, **quiet), start_room="bedroom")]
+    events = [Event(type="fall", resident="r01", at_s=150.0, kind="from_bed", lying_s=150.0, recovered=False,
+                    cancelled=False),
+              Event(type="fall", resident="r02", at_s=120.0, kind="collapse", lying_s=150.0, recovered=False,
+                    cancelled=False)]
+    scn = Scenario(name="night", seed=11, duration_s=900.0, start_hour=23.0,
+                   sites=[flat_site(i + 1, r) for i, r in enumerate(residents)], events=events)
+    fleet = Fleet(scn)
+    agents, rec = run_fleet(fleet, mosquitto, tmp_path, "night")
+    falls = [e for e in fleet.ground_truth if e.type == "fall"]
+    assert [f.details["kind"] for f in sorted(falls, key=lambda f: f.sensor_id)] == ["from_bed", "collapse"]
+    msgs = site_falls(rec, fleet)
+    alerts = [m for m in msgs if m.data.status == "alert"]
+    per_fall = match(alerts, falls, fleet)  # an alert matching no fall fails here (turning over)
+    assert all(len(v) == 1 for v in per_fall.values()), per_fall
+    assert not [m for m in alerts if m.data.sensor == "wear-r03"]
+    rolls = [e for e in fleet.ground_truth if e.type == "adl" and e.sensor_id == "wear-r03"
+             and e.details.get("activity") == "roll"]
+    st3 = agents["hub-flat-03"].stats()
+    assert len(rolls) >= 8 and st3["windows_scored"] >= 3, (len(rolls), st3["windows_scored"])  # not vacuous
+    # whatever the fast path thought of a turn in bed, it is logged as stood down, never sent as an alert
+    assert st3.get("alerts_raised", 0) == 0
+    assert rec.errors == []

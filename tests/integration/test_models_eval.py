@@ -52,6 +52,19 @@ def test_eval_fall_cli_json_on_any_dir_of_the_layout(tmp_path: Path, capsys: pyt
     # the shipped model was trained on these subjects: this checks the pipeline, not generalisation
     assert sa["sensitivity"] >= 0.95 and sa["specificity"] >= 0.95
     assert 0 < sa["median_latency_s"] < 3.5
+    # issue 12: per path (fast / no-recovery / combined, without and with simulated rooms) and per code
+    paths = result["paths"]
+    assert set(paths) == {"fast", "no_recovery", "combined"}
+    for p in paths.values():
+        for fig in (p, p["rooms"], *p["groups"].values()):
+            assert {"sensitivity", "specificity", "median_latency_s"} <= set(fig)
+    assert paths["fast"]["sensitivity"] == result["sensitivity"]  # the top-level keys are the fast path
+    assert paths["combined"]["sensitivity"] >= paths["fast"]["sensitivity"]
+    assert 44.0 <= paths["no_recovery"]["median_latency_s"] <= 60.0  # the default no-recovery time
+    codes = result["codes"]
+    assert {t.activity for t in trials} == set(codes)
+    assert sum(c["trials"] for c in codes.values()) == len(trials)
+    assert all(0.0 <= c["combined"] <= 1.0 for c in codes.values())
 
 
 def test_held_out_subject_is_detected_by_a_model_trained_without_it() -> None:

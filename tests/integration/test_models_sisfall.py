@@ -69,6 +69,27 @@ def test_extracted_folder_layout_is_read(tmp_path: Path, monkeypatch: pytest.Mon
     assert np.array_equal(again[1].acc2_g, trials[1].acc2_g)
 
 
+def test_a_file_is_attributed_to_the_subject_folder_it_sits_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The archives hold a few files named after another subject (SA15/D17_SE15_R0x.txt): the
+    folder wins, the manifest names only subjects present, and the rename is reported."""
+    monkeypatch.setattr(sisfall, "CACHE_DIR", tmp_path / "cache")
+    folder = tmp_path / "data" / "SA98"
+    folder.mkdir(parents=True)
+    row = "0,-256,0,0,0,0,0,-1024,0;\r\n"
+    (folder / "D01_SA98_R01.txt").write_text(row * 400)
+    (folder / "D17_SE97_R02.txt").write_text(row * 400)  # named after a subject not in the data
+    for _ in range(2):  # the parsed read, then the cached one
+        trials = sisfall.load_subject(tmp_path / "data", "SA98", rate_hz=50.0)
+        assert [(t.name, t.subject, t.group, t.source_name) for t in trials] == [
+            ("D01_SA98_R01", "SA98", "SA", ""), ("D17_SA98_R02", "SA98", "SA", "D17_SE97_R02.txt")]
+        summary = sisfall.data_summary(trials)
+        assert summary["subjects"] == ["SA98"]
+        assert summary["renamed"] == ["SA98/D17_SE97_R02.txt -> D17_SA98_R02"]
+    (folder / "D17_SA98_R02.txt").write_text(row * 400)  # the folder's own file of the same trial
+    with pytest.raises(sisfall.SisFallError, match="two files give trial D17_SA98_R02"):
+        sisfall.load_subject(tmp_path / "data", "SA98", rate_hz=50.0, cache=False)
+
+
 @pytest.mark.data
 def test_gravity_is_one_g_at_rest_and_accelerometers_agree() -> None:
     data = need_data()

@@ -177,15 +177,23 @@ def test_falls_end_lying_and_near_falls_stay_upright() -> None:
 
 @pytest.mark.data
 def test_fall_impact_peaks_comparable_to_sisfall() -> None:
-    real = np.array([np.linalg.norm(a, axis=1).max() for _, a, _ in _trials("F")])
+    """The simulated falls against SisFall's: all inside its range; those with a SisFall
+    counterpart (not from bed: SisFall has none, and a ~0.5 m drop is softer than any lab fall)
+    mostly inside its 5-95 % band with the median in its IQR; the softer kinds (from a chair, a
+    collapse) against its falls from sitting, getting up, sitting down and fainting (F06-F15).
+    (The walking falls alone sit a little below the IQR of SisFall's F01-F05, young adults
+    slipping and tripping at full walking speed: the residents walk at 0.5-1.1 m/s.)"""
+    trials = _trials("F")
+    real = np.array([np.linalg.norm(a, axis=1).max() for _, a, _ in trials])
+    real_soft = np.array([np.linalg.norm(a, axis=1).max() for n, a, _ in trials if n[:3] >= "F06"])
     events = []
     residents = [Resident(id=f"r{j}", profile=Profile(frailty=0.3)) for j in range(6)]
     for j, r in enumerate(residents):
-        for i in range(6):
+        for i in range(9):
             events.append(Event(type="fall", resident=r.id, at_s=40.0 + 110 * i,
                                 kind=FALL_KINDS[(i + j) % 6], lying_s=30.0, recovered=True))
-    fleet, sig = _run(residents, 720.0, events=events, seed=6)
-    sim, sim_min, sim_rot = [], [], []
+    fleet, sig = _run(residents, 1050.0, events=events, seed=6)
+    sim, sim_min, sim_rot, kinds = [], [], [], []
     for e in fleet.ground_truth:
         if e.type == "fall":
             acc, gyro, _ = sig[e.sensor_id]
@@ -193,14 +201,21 @@ def test_fall_impact_peaks_comparable_to_sisfall() -> None:
             i = int(e.t_impact_s * 50)
             i = i - 25 + int(np.argmax(mag[i - 25:i + 25]))
             sim.append(mag[i])
+            kinds.append(e.details["kind"])
             sim_min.append(mag[i - 50:i].min())  # how close to free fall the descent gets
             sim_rot.append(np.linalg.norm(gyro[i - 50:i + 10], axis=1).max())  # how fast the trunk turns
     sim = np.array(sim)
-    assert len(sim) == 36
-    lo, p5, p25, p75, p95, hi = np.percentile(real, [0, 5, 25, 75, 95, 100])
+    kinds_a = np.array(kinds)
+    assert len(sim) == 54
+    lo, p5, p95, hi = np.percentile(real, [0, 5, 95, 100])
     assert sim.min() >= 0.9 * lo and sim.max() <= hi
-    assert p25 <= np.median(sim) <= p75
-    assert np.mean((sim >= p5) & (sim <= p95)) >= 0.85
+    matched = sim[kinds_a != "from_bed"]  # from bed (~0.5 m onto the floor) is softer than any lab fall
+    assert np.mean((matched >= p5) & (matched <= p95)) >= 0.85
+    q25, q75 = np.percentile(real, [25, 75])
+    assert q25 <= np.median(matched) <= q75
+    soft = sim[np.isin(kinds_a, ["from_chair", "collapse"])]
+    s10, s75 = np.percentile(real_soft, [10, 75])
+    assert s10 <= np.median(soft) <= s75
     real_min, real_rot = _sisfall_descent()
     for simulated, recorded in ((sim_min, real_min), (sim_rot, real_rot)):
         q25, q75 = np.percentile(recorded, [25, 75])
@@ -358,3 +373,59 @@ def test_a_long_lie_has_attempts_to_move_but_stays_on_the_floor() -> None:
     moving = np.linalg.norm(gyro[lying], axis=1) > 8.0
     assert 0.03 < moving.mean() < 0.4  # brief shifts, mostly still
     assert np.abs(acc[lying, 2]).max() < 0.5  # never upright: still on the floor
+
+
+@pytest.mark.data
+def test_turning_over_in_bed_lands_like_sisfall_d14() -> None:
+    """Turning over in bed is the fast path's main false alarm in SisFall (D14: the trunk lands on
+    the mattress, often past the 1.6 g trigger); the simulator's turns must be as hard, or the
+    bed awareness is tested against something easier than the real thing."""
+    real = np.array([np.linalg.norm(a, axis=1).max() for _, a, _ in _trials("D14")])
+    res = [Resident(id=f"r{i}", profile=Profile(turns_per_hour=60.0, night_bathroom_visits=0.0),
+                    start_room="bedroom") for i in range(3)]
+    fleet, sig = _run(res, 1800.0, seed=21, start_hour=23.0)
+    sim = []
+    for e in fleet.ground_truth:
+        if e.type == "adl" and e.details.get("activity") == "roll" and e.t_end_s < 1795:
+            acc = sig[e.sensor_id][0][int(e.t_start_s * 50):int(e.t_end_s * 50) + 10]
+            sim.append(np.linalg.norm(acc, axis=1).max())
+    assert len(sim) >= 30
+    q25, q75 = np.percentile(real, [25, 75])
+    assert q25 <= np.median(sim) <= q75
+    trig_real, trig_sim = np.mean(real >= 1.6), np.mean(np.array(sim) >= 1.6)
+    assert 0.5 * trig_real <= trig_sim <= 2.0 * trig_real, (trig_real, trig_sim)
+
+
+@pytest.mark.data
+def test_falls_from_sitting_are_softer_than_falls_from_walking_like_sisfall() -> None:
+    """SisFall's falls from sitting (F13-F15) dip less and hit softer than its falls while walking
+    (F01-F05); the simulator's falls from a chair keep that order and sit in F13-F15's range."""
+    def stats(prefixes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        peaks, dips = [], []
+        for n, a, _ in _trials("F"):
+            if n[:3] in prefixes:
+                m = np.linalg.norm(a, axis=1)
+                i = int(np.argmax(m))
+                peaks.append(m[i])
+                dips.append(m[max(0, i - 50):i].min())
+        return np.array(peaks), np.array(dips)
+
+    sit_peak, sit_dip = stats(("F13", "F14", "F15"))
+    walk_peak, _ = stats(("F01", "F02", "F03", "F04", "F05"))
+    assert np.median(sit_peak) < np.median(walk_peak)  # the reference itself
+    residents = [Resident(id=f"r{j}", profile=Profile(frailty=0.4)) for j in range(4)]
+    events = [Event(type="fall", resident=r.id, at_s=60.0 + 150 * i, kind="from_chair", lying_s=20.0, recovered=True)
+              for r in residents for i in range(4)]
+    fleet, sig = _run(residents, 700.0, events=events, seed=8)
+    peaks, dips = [], []
+    for e in fleet.ground_truth:
+        if e.type == "fall":
+            mag = np.linalg.norm(sig[e.sensor_id][0], axis=1)
+            i = int(e.t_impact_s * 50)
+            i = i - 25 + int(np.argmax(mag[i - 25:i + 25]))
+            peaks.append(mag[i])
+            dips.append(mag[i - 50:i].min())
+    assert len(peaks) == 16
+    assert np.percentile(sit_peak, 10) <= np.median(peaks) <= np.percentile(sit_peak, 75)
+    assert np.percentile(sit_dip, 10) <= np.median(dips) <= np.percentile(sit_dip, 90)
+    assert np.median(peaks) < np.median(walk_peak)

@@ -125,6 +125,43 @@ def test_cancel_press_within_the_window_gives_no_alert(agent: EdgeAgent, broker:
     assert st["alerts_raised"] == 0 and st["alerts_cancelled"] == 1
 
 
+def test_getting_up_and_walking_within_the_window_stands_the_alert_down_logged(
+    agent: EdgeAgent, broker: FakeBroker
+) -> None:
+    """Issue 12: a fast-path alert the wearer recovers from (up and walking) is downgraded to a
+    logged ``cancelled`` FallAlert with reason ``recovered``, never silently dropped."""
+    a0, g0 = synth.quiet(500, walking=True)
+    fa, fg, _ = synth.fall(post_s=4)
+    a1, g1 = synth.quiet(1500, walking=True, t0_s=30.0)  # back up, walking on
+    acc, gyro = np.vstack([a0, fa, a1]), np.vstack([g0, fg, g1])
+    frames = synth.frames(HUB, synth.packets("wear-r01", acc, gyro))
+    feed(agent, frames)
+    for k in range(1, 70):
+        agent.feed([], frames[-1].rx_t_s + k)
+    assert agent.flush(5)
+    falls = uplinks(broker, "fall")
+    assert [m.data.status for m in falls] == ["cancelled"]  # type: ignore[union-attr]  # FallAlert
+    assert "recovered" in {r.code for r in falls[0].data.reasons}  # type: ignore[union-attr]
+    st = agent.stats()
+    assert st["decisions"] == 1 and st["alerts_raised"] == 0 and st["alerts_stood_down_recovered"] == 1
+    assert st.get("no_recovery_decisions", 0) == 0
+
+
+def test_lying_still_after_a_fall_is_one_alert_not_two(agent: EdgeAgent, broker: FakeBroker) -> None:
+    """The fast path alerts; the no-recovery watch of the same impact decides 45 s later and is
+    folded into it (one fall, one alert)."""
+    a0, g0 = synth.quiet(500, walking=True)
+    fa, fg, _ = synth.fall(post_s=60)
+    frames = synth.frames(HUB, synth.packets("wear-r01", np.vstack([a0, fa]), np.vstack([g0, fg])))
+    feed(agent, frames)
+    for k in range(1, 30):
+        agent.feed([], frames[-1].rx_t_s + k)
+    assert agent.flush(5)
+    assert [m.data.status for m in uplinks(broker, "fall")] == ["alert"]  # type: ignore[union-attr]
+    st = agent.stats()
+    assert st["alerts_raised"] == 1 and st["no_recovery_folded"] == 1
+
+
 def test_device_fault_is_a_health_warning_and_no_fall(agent: EdgeAgent, broker: FakeBroker) -> None:
     a0, g0 = synth.quiet(500, walking=True)
     stuck = np.zeros((1000, 3), dtype=np.float32)
@@ -134,7 +171,8 @@ def test_device_fault_is_a_health_warning_and_no_fall(agent: EdgeAgent, broker: 
     for k in range(1, 36):
         agent.feed([], frames[-1].rx_t_s + k)
     assert agent.flush(5)
-    health = [m for m in uplinks(broker, "health") if any("stuck" in w for w in m.data.warnings)]
+    stuck_note = "wearable wear-r01 stuck"  # later heartbeats also name the suppressed no-recovery decision
+    health = [m for m in uplinks(broker, "health") if any(w.startswith(stuck_note) for w in m.data.warnings)]
     assert health, "no health warning about the stuck sensor"
     assert health[-1].data.sensors["wear-r01"].status == "stuck"
     assert uplinks(broker, "fall") == [] and agent.stats()["alerts_raised"] == 0

@@ -76,3 +76,19 @@ def test_acc_only_windows_zero_the_gyro_features() -> None:
     assert np.allclose(f6[acc_cols], f3[acc_cols])
     gyro_cols = [i for i, n in enumerate(F.FEATURE_NAMES) if n.startswith("gyro_")]
     assert np.all(f3[gyro_cols] == 0) and np.any(f6[gyro_cols] != 0)
+
+
+def test_sequence_channels_are_orientation_invariant() -> None:
+    """The CNN's inputs, like the trees' features, do not depend on how the wearable is mounted."""
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(4)
+    w = rng.normal(0, 0.3, (5, F.WINDOW, 6)).astype(np.float32)
+    w[:, :, 2] += 1.0
+    rot = Rotation.from_euler("xyz", [40, -70, 120], degrees=True).as_matrix().astype(np.float32)
+    turned = w.copy()
+    turned[:, :, 0:3] = w[:, :, 0:3] @ rot.T
+    turned[:, :, 3:6] = w[:, :, 3:6] @ rot.T
+    a, b = F.sequence_channels(w), F.sequence_channels(turned)
+    assert a.shape == (5, 3, F.WINDOW)
+    assert np.allclose(a, b, atol=1e-4)
