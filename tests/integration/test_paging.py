@@ -415,7 +415,7 @@ shifts = [{{ people = ["anna"] }}]
     log_path = tmp_path / "gw.log"
     proc = subprocess.Popen([sys.executable, "-m", "fallwatch.cli", "gateway", "run", "--config", str(cfg_path),
                              "--workers", "2"], env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                            stdout=subprocess.DEVNULL, stderr=log_path.open("ab"))  # noqa: SIM115  (the process owns it)
+                            stdout=subprocess.DEVNULL, stderr=log_path.open("ab"))
     url = f"http://127.0.0.1:{port}"
     pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
     try:
