@@ -81,6 +81,7 @@ class Gateway:
         self.init_alerts()
         self.init_observer()
         self.init_supervision()
+        self.init_certs()
         self.init_api()
 
     # ------------------------------------------------------------------ init: build the stages
@@ -143,6 +144,10 @@ class Gateway:
         self.supervisor = Supervisor(self.cfg.gateway, self.state, self.dedup, self.notifier,
                                      self.fall_alerts.check_escalations,
                                      self.cfg.mqtt.session_expiry_s * 1000 * 2, self.stop_event)
+
+    def init_certs(self) -> None:
+        self.certs_expiring: set[tuple[str, str]] = set()
+        self.supervisor.minutely.append(self.check_certs)
 
     def init_api(self) -> None:
         self.api = GatewayApi(self.state, self.workers, self.metrics, self.notifier, self.stats, self.ready,
@@ -235,6 +240,7 @@ class Gateway:
             "mqtt_connected": float(self.connected),
             "devices_offline": float(len(self.supervisor.offline)),
             "devices_test_overdue": float(len(self.supervisor.test_overdue)),
+            "certs_expiring_30d": float(len(self.certs_expiring)),
         }
 
     def stats(self) -> dict[str, Any]:
@@ -265,6 +271,7 @@ class Gateway:
                 "devices_offline": len(self.supervisor.offline),
                 "devices_test_overdue": len(self.supervisor.test_overdue),
                 "paging": self.pager.stats(),
+                "certs_expiring_30d": len(self.certs_expiring),
             }
 
     def ready(self) -> tuple[bool, str]:
@@ -283,6 +290,30 @@ class Gateway:
         why = (f"message key {msg.msg_id} from {msg.device_id} at {msg.site_id} arrived again with different "
                f"content: kept, but the hub may have been re-imaged or cloned (check its outbox / install id)")
         self.raise_device_alert("msg_id_conflict", msg.site_id, msg.device_id, why)
+
+    def check_certs(self, now_ms: int, within_days: float = 30.0) -> None:
+        """A technician alert for each device whose client certificate expires within 30 days
+        (the provisioning registry knows them), cleared when it is renewed or retired."""
+        registry = self.pager.registry
+        if registry is None:
+            return
+        try:
+            rows = registry.expiring_certs(within_days)
+        except Exception:
+            log.exception("could not read certificate expiry from the registry")
+            return
+        now_set = set()
+        for r in rows:
+            key = (str(r["site_id"] or "-"), str(r["device_id"]))
+            now_set.add(key)
+            if key not in self.certs_expiring:
+                days = (int(r["cert_not_after_ms"]) - now_ms) / 86_400_000
+                self.raise_device_alert("cert_expiring", *key, f"client certificate of {key[1]} "
+                                        + (f"expires in {days:.0f} days" if days > 0 else "has expired")
+                                        + ": renew it (fallwatch device rotate)")
+        for key in self.certs_expiring - now_set:
+            self.resolve_device_alert("cert_expiring", *key, "certificate renewed or device retired")
+        self.certs_expiring = now_set
 
     def raise_device_alert(self, kind: str, site_id: str, device_id: str, why: str) -> None:
         """Open an alert of ``kind`` for a device (or a gateway part) unless one is open, and tell staff."""

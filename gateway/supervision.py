@@ -32,6 +32,8 @@ class Supervisor:
         self.stop = stop
         self.offline: set[tuple[str, str]] = set()
         self.test_overdue: set[tuple[str, str]] = set()
+        #: slower checks (certificate expiry), run about once a minute: ``check(now_ms)``
+        self.minutely: list[Callable[[int], object]] = []
 
     def load_open(self) -> None:
         """Pick up the device alerts still open from before a restart."""
@@ -43,10 +45,14 @@ class Supervisor:
     def loop(self) -> None:
         """Worker: check devices and escalations every ``min(5 s, offline_after_s / 10)``."""
         period = min(5.0, max(0.2, self.cfg.offline_after_s / 10))
-        last_prune = 0.0
+        last_prune = last_minutely = 0.0
         while not self.stop.wait(period):
             self.check_devices(contract.now_ms())
             self.escalate(contract.now_ms())
+            if time.monotonic() - last_minutely > 60:
+                last_minutely = time.monotonic()
+                for check in self.minutely:
+                    check(contract.now_ms())
             if time.monotonic() - last_prune > 3600:
                 last_prune = time.monotonic()
                 self.dedup.prune(contract.now_ms() - self.keep_keys_ms)

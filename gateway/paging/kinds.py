@@ -35,6 +35,7 @@ URGENCY: dict[str, str] = {
     "fall_risk": "planning",
     "msg_id_conflict": "technical",
     "channel_failing": "technical",
+    "cert_expiring": "technical",
 }
 
 #: how far an escalation goes, by urgency (levels: 0 primary, 1 next on call, 2 lead, 3 fallback)
@@ -43,7 +44,7 @@ MAX_LEVEL = {"urgent": 3, "high": 2, "normal": 0, "technical": 0, "planning": -1
 REPEATED = frozenset({"urgent", "high"})
 #: kinds whose re-raise soon after the last one closed is held (a flapping device)
 DAMPED = frozenset({"device_offline", "not_worn", "low_battery", "test_overdue", "channel_failing",
-                    "msg_id_conflict"})
+                    "msg_id_conflict", "cert_expiring"})
 #: urgencies held back during quiet hours
 QUIET = frozenset({"normal", "technical"})
 #: kinds never held: paging itself is failing

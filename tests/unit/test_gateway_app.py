@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,3 +210,34 @@ def test_presence_is_retained_ready_then_offline(tmp_path: Path) -> None:
         assert gw.stats()["received"] == 0  # its own presence is not device data
         gw.stop()
         assert state() == "offline"
+
+
+def test_a_client_certificate_near_expiry_raises_a_technician_alert_until_renewed(tmp_path: Path) -> None:
+    """Issue 15: certificate expiry reported in health — an alert, a gauge, cleared on renewal."""
+    from fallwatch.gateway.app import Gateway
+
+    cfg = load_config(overrides={"gateway": {"state_db": str(tmp_path / "s.sqlite"), "spool_dir": str(tmp_path / "sp"),
+                                             "http_port": 0},
+                                 "influx": {"embedded_path": str(tmp_path / "series.sqlite")}})
+    gw = Gateway(cfg)
+    gw.start_state()
+    try:
+        reg = gw.pager.registry
+        reg.add_device("hub-c1", "hub", actor="t", site_id="site-c")
+        now = int(time.time() * 1000)
+        with gw.state._tx() as cur:
+            gw.state._exec(cur, "UPDATE reg_devices SET cert_not_after_ms = ? WHERE device_id = 'hub-c1'",
+                           (now + 10 * 86_400_000,))
+        gw.check_certs(now)
+        open_ = [a for a in gw.device_alerts() if a["kind"] == "cert_expiring" and a["status"] == "raised"]
+        assert len(open_) == 1 and "expires in 10 days" in open_[0]["detail"]
+        assert gw.stats()["certs_expiring_30d"] == 1
+        gw.check_certs(now)  # still so: no second alert
+        assert len([a for a in gw.device_alerts() if a["kind"] == "cert_expiring"]) == 1
+        with gw.state._tx() as cur:
+            gw.state._exec(cur, "UPDATE reg_devices SET cert_not_after_ms = ? WHERE device_id = 'hub-c1'",
+                           (now + 400 * 86_400_000,))
+        gw.check_certs(now)
+        assert [a["status"] for a in gw.device_alerts() if a["kind"] == "cert_expiring"] == ["cleared"]
+    finally:
+        gw.state.close()
