@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "fallwatch.models.cli",
     "fallwatch.app.bench.cli",
     "fallwatch.dashboards.cli",
+    "fallwatch.app.chaos.cli",
 )
 
 
