@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -93,9 +94,13 @@ class Harness:
 
         staff = d / "staff.json"
         self.tech_token = StaffDirectory(staff).add("chaos-technician", "technician")
+        spool_fault = next((f for f in sc.faults if f.name == "spool_full"), None)
+        self.spool_mounts: list[Path] = []
         for gw in gws:
             gdir = d / gw
             gdir.mkdir(exist_ok=True)
+            if spool_fault is not None and (spool_fault.target or "gw-a") == gw:
+                self._small_disk(gdir / "spool")
             port = free_port()
             self.gw_http[gw] = f"http://127.0.0.1:{port}"
             gcfg = {
@@ -343,6 +348,35 @@ class Harness:
         time.sleep(f.duration_s)
         _run(["ip", "link", "set", "fwchaos-h", "up"])
 
+    def _small_disk(self, path: Path) -> None:
+        """A 16 MB tmpfs for a replica's spool (root only): a disk that can really fill up."""
+        path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            return  # the fault reports that it could not be applied
+        _run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)])
+        self.spool_mounts.append(path)
+
+    def _fault_spool_full(self, f: FaultSpec, rec: dict[str, Any]) -> None:
+        """The replica's spool disk is filled to its last 64 KB while InfluxDB is down, so
+        what the replica cannot write anywhere must stay with the broker (backpressure)."""
+        gw = f.target or "gw-a"
+        spool = self.dir / gw / "spool"
+        if spool not in self.spool_mounts:
+            raise RuntimeError("the spool is not on a small tmpfs (needs root): fault not applied")
+        st = os.statvfs(spool)
+        free = st.f_bavail * st.f_frsize
+        ballast = spool / "ballast.bin"
+        with open(ballast, "wb") as fh:
+            fh.truncate(0)
+            fh.write(b"\0" * max(0, free - 64 * 1024))
+        rec["ballast_mb"] = round(ballast.stat().st_size / 2**20, 1)
+        self.influx.stop()
+        time.sleep(f.duration_s)
+        st = os.statvfs(spool)
+        rec["spool_free_kb_at_end"] = st.f_bavail * st.f_frsize // 1024
+        ballast.unlink()
+        self.influx.start()
+
     def _fault_flood(self, f: FaultSpec, rec: dict[str, Any]) -> None:
         """The compromised hub sends garbage as fast as it is let: malformed JSON, wrong
         schema, oversized payloads (past the broker's max_packet_size), another site's topics."""
@@ -429,6 +463,8 @@ class Harness:
         self.carer.close()
         if self.netns_ok:
             _netns_teardown("fwchaos")
+        for m in self.spool_mounts:
+            subprocess.run(["umount", "-l", str(m)], capture_output=True)
 
 
 def _outbox_depth(path: Path) -> int:
