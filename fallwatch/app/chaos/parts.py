@@ -150,6 +150,18 @@ def postgres_url(name: str) -> str:
     return base.rsplit("/", 1)[0] + f"/{db}"
 
 
+def drop_postgres(url: str) -> None:
+    """Drop a database :func:`postgres_url` made (after the accounting has read it)."""
+    import psycopg
+
+    base, db = url.rsplit("/", 1)
+    try:
+        with psycopg.connect(f"{base}/postgres", autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    except psycopg.Error as exc:
+        log.warning("could not drop %s: %s", db, exc)
+
+
 class Carer(Receiver):
     """The web hook receiver, and the carer behind it who takes every new alert at once by
     POSTing the page's single-use acknowledge link (from another thread, as a phone would).

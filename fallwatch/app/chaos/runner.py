@@ -24,7 +24,16 @@ import paho.mqtt.client as mqtt_client
 import requests
 
 from fallwatch.app.bench.e2e import SECRET_ENV, paging_overrides
-from fallwatch.app.chaos.parts import Broker, Carer, Proc, fallwatch_argv, get_json, postgres_url, python_argv
+from fallwatch.app.chaos.parts import (
+    Broker,
+    Carer,
+    Proc,
+    drop_postgres,
+    fallwatch_argv,
+    get_json,
+    postgres_url,
+    python_argv,
+)
 from fallwatch.app.chaos.scenario import ChaosScenario, FaultSpec, to_toml
 from fallwatch.testing.receivers import SmtpServer
 from fallwatch.testing.services import InfluxDB1, free_port
@@ -465,6 +474,8 @@ class Harness:
             _netns_teardown("fwchaos")
         for m in self.spool_mounts:
             subprocess.run(["umount", "-l", str(m)], capture_output=True)
+        if self.state_db.startswith("postgresql://"):
+            drop_postgres(self.state_db)
 
 
 def _outbox_depth(path: Path) -> int:
