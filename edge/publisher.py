@@ -180,7 +180,7 @@ class Publisher:
     def _settle(self, seq: int, reason_code: Any) -> None:
         if getattr(reason_code, "is_failure", False):
             self._refuse(seq, str(reason_code))
-        elif getattr(reason_code, "value", 0) == NO_MATCHING_SUBSCRIBERS:
+        elif getattr(reason_code, "value", 0) == NO_MATCHING_SUBSCRIBERS and not self._retained(seq):
             self._refuse(seq, str(reason_code), keep=True)
         else:
             with self._lock:
@@ -190,6 +190,12 @@ class Publisher:
                 if self.track_acks:
                     self.ack_times[seq] = time.monotonic()
         self._wake.set()
+
+    def _retained(self, seq: int) -> bool:
+        """A retained row (the birth state) is kept by the broker for later subscribers, so
+        "No matching subscribers" is no loss for it."""
+        row = self.outbox.row(seq)
+        return row is not None and row.retain
 
     def _refuse(self, seq: int, reason: str, keep: bool = False) -> None:
         """The broker refused a row: telemetry is given up (counted), anything else kept and retried.
