@@ -46,6 +46,8 @@ _MISSING = object()
 UNACKED_WARN_S = 10.0
 #: Longest wait between two re-publishes of a row the broker refused.
 REFUSED_RETRY_MAX_S = 15.0
+#: MQTT 5 PUBACK reason code: the broker accepted the message but no client was subscribed
+NO_MATCHING_SUBSCRIBERS = 0x10
 
 
 class Publisher:
@@ -178,6 +180,8 @@ class Publisher:
     def _settle(self, seq: int, reason_code: Any) -> None:
         if getattr(reason_code, "is_failure", False):
             self._refuse(seq, str(reason_code))
+        elif getattr(reason_code, "value", 0) == NO_MATCHING_SUBSCRIBERS and not self._retained(seq):
+            self._refuse(seq, str(reason_code), keep=True)
         else:
             with self._lock:
                 self._refused.pop(seq, None)
@@ -187,12 +191,24 @@ class Publisher:
                     self.ack_times[seq] = time.monotonic()
         self._wake.set()
 
-    def _refuse(self, seq: int, reason: str) -> None:
-        """The broker refused a row: telemetry is given up (counted), anything else kept and retried."""
+    def _retained(self, seq: int) -> bool:
+        """A retained row (the birth state) is kept by the broker for later subscribers, so
+        "No matching subscribers" is no loss for it."""
+        row = self.outbox.row(seq)
+        return row is not None and row.retain
+
+    def _refuse(self, seq: int, reason: str, keep: bool = False) -> None:
+        """The broker refused a row: telemetry is given up (counted), anything else kept and retried.
+
+        ``keep``: the broker took the row but nobody was subscribed (MQTT 5 PUBACK "No matching
+        subscribers"), so it went nowhere: kept and retried whatever its kind. Mosquitto does
+        not restore shared subscriptions from persistence, so after a broker restart every
+        message until the gateways re-subscribe is answered so and dropped (found by
+        ``fallwatch chaos``; docs/chaos.md)."""
         row = self.outbox.row(seq)
         if row is None:
             return
-        if row.kind in THINNABLE:
+        if row.kind in THINNABLE and not keep:
             log.error("broker refused %s seq %d: %s; given up (counted)", row.kind, seq, reason)
             self.outbox.reject(seq, reason)
             self.rejected += 1

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "fallwatch.app.bench.cli",
     "fallwatch.dashboards.cli",
     "fallwatch.gateway.provision_cli",
+    "fallwatch.app.chaos.cli",
 )
 
 

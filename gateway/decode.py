@@ -110,7 +110,7 @@ class Decoder:
             topic=topic[:cut],
             gateway_id=self.gateway_id,
             received_ms=contract.now_ms(),
-            payload_b64=base64.b64encode(payload[: contract.MAX_PAYLOAD_BYTES]).decode(),
+            payload_b64=base64.b64encode(payload[: contract.MAX_PAYLOAD_BYTES // 2]).decode(),  # fits max_packet_size
         ))
         try:
             self.publish(topics.dead_letter(reason), body)

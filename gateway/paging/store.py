@@ -54,6 +54,7 @@ class PagingStore:
     def setup(self) -> None:
         st = self.state
         with st._tx() as cur:
+            st.lock_schema(cur)
             for stmt in SCHEMA:
                 st._exec(cur, stmt.format(autoinc=st.dialect.autoinc))
 

@@ -228,11 +228,19 @@ class StateStore:
     def _tx(self) -> _Tx:
         return _Tx(self._conn(), self.dialect)
 
+    def lock_schema(self, cur: Cursor) -> None:
+        """Replicas starting together on a fresh PostgreSQL database raced in ``CREATE TABLE IF
+        NOT EXISTS`` (one died with a UniqueViolation on ``pg_type``): serialize schema set-up
+        with a transaction-level advisory lock (found by ``fallwatch chaos``)."""
+        if self.dialect.name == "postgresql":
+            self._exec(cur, "SELECT pg_advisory_xact_lock(4711)")
+
     def setup(self, now_ms: int | None = None, clock_skew_ms: int = 300_000) -> None:
         """Create what is missing, and undo what a device's clock may have written before
         last-seen used the gateway's receive time: a ``last_seen_ms`` in the future would keep
         that hub from ever being raised offline."""
         with self._tx() as cur:
+            self.lock_schema(cur)
             for stmt in _SCHEMA:
                 self._exec(cur, stmt.format(autoinc=self.dialect.autoinc))
             for table, column, typ in _ADDED_COLUMNS:
@@ -246,6 +254,7 @@ class StateStore:
                 with self._tx() as cur:
                     self._exec(cur, f"ALTER TABLE {table} ADD COLUMN chain TEXT")
             with self._tx() as cur:
+                self.lock_schema(cur)
                 for stmt in self.dialect.append_only(table):
                     cur.execute(stmt)
 

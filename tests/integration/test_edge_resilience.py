@@ -236,3 +236,30 @@ def test_long_outage_thins_telemetry_never_alerts(tmp_path: Path, unique_name: s
         assert agent.stats()["connects"] == 0
     finally:
         agent.publisher.stop()
+
+
+def test_alert_the_broker_took_while_nobody_was_subscribed_is_kept_and_sent_again(mosquitto, tmp_path: Path) -> None:
+    """MQTT 5 PUBACK "No matching subscribers" (0x10) means the message went nowhere: Mosquitto
+    does not restore shared subscriptions from persistence, so after a broker restart every
+    message until the gateways re-subscribe is answered so and dropped. The hub keeps the row
+    and sends it again (found by ``fallwatch chaos``: alerts and telemetry were lost there)."""
+    site = "site-nosub"
+    cfg = _cfg(mosquitto.url, tmp_path, site)
+    agent = EdgeAgent(cfg)
+    agent.start()
+    try:
+        acc, gyro, _ = synth.fall(post_s=6)
+        for f in synth.frames(agent.device_id, synth.packets("wear-1", acc, gyro, per_packet=25)):
+            agent.feed([f], f.rx_t_s)
+        agent.feed([], 40.0)
+        assert agent.stats()["alerts_raised"] == 1
+        deadline = time.monotonic() + 20
+        while agent.stats().get("refused", 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert agent.outbox is not None and agent.outbox.depth_by_kind().get("fall") == 1  # kept, not deleted
+        with UplinkRecorder(load_config(None, {"mqtt": {"url": mosquitto.url}}).mqtt, "rec-nosub",
+                            site=site) as rec:
+            assert rec.wait_for(lambda r: len(r.falls()) == 1, 40)  # the retry after the backoff
+            assert agent.flush(20)
+    finally:
+        agent.stop()

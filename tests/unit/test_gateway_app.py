@@ -140,6 +140,19 @@ def test_malformed_payload_is_rejected_counted_and_dead_lettered(rig: Rig) -> No
     assert rig.rec.events() == []  # nothing for staff
 
 
+def test_dead_letter_of_an_oversized_message_fits_the_brokers_packet_limit(rig: Rig) -> None:
+    """A hub may send up to the broker's max_packet_size (70000, brokerconf); the dead letter
+    of that (base64 + envelope) was bigger, so the broker dropped the gateway's connection and
+    paho re-sent it on every reconnect: one compromised hub kept a replica's link down (found
+    by ``fallwatch chaos``)."""
+    rig.send(topics.tele(SITE, HUB, "wear-r01"), b"x" * 69_000)
+    assert wait_for(lambda: rig.acked() == 1)
+    [dl] = rig.broker.published(f"{topics.PREFIX}/_dlq/#")
+    assert dl.topic == topics.dead_letter("too_large")
+    assert len(dl.payload) < 70_000
+    assert base64.b64decode(contract.decode_dead_letter(dl.payload).payload_b64) == b"x" * (32 * 1024)
+
+
 def test_http_read_interface_shows_the_alert_and_acknowledging_notifies(rig: Rig) -> None:
     rig.send(*t.fall(SITE, HUB, 1, event="ev-h"))
     [shown] = rig.http("/alerts?kind=fall")
