@@ -113,7 +113,7 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
     hooks.close()
     mail_at: dict[str, float] = {}
     for m, t_ns in zip(smtpd.mailbox.messages, smtpd.mailbox.arrived_ns, strict=True):
-        mail_at.setdefault(str(m["X-Fallwatch-Alert"]), t_ns / 1e9)
+        mail_at.setdefault(str(m["X-Fallwatch-Alert"]).strip(), t_ns / 1e9)  # a long id is folded
     pages_by_kind: dict[str, int] = {}
     hook_at: dict[str, float] = {}
     for (_, _, raw), t_ns in zip(hooks.requests, hooks.arrived_ns, strict=True):
