@@ -119,7 +119,7 @@ def test_fall_pages_the_on_call_carer_by_email_and_signed_webhook_and_the_link_a
         time.sleep(0.5)
         aid = gw.alerts()[0]["alert_id"]
         # exactly one e-mail and one web hook, both to the carer on call; nobody else yet
-        assert [m["X-Fallwatch-Alert"] for m in smtpd.mailbox.to("anna@kommun.example")] == [aid]
+        assert [str(m["X-Fallwatch-Alert"]).strip() for m in smtpd.mailbox.to("anna@kommun.example")] == [aid]
         assert smtpd.mailbox.count() == 1 and len(receiver.requests) == 1
         _, headers, raw = receiver.at("/anna")[0]
         assert verify(SECRET, headers[TIMESTAMP_HEADER], raw, headers[SIGNATURE_HEADER])
