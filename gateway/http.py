@@ -4,6 +4,8 @@
     GET  /readyz                   200 when connected + subscribed, spool not full (public)
     GET  /staff                    the carer's alert page (data needs a token)    (public)
     GET  /openapi.json             the API described as OpenAPI 3 (docs/openapi.json) (public)
+    GET  /manifest.webmanifest, /icon.svg  make the console installable on a phone (public)
+    GET  /events                   server-sent events: open alerts as they change  (any role; falls for carer/admin)
     GET  /me                       who the token belongs to                       (any role)
     GET  /alerts[?kind=&status=&open=1]  alerts as JSON; fall alerts only for carer/admin
     POST /alerts/{id}/ack          acknowledge, as the token's owner              (carer, admin)
@@ -40,6 +42,10 @@ Hardening (issue 11 items 12 and 13), kept from the hand-written server:
 * a POST must be ``application/json`` and same-origin (``Origin`` / ``Sec-Fetch-Site``),
   so a cross-site form or ``text/plain`` fetch cannot acknowledge an alert; a development
   gateway also insists on a loopback ``Host`` (DNS rebinding);
+* ``/events`` pushes changes to the console (no polling by the page). It watches the state
+  store, not the process: a gateway run as several processes over one state DB pushes what
+  any of them recorded. Each open stream re-reads the open alerts every ``EVENTS_TICK_S``
+  and sends what changed; the stream ends when the server closes;
 * every response carries a CSP with ``frame-ancestors 'none'`` (the staff page's inline
   script and style are allowed by hash only), ``nosniff`` and ``Cache-Control: no-store``.
 """
@@ -61,14 +67,14 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -88,6 +94,16 @@ UNAUTH_PER_MINUTE = 30
 #: threads that run the reader's blocking calls (each holds one state-DB connection)
 POOL_THREADS = 8
 MAX_BODY = 8192
+#: how often an open event stream compares the open alerts with what it sent
+EVENTS_TICK_S = 0.25
+#: a comment line this often keeps proxies from closing a quiet event stream
+EVENTS_KEEPALIVE_S = 15.0
+_MANIFEST = {"name": "fallwatch", "short_name": "fallwatch", "start_url": "/staff", "scope": "/",
+             "display": "standalone", "background_color": "#f5f6f7", "theme_color": "#16324f",
+             "icons": [{"src": "/icon.svg", "sizes": "any", "type": "image/svg+xml", "purpose": "any"}]}
+_ICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><rect width="64" height="64" rx="12" '
+         b'fill="#16324f"/><circle cx="32" cy="18" r="7" fill="#fff"/><path d="M20 52l8-18 8 6 10-10" '
+         b'stroke="#fff" stroke-width="6" fill="none" stroke-linecap="round"/></svg>')
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'"
 _ACK_PAGE = """<!doctype html><html lang="{lang}"><head><meta charset="utf-8">
@@ -244,6 +260,10 @@ _PUSH_BODY = {"requestBody": {"required": True, "content": {"application/json": 
             "endpoint": {"type": "string"},
             "keys": {"type": "object", "required": ["p256dh", "auth"],
                      "properties": {"p256dh": {"type": "string"}, "auth": {"type": "string"}}}}}}}}}}}
+#: one event of ``/events``: its name and its data (JSON: a list of alerts, one alert, or an id)
+_SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
+    "event": {"type": "string", "enum": ["snapshot", "alert", "gone", "problem"]},
+    "data": {"type": "string", "contentMediaType": "application/json"}}}
 _TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
 _HTML = {"content": {"text/html": {"schema": {"type": "string"}}}}
 
@@ -275,7 +295,9 @@ class HttpServer:
         self.page = page.encode()
         self.page_csp = (f"default-src 'none'; script-src {_csp_hash(page, 'script')}; "
                          f"style-src {_csp_hash(page, 'style')}; connect-src 'self'; img-src 'self'; "
-                         "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+                         "manifest-src 'self'; worker-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                         "form-action 'none'")
+        self.closing = threading.Event()
         self.limiter = _RateLimit(UNAUTH_PER_MINUTE)
         self.pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="gw-http")
         self.app = build_app(self)
@@ -292,7 +314,8 @@ class HttpServer:
         self.sock.set_inheritable(True)
         config = uvicorn.Config(_SecurityHeaders(self.app), log_config=None, access_log=False,
                                 lifespan="off", limit_concurrency=MAX_CONNECTIONS,
-                                timeout_keep_alive=int(TIMEOUT_S), server_header=False)
+                                timeout_keep_alive=int(TIMEOUT_S), server_header=False,
+                                timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._serve, name="gw-http", daemon=True)
 
@@ -308,6 +331,7 @@ class HttpServer:
         self.thread.start()
 
     def close(self) -> None:
+        self.closing.set()  # open event streams end
         self.server.should_exit = True
         if self.thread.is_alive():
             self.thread.join(10)
@@ -431,6 +455,48 @@ class HttpServer:
         return user, body
 
 
+def _visible(user: StaffUser, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The open alerts this caller may see (a technician: device alerts only, no residents)."""
+    if not user.may("alerts:read"):
+        rows = [a for a in rows if a["kind"] != "fall"]
+    return {str(a["alert_id"]): a for a in rows}
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+
+
+async def _stream(srv: HttpServer, request: Request, user: StaffUser) -> AsyncIterator[bytes]:
+    """One console's event stream: the open alerts, then what changes, until either side leaves
+    (Starlette cancels the generator when the client goes)."""
+    sent: dict[str, dict[str, Any]] = {}
+    first, quiet = True, 0.0
+    while not srv.closing.is_set():
+        try:
+            now = _visible(user, await srv.run(srv.api.alerts, open_only=True))
+        except Exception:  # a state-DB hiccup: say so on the stream, try again next tick
+            log.exception("event stream: could not read the open alerts")
+            yield _sse("problem", {"error": "could not read the alerts; retrying"})
+            now = sent
+        if first:
+            yield _sse("snapshot", sorted(now.values(), key=lambda a: -int(a["raised_ms"])))
+            first = False
+        else:
+            for aid, row in now.items():
+                if sent.get(aid) != row:
+                    yield _sse("alert", row)
+                    quiet = 0.0
+            for aid in sent.keys() - now.keys():
+                yield _sse("gone", {"alert_id": aid})
+                quiet = 0.0
+        sent = now
+        if quiet >= EVENTS_KEEPALIVE_S:
+            yield b": keep-alive\n\n"
+            quiet = 0.0
+        await asyncio.sleep(EVENTS_TICK_S)
+        quiet += EVENTS_TICK_S
+
+
 def _json(code: int, obj: Any) -> Response:
     return Response(json.dumps(obj, default=str), code, media_type="application/json")
 
@@ -472,6 +538,30 @@ def build_app(srv: HttpServer) -> FastAPI:
     async def staff_page() -> Response:
         return Response(srv.page, media_type="text/html; charset=utf-8",
                         headers={"Content-Security-Policy": srv.page_csp})
+
+    @app.get("/manifest.webmanifest", response_class=Response, tags=["console"],
+             responses={200: {"content": {"application/manifest+json": {"schema": {"type": "object"}}}}})
+    async def manifest() -> Response:
+        """What a phone needs to put the console on its home screen."""
+        return Response(json.dumps(_MANIFEST), media_type="application/manifest+json")
+
+    @app.get("/icon.svg", response_class=Response, tags=["console"],
+             responses={200: {"content": {"image/svg+xml": {"schema": {"type": "string"}}}}})
+    async def icon() -> Response:
+        return Response(_ICON, media_type="image/svg+xml")
+
+    @app.get("/events", response_class=StreamingResponse, tags=["alerts"],
+             responses={200: {"description": "``snapshot`` (every open alert), then ``alert`` (one new or "
+                                             "changed) and ``gone`` (no longer open) events",
+                              "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
+                        **_errors(*_GUARDED)})
+    async def events(request: Request) -> Response:
+        user = await srv.guarded(request, "device_alerts:read")
+        if isinstance(user, Response):
+            return user
+        await srv.audit(request, user, 200)
+        return StreamingResponse(_stream(srv, request, user), media_type="text/event-stream",
+                                 headers={"X-Accel-Buffering": "no"})
 
     async def simple(request: Request, permission: str | None, fn: Callable[[StaffUser], Any]) -> Response:
         user = await srv.guarded(request, permission)
