@@ -81,6 +81,11 @@ class GatewayReader(Protocol):
         """The access audit log, newest first (``/audit``)."""
         ...
 
+    def team_of_site(self, site_id: str) -> str | None:
+        """The id of the ``[[gateway.paging.teams]]`` team answering for a site (None: no team):
+        a member of staff with a team sees only that team's sites."""
+        ...
+
     def release_thread(self) -> None:
         """Free what the calling (request) thread holds, e.g. its state-DB connection."""
         ...
@@ -159,6 +164,10 @@ class GatewayApi:
 
     def access_log(self) -> list[Row]:
         return self._state.access_log()
+
+    def team_of_site(self, site_id: str) -> str | None:
+        team = self._pager.roster.team_for(site_id) if self._pager is not None else None
+        return team.id if team is not None else None
 
     def release_thread(self) -> None:
         self._state.release_thread()

@@ -6,7 +6,9 @@
     GET  /openapi.json             the API described as OpenAPI 3 (docs/openapi.json) (public)
     GET  /manifest.webmanifest, /icon.svg  make the console installable on a phone (public)
     GET  /events                   server-sent events: open alerts as they change  (any role; falls for carer/admin)
-    GET  /me                       who the token belongs to                       (any role)
+    POST /session                  sign in: {"token"} or {"name", "password"} → session cookie (public)
+    DELETE /session                sign out                                       (signed in)
+    GET  /me                       who is signed in, their team and CSRF token    (any role)
     GET  /alerts[?kind=&status=&open=1]  alerts as JSON; fall alerts only for carer/admin
     POST /alerts/{id}/ack          acknowledge, as the token's owner              (carer, admin)
     POST /alerts/{id}/clear        resolve, as the token's owner                  (carer, admin)
@@ -19,6 +21,14 @@
     GET  /devices                  the device registry                            (technician, admin)
     GET  /metrics, /stats          Prometheus text / counters                     (technician, admin)
     GET  /audit                    the access audit log                           (admin)
+
+Sign-in: a script sends its personal token as ``Authorization: Bearer``; the console signs
+in once (token, or name and password checked with Argon2id) and gets a session cookie
+(HttpOnly, SameSite=Strict, Secure over TLS, signed, expiring after ``SESSION_TTL_S``; the
+account is re-read on every request, so a removed account loses its session). A request
+that rides on the cookie must echo the session's CSRF token in ``X-CSRF-Token`` for every
+state change. A person whose account names a team sees only the alerts, planning items
+and devices of that team's sites (``[gateway.paging.teams]``), and gets 403 for others'.
 
 Roles and personal tokens come from ``gateway.staff_users_file`` (see gateway/staff.py);
 ``FALLWATCH_GATEWAY_API_TOKEN`` is one extra admin token for automation. Every request
@@ -63,6 +73,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 import threading
 import time
@@ -75,6 +86,7 @@ from typing import Any, TypeVar
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -98,6 +110,8 @@ MAX_BODY = 8192
 EVENTS_TICK_S = 0.25
 #: a comment line this often keeps proxies from closing a quiet event stream
 EVENTS_KEEPALIVE_S = 15.0
+SESSION_TTL_S = 10 * 3600  # a shift and a half: a carer signs in once per shift
+SESSION_COOKIE = "fw_session"
 _MANIFEST = {"name": "fallwatch", "short_name": "fallwatch", "start_url": "/staff", "scope": "/",
              "display": "standalone", "background_color": "#f5f6f7", "theme_color": "#16324f",
              "icons": [{"src": "/icon.svg", "sizes": "any", "type": "image/svg+xml", "purpose": "any"}]}
@@ -212,6 +226,8 @@ class Ready(BaseModel):
 class Me(BaseModel):
     name: str
     role: str
+    team: str | None = None
+    csrf: str | None = Field(None, description="echo as X-CSRF-Token on state changes of a cookie session")
 
 
 class Alert(BaseModel):
@@ -264,6 +280,9 @@ _PUSH_BODY = {"requestBody": {"required": True, "content": {"application/json": 
 _SSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
     "event": {"type": "string", "enum": ["snapshot", "alert", "gone", "problem"]},
     "data": {"type": "string", "contentMediaType": "application/json"}}}
+_SESSION_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"token": {"type": "string"}, "name": {"type": "string"},
+                                     "password": {"type": "string"}}}}}}}
 _TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
 _HTML = {"content": {"text/html": {"schema": {"type": "string"}}}}
 
@@ -299,6 +318,9 @@ class HttpServer:
                          "form-action 'none'")
         self.closing = threading.Event()
         self.limiter = _RateLimit(UNAUTH_PER_MINUTE)
+        # several gateway processes share FALLWATCH_SESSION_SECRET so a session works on each
+        secret = os.environ.get("FALLWATCH_SESSION_SECRET") or secrets.token_urlsafe(32)
+        self.sessions = URLSafeTimedSerializer(secret, salt="fallwatch-console-session")
         self.pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="gw-http")
         self.app = build_app(self)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -369,6 +391,15 @@ class HttpServer:
         token = got[7:].strip() if got.startswith("Bearer ") else None
         if self.token is not None and token is not None and hmac.compare_digest(token.encode(), self.token.encode()):
             return StaffUser("api-token", "admin", service=True)
+        if self.staff is not None and token is None and SESSION_COOKIE in request.cookies:
+            try:
+                data = self.sessions.loads(request.cookies[SESSION_COOKIE], max_age=SESSION_TTL_S)
+            except BadSignature:  # expired, or not ours
+                return None
+            user = self.staff.user(str(data.get("n", "")))
+            if user is not None:
+                request.state.csrf = str(data.get("c", ""))
+            return user
         if self.staff is not None:
             return self.staff.authenticate(token)
         if self.token is not None:
@@ -397,6 +428,26 @@ class HttpServer:
         if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
             return "cross-origin request refused (Origin does not match Host)"
         return None
+
+    @staticmethod
+    def csrf_refused(request: Request) -> str | None:
+        """Why a state change riding on the session cookie is refused (no or a wrong CSRF token)."""
+        expected = getattr(request.state, "csrf", None)
+        if expected is None:  # a bearer token or a development gateway: no ambient credential
+            return None
+        got = request.headers.get("x-csrf-token", "")
+        if not expected or not hmac.compare_digest(got.encode(), expected.encode()):
+            return "missing or wrong CSRF token (X-CSRF-Token)"
+        return None
+
+    def in_scope(self, user: StaffUser, site_id: Any) -> bool:
+        """Whether the person may see this site's data: their team's sites, or all without a team."""
+        return user.team is None or self.api.team_of_site(str(site_id)) == user.team
+
+    def scoped(self, user: StaffUser, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if user.team is None:
+            return rows
+        return [r for r in rows if "site_id" not in r or self.in_scope(user, r["site_id"])]
 
     async def audit(self, request: Request, user: StaffUser | None, status: int, path: str | None = None) -> None:
         client = request.client.host if request.client else "-"
@@ -437,7 +488,7 @@ class HttpServer:
         user = await self.guarded(request, permission)
         if isinstance(user, Response):
             return user
-        why = self.same_origin(request)
+        why = self.same_origin(request) or self.csrf_refused(request)
         if why is not None:
             await self.audit(request, user, 403)
             return _json(403, {"error": why})
@@ -473,7 +524,7 @@ async def _stream(srv: HttpServer, request: Request, user: StaffUser) -> AsyncIt
     first, quiet = True, 0.0
     while not srv.closing.is_set():
         try:
-            now = _visible(user, await srv.run(srv.api.alerts, open_only=True))
+            now = _visible(user, await srv.run(lambda: srv.scoped(user, srv.api.alerts(open_only=True))))
         except Exception:  # a state-DB hiccup: say so on the stream, try again next tick
             log.exception("event stream: could not read the open alerts")
             yield _sse("problem", {"error": "could not read the alerts; retrying"})
@@ -572,9 +623,66 @@ def build_app(srv: HttpServer) -> FastAPI:
         await srv.audit(request, user, 200)
         return resp
 
+    @app.post("/session", response_model=Me, responses=_errors(400, 401, 403, 429), openapi_extra=_SESSION_BODY,
+              tags=["staff"])
+    async def sign_in(request: Request) -> Response:
+        """Sign in to the console: a session cookie, and the CSRF token its state changes carry."""
+        why = srv.same_origin(request)
+        if why is not None:
+            return _json(403, {"error": why})
+        if srv.staff is None:
+            return _json(400, {"error": "this gateway has no staff accounts (gateway.staff_users_file)"})
+        client = request.client.host if request.client else "-"
+        if srv.limiter.over(client):
+            srv.limiter.count_limited()
+            return _json(429, {"error": "too many refused requests; try again later"})
+        raw = await request.body()
+        try:
+            body = json.loads(raw[:MAX_BODY]) if raw.strip() else {}
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return _json(400, {"error": 'body must be {"token": …} or {"name": …, "password": …}'})
+        staff = srv.staff
+        token, name, password = body.get("token"), body.get("name"), body.get("password")
+        try:
+            if isinstance(token, str) and token:
+                user = await srv.run(staff.authenticate, token)
+            elif isinstance(name, str) and isinstance(password, str) and name and password:
+                user = await srv.run(staff.check_password, name, password)
+            else:
+                return _json(400, {"error": 'body must be {"token": …} or {"name": …, "password": …}'})
+        except StaffError as exc:
+            return _json(500, {"error": f"staff accounts file is invalid: {exc}"})
+        if user is None:
+            srv.limiter.hit(client)
+            await srv.audit(request, None, 401)
+            return _json(401, {"error": "unknown name, password or token"})
+        csrf = secrets.token_urlsafe(24)
+        resp = _json(200, {"name": user.name, "role": user.role, "team": user.team, "csrf": csrf})
+        resp.set_cookie(SESSION_COOKIE, srv.sessions.dumps({"n": user.name, "c": csrf}), max_age=SESSION_TTL_S,
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/")
+        await srv.audit(request, user, 200)
+        return resp
+
+    @app.delete("/session", response_model=Me, responses=_errors(*_GUARDED), tags=["staff"])
+    async def sign_out(request: Request) -> Response:
+        user = await srv.guarded(request, None)
+        if isinstance(user, Response):
+            return user
+        why = srv.csrf_refused(request)
+        if why is not None:
+            await srv.audit(request, user, 403)
+            return _json(403, {"error": why})
+        resp = _json(200, {"name": user.name, "role": user.role, "team": user.team, "csrf": None})
+        resp.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        await srv.audit(request, user, 200)
+        return resp
+
     @app.get("/me", response_model=Me, responses=_errors(*_GUARDED), tags=["staff"])
     async def me(request: Request) -> Response:
-        return await simple(request, None, lambda u: {"name": u.name, "role": u.role})
+        return await simple(request, None, lambda u: {"name": u.name, "role": u.role, "team": u.team,
+                                                     "csrf": getattr(request.state, "csrf", None)})
 
     @app.get("/metrics", response_class=Response, responses={200: _TEXT, **_errors(*_GUARDED)},
              tags=["operations"])
@@ -588,7 +696,7 @@ def build_app(srv: HttpServer) -> FastAPI:
 
     @app.get("/devices", response_model=list[dict[str, Any]], responses=_errors(*_GUARDED), tags=["devices"])
     async def devices(request: Request) -> Response:
-        return await simple(request, "devices:read", lambda u: api.devices())
+        return await simple(request, "devices:read", lambda u: srv.scoped(u, api.devices()))
 
     @app.get("/audit", response_model=list[dict[str, Any]], responses=_errors(*_GUARDED), tags=["admin"])
     async def audit(request: Request) -> Response:
@@ -602,6 +710,7 @@ def build_app(srv: HttpServer) -> FastAPI:
             rows = api.alerts(kind=kind, status=status, open_only=open in ("1", "true"))  # filtered in SQL
             if not user.may("alerts:read"):
                 rows = [a for a in rows if a["kind"] != "fall"]
+            rows = srv.scoped(user, rows)
             rows.sort(key=lambda a: (a["status"] != "raised", -int(a["raised_ms"])))
             return rows
         return await simple(request, "device_alerts:read", read)
@@ -609,7 +718,7 @@ def build_app(srv: HttpServer) -> FastAPI:
     @app.get("/planning", response_model=list[dict[str, Any]], responses=_errors(*_GUARDED), tags=["alerts"])
     async def planning(request: Request, since_ms: str | None = None) -> Response:
         since = int(since_ms) if since_ms and since_ms.isascii() and since_ms.isdigit() else 0
-        return await simple(request, "alerts:read", lambda u: api.planning(since))
+        return await simple(request, "alerts:read", lambda u: srv.scoped(u, api.planning(since)))
 
     @app.get("/alerts/{alert_id}", response_model=AlertHistory, responses=_errors(*_GUARDED, 404),
              tags=["alerts"])
@@ -618,6 +727,9 @@ def build_app(srv: HttpServer) -> FastAPI:
         if isinstance(user, Response):
             return user
         got = await srv.run(api.alert_history, alert_id)
+        if got and not await srv.run(srv.in_scope, user, got["site_id"]):
+            await srv.audit(request, user, 403)
+            return _json(403, {"error": "this alert belongs to another team's site"})
         await srv.audit(request, user, 200 if got else 404)
         return _json(200, got) if got else _json(404, {"error": "no such alert"})
 
@@ -636,6 +748,11 @@ def build_app(srv: HttpServer) -> FastAPI:
         actor = claimed if user.service else user.name
         if not actor:
             return _json(400, {"error": 'say who acts: {"by": "name"}'})
+        if user.team is not None:
+            current = await srv.run(api.alert_history, alert_id)
+            if current is not None and not await srv.run(srv.in_scope, user, current["site_id"]):
+                await srv.audit(request, user, 403)
+                return _json(403, {"error": "this alert belongs to another team's site"})
         try:
             alert = await srv.run(api.transition, alert_id, action, actor, time.time_ns() // 1_000_000,
                                   via="console" if action == "acknowledge" else None,

@@ -183,3 +183,88 @@ def test_carer_acknowledges_a_fall_in_the_browser(staffed_gateway: tuple[Gateway
         driver.quit()
     alert = gw.alerts()[0]
     assert alert["status"] == "acknowledged" and alert["acked_by"] == "Anna Carer"
+
+
+# ---------------------------------------------------------------- sign-in, teams and CSRF
+
+
+@pytest.fixture
+def teamed_gateway(mosquitto: Mosquitto, tmp_path: Path, unique_name: str) -> Iterator[tuple[Gateway, str, str]]:
+    """Two teams, each with its own site; Anna (north) signs in with a password, Olle (south)
+    with his token; the admin's token reads the audit log."""
+    north, south = f"n-{unique_name}"[:40], f"s-{unique_name}"[:40]
+    users = StaffDirectory(tmp_path / "staff.toml")
+    users.add("Anna Carer", "carer", team="north", password="correct horse battery")
+    olle = users.add("Olle Other", "carer", team="south")
+    admin = users.add("Ada Admin", "admin")
+    people = [{"id": pid, "name": pid, "contacts": [{"channel": "log"}]} for pid in ("anna", "olle")]
+    teams = [{"id": "north", "sites": [north], "shifts": [{"people": ["anna"]}], "quiet_hours": None},
+             {"id": "south", "sites": [south], "shifts": [{"people": ["olle"]}], "quiet_hours": None}]
+    cfg = t.make_cfg(mosquitto, None, tmp_path, unique_name, staff_users_file=str(tmp_path / "staff.toml"),
+                     paging={"people": people, "teams": teams})
+    gw = Gateway(cfg)
+    gw.start()
+    assert t.wait_until(lambda: gw.ready()[0])
+    yield gw, olle, admin
+    gw.stop()
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                    reason="needs Debian's chromium + chromium-driver (scripts/ensure-services.sh installs them)")
+def test_password_sign_in_team_scope_and_csrf(teamed_gateway: tuple[Gateway, str, str], mosquitto: Mosquitto,
+                                              tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    gw, olle, admin = teamed_gateway
+    north = gw.cfg.gateway.paging.teams[0].sites[0]
+    driver = _chrome(tmp_path)
+    try:
+        wait = WebDriverWait(driver, 15)
+        driver.get(f"{gw.http_url}/staff")
+        wait.until(ec.visibility_of_element_located((By.ID, "name"))).send_keys("Anna Carer")
+        driver.find_element(By.ID, "password").send_keys("not her password")
+        driver.find_element(By.ID, "signin").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "error"), "Wrong"))
+        driver.find_element(By.ID, "name").clear()
+        driver.find_element(By.ID, "name").send_keys("Anna Carer")
+        driver.find_element(By.ID, "password").send_keys("correct horse battery")
+        driver.find_element(By.ID, "signin").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "alerts"), "No open alerts"))
+        cookie = driver.get_cookie("fw_session")
+        assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert driver.execute_script("return document.cookie") == ""  # the page cannot read it
+        _publish_fall(mosquitto, north, gw)  # pushed to the open page
+        card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".card.raised")))
+        assert "r07" in card.text
+        aid = gw.alerts()[0]["alert_id"]
+        # a state change riding on the cookie without the CSRF token is refused
+        status = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch(arguments[0], {method: 'POST', headers: {'Content-Type': 'application/json'}, body: '{}'})"
+            ".then(r => done(r.status));", f"/alerts/{aid}/ack")
+        assert status == 403 and gw.alerts()[0]["status"] == "raised"
+        card.find_element(By.CSS_SELECTOR, "button.ack").click()
+        card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".card.acknowledged")))
+        Select(card.find_element(By.CSS_SELECTOR, "select.outcome")).select_by_value("false_alarm")
+        card.find_element(By.CSS_SELECTOR, "button.clear").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "alerts"), "No open alerts"))
+    finally:
+        driver.quit()
+    alert = gw.alerts()[0]
+    assert (alert["status"], alert["acked_by"], alert["outcome"]) == ("cleared", "Anna Carer", "false_alarm")
+    # the carer of the other team: not in her list, 403 for the alert itself and for acting on it
+    code, seen = _api(gw, "/alerts", olle)
+    assert code == 200 and seen == []
+    assert _api(gw, f"/alerts/{aid}", olle)[0] == 403
+    assert _api(gw, f"/alerts/{aid}/ack", olle, {})[0] == 403
+    code, audit = _api(gw, "/audit", admin)
+    assert code == 200
+    steps = {(e["actor"], e["method"], e["path"], e["status"]) for e in audit}
+    for step in (("-", "POST", "/session", 401), ("Anna Carer", "POST", "/session", 200),
+                 ("Anna Carer", "GET", "/events", 200), ("Anna Carer", "POST", f"/alerts/{aid}/ack", 403),
+                 ("Anna Carer", "POST", f"/alerts/{aid}/ack", 200),
+                 ("Anna Carer", "POST", f"/alerts/{aid}/resolve", 200),
+                 ("Olle Other", "GET", f"/alerts/{aid}", 403), ("Olle Other", "POST", f"/alerts/{aid}/ack", 403)):
+        assert step in steps, step

@@ -177,6 +177,9 @@ class _StubReader:
     def access_log(self) -> list[dict[str, Any]]:
         return []
 
+    def team_of_site(self, site_id: str) -> str | None:
+        return None
+
     def release_thread(self) -> None:
         """Nothing held per thread."""
 
