@@ -86,6 +86,10 @@ class GatewayReader(Protocol):
         a member of staff with a team sees only that team's sites."""
         ...
 
+    def site_timezone(self, site_id: str) -> str:
+        """The time zone of the team answering for a site (times are shown as its clock reads)."""
+        ...
+
     def release_thread(self) -> None:
         """Free what the calling (request) thread holds, e.g. its state-DB connection."""
         ...
@@ -104,6 +108,7 @@ class GatewayApi:
         self._metrics = metrics
         self._stats = stats
         self._ready = ready
+        self._default_tz = "Europe/Stockholm"  # a site no team answers for (config Team.timezone's default)
 
     def dead_workers(self) -> list[str]:
         return self._workers.dead()
@@ -168,6 +173,10 @@ class GatewayApi:
     def team_of_site(self, site_id: str) -> str | None:
         team = self._pager.roster.team_for(site_id) if self._pager is not None else None
         return team.id if team is not None else None
+
+    def site_timezone(self, site_id: str) -> str:
+        team = self._pager.roster.team_for(site_id) if self._pager is not None else None
+        return team.timezone if team is not None else self._default_tz
 
     def release_thread(self) -> None:
         self._state.release_thread()

@@ -93,6 +93,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fallwatch.gateway.api import GatewayReader
+from fallwatch.gateway.channels._common import _KIND as KIND_NAMES
+from fallwatch.gateway.channels._common import _OUTCOME as OUTCOME_NAMES
+from fallwatch.gateway.channels._common import REASONS
+from fallwatch.gateway.i18n import LOCALES, N_, gettext_for
 from fallwatch.gateway.staff import StaffDirectory, StaffError, StaffUser
 from fallwatch.gateway.state import OUTCOMES, StateError
 
@@ -297,6 +301,52 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 _GUARDED = (401, 403, 429, 500)
 
 
+#: the console's own texts (gateway/static/staff.html: ``{{…}}`` in its HTML, ``t("…")`` in its
+#: script), translated from gateway/locale/<lang>.po like every other staff-facing text
+CONSOLE_MESSAGES = [
+    N_("Alerts"), N_("Language"), N_("Name"), N_("Password"), N_("or personal access token"), N_("Sign in"),
+    N_("Acknowledge"), N_("No open alerts."), N_("Note"), N_("Outcome"), N_("Please sign in again."),
+    N_("Resolve"), N_("Why:"), N_("Wrong name, password or token."), N_("acknowledged by {name}"),
+    N_("how sure"), N_("live"), N_("reconnecting…"), N_("room unknown"), N_("{n} min ago"), N_("{n} s ago"),
+]
+_STATUS = {"raised": N_("open"), "acknowledged": N_("acknowledged"), "cleared": N_("resolved")}
+_ROLES = {"carer": N_("carer"), "technician": N_("technician"), "admin": N_("administrator")}
+
+
+def console_texts(lang: str) -> dict[str, dict[str, str]]:
+    """Everything the console's script shows, in one language."""
+    _ = gettext_for(lang)
+    return {"messages": {m: _(m) for m in CONSOLE_MESSAGES}, "kinds": {k: _(v) for k, v in KIND_NAMES.items()},
+            "reasons": {k: _(v) for k, v in REASONS.items()}, "outcomes": {k: _(v) for k, v in OUTCOME_NAMES.items()},
+            "status": {k: _(v) for k, v in _STATUS.items()}, "roles": {k: _(v) for k, v in _ROLES.items()}}
+
+
+def render_page(template: str, lang: str) -> str:
+    """The staff page in ``lang``: its marked texts translated, the script's table filled in."""
+    _ = gettext_for(lang)
+    page = re.sub(r"\{\{(.+?)\}\}", lambda m: lang if m.group(1) == "lang" else html.escape(_(m.group(1))), template)
+    return page.replace("/*I18N*/{}", json.dumps(console_texts(lang), ensure_ascii=False).replace("</", "<\\/"))
+
+
+def choose_lang(request: Request, default: str = "sv") -> str:
+    """The person's own setting (``?lang=``, the ``fw_lang`` cookie), else the browser's
+    Accept-Language, else the gateway's default (Swedish)."""
+    for choice in (request.query_params.get("lang"), request.cookies.get("fw_lang")):
+        if choice in LOCALES:
+            return str(choice)
+    ranked: list[tuple[float, str]] = []
+    for part in request.headers.get("accept-language", "").split(","):
+        tag, _, q = part.strip().partition(";q=")
+        try:
+            ranked.append((float(q) if q else 1.0, tag.split("-")[0].strip().lower()))
+        except ValueError:
+            continue
+    for _q, tag in sorted(ranked, key=lambda x: -x[0]):
+        if tag in LOCALES:
+            return tag
+    return default
+
+
 class HttpServer:
     """The endpoints above, served from a :class:`GatewayReader` (never the gateway object)."""
 
@@ -310,12 +360,16 @@ class HttpServer:
                 f"gateway.http_host {host!r} is not a loopback address: without staff accounts "
                 "(gateway.staff_users_file) or FALLWATCH_GATEWAY_API_TOKEN the gateway is an open "
                 "development gateway and only binds 127.0.0.1 / ::1")
-        page = _STAFF_PAGE.read_text()
-        self.page = page.encode()
-        self.page_csp = (f"default-src 'none'; script-src {_csp_hash(page, 'script')}; "
-                         f"style-src {_csp_hash(page, 'style')}; connect-src 'self'; img-src 'self'; "
-                         "manifest-src 'self'; worker-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
-                         "form-action 'none'")
+        template = _STAFF_PAGE.read_text()
+        #: language -> (the page, its CSP allowing exactly its inline script and style)
+        self.pages: dict[str, tuple[bytes, str]] = {}
+        for lang in LOCALES:
+            page = render_page(template, lang)
+            self.pages[lang] = (page.encode(), (
+                f"default-src 'none'; script-src {_csp_hash(page, 'script')}; "
+                f"style-src {_csp_hash(page, 'style')}; connect-src 'self'; img-src 'self'; "
+                "manifest-src 'self'; worker-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                "form-action 'none'"))
         self.closing = threading.Event()
         self.limiter = _RateLimit(UNAUTH_PER_MINUTE)
         # several gateway processes share FALLWATCH_SESSION_SECRET so a session works on each
@@ -445,9 +499,14 @@ class HttpServer:
         return user.team is None or self.api.team_of_site(str(site_id)) == user.team
 
     def scoped(self, user: StaffUser, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if user.team is None:
-            return rows
-        return [r for r in rows if "site_id" not in r or self.in_scope(user, r["site_id"])]
+        """The rows of the person's team's sites, each with its site's time zone (the console
+        shows times as the site's clock reads them)."""
+        if user.team is not None:
+            rows = [r for r in rows if "site_id" not in r or self.in_scope(user, r["site_id"])]
+        for r in rows:
+            if "site_id" in r:
+                r["timezone"] = self.api.site_timezone(str(r["site_id"]))
+        return rows
 
     async def audit(self, request: Request, user: StaffUser | None, status: int, path: str | None = None) -> None:
         client = request.client.host if request.client else "-"
@@ -586,9 +645,12 @@ def build_app(srv: HttpServer) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     @app.get("/staff", response_class=Response, responses={200: _HTML}, tags=["console"])
-    async def staff_page() -> Response:
-        return Response(srv.page, media_type="text/html; charset=utf-8",
-                        headers={"Content-Security-Policy": srv.page_csp})
+    async def staff_page(request: Request, lang: str | None = None) -> Response:
+        """The console, in the person's language (``lang``, their setting, the browser's; Swedish)."""
+        page, csp = srv.pages[choose_lang(request)]
+        return Response(page, media_type="text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": csp, "Content-Language": choose_lang(request),
+                                 "Vary": "Accept-Language, Cookie"})
 
     @app.get("/manifest.webmanifest", response_class=Response, tags=["console"],
              responses={200: {"content": {"application/manifest+json": {"schema": {"type": "object"}}}}})

@@ -82,7 +82,7 @@ def test_roles_and_audit_over_http(staffed_gateway: tuple[Gateway, dict[str, str
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                     reason="needs Debian's chromium + chromium-driver (scripts/ensure-services.sh installs them)")
-def _chrome(tmp_path: Path) -> Any:
+def _chrome(tmp_path: Path, lang: str = "en-US,en") -> Any:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -90,8 +90,9 @@ def _chrome(tmp_path: Path) -> Any:
     opts.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}"):
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}", f"--lang={lang}"):
         opts.add_argument(flag)
+    opts.add_experimental_option("prefs", {"intl.accept_languages": lang})
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
 
 
@@ -268,3 +269,44 @@ def test_password_sign_in_team_scope_and_csrf(teamed_gateway: tuple[Gateway, str
                  ("Anna Carer", "POST", f"/alerts/{aid}/resolve", 200),
                  ("Olle Other", "GET", f"/alerts/{aid}", 403), ("Olle Other", "POST", f"/alerts/{aid}/ack", 403)):
         assert step in steps, step
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                    reason="needs Debian's chromium + chromium-driver (scripts/ensure-services.sh installs them)")
+def test_the_swedish_console_shows_no_english(teamed_gateway: tuple[Gateway, str, str], mosquitto: Mosquitto,
+                                              tmp_path: Path) -> None:
+    """The browser asks for Swedish; with a fall on screen, no English staff-facing text shows
+    (every catalog message whose Swedish differs is looked for in the page's visible text)."""
+    from babel.messages.pofile import read_po
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    gw, _, _ = teamed_gateway
+    north = gw.cfg.gateway.paging.teams[0].sites[0]
+    with (Path(__file__).resolve().parents[2] / "gateway/locale/sv.po").open("rb") as f:
+        catalog = {str(m.id): str(m.string) for m in read_po(f) if m.id}
+    driver = _chrome(tmp_path, lang="sv-SE,sv;q=0.9,en;q=0.5")
+    try:
+        wait = WebDriverWait(driver, 15)
+        driver.get(f"{gw.http_url}/staff")
+        assert driver.execute_script("return document.documentElement.lang") == "sv"
+        wait.until(ec.visibility_of_element_located((By.ID, "name"))).send_keys("Anna Carer")
+        driver.find_element(By.ID, "password").send_keys("correct horse battery")
+        driver.find_element(By.ID, "signin").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "alerts"), "Inga öppna larm"))
+        _publish_fall(mosquitto, north, gw)
+        card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".card.raised")))
+        text = driver.find_element(By.TAG_NAME, "body").text
+        options = " ".join(o.text for o in card.find_elements(By.CSS_SELECTOR, "option"))
+        placeholders = " ".join(f"{e.get_attribute('placeholder') or ''} {e.get_attribute('aria-label') or ''}"
+                                for e in driver.find_elements(By.CSS_SELECTOR, "input, select"))
+        shown = f"{text}\n{options}\n{placeholders}"
+        english = [m for m, sv in catalog.items()
+                   if sv != m and len(m.split("{")[0].strip(" :–,.…")) > 3 and m.split("{")[0].strip(" :–,.…") in shown]
+        assert english == [], (english, shown)
+        assert "Kvittera" in text and "Varför:" in text and "en kraftig stöt" in text  # reasons in plain words
+        assert "CET" in text or "CEST" in text or "GMT+1" in text  # the site's clock (Europe/Stockholm)
+        assert "vårdpersonal" in driver.find_element(By.ID, "who").text
+    finally:
+        driver.quit()

@@ -180,6 +180,9 @@ class _StubReader:
     def team_of_site(self, site_id: str) -> str | None:
         return None
 
+    def site_timezone(self, site_id: str) -> str:
+        return "Europe/Stockholm"
+
     def release_thread(self) -> None:
         """Nothing held per thread."""
 
