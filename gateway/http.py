@@ -249,6 +249,9 @@ class Alert(BaseModel):
     confidence: float | None = None
     acked_by: str | None = None
     cleared_by: str | None = None
+    resident_name: str | None = Field(None, description="from the resident registry, when it knows them")
+    flat: str | None = None
+    timezone: str | None = Field(None, description="the site's time zone (the team's)")
 
 
 class AlertHistory(Alert):
@@ -506,6 +509,9 @@ class HttpServer:
         for r in rows:
             if "site_id" in r:
                 r["timezone"] = self.api.site_timezone(str(r["site_id"]))
+                if r.get("resident_id"):
+                    who = self.api.resident(str(r["site_id"]), str(r["resident_id"])) or {}
+                    r["resident_name"], r["flat"] = who.get("name"), who.get("flat")
         return rows
 
     async def audit(self, request: Request, user: StaffUser | None, status: int, path: str | None = None) -> None:
