@@ -82,6 +82,28 @@ def test_roles_and_audit_over_http(staffed_gateway: tuple[Gateway, dict[str, str
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                     reason="needs Debian's chromium + chromium-driver (scripts/ensure-services.sh installs them)")
+def _resolve(driver: Any, wait: Any, outcome: str, note: str) -> None:
+    """Resolve the acknowledged card with an outcome and a note, as a carer would: a card the
+    event stream replaces meanwhile is found again (the page keeps what was typed)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select
+
+    for attempt in range(3):
+        try:
+            card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".card.acknowledged")))
+            Select(card.find_element(By.CSS_SELECTOR, "select.outcome")).select_by_value(outcome)
+            field = card.find_element(By.CSS_SELECTOR, "input.note")
+            field.clear()
+            field.send_keys(note)
+            card.find_element(By.CSS_SELECTOR, "button.clear").click()
+            return
+        except StaleElementReferenceException:
+            if attempt == 2:
+                raise
+
+
 def _chrome(tmp_path: Path, lang: str = "en-US,en") -> Any:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -107,7 +129,7 @@ def test_a_fall_is_pushed_to_an_open_console_and_resolved_with_an_outcome(
 
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import WebDriverWait
 
     gw, tokens = staffed_gateway
     driver = _chrome(tmp_path)
@@ -133,10 +155,7 @@ def test_a_fall_is_pushed_to_an_open_console_and_resolved_with_an_outcome(
         aid = gw.alerts()[0]["alert_id"]
         assert driver.execute_script("return window.fallwatchAlerted") == [aid]  # rang once for the new fall
         card.find_element(By.CSS_SELECTOR, "button.ack").click()
-        card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".card.acknowledged")))
-        Select(card.find_element(By.CSS_SELECTOR, "select.outcome")).select_by_value("no_injury")
-        card.find_element(By.CSS_SELECTOR, "input.note").send_keys("found sitting, unhurt")
-        card.find_element(By.CSS_SELECTOR, "button.clear").click()
+        _resolve(driver, wait, "no_injury", "found sitting, unhurt")
         wait.until(ec.text_to_be_present_in_element((By.ID, "alerts"), "No open alerts"))
     finally:
         driver.quit()
@@ -216,7 +235,7 @@ def test_password_sign_in_team_scope_and_csrf(teamed_gateway: tuple[Gateway, str
                                               tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import WebDriverWait
 
     gw, olle, admin = teamed_gateway
     north = gw.cfg.gateway.paging.teams[0].sites[0]
@@ -247,9 +266,7 @@ def test_password_sign_in_team_scope_and_csrf(teamed_gateway: tuple[Gateway, str
             ".then(r => done(r.status));", f"/alerts/{aid}/ack")
         assert status == 403 and gw.alerts()[0]["status"] == "raised"
         card.find_element(By.CSS_SELECTOR, "button.ack").click()
-        card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".card.acknowledged")))
-        Select(card.find_element(By.CSS_SELECTOR, "select.outcome")).select_by_value("false_alarm")
-        card.find_element(By.CSS_SELECTOR, "button.clear").click()
+        _resolve(driver, wait, "false_alarm", "")
         wait.until(ec.text_to_be_present_in_element((By.ID, "alerts"), "No open alerts"))
     finally:
         driver.quit()
