@@ -325,5 +325,10 @@ def test_the_swedish_console_shows_no_english(teamed_gateway: tuple[Gateway, str
         assert "Kvittera" in text and "Varför:" in text and "en kraftig stöt" in text  # reasons in plain words
         assert "CET" in text or "CEST" in text or "GMT+1" in text  # the site's clock (Europe/Stockholm)
         assert "vårdpersonal" in driver.find_element(By.ID, "who").text
+        shots = os.environ.get("FALLWATCH_SCREENSHOT_DIR")  # docs/screenshots: the README's pictures
+        if shots:
+            for size, (width, height) in {"phone": (390, 844), "desktop": (1280, 720)}.items():
+                driver.set_window_size(width, height)
+                driver.save_screenshot(str(Path(shots) / f"console-inbox-sv-{size}.png"))
     finally:
         driver.quit()
