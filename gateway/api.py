@@ -18,6 +18,14 @@ from fallwatch.gateway.state import StateStore
 from fallwatch.gateway.workers import Workers
 
 Row = dict[str, Any]
+#: (site_id, resident_id) -> {"name": …, "flat": …} or None: how the console names a resident.
+#: The provisioning registry (gateway/registry.py, when merged) plugs its lookup in here.
+ResidentLookup = Callable[[str, str], "dict[str, str] | None"]
+
+
+def no_registry(site_id: str, resident_id: str) -> dict[str, str] | None:
+    """Without a resident registry the console can only show the id the hub sent."""
+    return None
 
 
 class GatewayReader(Protocol):
@@ -81,6 +89,20 @@ class GatewayReader(Protocol):
         """The access audit log, newest first (``/audit``)."""
         ...
 
+    def team_of_site(self, site_id: str) -> str | None:
+        """The id of the ``[[gateway.paging.teams]]`` team answering for a site (None: no team):
+        a member of staff with a team sees only that team's sites."""
+        ...
+
+    def site_timezone(self, site_id: str) -> str:
+        """The time zone of the team answering for a site (times are shown as its clock reads)."""
+        ...
+
+    def resident(self, site_id: str, resident_id: str) -> dict[str, str] | None:
+        """The resident's display name and flat from the registry (None: not registered), so
+        staff read a name, never a bare id like ``r07``."""
+        ...
+
     def release_thread(self) -> None:
         """Free what the calling (request) thread holds, e.g. its state-DB connection."""
         ...
@@ -91,7 +113,7 @@ class GatewayApi:
 
     def __init__(self, state: StateStore, workers: Workers, metrics: Metrics, notifier: Notifier,
                  stats: Callable[[], dict[str, Any]], ready: Callable[[], tuple[bool, str]],
-                 pager: Pager | None = None) -> None:
+                 pager: Pager | None = None, residents: ResidentLookup = no_registry) -> None:
         self._state = state
         self._pager = pager
         self._notifier = notifier
@@ -99,6 +121,8 @@ class GatewayApi:
         self._metrics = metrics
         self._stats = stats
         self._ready = ready
+        self._residents = residents
+        self._default_tz = "Europe/Stockholm"  # a site no team answers for (config Team.timezone's default)
 
     def dead_workers(self) -> list[str]:
         return self._workers.dead()
@@ -159,6 +183,17 @@ class GatewayApi:
 
     def access_log(self) -> list[Row]:
         return self._state.access_log()
+
+    def team_of_site(self, site_id: str) -> str | None:
+        team = self._pager.roster.team_for(site_id) if self._pager is not None else None
+        return team.id if team is not None else None
+
+    def site_timezone(self, site_id: str) -> str:
+        team = self._pager.roster.team_for(site_id) if self._pager is not None else None
+        return team.timezone if team is not None else self._default_tz
+
+    def resident(self, site_id: str, resident_id: str) -> dict[str, str] | None:
+        return self._residents(site_id, resident_id)
 
     def release_thread(self) -> None:
         self._state.release_thread()

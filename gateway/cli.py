@@ -94,6 +94,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sa.add_argument("--role", required=True, choices=("carer", "technician", "admin"))
     sa.add_argument("--config", type=Path, help="TOML config whose gateway.staff_users_file is used")
     sa.add_argument("--file", type=Path, help="accounts file (overrides the config)")
+    sa.add_argument("--team", help="the [[gateway.paging.teams]] id whose sites they see (default: every site)")
+    sa.add_argument("--password", action="store_true",
+                    help="also set a console password (asked for, or read from standard input; never an argument)")
     sa.set_defaults(func=_staff_add)
     sl = ssub.add_parser("list", help="list accounts (names and roles)")
     sl.add_argument("--config", type=Path)
@@ -204,8 +207,16 @@ def _staff_dir(args: argparse.Namespace) -> Any:
 def _staff_add(args: argparse.Namespace) -> int:
     from fallwatch.gateway.staff import StaffError
 
+    password = None
+    if getattr(args, "password", False):
+        import getpass
+
+        password = getpass.getpass("console password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+        if len(password) < 10:
+            print("error: a console password needs at least 10 characters", file=sys.stderr)
+            return 2
     try:
-        token = _staff_dir(args).add(args.name, args.role)
+        token = _staff_dir(args).add(args.name, args.role, team=getattr(args, "team", None), password=password)
     except StaffError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -146,7 +146,8 @@ class _StubReader:
 
     def alerts(self, kind: str | None = None, status: str | None = None,
                open_only: bool = False) -> list[dict[str, Any]]:
-        return [{"alert_id": "fall:s:d:e", "kind": "fall", "status": "raised", "raised_ms": 5},
+        return [{"alert_id": "fall:s:d:e", "kind": "fall", "status": "raised", "raised_ms": 5, "site_id": "s",
+                 "resident_id": "r07"},
                 {"alert_id": "device_offline:s:d:1", "kind": "device_offline", "status": "raised", "raised_ms": 6}]
 
     def devices(self) -> list[dict[str, Any]]:
@@ -177,6 +178,15 @@ class _StubReader:
     def access_log(self) -> list[dict[str, Any]]:
         return []
 
+    def team_of_site(self, site_id: str) -> str | None:
+        return None
+
+    def site_timezone(self, site_id: str) -> str:
+        return "Europe/Stockholm"
+
+    def resident(self, site_id: str, resident_id: str) -> dict[str, str] | None:
+        return {"name": "Greta Lind", "flat": "lgh 1102"} if (site_id, resident_id) == ("s", "r07") else None
+
     def release_thread(self) -> None:
         """Nothing held per thread."""
 
@@ -198,6 +208,8 @@ def test_http_is_served_from_the_reader_interface_alone() -> None:
         assert get("/stats") == (200, {"received": 7})
         status, alerts = get("/alerts")
         assert status == 200 and [a["alert_id"] for a in alerts] == ["device_offline:s:d:1", "fall:s:d:e"]
+        # the resident is named from the registry lookup behind the reader, never shown as a bare id
+        assert (alerts[1]["resident_name"], alerts[1]["flat"]) == ("Greta Lind", "lgh 1102")
         req = urllib.request.Request(f"{srv.url}/alerts/nope/ack", data=b'{"by": "ann"}', method="POST",
                                      headers={"Content-Type": "application/json"})  # JSON only (issue 11)
         with pytest.raises(urllib.error.HTTPError) as exc:

@@ -13,7 +13,7 @@ from fallwatch.gateway.channels._common import body, subject
 
 ROOT = Path(__file__).resolve().parents[2]
 #: every module with staff-facing text marked with _() / N_()
-SOURCES = ["gateway/channels/_common.py", "gateway/paging/pager.py"]
+SOURCES = ["gateway/channels/_common.py", "gateway/paging/pager.py", "gateway/http.py"]
 
 
 def marked() -> list[str]:
@@ -58,3 +58,18 @@ def test_english_stays_available() -> None:
                    detail="silent for 200 s")
     assert body(e, "en").startswith("Device offline alert, raised.")
     assert body(e, "sv").startswith("Larm: Enhet ur drift, utlöst.")
+
+
+def test_every_console_text_is_in_the_catalog() -> None:
+    """The console's page marks its texts ({{…}} in HTML, t("…") in script): each one is a
+    catalog message, and the Swedish page is rendered without a marker left over."""
+    import re
+
+    from fallwatch.gateway.http import CONSOLE_MESSAGES, render_page
+
+    page = (ROOT / "gateway/static/staff.html").read_text()
+    used = set(re.findall(r"\{\{(.+?)\}\}", page)) - {"lang"} | set(re.findall(r'\bt\("(.+?)"\)', page))
+    assert used and used <= set(CONSOLE_MESSAGES), used - set(CONSOLE_MESSAGES)
+    sv = render_page(page, "sv")
+    assert "{{" not in sv and "/*I18N*/{}" not in sv and '<html lang="sv">' in sv
+    assert "Logga in" in sv and ">Sign in<" not in sv
