@@ -151,7 +151,7 @@ class Gateway:
 
     def init_api(self) -> None:
         self.api = GatewayApi(self.state, self.workers, self.metrics, self.notifier, self.stats, self.ready,
-                              self.pager)
+                              self.pager, residents=self._resident_label)
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
@@ -314,6 +314,14 @@ class Gateway:
         for key in self.certs_expiring - now_set:
             self.resolve_device_alert("cert_expiring", *key, "certificate renewed or device retired")
         self.certs_expiring = now_set
+
+    def _resident_label(self, site_id: str, resident_id: str) -> dict[str, str] | None:
+        """A resident's name and flat from the provisioning registry, for the console (which
+        shows alerts only to the roles allowed to see residents)."""
+        row = self.pager.resident(site_id, resident_id)
+        if row is None:
+            return None
+        return {k: str(row[k]) for k in ("name", "flat") if row.get(k)}
 
     def raise_device_alert(self, kind: str, site_id: str, device_id: str, why: str) -> None:
         """Open an alert of ``kind`` for a device (or a gateway part) unless one is open, and tell staff."""
