@@ -68,6 +68,9 @@ class Harness:
         self.samples: dict[str, list[tuple[float, dict[str, float]]]] = {}
         self.flood_sent = 0
         self.netns_ok = False
+        # per run, so two runs on one machine (two checkouts' test commands) never share a namespace
+        octet = 1 + os.getpid() % 250
+        self.ns_name, self.host_ip, self.ns_ip = f"fwc{os.getpid() % 10**6}", f"10.231.{octet}.1", f"10.231.{octet}.2"
         self.down: set[str] = set()  # processes the schedule has stopped on purpose
         self.crashed: dict[str, float] = {}  # processes that died by themselves, with when
 
@@ -83,9 +86,9 @@ class Harness:
         self.netns_ok = any(f.name == "network_cut" for f in sc.faults) and _netns_available()
         devices = [(f"chaos-{i:02d}", f"hub-chaos-{i:02d}") for i in range(1, sc.hubs + 1)]
         gws = ["gw-a", "gw-b"][: sc.replicas]
-        listeners = ["10.231.0.1"] if self.netns_ok else []
+        listeners = [self.host_ip] if self.netns_ok else []
         if self.netns_ok:
-            _netns_setup("fwchaos", "10.231.0.1", "10.231.0.2")
+            _netns_setup(self.ns_name, self.host_ip, self.ns_ip)
         self.broker = Broker(d / "broker", [*devices, ROGUE], gws, extra_listeners=listeners)
         self.broker.start()
         self.influx = InfluxDB1(workdir=d / "influx")
@@ -137,8 +140,8 @@ class Harness:
         for i, (site, hub) in enumerate(devices, start=1):
             hdir = d / hub
             hdir.mkdir(exist_ok=True)
-            netns = "fwchaos" if self.netns_ok and self._cut_target() == i else None
-            mqtt_host = "10.231.0.1" if netns else "127.0.0.1"
+            netns = self.ns_name if self.netns_ok and self._cut_target() == i else None
+            mqtt_host = self.host_ip if netns else "127.0.0.1"
             env = dict(os.environ, FALLWATCH_MQTT_PASSWORD=self.broker.creds[hub])
             proc = Proc(hub, python_argv("fallwatch.app.chaos.hub", "--config", str(hdir / "hub.toml"),
                                          "--journal", str(hdir / "journal.jsonl")), env, hdir / "hub.log",
@@ -343,7 +346,7 @@ class Harness:
         time.sleep(f.duration_s)
         offset = time.time() - self.t0
         rec["killed_hub"] = h.hub_id
-        self._write_hub_config(h, f"mqtt://{'10.231.0.1' if h.netns else '127.0.0.1'}:{self.broker.port}",
+        self._write_hub_config(h, f"mqtt://{self.host_ip if h.netns else '127.0.0.1'}:{self.broker.port}",
                                offset_s=offset)
         h.proc.start()
         self.down.discard(h.hub_id)
@@ -353,9 +356,9 @@ class Harness:
         if h.netns is None:
             raise RuntimeError("no network namespace (needs root and ip netns): fault not applied")
         rec["hub"] = h.hub_id
-        _run(["ip", "link", "set", "fwchaos-h", "down"])
+        _run(["ip", "link", "set", f"{self.ns_name}-h", "down"])
         time.sleep(f.duration_s)
-        _run(["ip", "link", "set", "fwchaos-h", "up"])
+        _run(["ip", "link", "set", f"{self.ns_name}-h", "up"])
 
     def _small_disk(self, path: Path) -> None:
         """A 16 MB tmpfs for a replica's spool (root only): a disk that can really fill up."""
@@ -471,7 +474,7 @@ class Harness:
         self.smtpd.stop()
         self.carer.close()
         if self.netns_ok:
-            _netns_teardown("fwchaos")
+            _netns_teardown(self.ns_name)
         for m in self.spool_mounts:
             subprocess.run(["umount", "-l", str(m)], capture_output=True)
         if self.state_db.startswith("postgresql://"):
