@@ -126,8 +126,9 @@ class Harness:
             (gdir / "gateway.toml").write_text(to_toml(gcfg))
             env = dict(os.environ, FALLWATCH_MQTT_PASSWORD=self.broker.creds[gw],
                        FALLWATCH_MQTT_ALERT_PASSWORD=self.broker.creds[f"{gw}-alerts"])
-            self.gateways[gw] = Proc(gw, fallwatch_argv("gateway", "run", "--config", str(gdir / "gateway.toml")),
-                                     env, gdir / "gateway.log")
+            # each replica is one process: the broker config has one user per replica, not per worker
+            argv = fallwatch_argv("gateway", "run", "--config", str(gdir / "gateway.toml"), "--workers", "1")
+            self.gateways[gw] = Proc(gw, argv, env, gdir / "gateway.log")
         self.carer.gateway_urls = list(self.gw_http.values())
         for p in self.gateways.values():
             p.start()
