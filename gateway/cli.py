@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fallwatch.config import ConfigError, FallwatchConfig, load_config
+from fallwatch.gateway.staff import ROLES
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -91,7 +92,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ssub = st.add_subparsers(dest="staff_command", required=True)
     sa = ssub.add_parser("add", help="create an account; its token is printed once and stored only as a hash")
     sa.add_argument("name")
-    sa.add_argument("--role", required=True, choices=("carer", "technician", "admin"))
+    sa.add_argument("--role", required=True, choices=ROLES)
     sa.add_argument("--config", type=Path, help="TOML config whose gateway.staff_users_file is used")
     sa.add_argument("--file", type=Path, help="accounts file (overrides the config)")
     sa.add_argument("--team", help="the [[gateway.paging.teams]] id whose sites they see (default: every site)")

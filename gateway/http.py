@@ -313,7 +313,7 @@ CONSOLE_MESSAGES = [
     N_("how sure"), N_("live"), N_("reconnecting…"), N_("room unknown"), N_("{n} min ago"), N_("{n} s ago"),
 ]
 _STATUS = {"raised": N_("open"), "acknowledged": N_("acknowledged"), "cleared": N_("resolved")}
-_ROLES = {"carer": N_("carer"), "technician": N_("technician"), "admin": N_("administrator")}
+_ROLES = {"carer": N_("carer"), "lead": N_("team lead"), "technician": N_("technician"), "admin": N_("administrator")}
 
 
 def console_texts(lang: str) -> dict[str, dict[str, str]]:

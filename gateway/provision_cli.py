@@ -240,7 +240,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 #: technicians' (and admins'); residents' personal data is read by carers and admins, written
 #: by admins (the team lead's account)
 TECH = frozenset({"technician", "admin"})
-READ_PERSONAL = frozenset({"carer", "admin"})
+READ_PERSONAL = frozenset({"carer", "lead", "admin"})
 ADMIN = frozenset({"admin"})
 _NEEDS: dict[str, frozenset[str]] = {"_r_add": ADMIN, "_r_move": ADMIN, "_r_remove": ADMIN,
                                      "_r_list": TECH | READ_PERSONAL}

@@ -15,6 +15,8 @@ Roles (least privilege):
 =============  ==============================================================
 ``carer``      sees open and recent alerts with resident and room, acknowledges
                and resolves them
+``lead``       a team lead: everything a carer may, plus the team's planning view
+               ("who to visit today") and the residents' risk pages with actions taken
 ``technician`` sees the device registry and device alerts (offline, test overdue)
                but not fall alerts or residents
 ``admin``      everything, including the audit log
@@ -32,13 +34,15 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-ROLES = ("carer", "technician", "admin")
+ROLES = ("carer", "lead", "technician", "admin")
 
 #: permission -> roles that hold it
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "alerts:read": frozenset({"carer", "admin"}),
-    "alerts:act": frozenset({"carer", "admin"}),
-    "device_alerts:read": frozenset({"carer", "technician", "admin"}),
+    "alerts:read": frozenset({"carer", "lead", "admin"}),
+    "alerts:act": frozenset({"carer", "lead", "admin"}),
+    "residents:read": frozenset({"carer", "lead", "admin"}),
+    "planning:read": frozenset({"lead", "admin"}),
+    "device_alerts:read": frozenset({"carer", "lead", "technician", "admin"}),
     "devices:read": frozenset({"technician", "admin"}),
     "audit:read": frozenset({"admin"}),
     "metrics:read": frozenset({"technician", "admin"}),
