@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from fallwatch.gateway.channels import Action, AlertEvent, Notifier
 from fallwatch.gateway.metrics import Metrics
 from fallwatch.gateway.paging import AckResult, Pager
+from fallwatch.gateway.privacy import Privacy
 from fallwatch.gateway.state import StateStore
 from fallwatch.gateway.workers import Workers
 
@@ -113,7 +114,8 @@ class GatewayApi:
 
     def __init__(self, state: StateStore, workers: Workers, metrics: Metrics, notifier: Notifier,
                  stats: Callable[[], dict[str, Any]], ready: Callable[[], tuple[bool, str]],
-                 pager: Pager | None = None, residents: ResidentLookup = no_registry) -> None:
+                 pager: Pager | None = None, residents: ResidentLookup = no_registry,
+                 privacy: Privacy | None = None) -> None:
         self._state = state
         self._pager = pager
         self._notifier = notifier
@@ -122,6 +124,7 @@ class GatewayApi:
         self._stats = stats
         self._ready = ready
         self._residents = residents
+        self._privacy = privacy
         self._default_tz = "Europe/Stockholm"  # a site no team answers for (config Team.timezone's default)
 
     def dead_workers(self) -> list[str]:
@@ -197,3 +200,7 @@ class GatewayApi:
 
     def release_thread(self) -> None:
         self._state.release_thread()
+
+    def privacy_service(self) -> Privacy | None:
+        """Export, erasure and the audit logs for an admin (gateway/privacy_routes.py)."""
+        return self._privacy

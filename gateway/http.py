@@ -517,8 +517,11 @@ class HttpServer:
     async def audit(self, request: Request, user: StaffUser | None, status: int, path: str | None = None) -> None:
         client = request.client.host if request.client else "-"
         try:
-            await self.run(self.api.log_access, user.name if user else "-", user.role if user else "-",
-                           request.method, path or request.url.path, status, client, time.time_ns() // 1_000_000)
+            from fallwatch.gateway.privacy_routes import private_path  # a resident is named by pseudonym only
+
+            await self.run(lambda: self.api.log_access(
+                user.name if user else "-", user.role if user else "-", request.method,
+                private_path(self.api, path or request.url.path), status, client, time.time_ns() // 1_000_000))
         except Exception:  # the audit log must not take the API down, but say so loudly
             log.exception("could not write the access audit log")
 
@@ -906,6 +909,9 @@ def build_app(srv: HttpServer) -> FastAPI:
         return _json(status, {"person": person} if status == 200 else
                      {"error": f"{person!r} is not in the paging roster ([[gateway.paging.people]])"})
 
+    from fallwatch.gateway.privacy_routes import build_router as privacy_router
+
+    app.include_router(privacy_router(srv))  # export, erasure, the audit logs (gateway/privacy_routes.py)
     return app
 
 

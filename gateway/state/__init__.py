@@ -124,12 +124,17 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS access_log (
         id {autoinc}, at_ms BIGINT NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL,
         method TEXT NOT NULL, path TEXT NOT NULL, status INTEGER NOT NULL, client TEXT, chain TEXT)""",
+    # append-only: exports and erasures of a resident's data, naming them by pseudonym (gateway/privacy.py)
+    """CREATE TABLE IF NOT EXISTS privacy_log (
+        id {autoinc}, at_ms BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        subject TEXT NOT NULL, detail TEXT, chain TEXT)""",
 ]
 
 #: the audit tables and the fields their hash chain covers, in order
 AUDIT_FIELDS: dict[str, tuple[str, ...]] = {
     "alert_log": ("alert_id", "action", "actor", "at_ms", "detail"),
     "access_log": ("at_ms", "actor", "role", "method", "path", "status", "client"),
+    "privacy_log": ("at_ms", "actor", "action", "subject", "detail"),
 }
 
 
@@ -506,8 +511,13 @@ class StateStore:
     def count_alert_points(self) -> int:
         return int(self._select("SELECT count(*) AS n FROM alert_points")[0]["n"])
 
-    def raise_alert(self, kind: str, site_id: str, device_id: str, now_ms: int, detail: str) -> str | None:
-        """Open a device alert unless one of that kind is already open; returns its id if new."""
+    def raise_alert(self, kind: str, site_id: str, device_id: str, now_ms: int, detail: str,
+                    resident_id: str | None = None) -> str | None:
+        """Open a device alert unless one of that kind is already open; returns its id if new.
+
+        An alert about a resident (``resident_id``, e.g. a raised fall risk) keeps its detail in
+        the alert row only: the append-only log gets the kind, never the resident or a score,
+        so erasing the resident (gateway/privacy.py) leaves nothing of them in the log."""
         with self._tx() as cur:
             self._exec(
                 cur,
@@ -521,10 +531,10 @@ class StateStore:
             self._exec(
                 cur,
                 "INSERT INTO alerts (alert_id, kind, site_id, device_id, detail, status, "
-                "raised_ms, ts_ms) VALUES (?, ?, ?, ?, ?, 'raised', ?, ?)",
-                (alert_id, kind, site_id, device_id, detail, now_ms, now_ms),
+                "raised_ms, ts_ms, resident_id) VALUES (?, ?, ?, ?, ?, 'raised', ?, ?, ?)",
+                (alert_id, kind, site_id, device_id, detail, now_ms, now_ms, resident_id),
             )
-            self._log(cur, alert_id, "raised", "gateway", now_ms, detail)
+            self._log(cur, alert_id, "raised", "gateway", now_ms, detail if resident_id is None else kind)
         return alert_id
 
     def resolve_alerts(self, kind: str, site_id: str, device_id: str, now_ms: int, why: str) -> list[str]:
