@@ -459,13 +459,20 @@ class Privacy:
         transaction with its audit row. Idempotent: a second run finds nothing and says so."""
         _ensure_schema(self.store)
         now = c.now_ms()
-        pseudo = pseudonym(self.store, site_id, resident_id)
         key = subject_key(self.store)
+        subject = subject_hash(key, site_id, resident_id)
+        before = self.store._select("SELECT pseudonym, sensors FROM privacy_erasures WHERE subject = ? ORDER BY id",
+                                    (subject,))
+        # a re-run names them as the first run did (and makes no new link from id to pseudonym)
+        pseudo = str(before[0]["pseudonym"]) if before else pseudonym(self.store, site_id, resident_id)
         wearables = _wearables(self.store, site_id, resident_id)
+        for r in before:
+            # a re-run (another machine's spool, a store that was down) still knows what they wore
+            wearables += [w for w in (tuple(x) for x in json.loads(r["sensors"])) if w not in wearables]
         with self.store._tx() as cur:
             self.store._exec(cur, "INSERT INTO privacy_erasures (subject, site_id, pseudonym, erased_ms, sensors) "
                                   "VALUES (?, ?, ?, ?, ?)",
-                             (subject_hash(key, site_id, resident_id), site_id, pseudo, now, json.dumps(wearables)))
+                             (subject, site_id, pseudo, now, json.dumps(wearables)))
         time.sleep(self.wait_s)  # every replica's ErasedFilter has re-read the tombstones
         series = erase_series(self.influx, site_id, resident_id, wearables, c.now_ms()) if self.influx else {}
         spooled = self._erase_spool(site_id, resident_id, wearables, now)

@@ -315,12 +315,13 @@ class Registry:
             if r is None or r["status"] != "active":
                 raise RegistryError(f"no active resident {resident_id!r} at site {d['site_id']}")
         now = self._now()
+        who = self._who(d["site_id"], resident_id)  # before the transaction: a read ends one on PostgreSQL
         with self.store._tx() as cur:
             self._close_assignments(cur, now, device_id=device_id)
             if resident_id is not None:
                 self.store._exec(cur, "INSERT INTO reg_assignments (device_id, site_id, resident_id, from_ms) "
                                       "VALUES (?, ?, ?, ?)", (device_id, d["site_id"], resident_id, now))
-            self._audit(cur, actor, "device.assign", device_id, {"resident": self._who(d["site_id"], resident_id)})
+            self._audit(cur, actor, "device.assign", device_id, {"resident": who})
         return self.show(device_id)
 
     def _who(self, site_id: str, resident_id: str | None) -> str | None:

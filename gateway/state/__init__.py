@@ -632,7 +632,9 @@ class StateStore:
             if action == "acknowledge" and via:
                 detail = f"via {via}"
             elif action == "clear" and (outcome or note):
-                detail = f"outcome {outcome or '-'}" + (f": {note}" if note else "")
+                # the note is free text about a person: it stays in the alert row, which erasure
+                # deletes; the append-only log keeps that there was one (gateway/privacy.py)
+                detail = f"outcome {outcome or '-'}" + (f", note of {len(note)} characters" if note else "")
             self._log(cur, alert_id, action, actor, now_ms, detail)
         return self.alert(alert_id)
 
