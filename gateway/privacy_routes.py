@@ -22,10 +22,43 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from fallwatch.gateway.i18n import N_
 from fallwatch.gateway.privacy import Privacy, PrivacyError, audit_csv, audit_entries, pseudonym
 
 if TYPE_CHECKING:
     from fallwatch.gateway.http import HttpServer
+
+#: the console's privacy block (gateway/static/staff.html, between the ``privacy`` markers),
+#: translated in gateway/locale/sv.po; gateway/http.py adds them to its CONSOLE_MESSAGES
+PRIVACY_MESSAGES = [
+    N_('Audit log'),
+    N_('Which log'),
+    N_('All logs'),
+    N_('Requests for staff data'),
+    N_('Alert handling'),
+    N_('Provisioning registry'),
+    N_('Exports and erasures'),
+    N_('Done by (name)'),
+    N_('Action contains'),
+    N_('From (date)'),
+    N_('Until (date)'),
+    N_('Show audit entries'),
+    N_('Download as CSV'),
+    N_('Download as JSON'),
+    N_('At'),
+    N_('By'),
+    N_('What'),
+    N_('About'),
+    N_('Detail'),
+    N_('No audit entries match.'),
+    N_("A resident's data (on request)"),
+    N_('Site id'),
+    N_('Resident id'),
+    N_('Export as a file'),
+    N_('To erase, type the resident id again. This cannot be undone.'),
+    N_('Erase everywhere'),
+    N_('Erased: {rows} rows in the state store, {points} series points.'),
+]
 
 _RESIDENT_PATH = re.compile(r"^/residents/([^/]+)/([^/]+)(/.*)?$")
 _AUDIT_LOGS = ("access", "alert", "registry", "privacy")
