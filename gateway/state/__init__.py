@@ -22,7 +22,9 @@ Tables:
   series store (an outbox: the alert never waits for the store; a worker writes them and
   deletes the row);
 * ``alert_log`` — append-only audit of every lifecycle change (EN 50134 practice);
-* ``access_log`` — append-only audit of every request for staff data.
+* ``access_log`` — append-only audit of every request for staff data;
+* ``privacy_log`` — append-only audit of exports and erasures of a resident's data
+  (gateway/privacy.py; residents are named by pseudonym in every audit log).
 
 The two audit logs are append-only twice over (issue 11 item 13): triggers refuse
 ``UPDATE`` and ``DELETE`` on them (both backends), and every row carries ``chain`` =
