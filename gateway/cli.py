@@ -125,8 +125,10 @@ def _register_resident(gsub: argparse._SubParsersAction[argparse.ArgumentParser]
     er.set_defaults(func=_resident_erase)
 
 
-def _privacy(args: argparse.Namespace) -> Any:
-    from fallwatch.gateway.privacy import Privacy, PrivacyError
+def _privacy(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The privacy service over the config's stores, and the resident's site (None: unknown).
+    Raises PrivacyError when the id exists at several sites and --site was not given."""
+    from fallwatch.gateway.privacy import Privacy
     from fallwatch.gateway.registry import Registry
     from fallwatch.gateway.state import StateStore
 
@@ -136,22 +138,16 @@ def _privacy(args: argparse.Namespace) -> Any:
     Registry(st).setup()
     priv = Privacy(st, cfg.influx, cfg.gateway.spool_dir)
     priv.setup()
-    try:
-        site = priv.site_of(args.resident_id, args.site)
-    except PrivacyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    if site is None and args.resident_command == "export":
-        print(f"error: the gateway holds nothing about resident {args.resident_id!r}", file=sys.stderr)
-        raise SystemExit(1)
-    return priv, site
+    return priv, priv.site_of(args.resident_id, args.site)
 
 
 def _resident_export(args: argparse.Namespace) -> int:
     from fallwatch.gateway.privacy import PrivacyError
 
-    priv, site = _privacy(args)
     try:
+        priv, site = _privacy(args)
+        if site is None:
+            raise PrivacyError(f"the gateway holds nothing about resident {args.resident_id!r}")
         doc = priv.export(site, args.resident_id, args.actor)
     except PrivacyError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -159,6 +155,7 @@ def _resident_export(args: argparse.Namespace) -> int:
     text = json.dumps(doc, indent=2, sort_keys=True, default=str, ensure_ascii=False) + "\n"
     if args.output:
         fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # personal data: owner only
+        os.fchmod(fd, 0o600)  # also when the file was there before
         with os.fdopen(fd, "w") as f:
             f.write(text)
         print(f"wrote {args.output}: {len(doc['alerts'])} alerts, {len(doc['risk_scores'])} risk scores "
@@ -175,11 +172,11 @@ def _resident_erase(args: argparse.Namespace) -> int:
         print("erasing cannot be undone: add --yes (export first: fallwatch gateway resident export)",
               file=sys.stderr)
         return 2
-    priv, site = _privacy(args)
-    if site is None:  # idempotent: nothing left to erase is not an error
-        print(json.dumps({"resident_id": args.resident_id, "erased": "nothing held (already erased?)"}))
-        return 0
     try:
+        priv, site = _privacy(args)
+        if site is None:  # idempotent: nothing left to erase is not an error
+            print(json.dumps({"resident_id": args.resident_id, "erased": "nothing held (already erased?)"}))
+            return 0
         report = priv.erase(site, args.resident_id, args.actor)
     except PrivacyError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -374,7 +374,7 @@ class Privacy:
     """Export and erasure of one resident, over the state store and the series store."""
 
     def __init__(self, store: StateStore, influx: InfluxConfig | None, spool_dir: Path | None = None,
-                 wait_s: float = ERASE_WAIT_S) -> None:
+                 wait_s: float | None = None) -> None:
         self.store = store
         self.influx = influx
         self.spool_dir = spool_dir
@@ -473,7 +473,7 @@ class Privacy:
             self.store._exec(cur, "INSERT INTO privacy_erasures (subject, site_id, pseudonym, erased_ms, sensors) "
                                   "VALUES (?, ?, ?, ?, ?)",
                              (subject, site_id, pseudo, now, json.dumps(wearables)))
-        time.sleep(self.wait_s)  # every replica's ErasedFilter has re-read the tombstones
+        time.sleep(ERASE_WAIT_S if self.wait_s is None else self.wait_s)  # every replica has re-read the tombstones
         series = erase_series(self.influx, site_id, resident_id, wearables, c.now_ms()) if self.influx else {}
         spooled = self._erase_spool(site_id, resident_id, wearables, now)
         counts: dict[str, int] = {}
