@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import threading
 import time
@@ -38,8 +39,11 @@ from typing import Any
 
 from fallwatch.config import InfluxConfig
 from fallwatch.gateway.points import SeriesPoint
+from fallwatch.gateway.sinks import SinkError
 from fallwatch.gateway.state import StateStore
 from fallwatch.protocol import contract as c
+
+log = logging.getLogger("fallwatch.gateway.privacy")
 
 #: a replica re-reads the tombstones at least this often
 TOMBSTONE_REFRESH_S = 1.0
@@ -81,6 +85,10 @@ RESIDENT_TABLES: list[tuple[str, str, bool]] = [
 
 class PrivacyError(RuntimeError):
     """An export or erasure that cannot be done (unknown resident, a store that cannot delete)."""
+
+
+class StoreUnavailable(PrivacyError):
+    """The series store did not answer: nothing was deleted from the state store; try again."""
 
 
 # ------------------------------------------------------------------ pseudonyms
@@ -149,9 +157,15 @@ class ErasedFilter:
         with self._lock:
             if now - self._loaded < TOMBSTONE_REFRESH_S:
                 return
-            if self._key is None:
-                self._key = subject_key(self.store)
-            rows = self.store._select("SELECT subject, site_id, erased_ms, sensors FROM privacy_erasures")
+            try:
+                if self._key is None:
+                    self._key = subject_key(self.store)
+                rows = self.store._select("SELECT subject, site_id, erased_ms, sensors FROM privacy_erasures")
+            except Exception:  # the state DB is away: keep what we knew (ingest fails on its own then)
+                log.warning("could not re-read the erasure tombstones; keeping the %d known", len(self._subjects),
+                            exc_info=True)
+                self._loaded = now
+                return
             subjects: dict[str, int] = {}
             sensors: dict[tuple[str, str], list[tuple[int, int]]] = {}
             for r in rows:
@@ -441,8 +455,11 @@ class Privacy:
         doc.update(rows)  # further tables (e.g. resident_actions) under their own names
         series: dict[str, Any] = {}
         if self.influx is not None:
-            for m in RESIDENT_MEASUREMENTS:
-                series[m] = series_points(self.influx, site_id, resident_id, m)
+            try:
+                for m in RESIDENT_MEASUREMENTS:
+                    series[m] = series_points(self.influx, site_id, resident_id, m)
+            except SinkError as exc:
+                raise StoreUnavailable(f"series store unavailable ({exc}); nothing exported, try again") from None
         doc["risk_scores"] = [{"time_ms": p["time"], "day": p.get("day"), "score": p.get("score"),
                                "level": p.get("level"), "model": p.get("model"),
                                "factors": {k[8:]: v for k, v in p.items() if k.startswith("contrib_")}}
@@ -474,7 +491,11 @@ class Privacy:
                                   "VALUES (?, ?, ?, ?, ?)",
                              (subject, site_id, pseudo, now, json.dumps(wearables)))
         time.sleep(ERASE_WAIT_S if self.wait_s is None else self.wait_s)  # every replica has re-read the tombstones
-        series = erase_series(self.influx, site_id, resident_id, wearables, c.now_ms()) if self.influx else {}
+        try:
+            series = erase_series(self.influx, site_id, resident_id, wearables, c.now_ms()) if self.influx else {}
+        except SinkError as exc:
+            raise StoreUnavailable(f"series store unavailable ({exc}): nothing was deleted from the state store yet; "
+                                   "their new data is dropped already (tombstone); run the erasure again") from None
         spooled = self._erase_spool(site_id, resident_id, wearables, now)
         counts: dict[str, int] = {}
         tables = _tables(self.store)  # before the transaction: a failed probe would abort it on PostgreSQL

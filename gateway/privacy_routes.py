@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from fallwatch.gateway.i18n import N_
-from fallwatch.gateway.privacy import Privacy, PrivacyError, audit_csv, audit_entries, pseudonym
+from fallwatch.gateway.privacy import Privacy, PrivacyError, StoreUnavailable, audit_csv, audit_entries, pseudonym
 
 if TYPE_CHECKING:
     from fallwatch.gateway.http import HttpServer
@@ -128,7 +128,7 @@ def build_router(srv: HttpServer) -> APIRouter:
         return user, priv
 
     @router.get("/residents/{site_id}/{resident_id}/export", response_model=dict[str, Any],
-                responses=_errors(*guarded, 404))
+                responses=_errors(*guarded, 404, 503))
     async def export(request: Request, site_id: str, resident_id: str) -> Response:
         """Everything the gateway holds about one resident, as one JSON file (audited)."""
         got = await need(request, "residents:export")
@@ -138,14 +138,15 @@ def build_router(srv: HttpServer) -> APIRouter:
         try:
             doc = await srv.run(priv.export, site_id, resident_id, user.name)
         except PrivacyError as exc:
-            await srv.audit(request, user, 404)
-            return _json(404, {"error": str(exc)})
+            code = 503 if isinstance(exc, StoreUnavailable) else 404
+            await srv.audit(request, user, code)
+            return _json(code, {"error": str(exc)})
         await srv.audit(request, user, 200)
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"resident-{site_id}-{resident_id}.json")
         return _json(200, doc, **{"Content-Disposition": f'attachment; filename="{name}"'})
 
     @router.post("/residents/{site_id}/{resident_id}/erase", response_model=dict[str, Any],
-                 responses=_errors(*guarded, 400, 404), openapi_extra=_ERASE_BODY)
+                 responses=_errors(*guarded, 400, 404, 409, 503), openapi_extra=_ERASE_BODY)
     async def erase(request: Request, site_id: str, resident_id: str) -> Response:
         """Erase a resident everywhere (series store, state store, spool); cannot be undone.
         Answers 404 when nothing is held about them (also after an erasure: run it again safely)."""
@@ -165,9 +166,10 @@ def build_router(srv: HttpServer) -> APIRouter:
             return _json(404, {"error": "the gateway holds nothing about this resident (already erased?)"})
         try:
             report = await srv.run(priv.erase, site_id, resident_id, user.name)
-        except PrivacyError as exc:
-            await srv.audit(request, user, 409)
-            return _json(409, {"error": str(exc)})
+        except PrivacyError as exc:  # 409: the store cannot delete points (3.x); 503: it did not answer
+            code = 503 if isinstance(exc, StoreUnavailable) else 409
+            await srv.audit(request, user, code)
+            return _json(code, {"error": str(exc)})
         await srv.audit(request, user, 200)
         return _json(200, report)
 
