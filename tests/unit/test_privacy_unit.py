@@ -109,3 +109,18 @@ def test_audit_entries_filters(tmp_path: Path) -> None:
     assert [r["actor"] for r in audit_entries(st, log="access", since_ms=1500)] == ["Ada"]
     assert {r["action"] for r in audit_entries(st, log="registry", action="RESIDENT.ADD")} == {"resident.add"}
     assert all(r["subject"].startswith("site-a/~") for r in audit_entries(st, log="registry", action="resident"))
+
+
+def test_a_store_that_cannot_delete_or_is_down_leaves_the_state_store_intact(tmp_path: Path) -> None:
+    from fallwatch.gateway.privacy import PrivacyError, StoreUnavailable
+
+    _, st, _ = _setup(tmp_path)
+    down = load_config(overrides={"influx": {"url": "http://127.0.0.1:9", "version": 1, "timeout_s": 1}}).influx
+    with pytest.raises(StoreUnavailable, match="run the erasure again"):
+        Privacy(st, down, None, wait_s=0).erase("site-a", "r01", "ada")
+    v3 = load_config(overrides={"influx": {"url": "http://127.0.0.1:9", "version": 3}}).influx
+    with pytest.raises(PrivacyError, match="cannot delete single points"):
+        Privacy(st, v3, None, wait_s=0).erase("site-a", "r01", "ada")
+    assert [a["resident_id"] for a in st.alerts()] == ["r01", "r02"]  # nothing deleted from the state store
+    f = ErasedFilter(st)  # but the tombstone already keeps her new data out
+    assert f.message(c.decode(*t.fall("site-a", "hub-1", 5, resident="r01", ts_ms=c.now_ms() - 10)))
