@@ -136,7 +136,8 @@ def _privacy(args: argparse.Namespace) -> tuple[Any, str | None]:
     st = StateStore(cfg.gateway.state_db, cfg.gateway.state_db_type)
     st.setup()
     Registry(st).setup()
-    priv = Privacy(st, cfg.influx, cfg.gateway.spool_dir)
+    spool = Path(cfg.gateway.spool_dir)  # and the spools of `gateway run --workers N` (gateway/pool.py)
+    priv = Privacy(st, cfg.influx, [spool, *sorted(spool.glob("worker-w*"))])
     priv.setup()
     return priv, priv.site_of(args.resident_id, args.site)
 

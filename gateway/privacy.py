@@ -387,11 +387,13 @@ def _wearables(store: StateStore, site_id: str, resident_id: str) -> list[tuple[
 class Privacy:
     """Export and erasure of one resident, over the state store and the series store."""
 
-    def __init__(self, store: StateStore, influx: InfluxConfig | None, spool_dir: Path | None = None,
-                 wait_s: float | None = None) -> None:
+    def __init__(self, store: StateStore, influx: InfluxConfig | None,
+                 spool_dir: Path | list[Path] | None = None, wait_s: float | None = None) -> None:
         self.store = store
         self.influx = influx
-        self.spool_dir = spool_dir
+        #: the spools on this machine (a pool's workers have one each)
+        self.spool_dirs = [] if spool_dir is None else [Path(spool_dir)] if not isinstance(spool_dir, list) \
+            else [Path(d) for d in spool_dir]
         self.wait_s = wait_s
 
     def setup(self) -> None:
@@ -496,7 +498,7 @@ class Privacy:
         except SinkError as exc:
             raise StoreUnavailable(f"series store unavailable ({exc}): nothing was deleted from the state store yet; "
                                    "their new data is dropped already (tombstone); run the erasure again") from None
-        spooled = self._erase_spool(site_id, resident_id, wearables, now)
+        spooled = sum(self._erase_spool(d, site_id, resident_id, wearables, now) for d in self.spool_dirs)
         counts: dict[str, int] = {}
         tables = _tables(self.store)  # before the transaction: a failed probe would abort it on PostgreSQL
         with self.store._tx() as cur:
@@ -509,11 +511,13 @@ class Privacy:
                                                           f"{site_id}/{pseudo}", json.dumps(detail, sort_keys=True)))
         return {"site_id": site_id, "pseudonym": pseudo, "erased_ms": now, **detail}
 
-    def _erase_spool(self, site_id: str, resident_id: str, wearables: list[tuple[str, int, int | None]],
-                     now: int) -> int:
-        """Points of the resident in this machine's spool (another replica's spool is covered by
-        the tombstone: its drainer drops them)."""
-        if self.spool_dir is None or not (Path(self.spool_dir) / "spool.sqlite").exists():
+    def _erase_spool(self, spool_dir: Path, site_id: str, resident_id: str,
+                     wearables: list[tuple[str, int, int | None]], now: int) -> int:
+        """Points of the resident in a spool on this machine (another machine's spool is covered
+        by the tombstone: its drainer drops them). A batch is rewritten, never deleted, even when
+        nothing is left in it: a running gateway's spool keeps counts of its batches, which heal
+        when the spool empties but would stay off forever for a batch removed behind its back."""
+        if not (spool_dir / "spool.sqlite").exists():
             return 0
         import sqlite3
 
@@ -521,7 +525,7 @@ class Privacy:
 
         dec = msgspec.msgpack.Decoder(list[tuple[str, dict[str, str], dict[str, Any], int]])
         enc = msgspec.msgpack.Encoder()
-        db = sqlite3.connect(Path(self.spool_dir) / "spool.sqlite", timeout=30, isolation_level=None)
+        db = sqlite3.connect(spool_dir / "spool.sqlite", timeout=30, isolation_level=None)
         dropped = 0
         try:
             db.execute("BEGIN IMMEDIATE")
