@@ -363,14 +363,23 @@ def _count(series: list[dict[str, Any]]) -> int:
 # ------------------------------------------------------------------ export and erasure
 
 
+#: the columns each kind of ``where`` clause needs in its table
+_NEEDS = {BY_RESIDENT: {"site_id", "resident_id"}, BY_ALERT: {"alert_id"}, BY_ALERT_MSG: {"msg_id"}}
+
+
 def _tables(store: StateStore) -> list[tuple[str, str, bool]]:
-    """:data:`RESIDENT_TABLES` that exist in this state store."""
+    """:data:`RESIDENT_TABLES` that exist in this state store. A listed table without the
+    columns its clause needs is an error (an erasure must not skip it silently)."""
     out = []
     for table, where, exported in RESIDENT_TABLES:
         try:
-            store._columns(table)
+            cols = store._columns(table)
         except Exception:  # no such table here (sqlite3 and psycopg raise different errors)
             continue
+        missing = _NEEDS.get(where, set()) - cols
+        if missing:
+            raise PrivacyError(f"table {table} is listed in RESIDENT_TABLES but has no {', '.join(sorted(missing))} "
+                               "column: fix its entry in gateway/privacy.py")
         out.append((table, where, exported))
     return out
 

@@ -124,3 +124,27 @@ def test_a_store_that_cannot_delete_or_is_down_leaves_the_state_store_intact(tmp
     assert [a["resident_id"] for a in st.alerts()] == ["r01", "r02"]  # nothing deleted from the state store
     f = ErasedFilter(st)  # but the tombstone already keeps her new data out
     assert f.message(c.decode(*t.fall("site-a", "hub-1", 5, resident="r01", ts_ms=c.now_ms() - 10)))
+
+
+def test_every_resident_table_of_a_full_gateway_state_is_covered(tmp_path: Path) -> None:
+    """Every table of the gateway's state store with a resident_id column is in RESIDENT_TABLES (a new
+    table holding residents' data must be added there, one line), and every listed table has the
+    columns its rows are found by."""
+    from fallwatch.gateway.app import Gateway
+    from fallwatch.gateway.privacy import RESIDENT_TABLES, _tables
+
+    cfg = load_config(overrides={"influx": {"url": "", "embedded_path": str(tmp_path / "s.sqlite")}, "gateway": {
+        "state_db": str(tmp_path / "st.sqlite"), "spool_dir": str(tmp_path / "sp")}})
+    gw = Gateway(cfg)
+    gw.start_state()
+    gw.privacy.setup()
+    try:
+        st = gw.state
+        names = [r["name"] for r in st._select("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        with_resident = {n for n in names if "resident_id" in st._columns(n)}
+        listed = {t for t, _, _ in RESIDENT_TABLES}
+        assert with_resident - {"privacy_erasures"} <= listed, with_resident - listed
+        found = {t for t, _, _ in _tables(st)}
+        assert found == listed & set(names) and {"alerts", "deliveries", "pages", "reg_residents"} <= found
+    finally:
+        gw.state.close()
