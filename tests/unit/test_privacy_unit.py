@@ -148,3 +148,4 @@ def test_every_resident_table_of_a_full_gateway_state_is_covered(tmp_path: Path)
         assert found == listed & set(names) and {"alerts", "deliveries", "pages", "reg_residents"} <= found
     finally:
         gw.state.close()
+        gw.spool.close()
