@@ -170,7 +170,8 @@ def build_router(srv: HttpServer) -> APIRouter:
             code = 503 if isinstance(exc, StoreUnavailable) else 409
             await srv.audit(request, user, code)
             return _json(code, {"error": str(exc)})
-        await srv.audit(request, user, 200)
+        # their pseudonym's row is gone now: name the request by the pseudonym the privacy log uses
+        await srv.audit(request, user, 200, f"/residents/{site_id}/{report['pseudonym']}/erase")
         return _json(200, report)
 
     def entries(request: Request) -> list[dict[str, Any]] | str:

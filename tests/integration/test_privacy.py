@@ -261,6 +261,8 @@ def test_export_then_erasure_end_to_end(mosquitto: Mosquitto, influxdb: InfluxDB
         assert code == 200 and entries[0]["subject"] == f"{SITE}/{report['pseudonym']}"
         assert {e["actor"] for e in entries} >= {"Ada Admin"}
         assert json.loads(entries[-1]["detail"])["state"]["alerts"] >= 1
+        code, access, _ = call(gw, "GET", f"/audit/entries?log=access&action=/residents/{SITE}/~", admin)
+        assert f"POST /residents/{SITE}/{report['pseudonym']}/erase" in {e["action"] for e in access}
         assert call(gw, "GET", "/audit/entries?log=privacy", carer)[0] == 403
         assert call(gw, "GET", "/audit/export", carer)[0] == 403
         code, csv_text, _ = call(gw, "GET", "/audit/export?format=csv&actor=Ada%20Admin", admin)
