@@ -135,9 +135,11 @@ class Registry:
     def setup(self) -> None:
         st = self.store
         with st._tx() as cur:
+            st.lock_schema(cur)  # replicas starting together on a fresh PostgreSQL (found by `fallwatch chaos`)
             for stmt in _SCHEMA:
                 st._exec(cur, stmt.format(autoinc=st.dialect.autoinc))
         with st._tx() as cur:
+            st.lock_schema(cur)
             for stmt in st.dialect.append_only("reg_log"):
                 cur.execute(stmt)
 
