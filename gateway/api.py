@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from fallwatch.gateway.channels import Action, AlertEvent, Notifier
+from fallwatch.gateway.devices_view import DEFAULT_LIMITS, DeviceLimits, device_overview
 from fallwatch.gateway.metrics import Metrics
 from fallwatch.gateway.paging import AckResult, Pager
 from fallwatch.gateway.state import StateStore
@@ -55,6 +56,11 @@ class GatewayReader(Protocol):
 
     def devices(self) -> list[Row]:
         """The device registry (``/devices``)."""
+        ...
+
+    def device_overview(self, now_ms: int) -> list[Row]:
+        """Every hub and sensor for the technician's device page, what needs a visit first;
+        device facts only, no resident data (``/devices/overview``, gateway/devices_view.py)."""
         ...
 
     def transition(self, alert_id: str, action: str, actor: str, now_ms: int, *, via: str | None = None,
@@ -113,7 +119,8 @@ class GatewayApi:
 
     def __init__(self, state: StateStore, workers: Workers, metrics: Metrics, notifier: Notifier,
                  stats: Callable[[], dict[str, Any]], ready: Callable[[], tuple[bool, str]],
-                 pager: Pager | None = None, residents: ResidentLookup = no_registry) -> None:
+                 pager: Pager | None = None, residents: ResidentLookup = no_registry,
+                 device_limits: DeviceLimits = DEFAULT_LIMITS) -> None:
         self._state = state
         self._pager = pager
         self._notifier = notifier
@@ -122,6 +129,7 @@ class GatewayApi:
         self._stats = stats
         self._ready = ready
         self._residents = residents
+        self._device_limits = device_limits
         self._default_tz = "Europe/Stockholm"  # a site no team answers for (config Team.timezone's default)
 
     def dead_workers(self) -> list[str]:
@@ -144,6 +152,12 @@ class GatewayApi:
 
     def devices(self) -> list[Row]:
         return self._state.devices()
+
+    def device_overview(self, now_ms: int) -> list[Row]:
+        registry = self._pager.registry if self._pager is not None else None
+        registered = registry.devices() if registry is not None else []
+        device_alerts = [a for a in self._state.alerts(open_only=True) if a["kind"] != "fall"]
+        return device_overview(self._state.devices(), registered, device_alerts, now_ms, self._device_limits)
 
     def transition(self, alert_id: str, action: str, actor: str, now_ms: int, *, via: str | None = None,
                    outcome: str | None = None, note: str | None = None) -> Row | None:
