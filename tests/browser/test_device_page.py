@@ -8,6 +8,7 @@ fall alert itself.
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -119,5 +120,21 @@ def test_a_technician_sees_the_offline_hub_first_and_no_resident(fleet_gateway: 
             "fetch(arguments[0], {credentials: 'same-origin'}).then(r => done(r.status));",
             f"/alerts/{fall_id}")
         assert status == 403
+        # the same page in Swedish (the person's language setting): none of the device page's English
+        from babel.messages.pofile import read_po
+        from selenium.webdriver.support.ui import Select
+
+        from fallwatch.gateway.device_routes import DEVICE_MESSAGES
+
+        with (Path(__file__).resolve().parents[2] / "gateway/locale/sv.po").open("rb") as f:
+            sv = {str(m.id): str(m.string) for m in read_po(f) if m.id}
+        Select(driver.find_element(By.ID, "lang")).select_by_value("sv")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "device-list"), "ur drift"))
+        shown = driver.find_element(By.ID, "devices").text
+        words = [(m, m.split("{")[0].strip()) for m in DEVICE_MESSAGES if sv[m] != m]
+        # whole words, not inside ids such as hub-b or a site named after this test
+        english = [m for m, w in words if len(w) > 3 and re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", shown)]
+        assert english == [], (english, shown)
+        assert "senast hörd" in shown and "Enheter" in shown
     finally:
         driver.quit()
