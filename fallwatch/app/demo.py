@@ -92,12 +92,13 @@ class Pipeline:
     """
 
     def __init__(self, cfg: FallwatchConfig, fleet: Any, workdir: Path, *, channels: Sequence[Any] = (),
-                 gateway: dict[str, Any] | None = None) -> None:
+                 gateway: dict[str, Any] | None = None, start_agents: bool = True) -> None:
         """``channels``: extra staff notification channels for the gateway (the e2e benchmark's recorder);
         ``gateway``: gateway settings over the pipeline's own (``demo --serve``: its port, staff file)."""
         self.cfg, self.fleet, self.workdir = cfg, fleet, workdir
         self.channels = list(channels)
         self.gateway_settings = dict(gateway or {})
+        self.start_agents = start_agents
         self.gateway: Any = None
         self.agents: dict[str, Any] = {}
 
@@ -115,18 +116,20 @@ class Pipeline:
         self.gateway = Gateway(cfg.model_copy(update={"influx": influx, "gateway": gw_cfg}), channels=self.channels)
         self.gateway.start()
         try:
-            for hub in self.fleet.hubs:
+            for hub in self.fleet.hubs if self.start_agents else ():
                 self.start_agent(hub.hub_id)
         except BaseException:
             self.__exit__()
             raise
         return self
 
-    def start_agent(self, hub_id: str) -> Any:
-        """Start (or, after :meth:`stop_agent`, restart on the same outbox) the edge agent of one hub."""
+    def start_agent(self, hub_id: str, fleet: Any = None) -> Any:
+        """Start (or, after :meth:`stop_agent`, restart on the same outbox) the edge agent of one hub;
+        ``fleet``: another simulated fleet with the same hubs (``demo --serve``'s past days)."""
         from fallwatch.edge.agent import EdgeAgent
 
-        cfg, hub = self.cfg, next(h for h in self.fleet.hubs if h.hub_id == hub_id)
+        fleet = fleet or self.fleet
+        cfg, hub = self.cfg, next(h for h in fleet.hubs if h.hub_id == hub_id)
         edge_cfg = cfg.edge.model_copy(update={
             "site_id": hub.site_id, "device_id": hub.hub_id,
             "outbox_path": self.workdir / f"outbox-{hub.hub_id}.sqlite",
@@ -134,8 +137,8 @@ class Pipeline:
             "model_dir": self.workdir / f"models-{hub.hub_id}"})
         mqtt_cfg = cfg.mqtt.model_copy(update={"client_id": None})
         agent = EdgeAgent(cfg.model_copy(update={"edge": edge_cfg, "mqtt": mqtt_cfg}),
-                          sensors=[s for s in self.fleet.sensors if s.hub_id == hub.hub_id],
-                          start_epoch_ms=_start_epoch_ms(self.fleet))
+                          sensors=[s for s in fleet.sensors if s.hub_id == hub.hub_id],
+                          start_epoch_ms=_start_epoch_ms(fleet))
         agent.start()
         self.agents[hub.hub_id] = agent
         return agent

@@ -4,14 +4,15 @@ What a newcomer sees at once: a handful of residents (names and flats in the pro
 registry, as a real installation has them), each in a flat with a hub, a wearable and
 room sensors; falls now and then; one hub switched off for a while and back (the
 technician's device page shows it offline, then fine, with nothing lost); the edge's own
-daily-risk scoring run every ``--risk-every`` seconds. The console is at a printed
+daily-risk scoring run every ``--risk-every`` seconds, after ``--history-days`` past days
+seeded through the same edge path (:func:`seed_history`). The console is at a printed
 loopback URL with a printed sign-in for a carer, a team lead and a technician — passwords
 generated for this run, never a default — until Ctrl-C, which stops the simulation, lets
 every outbox drain into the gateway and prints what was injected, raised and stored.
 
 It runs in real time (the console shows times as they are). The simulator's risk drift is
-per *simulated day*, so within a session risk moves little: no weeks of risk history are
-seeded, and the printed text says so. With nothing configured it uses the embedded parts of
+per *simulated day*, so within a session risk would hardly move; hence the seeded past days,
+which the printed text calls seeded. With nothing configured it uses the embedded parts of
 the plain demo (an in-process broker, the embedded SQLite series store).
 """
 
@@ -25,6 +26,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,36 +56,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds until one hub is switched off (default 150)")
     g.add_argument("--offline-for", type=float, default=150.0, help="how long it stays off (default 150)")
     g.add_argument("--risk-every", type=float, default=600.0,
-                   help="seconds between the edge's risk scorings (a demo 'day'; default 600)")
+                   help="seconds between the edge's risk scorings (default 600)")
+    g.add_argument("--history-days", type=int, default=14,
+                   help="past days of risk scores to seed through the edge's risk path before the home "
+                        "goes live (2 simulated minutes each, back-dated; 0 = none; default 14)")
 
 
-def serve_scenario(residents: int, duration_s: float, first_fall_s: float, fall_every_s: float,
-                   quiet: tuple[str, float, float] | None, seed: int) -> Any:
-    """One flat per resident; falls rotating over the residents, none for ``quiet``'s resident
-    (resident id, from, to) while their hub is off (a fall there would have no hub to see it)."""
+def demo_residents(residents: int, seed: int, day: int = 0) -> list[Any]:
+    """The residents as they are on ``day`` of the simulator's drift: every other one declines
+    (slower, more variable gait, slower sit-to-stand), which is what the edge's risk scores."""
     import random
 
-    from fallwatch.sim.scenario import (
-        FALL_KINDS,
-        UNRECOVERED_LYING_S,
-        Drift,
-        Event,
-        Profile,
-        Resident,
-        Scenario,
-        flat_site,
-    )
+    from fallwatch.sim.scenario import Drift, Profile, Resident
+    from fallwatch.sim.timeline import profile_at
 
     rng = random.Random(seed)
-    sites = []
+    out = []
     for i in range(residents):
         prof = Profile(age=rng.randint(72, 92), gait_speed_mps=rng.uniform(0.6, 1.1),
                        cadence_spm=rng.uniform(88, 112), stride_cv=rng.uniform(0.02, 0.06),
                        sit_to_stand_s=rng.uniform(1.8, 3.5), frailty=rng.uniform(0.1, 0.6), cancel_prob=0.0)
-        # every other resident declines (slower, more variable gait): the risk the edge scores drifts
-        drift = Drift(gait_speed_mps=-0.01, stride_cv=0.002, sit_to_stand_s=0.05) if i % 2 == 0 else None
-        sites.append(flat_site(i + 1, Resident(id=f"r{i + 1:02d}", profile=prof, drift=drift,
-                                               start_room="living")))
+        drift = Drift(gait_speed_mps=-0.015, stride_cv=0.003, sit_to_stand_s=0.08) if i % 2 == 0 else None
+        base = Resident(id=f"r{i + 1:02d}", profile=prof, drift=drift, start_room="living")
+        out.append(base.model_copy(update={"profile": profile_at(base, day * 86400.0)}))
+    return out
+
+
+def serve_scenario(residents: int, duration_s: float, first_fall_s: float, fall_every_s: float,
+                   quiet: tuple[str, float, float] | None, seed: int, day: int = 0) -> Any:
+    """One flat per resident, as on ``day`` of their drift; falls rotating over the residents,
+    none for ``quiet``'s resident (resident id, from, to) while their hub is off (a fall there
+    would have no hub to see it)."""
+    from fallwatch.sim.scenario import FALL_KINDS, UNRECOVERED_LYING_S, Event, Scenario, flat_site
+
+    sites = [flat_site(i + 1, r) for i, r in enumerate(demo_residents(residents, seed, day))]
     events, at, k = [], first_fall_s, 0
     while at < duration_s - 120:
         rid = f"r{k % residents + 1:02d}"
@@ -97,6 +103,48 @@ def serve_scenario(residents: int, duration_s: float, first_fall_s: float, fall_
         at += fall_every_s
         k += 1
     return Scenario(name="demo-serve", seed=seed, duration_s=duration_s, sites=sites, events=events)
+
+
+#: simulated seconds of each seeded past day (the edge scores a day with at least 60 s of wear)
+HISTORY_DAY_S = 120.0
+
+
+def seed_history(pipe: Any, residents: int, seed: int, days: int, progress: bool) -> int:
+    """Seed ``days`` past days of risk scores through the edge's own risk path.
+
+    For each past day a short stretch of that day is simulated (``HISTORY_DAY_S``, the
+    residents as the simulator's drift has them on that day, no falls), fed at full speed to
+    each hub's edge agent on the hub's own outbox with that day's clock, and scored
+    (``EdgeAgent.score_risk``: gait and night features, the shipped model). So the scores
+    are the edge's, computed from simulated movement, but the days are compressed to two
+    minutes each and back-dated: that is what "seeded" means here, and the printed text says
+    so. The hubs keep their gait history (the trend feature) for the live run.
+    """
+    from tqdm import tqdm
+
+    from fallwatch.sim.fleet import Fleet
+    from fallwatch.sim.scenario import Scenario, flat_site
+
+    now_ms = int(time.time() * 1000)
+    scored = 0
+    for d in tqdm(range(days), desc="seeding past days", unit="day", disable=not progress, file=sys.stderr):
+        sites = [flat_site(i + 1, r) for i, r in enumerate(demo_residents(residents, seed, d))]
+        start = now_ms - (days - d) * 86_400_000
+        fleet = Fleet(Scenario(name=f"demo-serve-day-{d}", seed=seed + d, duration_s=HISTORY_DAY_S, sites=sites,
+                               start_epoch_ms=start))
+        agents = {h.hub_id: pipe.start_agent(h.hub_id, fleet=fleet) for h in fleet.hubs}
+        t_s = 0.0
+        for chunk in fleet.run(step_s=1.0):
+            t_s = chunk.t_s
+            by_hub: dict[str, list[Any]] = {}
+            for frame in chunk.frames:
+                by_hub.setdefault(frame.hub_id, []).append(frame)
+            for hub_id, agent in agents.items():
+                agent.feed(by_hub.get(hub_id, []), t_s)
+        for hub_id, agent in agents.items():
+            scored += len(agent.score_risk(t_s))
+            pipe.stop_agent(hub_id)
+    return scored
 
 
 def _register(registry: Any, fleet: Any, names: dict[str, tuple[str, str]]) -> None:
@@ -127,8 +175,9 @@ def run_serve(cfg: FallwatchConfig, args: argparse.Namespace) -> int:
     duration_s = args.hours * 3600
     off_hub_resident = f"r{residents:02d}"
     off_from, off_to = args.offline_at, args.offline_at + args.offline_for
+    days = max(0, int(args.history_days))
     scenario = serve_scenario(residents, duration_s, args.first_fall, args.fall_every,
-                              (off_hub_resident, off_from, off_to) if residents > 1 else None, args.seed)
+                              (off_hub_resident, off_from, off_to) if residents > 1 else None, args.seed, days)
     names = {f"r{i + 1:02d}": (RESIDENTS[i % len(RESIDENTS)][0] + (f" {i // len(RESIDENTS) + 1}"
                                                                     if i >= len(RESIDENTS) else ""),
                                RESIDENTS[i % len(RESIDENTS)][1] if i < len(RESIDENTS) else f"lgh {1500 + i}")
@@ -156,8 +205,11 @@ def run_serve(cfg: FallwatchConfig, args: argparse.Namespace) -> int:
         live_cfg = stack.enter_context(_broker(cfg))
         gateway = {"http_host": "127.0.0.1", "http_port": args.port, "staff_users_file": staff_file,
                    "offline_after_s": OFFLINE_AFTER_S}
-        pipe = stack.enter_context(Pipeline(live_cfg, fleet, workdir, gateway=gateway))
+        pipe = stack.enter_context(Pipeline(live_cfg, fleet, workdir, gateway=gateway, start_agents=False))
         _register(pipe.gateway.pager.registry, fleet, names)
+        seeded = seed_history(pipe, residents, args.seed, days, progress=sys.stderr.isatty()) if days else 0
+        for hub in fleet.hubs:
+            pipe.start_agent(hub.hub_id)
         off_hub = fleet.hubs[-1].hub_id if residents > 1 else None
         out = sys.stdout
         print("\nfallwatch demo --serve: a simulated care home is running (Ctrl-C stops it)", file=out)
@@ -166,8 +218,12 @@ def run_serve(cfg: FallwatchConfig, args: argparse.Namespace) -> int:
         if off_hub:
             print(f"  hub {off_hub} is switched off after {off_from:.0f} s for {args.offline_for:.0f} s "
                   f"(offline on the device page after {OFFLINE_AFTER_S:.0f} s of silence)", file=out)
-        print(f"  the edge scores fall risk every {args.risk_every:.0f} s (a demo 'day'); no weeks of risk "
-              "history are seeded, so the risk trend starts today", file=out)
+        if days:
+            print(f"  risk history SEEDED: {days} past days, each a 2-minute simulated stretch of that day scored "
+                  f"by the edge's risk model and back-dated ({seeded} scores)", file=out)
+        else:
+            print("  no risk history seeded (--history-days 0): the risk trend starts today", file=out)
+        print(f"  the edge scores fall risk every {args.risk_every:.0f} s from then on", file=out)
         print(f"  console:     {pipe.gateway.http_url}/staff", file=out)
         print("  sign in with name / password (made for this run):", file=out)
         for role, name, password in signins:
@@ -200,9 +256,17 @@ def _drive(pipe: Any, fleet: Any, stop: threading.Event, off_hub: str | None, of
 
     pacer = Pacer(1.0)
     t_s, next_risk, off = 0.0, risk_every, False
+    stopped_at: float | None = None
     for chunk in fleet.run(step_s=1.0):
         if stop.is_set():
-            break
+            # an alarm inside its cancel window is decided before the hubs stop, not left behind
+            waiting = sum(len(a.decisions.pending) for a in pipe.agents.values())
+            if stopped_at is None and waiting:
+                print(f"\nstopping: {waiting} alarm(s) inside their cancel window are decided first ...",
+                      file=sys.stdout, flush=True)
+            stopped_at = t_s if stopped_at is None else stopped_at
+            if not waiting or t_s - stopped_at > 60.0:
+                break
         pacer.wait(chunk.t_s)
         t_s = chunk.t_s
         if off_hub and not off and off_from <= t_s < off_to:

@@ -44,7 +44,8 @@ class _Session:
 
 def test_demo_serve_runs_a_care_home_until_ctrl_c(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "fallwatch.cli", "demo", "--serve", "--hours", "1",
-                             "--first-fall", "10", "--fall-every", "60", "--workdir", str(tmp_path)],
+                             "--first-fall", "10", "--fall-every", "60", "--history-days", "1",
+                             "--workdir", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines: list[str] = []
     ready = threading.Event()
@@ -65,6 +66,9 @@ def test_demo_serve_runs_a_care_home_until_ctrl_c(tmp_path: Path) -> None:
         signins = {m.group(1): (m.group(2), m.group(3)) for m in map(SIGNIN.match, lines) if m}
         assert set(signins) == {"carer", "team lead", "technician"}
         assert len({pw for _, pw in signins.values()}) == 3  # one password each, made for this run
+        seeded = next(m for m in (re.search(r"risk history SEEDED: 1 past days.*\((\d+) scores\)", x)
+                                  for x in lines) if m)
+        assert int(seeded.group(1)) >= 1  # the edge scored the seeded day (and the text says it is seeded)
         carer = _Session(url, *signins["carer"])
         assert carer.me["role"] == "carer"
         assert _Session(url, *signins["team lead"]).me["role"] == "lead"
