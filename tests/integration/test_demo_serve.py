@@ -66,7 +66,7 @@ def test_demo_serve_runs_a_care_home_until_ctrl_c(tmp_path: Path) -> None:
         signins = {m.group(1): (m.group(2), m.group(3)) for m in map(SIGNIN.match, lines) if m}
         assert set(signins) == {"carer", "team lead", "technician"}
         assert len({pw for _, pw in signins.values()}) == 3  # one password each, made for this run
-        seeded = next(m for m in (re.search(r"risk history SEEDED: 1 past days.*\((\d+) scores\)", x)
+        seeded = next(m for m in (re.search(r"risk history SEEDED: 1 past days.*\((\d+) scores", x)
                                   for x in lines) if m)
         assert int(seeded.group(1)) >= 1  # the edge scored the seeded day (and the text says it is seeded)
         carer = _Session(url, *signins["carer"])
