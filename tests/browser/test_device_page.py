@@ -39,14 +39,18 @@ def _get(gw: Gateway, path: str, token: str) -> tuple[int, Any]:
 def fleet_gateway(mosquitto: Mosquitto, tmp_path: Path, unique_name: str) -> Iterator[tuple[Gateway, dict[str, str]]]:
     """Two flats: flat A's hub is fine and its resident (Greta Lind, 12B) has just fallen;
     flat B's hub has dropped off (its last will, ``lost``)."""
+    site_a, site_b = f"a-{unique_name}"[:40], f"b-{unique_name}"[:40]
     users = StaffDirectory(tmp_path / "staff.toml")
     tokens = {"technician": users.add("Tom Tech", "technician", password="solder and flux 42"),
-              "admin": users.add("Ada Admin", "admin")}
-    cfg = t.make_cfg(mosquitto, None, tmp_path, unique_name, staff_users_file=str(tmp_path / "staff.toml"))
+              "admin": users.add("Ada Admin", "admin"), "carer": users.add("Anna Carer", "carer"),
+              "north": users.add("Nils North", "technician", team="north")}
+    people = [{"id": "anna", "name": "anna", "contacts": [{"channel": "log"}]}]
+    teams = [{"id": "north", "sites": [site_a], "shifts": [{"people": ["anna"]}], "quiet_hours": None}]
+    cfg = t.make_cfg(mosquitto, None, tmp_path, unique_name, staff_users_file=str(tmp_path / "staff.toml"),
+                     paging={"people": people, "teams": teams})
     gw = Gateway(cfg)
     gw.start()
     assert t.wait_until(lambda: gw.ready()[0])
-    site_a, site_b = f"a-{unique_name}"[:40], f"b-{unique_name}"[:40]
     reg = gw.pager.registry
     reg.add_device("hub-a", "hub", actor="test", site_id=site_a)
     reg.add_device("wear-r01", "wearable", actor="test", hub_id="hub-a")
@@ -81,6 +85,10 @@ def test_the_api_lists_devices_offline_first_without_residents(fleet_gateway: tu
     assert _get(gw, f"/alerts/{fall_id}", tokens["technician"])[0] == 403
     code, listed = _get(gw, "/alerts", tokens["technician"])
     assert code == 200 and all(a["kind"] != "fall" for a in listed)
+    assert _get(gw, "/devices/overview", tokens["carer"])[0] == 403  # carers see residents, not devices
+    code, north = _get(gw, "/devices/overview", tokens["north"])  # a team's technician: its sites only
+    assert code == 200 and {r["site_id"] for r in north} == {by["hub-a"]["site_id"]}
+    assert by["hub-a"]["timezone"] == "Europe/Stockholm"
     code, audit = _get(gw, "/audit", tokens["admin"])
     assert ("Tom Tech", "/devices/overview", 200) in {(e["actor"], e["path"], e["status"]) for e in audit}
 
@@ -114,6 +122,8 @@ def test_a_technician_sees_the_offline_hub_first_and_no_resident(fleet_gateway: 
         body = driver.find_element(By.TAG_NAME, "body").text
         assert "Greta" not in body and "12B" not in body and "r07" not in body and "Fall" not in body, body
         assert driver.find_elements(By.CSS_SELECTOR, f'.card[data-alert-id="{fall_id}"]') == []
+        offline_card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".card.raised")))
+        assert [b for b in offline_card.find_elements(By.TAG_NAME, "button") if b.is_displayed()] == []
         # the technician's own session is refused the fall alert
         status = driver.execute_async_script(
             "const done = arguments[arguments.length - 1];"
