@@ -230,7 +230,8 @@ def run_serve(cfg: FallwatchConfig, args: argparse.Namespace) -> int:
         for role, name, password in signins:
             print(f"  {ROLE_LABEL[role] + ':':<12} {name} / {password}", file=out)
         out.flush()
-        t_s = _drive(pipe, fleet, stop, off_hub, off_from, off_to, args.risk_every)
+        retired: list[dict[str, Any]] = []  # the counters of a hub's agent before it was switched off
+        t_s = _drive(pipe, fleet, stop, off_hub, off_from, off_to, args.risk_every, retired)
         print("\nstopping: letting every hub's outbox drain into the gateway ...", file=out, flush=True)
         if off_hub and off_hub not in pipe.agents:
             pipe.start_agent(off_hub)  # a hub still off keeps its outbox: switched on, it delivers
@@ -238,7 +239,7 @@ def run_serve(cfg: FallwatchConfig, args: argparse.Namespace) -> int:
         edge = {hub: a.stats() for hub, a in pipe.agents.items()}
         stored = [a for a in pipe.gateway.alerts() if a.get("data_status") == "alert"]
     truth = [e for e in fleet.truth_until(t_s) if e.type == "fall" and not e.details.get("cancelled_by_wearer")]
-    raised = sum(int(s.get("alerts_raised", 0)) for s in edge.values())
+    raised = sum(int(s.get("alerts_raised", 0)) for s in [*edge.values(), *retired])
     detected, _false = _match(truth, stored, int(fleet.start_epoch_ms))
     left = sum(int(s.get("outbox_depth", 0)) for s in edge.values())
     summary = {"sim_seconds": round(t_s, 1), "falls_injected": len(truth), "falls_detected": detected,
@@ -251,7 +252,7 @@ def run_serve(cfg: FallwatchConfig, args: argparse.Namespace) -> int:
 
 
 def _drive(pipe: Any, fleet: Any, stop: threading.Event, off_hub: str | None, off_from: float, off_to: float,
-           risk_every: float) -> float:
+           risk_every: float, retired: list[dict[str, Any]]) -> float:
     """Feed the fleet in real time until ``stop``; switch ``off_hub`` off and on; score risk."""
     from collections import defaultdict
 
@@ -271,6 +272,7 @@ def _drive(pipe: Any, fleet: Any, stop: threading.Event, off_hub: str | None, of
         pacer.wait(chunk.t_s)
         t_s = chunk.t_s
         if off_hub and not off and off_from <= t_s < off_to:
+            retired.append(pipe.agents[off_hub].stats())
             pipe.stop_agent(off_hub)
             off = True
         elif off_hub and off and t_s >= off_to:
