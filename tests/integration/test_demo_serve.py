@@ -3,10 +3,12 @@ shows up for the carer with the resident's name, and a clean stop on Ctrl-C with
 
 from __future__ import annotations
 
+import contextlib
 import http.cookiejar
 import json
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -96,3 +98,7 @@ def test_demo_serve_runs_a_care_home_until_ctrl_c(tmp_path: Path) -> None:
     assert rc == 0, "\n".join(lines)
     summary = json.loads(lines[-1])
     assert summary["lost"] == 0 and summary["alerts_stored"] >= 1, summary
+    # every seeded risk score reached the series store (the embedded one, in the work dir)
+    with contextlib.closing(sqlite3.connect(tmp_path / "series.sqlite")) as db:
+        risk_points = db.execute("SELECT count(*) FROM points WHERE measurement = 'risk'").fetchone()[0]
+    assert risk_points >= int(seeded.group(1))
