@@ -130,7 +130,8 @@ class GatewayApi:
         self._residents = residents
         self._default_tz = "Europe/Stockholm"  # a site no team answers for (config Team.timezone's default)
         self._care = CareApi(state, lambda: pager.registry if pager is not None else None, series,
-                             pager.store.deliveries if pager is not None else lambda alert_id: [])
+                             pager.store.deliveries if pager is not None else lambda alert_id: [],
+                             lambda pid: getattr(pager.roster.people.get(pid), "name", None) if pager else None)
 
     def dead_workers(self) -> list[str]:
         return self._workers.dead()

@@ -251,12 +251,14 @@ class CareApi:
     """:class:`CareReader` over the state store, the provisioning registry and the series store."""
 
     def __init__(self, state: StateStore, registry: Callable[[], Any], series: Callable[[], RiskReader] | None,
-                 deliveries: Callable[[str], list[Row]] = lambda alert_id: []) -> None:
+                 deliveries: Callable[[str], list[Row]] = lambda alert_id: [],
+                 person_name: Callable[[str], str | None] = lambda person_id: None) -> None:
         self.state = state
         self.actions = ResidentActions(state)
         self._registry = registry  # the registry exists once the pager is set up, hence a callable
         self._series = series
         self._deliveries = deliveries
+        self._person_name = person_name  # a roster id -> the person's name, for "notified Lena by e-mail"
         self._local = threading.local()
 
     def setup(self) -> None:
@@ -370,7 +372,7 @@ class CareApi:
                 events.append({"at_ms": e["at_ms"], "what": "escalated"})
         for d in self._deliveries(alert_id):
             events.append({"at_ms": d["at_ms"], "what": "notified" if d["ok"] else "not_reached",
-                           "who": d["person"], "channel": d["channel"]})
+                           "who": self._person_name(str(d["person"])) or d["person"], "channel": d["channel"]})
         events.sort(key=lambda e: int(e["at_ms"]))
         now = fall_state(alert)
         return {"alert_id": alert_id, "site_id": alert["site_id"], "now": now, "lying_s": alert.get("lying_s"),
