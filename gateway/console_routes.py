@@ -101,7 +101,8 @@ MESSAGES = [
     N_("no falls"), N_("last action"), N_("nothing recorded"), N_("Recorded."), N_("{n} percentage points"),
     N_("What has happened since"), N_("Nobody to visit: no residents with risk scores."),
     N_("Ranked by how much the fall risk rose over the last week."), N_("followed for less than a week"),
-    N_("by {name}"), N_("via the console"), N_("via a message's link"), N_("lying for {n} s when last reported"),
+    N_("by {name}"), N_("{n} alerts of raised fall risk are for the team's planning, not shown here."),
+    N_("via the console"), N_("via a message's link"), N_("lying for {n} s when last reported"),
 ]
 _LEVELS = {"low": N_("low risk"), "medium": N_("medium risk"), "high": N_("high risk")}
 #: an alert's situation and events, in words (care.CareApi.since)

@@ -31,21 +31,25 @@ class Resident:
     drift_days: int = 42
 
 
-BASE = {"gait_speed_m_s": 0.85, "gait_speed_trend_pct_wk": 0.0, "cadence_spm": 98.0, "stride_time_cv": 0.035,
-        "sit_to_stand_s": 2.6, "tug_s": 11.5, "time_upright_h": 5.0, "night_activity_events": 3.0,
-        "night_bathroom_visits": 1.0, "sway_rms_mg": 45.0, "falls_past_12m": 0.0}
+BASE = {"gait_speed_m_s": 0.95, "gait_speed_trend_pct_wk": -0.5, "cadence_spm": 102.0, "stride_time_cv": 0.03,
+        "sit_to_stand_s": 2.5, "tug_s": 10.5, "time_upright_h": 5.3, "night_activity_events": 2.5,
+        "night_bathroom_visits": 1.2, "sway_rms_mg": 30.0, "falls_past_12m": 0.0}
 
 RESIDENTS = [
-    Resident("r01", "Astrid Lindqvist", "lgh 1101", {"gait_speed_m_s": (0.86, 0.58), "gait_speed_trend_pct_wk":
-             (0.0, -9.0), "tug_s": (11.0, 16.5), "time_upright_h": (5.2, 3.1)}, drift_days=12),
-    Resident("r02", "Karl-Erik Johansson", "lgh 1102", {"night_bathroom_visits": (1.0, 4.0),
-             "night_activity_events": (3.0, 9.0)}, drift_days=10),
-    Resident("r03", "Margareta Berg", "lgh 1203", {"falls_past_12m": (2.0, 2.0), "sway_rms_mg": (72.0, 74.0),
-             "sit_to_stand_s": (3.8, 3.9)}),
-    Resident("r04", "Sven Nilsson", "lgh 1204", {"gait_speed_m_s": (0.62, 0.82), "tug_s": (15.0, 12.0),
-             "gait_speed_trend_pct_wk": (-4.0, 5.0)}, drift_days=21),
-    Resident("r05", "Ingrid Holm", "lgh 1305", {"gait_speed_m_s": (1.05, 1.05), "time_upright_h": (7.0, 7.0)}),
-    Resident("r06", "Gunnar Ek", "lgh 1306", {"sway_rms_mg": (50.0, 85.0), "sit_to_stand_s": (2.8, 4.2)},
+    # walking slows over the last twelve days: the planning list's first name
+    Resident("r01", "Astrid Lindqvist", "lgh 1101", {"gait_speed_m_s": (0.95, 0.83), "gait_speed_trend_pct_wk":
+             (-0.5, -3.0), "tug_s": (10.5, 12.0), "time_upright_h": (5.3, 4.4)}, drift_days=12),
+    # restless nights, up to the bathroom more often
+    Resident("r02", "Karl-Erik Johansson", "lgh 1102", {"night_bathroom_visits": (1.2, 4.5),
+             "night_activity_events": (2.5, 9.0)}, drift_days=10),
+    # a fall last year and some sway: high, but steady
+    Resident("r03", "Margareta Berg", "lgh 1203", {"falls_past_12m": (1.0, 1.0), "sway_rms_mg": (45.0, 46.0)}),
+    # balance training is working: walking gets better
+    Resident("r04", "Sven Nilsson", "lgh 1204", {"gait_speed_m_s": (0.80, 0.92), "tug_s": (12.5, 11.0),
+             "gait_speed_trend_pct_wk": (-2.0, 2.0)}, drift_days=21),
+    Resident("r05", "Ingrid Holm", "lgh 1305", {"gait_speed_m_s": (1.05, 1.05), "time_upright_h": (6.5, 6.5)}),
+    # slowly more sway and a slower rise from the chair over a month
+    Resident("r06", "Gunnar Ek", "lgh 1306", {"sway_rms_mg": (30.0, 55.0), "sit_to_stand_s": (2.5, 3.4)},
              drift_days=30),
 ]
 

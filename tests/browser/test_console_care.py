@@ -36,14 +36,15 @@ SIZES = {"phone": (390, 844), "desktop": (1280, 860)}
 SHOTS = os.environ.get("FALLWATCH_SCREENSHOT_DIR")
 
 
-def _shoot(driver: Any, name: str, element: Any = None) -> None:
+def _shoot(driver: Any, name: str, element: Any = None, desktop_height: int = 860) -> None:
     """Phone- and desktop-sized pictures of what is on screen (only when asked for)."""
     if not SHOTS:
         return
+    driver.execute_script("window.scrollTo(0, 0)")
     for size, (w, h) in SIZES.items():
-        driver.set_window_size(w, h)
+        driver.set_window_size(w, desktop_height if size == "desktop" else h)
         time.sleep(0.3)  # the plot redraws for the new width
-        target = Path(SHOTS) / f"console-{name}-sv-{size}.png"
+        target = Path(SHOTS) / f"carehome-{name}-sv-{size}.png"
         if element is not None:
             element.screenshot(str(target))
         else:
@@ -80,10 +81,11 @@ def care_home(mosquitto: Mosquitto,
         pub.publish(topic, payload)
     # the history: falls of earlier weeks, resolved with outcomes (recorded as the gateway did then)
     astrid, karl, margareta = home.RESIDENTS[0], home.RESIDENTS[1], home.RESIDENTS[2]
-    for r, days, room, outcome, note in ((margareta, 23, "badrum", "no_injury", "satt på golvet, oskadd"),
-                                         (astrid, 9, "vardagsrum", "injury", "blåmärke på höften"),
-                                         (astrid, 4, "sovrum", "false_alarm", "")):
-        at = now - days * home.DAY_MS
+    for r, back, room, outcome, note in ((margareta, (23, 5), "badrum", "no_injury", "satt på golvet, oskadd"),
+                                         (astrid, (9, 2), "vardagsrum", "injury", "blåmärke på höften"),
+                                         (astrid, (4, 9), "sovrum", "false_alarm", "")):
+        days, hours = back
+        at = now - days * home.DAY_MS - hours * 3_600_000
         _, aid = gw.state.record_fall(contract.decode(*home.fall_message(SITE, r, 500 + days, at, room)), at)
         gw.state.transition(aid, "acknowledge", "Amir Haddad", at + 140_000, via="console")
         gw.state.transition(aid, "clear", "Amir Haddad", at + 900_000, outcome=outcome, note=note or None)
@@ -194,7 +196,7 @@ def test_a_carer_reads_the_resident_page_and_records_an_action(care_home: tuple[
         driver.find_element(By.ID, "r-record").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "r-taken"), "Gånghjälpmedel (rollator)"))
         assert "av Amir Haddad" in driver.find_element(By.ID, "r-taken").text
-        _shoot(driver, "resident")
+        _shoot(driver, "resident", desktop_height=1500)
     finally:
         driver.quit()
     taken = gw.api.care().resident_page(SITE, "r01", contract.now_ms())
