@@ -33,12 +33,16 @@ the action, written by the HTTP layer). :class:`CareApi` is what the console's r
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from fallwatch.gateway.i18n import N_
+from fallwatch.gateway.sinks import SinkError
 from fallwatch.gateway.state import OPEN_STATUSES, StateStore
+
+log = logging.getLogger("fallwatch.gateway.care")
 
 Row = dict[str, Any]
 DAY_MS = 86_400_000
@@ -278,9 +282,18 @@ class CareApi:
             self._local.sink = None
             sink.close()
 
-    def _risk(self, since_ms: int, site_id: str | None = None, resident_id: str | None = None) -> list[Row]:
+    def _risk(self, since_ms: int, site_id: str | None = None,
+              resident_id: str | None = None) -> tuple[list[Row], str | None]:
+        """The risk points, and why they could not be read (the page shows the rest and says so)."""
         store = self._store()
-        return store.risk_points(since_ms, site_id, resident_id) if store is not None else []
+        if store is None:
+            return [], None
+        try:
+            return store.risk_points(since_ms, site_id, resident_id), None
+        except SinkError as exc:
+            log.warning("console: could not read risk scores from the series store: %s", exc)
+            self.release_thread()  # a fresh connection next time
+            return [], f"the series store did not answer: {exc}"
 
     def _who(self, site_id: str, resident_id: str) -> Row | None:
         reg = self._registry()
@@ -289,7 +302,7 @@ class CareApi:
 
     def resident_page(self, site_id: str, resident_id: str, now_ms: int) -> Row | None:
         who = self._who(site_id, resident_id)
-        risk = self._risk(now_ms - TREND_MS, site_id, resident_id)
+        risk, problem = self._risk(now_ms - TREND_MS, site_id, resident_id)
         alerts = self.state._select("SELECT * FROM alerts WHERE site_id = ? AND resident_id = ? "
                                     "ORDER BY raised_ms DESC LIMIT 50", (site_id, resident_id))
         if who is None and not risk and not alerts:
@@ -307,17 +320,18 @@ class CareApi:
             "suggested": suggested_actions([f for f, _ in factors]),
             "taken": self.actions.taken(site_id, resident_id),
             "alerts": alerts,
+            "problem": problem,
         }
 
     def record_action(self, site_id: str, resident_id: str, action: str, actor: str, now_ms: int,
                       note: str | None) -> Row:
-        risk = self._risk(now_ms - TREND_MS, site_id, resident_id)
+        risk, _ = self._risk(now_ms - TREND_MS, site_id, resident_id)
         factors = [f for f, _ in top_factors(risk[-1]["factors"])] if risk else []
         return self.actions.record(site_id, resident_id, action, actor, now_ms, factors=factors, note=note)
 
     def visits(self, now_ms: int, in_scope: Callable[[str], bool]) -> list[Row]:
         by_resident: dict[tuple[str, str], list[Row]] = {}
-        for r in self._risk(now_ms - WEEK_MS - 2 * DAY_MS):
+        for r in self._risk(now_ms - WEEK_MS - 2 * DAY_MS)[0]:
             if r["site_id"] and r["resident_id"] and in_scope(str(r["site_id"])):
                 by_resident.setdefault((str(r["site_id"]), str(r["resident_id"])), []).append(r)
         reg = self._registry()

@@ -55,6 +55,7 @@ class ResidentPage(_Open):
     suggested: list[dict[str, Any]] = Field(description="actions the factors point to (gateway/care.py)")
     taken: list[dict[str, Any]] = Field(description="actions recorded, newest first")
     alerts: list[dict[str, Any]] = Field(description="the resident's alerts with outcomes, newest first")
+    problem: str | None = Field(None, description="why the risk scores could not be read (the rest is shown)")
 
 
 class Visit(_Open):
@@ -102,7 +103,8 @@ MESSAGES = [
     N_("What has happened since"), N_("Nobody to visit: no residents with risk scores."),
     N_("Ranked by how much the fall risk rose over the last week."), N_("followed for less than a week"),
     N_("by {name}"), N_("{n} alerts of raised fall risk are for the team's planning, not shown here."),
-    N_("via the console"), N_("via a message's link"), N_("lying for {n} s when last reported"),
+    N_("via the console"), N_("The risk scores could not be read just now."), N_("via a message's link"),
+    N_("lying for {n} s when last reported"),
 ]
 _LEVELS = {"low": N_("low risk"), "medium": N_("medium risk"), "high": N_("high risk")}
 #: an alert's situation and events, in words (care.CareApi.since)

@@ -73,10 +73,15 @@ class SqliteSeriesSink:
 
     def risk_points(self, since_ms: int, site_id: str | None = None,
                     resident_id: str | None = None) -> list[dict[str, Any]]:
-        with self._lock:
-            cur = self._db.execute("SELECT series, fields, ts_ms FROM points WHERE measurement = 'risk' "
-                                   "AND ts_ms >= ? ORDER BY ts_ms", (since_ms,))
-            rows = [risk_row(msgspec.json.decode(s), msgspec.json.decode(f), ts) for s, f, ts in cur]
+        try:
+            with self._lock:
+                cur = self._db.execute("SELECT series, fields, ts_ms FROM points WHERE measurement = 'risk' "
+                                       "AND ts_ms >= ? ORDER BY ts_ms", (since_ms,))
+                rows = [risk_row(msgspec.json.decode(s), msgspec.json.decode(f), ts) for s, f, ts in cur]
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # nothing written yet
+                return []
+            raise SinkError(f"embedded store: {exc}", retryable=True) from None
         return [r for r in rows if (site_id is None or r["site_id"] == site_id)
                 and (resident_id is None or r["resident_id"] == resident_id)]
 
