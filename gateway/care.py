@@ -234,8 +234,9 @@ class CareReader(Protocol):
         ...
 
     def record_action(self, site_id: str, resident_id: str, action: str, actor: str, now_ms: int,
-                      note: str | None) -> Row:
-        """Record an action taken (ValueError for an unknown action)."""
+                      note: str | None) -> Row | None:
+        """Record an action taken with the day's factors; None for a resident nobody knows
+        (ValueError for an unknown action)."""
         ...
 
     def visits(self, now_ms: int, in_scope: Callable[[str], bool]) -> list[Row]:
@@ -324,8 +325,11 @@ class CareApi:
         }
 
     def record_action(self, site_id: str, resident_id: str, action: str, actor: str, now_ms: int,
-                      note: str | None) -> Row:
+                      note: str | None) -> Row | None:
         risk, _ = self._risk(now_ms - TREND_MS, site_id, resident_id)
+        if not risk and self._who(site_id, resident_id) is None and not self.state._select(
+                "SELECT alert_id FROM alerts WHERE site_id = ? AND resident_id = ? LIMIT 1", (site_id, resident_id)):
+            return None  # nobody the gateway knows: no record for a typo
         factors = [f for f, _ in top_factors(risk[-1]["factors"])] if risk else []
         return self.actions.record(site_id, resident_id, action, actor, now_ms, factors=factors, note=note)
 

@@ -192,11 +192,11 @@ def router(srv: HttpServer) -> APIRouter:
             return _json(403, {"error": _FOREIGN})
         now = time.time_ns() // 1_000_000
         where = f"{request.url.path}?action={action}"
-        if await srv.run(care().resident_page, site_id, resident_id, now) is None:
-            await srv.audit(request, user, 404, where)
-            return _json(404, {"error": "no such resident"})
         actor = str(body.get("by") or user.name)[:80] if user.service else user.name
         row = await srv.run(care().record_action, site_id, resident_id, action, actor, now, note or None)
+        if row is None:
+            await srv.audit(request, user, 404, where)
+            return _json(404, {"error": "no such resident"})
         await srv.audit(request, user, 200, where)
         return _json(200, row)
 

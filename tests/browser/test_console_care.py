@@ -163,7 +163,7 @@ def test_a_carer_reads_the_resident_page_and_records_an_action(care_home: tuple[
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select
 
-    gw, _ = care_home
+    gw, tokens = care_home
     driver = _chrome(tmp_path, lang="sv-SE,sv")
     try:
         wait = _sign_in(driver, gw, "Amir Haddad", "amir har ett långt lösenord")
@@ -202,7 +202,9 @@ def test_a_carer_reads_the_resident_page_and_records_an_action(care_home: tuple[
     taken = gw.api.care().resident_page(SITE, "r01", contract.now_ms())
     assert taken is not None and taken["taken"][0]["action"] == "walker"
     assert taken["taken"][0]["actor"] == "Amir Haddad" and taken["taken"][0]["note"].startswith("rollator")
-    steps = {(e["actor"], e["method"], e["path"], e["status"]) for e in gw.state.access_log()}
+    code, audit = _api(gw, "/audit", tokens["admin"])  # as the admin reads it
+    assert code == 200
+    steps = {(e["actor"], e["method"], e["path"], e["status"]) for e in audit}
     assert ("Amir Haddad", "POST", f"/residents/{SITE}/r01/actions?action=walker", 200) in steps
     assert ("Amir Haddad", "GET", f"/residents/{SITE}/r01", 200) in steps
 
@@ -218,6 +220,7 @@ def test_another_team_and_other_roles_are_refused(care_home: tuple[Gateway, dict
     assert code == 403
     assert _api(gw, f"/residents/{SITE}/r01/actions", tokens["carer"], {"action": "rug"})[0] == 400
     assert _api(gw, f"/residents/{SITE}/nobody", tokens["carer"])[0] == 404
+    assert _api(gw, f"/residents/{SITE}/nobody/actions", tokens["carer"], {"action": "walker"})[0] == 404
     assert _api(gw, "/visits", tokens["carer"])[0] == 403  # planning is for leads and admins
     code, seen = _api(gw, "/visits", tokens["other"])
     assert code == 403
