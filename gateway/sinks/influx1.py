@@ -87,7 +87,9 @@ class Influx1Sink:
 
     def risk_points(self, since_ms: int, site_id: str | None = None,
                     resident_id: str | None = None) -> list[dict[str, Any]]:
-        q = f'SELECT * FROM "risk" WHERE time >= {int(since_ms)}ms'
+        rp = self.cfg.retention_policy  # where the gateway writes (not necessarily the default policy)
+        where = '"risk"' if rp == "autogen" else f'"{self.cfg.database}"."{rp}"."risk"'
+        q = f"SELECT * FROM {where} WHERE time >= {int(since_ms)}ms"
         for key, value in (("site_id", site_id), ("resident_id", resident_id)):
             if value is not None:  # an InfluxQL string literal: backslash and quote escaped
                 q += f" AND \"{key}\" = '" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

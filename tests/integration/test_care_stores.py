@@ -17,7 +17,7 @@ from fallwatch.protocol import contract as c
 from fallwatch.testing.services import InfluxDB1, postgres_database
 
 pytestmark = pytest.mark.integration
-T0 = 1_790_000_000_000
+T0 = (c.now_ms() // 86_400_000 - 10) * 86_400_000  # recent: inside a 30-day retention policy
 
 
 def _risk(site: str, resident: str, day: int, score: float) -> c.RiskScore:
@@ -50,8 +50,10 @@ def test_risk_points_from_the_embedded_store(tmp_path: Path) -> None:
         sink.close()
 
 
-def test_risk_points_from_influxdb_1(influxdb: InfluxDB1, unique_name: str) -> None:
-    cfg = load_config(overrides={"influx": {"url": influxdb.url, "version": 1,
+@pytest.mark.parametrize("rp", ["autogen", "raw"])
+def test_risk_points_from_influxdb_1(influxdb: InfluxDB1, unique_name: str, rp: str) -> None:
+    # "raw" is not the database's default policy: the read must ask where the gateway wrote
+    cfg = load_config(overrides={"influx": {"url": influxdb.url, "version": 1, "retention_policy": rp,
                                             "database": f"care_{unique_name}".replace("-", "_")[:60]}})
     sink = make_sink(cfg.influx)
     try:
