@@ -103,6 +103,20 @@ def care_home(mosquitto: Mosquitto,
     gw.stop()
 
 
+def _english_on_screen(driver: Any) -> list[str]:
+    """Catalog messages whose English (differing from the Swedish) shows on the Swedish page."""
+    from babel.messages.pofile import read_po
+    from selenium.webdriver.common.by import By
+
+    with (Path(__file__).resolve().parents[2] / "gateway/locale/sv.po").open("rb") as f:
+        catalog = {str(m.id): str(m.string) for m in read_po(f) if m.id}
+    shown = driver.find_element(By.TAG_NAME, "body").text + " ".join(
+        f"{e.get_attribute('placeholder') or ''} {e.get_attribute('aria-label') or ''}"
+        for e in driver.find_elements(By.CSS_SELECTOR, "input, select"))
+    return [m for m, sv in catalog.items()
+            if sv != m and len(m.split("{")[0].strip(" :–,.…")) > 3 and m.split("{")[0].strip(" :–,.…") in shown]
+
+
 def _sign_in(driver: Any, gw: Gateway, name: str, password: str) -> Any:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -152,6 +166,7 @@ def test_a_lead_sees_whom_to_visit_ranked_by_the_weeks_rise_in_risk(care_home: t
         assert "procentenheter på en vecka" in text and "senaste fall" in text and "Varför:" in text
         # worsening walking ranks above improving walking
         assert expected.index("r01") < expected.index("r04")
+        assert _english_on_screen(driver) == []
         _shoot(driver, "planning")
     finally:
         driver.quit()
@@ -175,6 +190,7 @@ def test_a_carer_reads_the_resident_page_and_records_an_action(care_home: tuple[
         inbox = driver.find_element(By.ID, "alerts").text
         assert "Karl-Erik Johansson, lgh 1102" in inbox and "ligger fortfarande ner" in inbox
         assert "i badrummet" in inbox  # the reasons in words
+        assert _english_on_screen(driver) == []
         _shoot(driver, "inbox")
         card = driver.find_element(By.CSS_SELECTOR, ".card.raised")
         _shoot(driver, "alert", card)
@@ -191,6 +207,7 @@ def test_a_carer_reads_the_resident_page_and_records_an_action(care_home: tuple[
         assert factors and all(f and "_" not in f for f in factors), factors  # words, not codes
         text = driver.find_element(By.ID, "resident").text
         assert "Astrid Lindqvist" in text and "fall med skada" in text  # the history with outcomes
+        assert _english_on_screen(driver) == []
         Select(driver.find_element(By.ID, "r-action")).select_by_value("walker")
         driver.find_element(By.ID, "r-note").send_keys("rollator beställd via arbetsterapeut")
         driver.find_element(By.ID, "r-record").click()
