@@ -97,6 +97,9 @@ def care_home(mosquitto: Mosquitto,
     pub.close()
     assert t.wait_until(lambda: len(gw.state.alerts(kind="fall", open_only=True)) == 2)
     astrid_now = next(a for a in gw.state.alerts(kind="fall", open_only=True) if a["resident_id"] == "r01")
+    # the pager has told the carer on call about both (what the cards' "since" lists)
+    assert t.wait_until(lambda: all(gw.pager.store.deliveries(a["alert_id"])
+                                    for a in gw.state.alerts(kind="fall", open_only=True)))
     assert _api(gw, f"/alerts/{astrid_now['alert_id']}/ack", tokens["carer"], {})[0] == 200
     assert t.wait_until(lambda: gw.storage.count_points("risk") == len(risk))
     yield gw, tokens
