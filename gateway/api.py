@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from fallwatch.gateway.care import CareApi, CareReader, RiskReader
 from fallwatch.gateway.channels import Action, AlertEvent, Notifier
 from fallwatch.gateway.devices_view import DEFAULT_LIMITS, DeviceLimits, device_overview
 from fallwatch.gateway.metrics import Metrics
@@ -113,6 +114,10 @@ class GatewayReader(Protocol):
         """Free what the calling (request) thread holds, e.g. its state-DB connection."""
         ...
 
+    def care(self) -> CareReader:
+        """Residents' risk pages, recorded actions, the planning list, an alert's "since"."""
+        ...
+
 
 class GatewayApi:
     """:class:`GatewayReader` over the gateway's state store, workers, metrics and stats."""
@@ -120,6 +125,7 @@ class GatewayApi:
     def __init__(self, state: StateStore, workers: Workers, metrics: Metrics, notifier: Notifier,
                  stats: Callable[[], dict[str, Any]], ready: Callable[[], tuple[bool, str]],
                  pager: Pager | None = None, residents: ResidentLookup = no_registry,
+                 series: Callable[[], RiskReader] | None = None,
                  device_limits: DeviceLimits = DEFAULT_LIMITS) -> None:
         self._state = state
         self._pager = pager
@@ -131,6 +137,9 @@ class GatewayApi:
         self._residents = residents
         self._device_limits = device_limits
         self._default_tz = "Europe/Stockholm"  # a site no team answers for (config Team.timezone's default)
+        self._care = CareApi(state, lambda: pager.registry if pager is not None else None, series,
+                             pager.store.deliveries if pager is not None else lambda alert_id: [],
+                             lambda pid: getattr(pager.roster.people.get(pid), "name", None) if pager else None)
 
     def dead_workers(self) -> list[str]:
         return self._workers.dead()
@@ -210,4 +219,8 @@ class GatewayApi:
         return self._residents(site_id, resident_id)
 
     def release_thread(self) -> None:
+        self._care.release_thread()
         self._state.release_thread()
+
+    def care(self) -> CareReader:
+        return self._care

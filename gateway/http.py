@@ -22,6 +22,7 @@
     GET  /devices/overview         hubs and sensors, what needs a visit first     (technician, admin; device_routes.py)
     GET  /metrics, /stats          Prometheus text / counters                     (technician, admin)
     GET  /audit                    the access audit log                           (admin)
+    GET  /residents/…, /visits, /alerts/{id}/since   see gateway/console_routes.py
 
 Sign-in: a script sends its personal token as ``Authorization: Bearer``; the console signs
 in once (token, or name and password checked with Argon2id) and gets a session cookie
@@ -93,6 +94,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fallwatch.gateway import console_routes
 from fallwatch.gateway.api import GatewayReader
 from fallwatch.gateway.channels._common import _KIND as KIND_NAMES
 from fallwatch.gateway.channels._common import _OUTCOME as OUTCOME_NAMES
@@ -322,7 +324,9 @@ _ROLES = {"carer": N_("carer"), "lead": N_("team lead"), "technician": N_("techn
 def console_texts(lang: str) -> dict[str, dict[str, str]]:
     """Everything the console's script shows, in one language."""
     _ = gettext_for(lang)
-    return {"messages": {m: _(m) for m in CONSOLE_MESSAGES}, "kinds": {k: _(v) for k, v in KIND_NAMES.items()},
+    care = console_routes.texts(lang)  # the resident page's, the planning list's and "since"'s
+    return {**care, "messages": {**{m: _(m) for m in CONSOLE_MESSAGES}, **care["messages"]},
+            "kinds": {k: _(v) for k, v in KIND_NAMES.items()},
             "reasons": {k: _(v) for k, v in REASONS.items()}, "outcomes": {k: _(v) for k, v in OUTCOME_NAMES.items()},
             "status": {k: _(v) for k, v in _STATUS.items()}, "roles": {k: _(v) for k, v in _ROLES.items()}}
 
@@ -911,6 +915,7 @@ def build_app(srv: HttpServer) -> FastAPI:
         return _json(status, {"person": person} if status == 200 else
                      {"error": f"{person!r} is not in the paging roster ([[gateway.paging.people]])"})
 
+    app.include_router(console_routes.router(srv))  # residents, planning, an alert's "since"
     return app
 
 
