@@ -220,8 +220,8 @@ def run_serve(cfg: FallwatchConfig, args: argparse.Namespace) -> int:
                   f"(offline on the device page after {OFFLINE_AFTER_S:.0f} s of silence)", file=out)
         if days:
             print(f"  risk history SEEDED: {days} past days, each a 2-minute simulated stretch of that day scored "
-                  f"by the edge's risk model and back-dated ({seeded} scores;\n    short days score high, "
-                  "the trend follows the simulated drift: docs/demo.md)", file=out)
+                  f"by the edge's risk model and back-dated ({seeded} scores;\n    2-minute days "
+                  "are not real days: docs/demo.md)", file=out)
         else:
             print("  no risk history seeded (--history-days 0): the risk trend starts today", file=out)
         print(f"  the edge scores fall risk every {args.risk_every:.0f} s from then on", file=out)
