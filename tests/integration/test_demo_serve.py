@@ -45,9 +45,12 @@ class _Session:
 
 
 def test_demo_serve_runs_a_care_home_until_ctrl_c(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "fallwatch.cli", "demo", "--serve", "--hours", "1",
-                             "--first-fall", "10", "--fall-every", "60", "--history-days", "1",
-                             "--workdir", str(tmp_path)],
+    # no cancel window (the wearer's 15 s to press cancel): the test waits for the plumbing, not the wearer
+    config = tmp_path / "fallwatch.toml"
+    config.write_text("[edge]\ncancel_window_s = 0.0\n")
+    proc = subprocess.Popen([sys.executable, "-m", "fallwatch.cli", "demo", "--serve", "--hours", "0.25",
+                             "--first-fall", "6", "--fall-every", "60", "--history-days", "1",
+                             "--config", str(config), "--workdir", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines: list[str] = []
     ready = threading.Event()
