@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from fallwatch.gateway.care import CareApi, CareReader, RiskReader
 from fallwatch.gateway.channels import Action, AlertEvent, Notifier
+from fallwatch.gateway.devices_view import DEFAULT_LIMITS, DeviceLimits, device_overview
 from fallwatch.gateway.metrics import Metrics
 from fallwatch.gateway.paging import AckResult, Pager
 from fallwatch.gateway.state import StateStore
@@ -56,6 +57,11 @@ class GatewayReader(Protocol):
 
     def devices(self) -> list[Row]:
         """The device registry (``/devices``)."""
+        ...
+
+    def device_overview(self, now_ms: int) -> list[Row]:
+        """Every hub and sensor for the technician's device page, what needs a visit first;
+        device facts only, no resident data (``/devices/overview``, gateway/devices_view.py)."""
         ...
 
     def transition(self, alert_id: str, action: str, actor: str, now_ms: int, *, via: str | None = None,
@@ -119,7 +125,8 @@ class GatewayApi:
     def __init__(self, state: StateStore, workers: Workers, metrics: Metrics, notifier: Notifier,
                  stats: Callable[[], dict[str, Any]], ready: Callable[[], tuple[bool, str]],
                  pager: Pager | None = None, residents: ResidentLookup = no_registry,
-                 series: Callable[[], RiskReader] | None = None) -> None:
+                 series: Callable[[], RiskReader] | None = None,
+                 device_limits: DeviceLimits = DEFAULT_LIMITS) -> None:
         self._state = state
         self._pager = pager
         self._notifier = notifier
@@ -128,6 +135,7 @@ class GatewayApi:
         self._stats = stats
         self._ready = ready
         self._residents = residents
+        self._device_limits = device_limits
         self._default_tz = "Europe/Stockholm"  # a site no team answers for (config Team.timezone's default)
         self._care = CareApi(state, lambda: pager.registry if pager is not None else None, series,
                              pager.store.deliveries if pager is not None else lambda alert_id: [],
@@ -153,6 +161,12 @@ class GatewayApi:
 
     def devices(self) -> list[Row]:
         return self._state.devices()
+
+    def device_overview(self, now_ms: int) -> list[Row]:
+        registry = self._pager.registry if self._pager is not None else None
+        registered = registry.devices() if registry is not None else []
+        device_alerts = [a for a in self._state.alerts(open_only=True) if a["kind"] != "fall"]
+        return device_overview(self._state.devices(), registered, device_alerts, now_ms, self._device_limits)
 
     def transition(self, alert_id: str, action: str, actor: str, now_ms: int, *, via: str | None = None,
                    outcome: str | None = None, note: str | None = None) -> Row | None:

@@ -44,6 +44,7 @@ from fallwatch.gateway.api import GatewayApi
 from fallwatch.gateway.channels import Action, AlertEvent, Channel, ChannelContext, Notifier, parse_channels
 from fallwatch.gateway.decode import Decoder, SiteCheck
 from fallwatch.gateway.dedup import Deduplicator
+from fallwatch.gateway.devices_view import DeviceLimits
 from fallwatch.gateway.http import HttpServer
 from fallwatch.gateway.ingest import BulkIngest, InFlight, LatencyProbe
 from fallwatch.gateway.links import Item, Links
@@ -152,7 +153,9 @@ class Gateway:
     def init_api(self) -> None:
         self.api = GatewayApi(self.state, self.workers, self.metrics, self.notifier, self.stats, self.ready,
                               self.pager, residents=self._resident_label,
-                              series=lambda: make_sink(self.cfg.influx))
+                              series=lambda: make_sink(self.cfg.influx),
+                              device_limits=DeviceLimits(self.cfg.gateway.offline_after_s,
+                                                         self.cfg.gateway.test_alarm_max_age_h))
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:

@@ -19,6 +19,7 @@
     POST /ack/{token}              acknowledge as the link's recipient, once      (the link is the key)
     POST /push/subscriptions       this phone's Web Push subscription, for the token's owner (carer, admin)
     GET  /devices                  the device registry                            (technician, admin)
+    GET  /devices/overview         hubs and sensors, what needs a visit first     (technician, admin; device_routes.py)
     GET  /metrics, /stats          Prometheus text / counters                     (technician, admin)
     GET  /audit                    the access audit log                           (admin)
     GET  /residents/…, /visits, /alerts/{id}/since   see gateway/console_routes.py
@@ -98,6 +99,7 @@ from fallwatch.gateway.api import GatewayReader
 from fallwatch.gateway.channels._common import _KIND as KIND_NAMES
 from fallwatch.gateway.channels._common import _OUTCOME as OUTCOME_NAMES
 from fallwatch.gateway.channels._common import REASONS
+from fallwatch.gateway.device_routes import DEVICE_MESSAGES, device_router
 from fallwatch.gateway.i18n import LOCALES, N_, gettext_for
 from fallwatch.gateway.staff import StaffDirectory, StaffError, StaffUser
 from fallwatch.gateway.state import OUTCOMES, StateError
@@ -314,6 +316,7 @@ CONSOLE_MESSAGES = [
     N_("Resolve"), N_("Why:"), N_("Wrong name, password or token."), N_("acknowledged by {name}"),
     N_("how sure"), N_("live"), N_("reconnecting…"), N_("room unknown"), N_("{n} min ago"), N_("{n} s ago"),
 ]
+CONSOLE_MESSAGES += DEVICE_MESSAGES  # the device page's block of the same page (gateway/device_routes.py)
 _STATUS = {"raised": N_("open"), "acknowledged": N_("acknowledged"), "cleared": N_("resolved")}
 _ROLES = {"carer": N_("carer"), "lead": N_("team lead"), "technician": N_("technician"), "admin": N_("administrator")}
 
@@ -631,6 +634,8 @@ def build_app(srv: HttpServer) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         msg = "not found" if exc.status_code == 404 else str(exc.detail)
         return _json(exc.status_code, {"error": msg})
+
+    app.include_router(device_router(srv))  # the technician's device page (gateway/device_routes.py)
 
     @app.get("/healthz", response_model=Health, responses=_errors(503), tags=["operations"])
     async def healthz() -> Response:
