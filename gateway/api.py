@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from fallwatch.gateway.care import CareApi, CareReader, RiskReader
 from fallwatch.gateway.channels import Action, AlertEvent, Notifier
+from fallwatch.gateway.devices_view import DEFAULT_LIMITS, DeviceLimits, device_overview
 from fallwatch.gateway.metrics import Metrics
 from fallwatch.gateway.paging import AckResult, Pager
 from fallwatch.gateway.privacy import Privacy
@@ -56,6 +58,11 @@ class GatewayReader(Protocol):
 
     def devices(self) -> list[Row]:
         """The device registry (``/devices``)."""
+        ...
+
+    def device_overview(self, now_ms: int) -> list[Row]:
+        """Every hub and sensor for the technician's device page, what needs a visit first;
+        device facts only, no resident data (``/devices/overview``, gateway/devices_view.py)."""
         ...
 
     def transition(self, alert_id: str, action: str, actor: str, now_ms: int, *, via: str | None = None,
@@ -108,6 +115,10 @@ class GatewayReader(Protocol):
         """Free what the calling (request) thread holds, e.g. its state-DB connection."""
         ...
 
+    def care(self) -> CareReader:
+        """Residents' risk pages, recorded actions, the planning list, an alert's "since"."""
+        ...
+
 
 class GatewayApi:
     """:class:`GatewayReader` over the gateway's state store, workers, metrics and stats."""
@@ -115,7 +126,8 @@ class GatewayApi:
     def __init__(self, state: StateStore, workers: Workers, metrics: Metrics, notifier: Notifier,
                  stats: Callable[[], dict[str, Any]], ready: Callable[[], tuple[bool, str]],
                  pager: Pager | None = None, residents: ResidentLookup = no_registry,
-                 privacy: Privacy | None = None) -> None:
+                 series: Callable[[], RiskReader] | None = None,
+                 device_limits: DeviceLimits = DEFAULT_LIMITS, privacy: Privacy | None = None) -> None:
         self._state = state
         self._pager = pager
         self._notifier = notifier
@@ -124,8 +136,12 @@ class GatewayApi:
         self._stats = stats
         self._ready = ready
         self._residents = residents
+        self._device_limits = device_limits
         self._privacy = privacy
         self._default_tz = "Europe/Stockholm"  # a site no team answers for (config Team.timezone's default)
+        self._care = CareApi(state, lambda: pager.registry if pager is not None else None, series,
+                             pager.store.deliveries if pager is not None else lambda alert_id: [],
+                             lambda pid: getattr(pager.roster.people.get(pid), "name", None) if pager else None)
 
     def dead_workers(self) -> list[str]:
         return self._workers.dead()
@@ -147,6 +163,12 @@ class GatewayApi:
 
     def devices(self) -> list[Row]:
         return self._state.devices()
+
+    def device_overview(self, now_ms: int) -> list[Row]:
+        registry = self._pager.registry if self._pager is not None else None
+        registered = registry.devices() if registry is not None else []
+        device_alerts = [a for a in self._state.alerts(open_only=True) if a["kind"] != "fall"]
+        return device_overview(self._state.devices(), registered, device_alerts, now_ms, self._device_limits)
 
     def transition(self, alert_id: str, action: str, actor: str, now_ms: int, *, via: str | None = None,
                    outcome: str | None = None, note: str | None = None) -> Row | None:
@@ -199,7 +221,11 @@ class GatewayApi:
         return self._residents(site_id, resident_id)
 
     def release_thread(self) -> None:
+        self._care.release_thread()
         self._state.release_thread()
+
+    def care(self) -> CareReader:
+        return self._care
 
     def privacy_service(self) -> Privacy | None:
         """Export, erasure and the audit logs for an admin (gateway/privacy_routes.py)."""

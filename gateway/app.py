@@ -44,6 +44,7 @@ from fallwatch.gateway.api import GatewayApi
 from fallwatch.gateway.channels import Action, AlertEvent, Channel, ChannelContext, Notifier, parse_channels
 from fallwatch.gateway.decode import Decoder, SiteCheck
 from fallwatch.gateway.dedup import Deduplicator
+from fallwatch.gateway.devices_view import DeviceLimits
 from fallwatch.gateway.http import HttpServer
 from fallwatch.gateway.ingest import BulkIngest, InFlight, LatencyProbe
 from fallwatch.gateway.links import Item, Links
@@ -51,7 +52,7 @@ from fallwatch.gateway.metrics import Counters, Metrics
 from fallwatch.gateway.observe import Observer
 from fallwatch.gateway.paging import Pager
 from fallwatch.gateway.paging.store import PagingStore
-from fallwatch.gateway.sinks import SINKS, sink_type
+from fallwatch.gateway.sinks import SINKS, make_sink, sink_type
 from fallwatch.gateway.spool import Spool
 from fallwatch.gateway.state import DIALECTS, StateStore, state_type
 from fallwatch.gateway.store import Storage
@@ -162,7 +163,11 @@ class Gateway:
 
     def init_api(self) -> None:
         self.api = GatewayApi(self.state, self.workers, self.metrics, self.notifier, self.stats, self.ready,
-                              self.pager, residents=self._resident_label, privacy=self.privacy)
+                              self.pager, residents=self._resident_label,
+                              series=lambda: make_sink(self.cfg.influx),
+                              device_limits=DeviceLimits(self.cfg.gateway.offline_after_s,
+                                                         self.cfg.gateway.test_alarm_max_age_h),
+                              privacy=self.privacy)
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
@@ -184,6 +189,7 @@ class Gateway:
         self.supervisor.load_open()
         self.fall_alerts.load()
         self.pager.setup()
+        self.api.care().setup()
         self.observer.load_open()
 
     def start_workers(self) -> None:

@@ -19,8 +19,10 @@
     POST /ack/{token}              acknowledge as the link's recipient, once      (the link is the key)
     POST /push/subscriptions       this phone's Web Push subscription, for the token's owner (carer, admin)
     GET  /devices                  the device registry                            (technician, admin)
+    GET  /devices/overview         hubs and sensors, what needs a visit first     (technician, admin; device_routes.py)
     GET  /metrics, /stats          Prometheus text / counters                     (technician, admin)
     GET  /audit                    the access audit log                           (admin)
+    GET  /residents/…, /visits, /alerts/{id}/since   see gateway/console_routes.py
 
 Sign-in: a script sends its personal token as ``Authorization: Bearer``; the console signs
 in once (token, or name and password checked with Argon2id) and gets a session cookie
@@ -92,10 +94,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fallwatch.gateway import console_routes
 from fallwatch.gateway.api import GatewayReader
 from fallwatch.gateway.channels._common import _KIND as KIND_NAMES
 from fallwatch.gateway.channels._common import _OUTCOME as OUTCOME_NAMES
 from fallwatch.gateway.channels._common import REASONS
+from fallwatch.gateway.device_routes import DEVICE_MESSAGES, device_router
 from fallwatch.gateway.i18n import LOCALES, N_, gettext_for
 from fallwatch.gateway.privacy_routes import PRIVACY_MESSAGES, private_path
 from fallwatch.gateway.privacy_routes import build_router as privacy_router
@@ -314,6 +318,7 @@ CONSOLE_MESSAGES = [
     N_("Resolve"), N_("Why:"), N_("Wrong name, password or token."), N_("acknowledged by {name}"),
     N_("how sure"), N_("live"), N_("reconnecting…"), N_("room unknown"), N_("{n} min ago"), N_("{n} s ago"),
 ]
+CONSOLE_MESSAGES += DEVICE_MESSAGES  # the device page's block of the same page (gateway/device_routes.py)
 CONSOLE_MESSAGES += PRIVACY_MESSAGES  # the console's privacy block (gateway/privacy_routes.py)
 _STATUS = {"raised": N_("open"), "acknowledged": N_("acknowledged"), "cleared": N_("resolved")}
 _ROLES = {"carer": N_("carer"), "lead": N_("team lead"), "technician": N_("technician"), "admin": N_("administrator")}
@@ -322,7 +327,9 @@ _ROLES = {"carer": N_("carer"), "lead": N_("team lead"), "technician": N_("techn
 def console_texts(lang: str) -> dict[str, dict[str, str]]:
     """Everything the console's script shows, in one language."""
     _ = gettext_for(lang)
-    return {"messages": {m: _(m) for m in CONSOLE_MESSAGES}, "kinds": {k: _(v) for k, v in KIND_NAMES.items()},
+    care = console_routes.texts(lang)  # the resident page's, the planning list's and "since"'s
+    return {**care, "messages": {**{m: _(m) for m in CONSOLE_MESSAGES}, **care["messages"]},
+            "kinds": {k: _(v) for k, v in KIND_NAMES.items()},
             "reasons": {k: _(v) for k, v in REASONS.items()}, "outcomes": {k: _(v) for k, v in OUTCOME_NAMES.items()},
             "status": {k: _(v) for k, v in _STATUS.items()}, "roles": {k: _(v) for k, v in _ROLES.items()}}
 
@@ -632,6 +639,8 @@ def build_app(srv: HttpServer) -> FastAPI:
         msg = "not found" if exc.status_code == 404 else str(exc.detail)
         return _json(exc.status_code, {"error": msg})
 
+    app.include_router(device_router(srv))  # the technician's device page (gateway/device_routes.py)
+
     @app.get("/healthz", response_model=Health, responses=_errors(503), tags=["operations"])
     async def healthz() -> Response:
         dead, problems = await srv.run(api.dead_workers), await srv.run(api.worker_problems)
@@ -910,6 +919,7 @@ def build_app(srv: HttpServer) -> FastAPI:
         return _json(status, {"person": person} if status == 200 else
                      {"error": f"{person!r} is not in the paging roster ([[gateway.paging.people]])"})
 
+    app.include_router(console_routes.router(srv))  # residents, planning, an alert's "since"
     app.include_router(privacy_router(srv))  # export, erasure, the audit logs (gateway/privacy_routes.py)
     return app
 

@@ -41,6 +41,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "alerts:read": frozenset({"carer", "lead", "admin"}),
     "alerts:act": frozenset({"carer", "lead", "admin"}),
     "residents:read": frozenset({"carer", "lead", "admin"}),
+    "residents:act": frozenset({"carer", "lead", "admin"}),
     "planning:read": frozenset({"lead", "admin"}),
     "device_alerts:read": frozenset({"carer", "lead", "technician", "admin"}),
     "devices:read": frozenset({"technician", "admin"}),

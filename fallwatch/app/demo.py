@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from fallwatch.app import demo_serve
 from fallwatch.config import FallwatchConfig, load_config
 from fallwatch.pacing import Pacer
 
@@ -47,6 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--influx-version", type=int, choices=(1, 2, 3), default=None)
     p.add_argument("--workdir", type=Path, help="keep outboxes/state here (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    demo_serve.add_arguments(p)
     p.set_defaults(func=_cmd)
 
 
@@ -56,6 +58,8 @@ def _cmd(args: argparse.Namespace) -> int:
         "influx": {"url": args.influx_url, "version": args.influx_version},
     }
     cfg = load_config(args.config, overrides)
+    if args.serve:  # a simulated care home kept running with the staff console (fallwatch/app/demo_serve.py)
+        return demo_serve.run_serve(cfg, args)
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fw-demo-")))
         summary = run_demo(cfg, residents=args.residents, duration_s=args.duration, falls=args.falls,
@@ -87,15 +91,18 @@ class Pipeline:
     the same wiring.
     """
 
-    def __init__(self, cfg: FallwatchConfig, fleet: Any, workdir: Path, *, channels: Sequence[Any] = ()) -> None:
-        """``channels``: extra staff notification channels for the gateway (the e2e benchmark's recorder)."""
+    def __init__(self, cfg: FallwatchConfig, fleet: Any, workdir: Path, *, channels: Sequence[Any] = (),
+                 gateway: dict[str, Any] | None = None, start_agents: bool = True) -> None:
+        """``channels``: extra staff notification channels for the gateway (the e2e benchmark's recorder);
+        ``gateway``: gateway settings over the pipeline's own (``demo --serve``: its port, staff file)."""
         self.cfg, self.fleet, self.workdir = cfg, fleet, workdir
         self.channels = list(channels)
+        self.gateway_settings = dict(gateway or {})
+        self.start_agents = start_agents
         self.gateway: Any = None
         self.agents: dict[str, Any] = {}
 
     def __enter__(self) -> Pipeline:
-        from fallwatch.edge.agent import EdgeAgent
         from fallwatch.gateway.app import Gateway
 
         cfg, workdir = self.cfg, self.workdir
@@ -104,26 +111,43 @@ class Pipeline:
         if not influx.url:
             influx = influx.model_copy(update={"embedded_path": workdir / "series.sqlite"})
         gw_cfg = cfg.gateway.model_copy(update={
-            "state_db": str(workdir / "gateway.sqlite"), "spool_dir": workdir / "spool", "http_port": 0})
+            "state_db": str(workdir / "gateway.sqlite"), "spool_dir": workdir / "spool", "http_port": 0,
+            **self.gateway_settings})
         self.gateway = Gateway(cfg.model_copy(update={"influx": influx, "gateway": gw_cfg}), channels=self.channels)
         self.gateway.start()
         try:
-            for hub in self.fleet.hubs:
-                edge_cfg = cfg.edge.model_copy(update={
-                    "site_id": hub.site_id, "device_id": hub.hub_id,
-                    "outbox_path": workdir / f"outbox-{hub.hub_id}.sqlite",
-                    # the shipped model, never one a previous `edge install-model` left in ./var
-                    "model_dir": workdir / f"models-{hub.hub_id}"})
-                mqtt_cfg = cfg.mqtt.model_copy(update={"client_id": None})
-                agent = EdgeAgent(cfg.model_copy(update={"edge": edge_cfg, "mqtt": mqtt_cfg}),
-                                  sensors=[s for s in self.fleet.sensors if s.hub_id == hub.hub_id],
-                                  start_epoch_ms=_start_epoch_ms(self.fleet))
-                agent.start()
-                self.agents[hub.hub_id] = agent
+            for hub in self.fleet.hubs if self.start_agents else ():
+                self.start_agent(hub.hub_id)
         except BaseException:
             self.__exit__()
             raise
         return self
+
+    def start_agent(self, hub_id: str, fleet: Any = None) -> Any:
+        """Start (or, after :meth:`stop_agent`, restart on the same outbox) the edge agent of one hub;
+        ``fleet``: another simulated fleet with the same hubs (``demo --serve``'s past days)."""
+        from fallwatch.edge.agent import EdgeAgent
+
+        fleet = fleet or self.fleet
+        cfg, hub = self.cfg, next(h for h in fleet.hubs if h.hub_id == hub_id)
+        edge_cfg = cfg.edge.model_copy(update={
+            "site_id": hub.site_id, "device_id": hub.hub_id,
+            "outbox_path": self.workdir / f"outbox-{hub.hub_id}.sqlite",
+            # the shipped model, never one a previous `edge install-model` left in ./var
+            "model_dir": self.workdir / f"models-{hub.hub_id}"})
+        mqtt_cfg = cfg.mqtt.model_copy(update={"client_id": None})
+        agent = EdgeAgent(cfg.model_copy(update={"edge": edge_cfg, "mqtt": mqtt_cfg}),
+                          sensors=[s for s in fleet.sensors if s.hub_id == hub.hub_id],
+                          start_epoch_ms=_start_epoch_ms(fleet))
+        agent.start()
+        self.agents[hub.hub_id] = agent
+        return agent
+
+    def stop_agent(self, hub_id: str) -> None:
+        """A hub switched off: a clean stop (its outbox drains first), fed nothing until restarted."""
+        agent = self.agents.pop(hub_id, None)
+        if agent is not None:
+            agent.stop()
 
     def drive(self, duration_s: float, *, speed: float = 0.0, step_s: float = 1.0, progress: bool = False,
               on_chunk: Any = None) -> None:

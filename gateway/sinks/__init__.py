@@ -18,11 +18,15 @@ new module in this package that registers itself:
 * ``influx1.py`` — InfluxDB 1.x HTTP ``/write`` + ``/query`` (Debian's 1.6);
 * ``influx_client.py`` — InfluxDB 2.x/3.x through influxdb-client (bucket ``db/rp``);
 * ``sqlite.py`` — the embedded local store.
+
+Besides writing, a store answers the one question the staff console asks of it:
+``risk_points(since_ms, site_id, resident_id)``, the daily fall-risk scores hubs published
+(oldest first, as :func:`risk_row` dicts), for a resident's trend and the planning list.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from fallwatch.config import InfluxConfig
 from fallwatch.gateway.points import SeriesPoint
@@ -41,7 +45,18 @@ class SeriesSink(Protocol):
     def setup(self) -> None: ...
     def write(self, points: list[SeriesPoint]) -> None: ...
     def count(self, measurement: str) -> int: ...
+    def risk_points(self, since_ms: int, site_id: str | None = None,
+                    resident_id: str | None = None) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...
+
+
+def risk_row(tags: dict[str, Any], fields: dict[str, Any], ts_ms: int) -> dict[str, Any]:
+    """One stored risk point as the console reads it (whatever store it came from): who, when,
+    the score, and the factors' contributions (``contrib_<factor>`` fields, see gateway/points.py)."""
+    return {"site_id": tags.get("site_id"), "device_id": tags.get("device_id"), "level": tags.get("level"),
+            "resident_id": fields.get("resident_id"), "ts_ms": int(ts_ms), "day": fields.get("day"),
+            "score": float(fields["score"]),
+            "factors": {k[8:]: float(v) for k, v in fields.items() if k.startswith("contrib_") and v is not None}}
 
 
 #: ``factory(plugin_cfg, influx_cfg) -> SeriesSink``, keyed by ``influx.type``

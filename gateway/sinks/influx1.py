@@ -8,7 +8,7 @@ import requests
 
 from fallwatch.config import InfluxConfig
 from fallwatch.gateway.points import SeriesPoint, to_line
-from fallwatch.gateway.sinks import SINKS, SeriesSink, SinkError
+from fallwatch.gateway.sinks import SINKS, SeriesSink, SinkError, risk_row
 from fallwatch.plugins import PluginConfig
 
 
@@ -84,6 +84,23 @@ class Influx1Sink:
             for row in s.get("values", []):
                 best = max(best, *(int(v) for v in row[1:] if isinstance(v, int | float)))
         return best
+
+    def risk_points(self, since_ms: int, site_id: str | None = None,
+                    resident_id: str | None = None) -> list[dict[str, Any]]:
+        rp = self.cfg.retention_policy  # where the gateway writes (not necessarily the default policy)
+        where = '"risk"' if rp == "autogen" else f'"{self.cfg.database}"."{rp}"."risk"'
+        q = f"SELECT * FROM {where} WHERE time >= {int(since_ms)}ms"
+        for key, value in (("site_id", site_id), ("resident_id", resident_id)):
+            if value is not None:  # an InfluxQL string literal: backslash and quote escaped
+                q += f" AND \"{key}\" = '" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        out = []
+        for series in self.query(q + " ORDER BY time"):
+            cols = series["columns"]
+            for values in series.get("values", []):
+                row = dict(zip(cols, values, strict=True))
+                if row.get("score") is not None:
+                    out.append(risk_row(row, row, int(row["time"])))
+        return out
 
     def close(self) -> None:
         self.session.close()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fallwatch.config import InfluxConfig
 from fallwatch.gateway.points import SeriesPoint, influx_point
-from fallwatch.gateway.sinks import SINKS, SeriesSink, SinkError
+from fallwatch.gateway.sinks import SINKS, SeriesSink, SinkError, risk_row
 from fallwatch.plugins import PluginConfig
 
 
@@ -60,6 +60,25 @@ class InfluxClientSink:
         )
         return max((int(r.get_value()) for t in tables for r in t.records),
                    default=0)
+
+    def risk_points(self, since_ms: int, site_id: str | None = None,
+                    resident_id: str | None = None) -> list[dict[str, Any]]:
+        import json
+
+        flux = (f'from(bucket: {json.dumps(self.cfg.bucket)}) |> range(start: time(v: {int(since_ms) * 1_000_000})) '
+                '|> filter(fn: (r) => r._measurement == "risk")')
+        if site_id is not None:
+            flux += f" |> filter(fn: (r) => r.site_id == {json.dumps(site_id)})"
+        flux += ' |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")'
+        if resident_id is not None:
+            flux += f" |> filter(fn: (r) => r.resident_id == {json.dumps(resident_id)})"
+        try:
+            tables = self.client.query_api().query(flux, org=self.cfg.org)
+        except Exception as exc:  # the client raises its own and urllib3's errors
+            raise SinkError(f"risk query failed: {exc}", retryable=True) from None
+        rows = [risk_row(r.values, r.values, int(r.get_time().timestamp() * 1000)) for t in tables for r in t.records
+                if r.values.get("score") is not None]
+        return sorted(rows, key=lambda r: r["ts_ms"])
 
     def close(self) -> None:
         self.client.close()

@@ -11,7 +11,7 @@ import msgspec
 
 from fallwatch.config import InfluxConfig
 from fallwatch.gateway.points import SeriesPoint, series_key
-from fallwatch.gateway.sinks import SINKS, SeriesSink, SinkError
+from fallwatch.gateway.sinks import SINKS, SeriesSink, SinkError, risk_row
 from fallwatch.plugins import PluginConfig
 
 
@@ -70,6 +70,20 @@ class SqliteSeriesSink:
                 (measurement,),
             )
             return [(msgspec.json.decode(s), msgspec.json.decode(f), ts) for s, f, ts in cur]
+
+    def risk_points(self, since_ms: int, site_id: str | None = None,
+                    resident_id: str | None = None) -> list[dict[str, Any]]:
+        try:
+            with self._lock:
+                cur = self._db.execute("SELECT series, fields, ts_ms FROM points WHERE measurement = 'risk' "
+                                       "AND ts_ms >= ? ORDER BY ts_ms", (since_ms,))
+                rows = [risk_row(msgspec.json.decode(s), msgspec.json.decode(f), ts) for s, f, ts in cur]
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # nothing written yet
+                return []
+            raise SinkError(f"embedded store: {exc}", retryable=True) from None
+        return [r for r in rows if (site_id is None or r["site_id"] == site_id)
+                and (resident_id is None or r["resident_id"] == resident_id)]
 
     def close(self) -> None:
         with self._lock:

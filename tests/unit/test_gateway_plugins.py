@@ -153,6 +153,9 @@ class _StubReader:
     def devices(self) -> list[dict[str, Any]]:
         return []
 
+    def device_overview(self, now_ms: int) -> list[dict[str, Any]]:
+        return []
+
     def transition(self, alert_id: str, action: str, actor: str, now_ms: int, *, via: str | None = None,
                    outcome: str | None = None, note: str | None = None) -> dict[str, Any] | None:
         return None

@@ -13,7 +13,8 @@ from fallwatch.gateway.channels._common import body, subject
 
 ROOT = Path(__file__).resolve().parents[2]
 #: every module with staff-facing text marked with _() / N_()
-SOURCES = ["gateway/channels/_common.py", "gateway/paging/pager.py", "gateway/http.py", "gateway/privacy_routes.py"]
+SOURCES = ["gateway/channels/_common.py", "gateway/paging/pager.py", "gateway/http.py", "gateway/care.py",
+           "gateway/console_routes.py", "gateway/device_routes.py", "gateway/privacy_routes.py"]
 
 
 def marked() -> list[str]:
@@ -65,11 +66,13 @@ def test_every_console_text_is_in_the_catalog() -> None:
     catalog message, and the Swedish page is rendered without a marker left over."""
     import re
 
+    from fallwatch.gateway.console_routes import MESSAGES as CARE_MESSAGES
     from fallwatch.gateway.http import CONSOLE_MESSAGES, render_page
 
     page = (ROOT / "gateway/static/staff.html").read_text()
     used = set(re.findall(r"\{\{(.+?)\}\}", page)) - {"lang"} | set(re.findall(r'\bt\("(.+?)"\)', page))
-    assert used and used <= set(CONSOLE_MESSAGES), used - set(CONSOLE_MESSAGES)
+    known = set(CONSOLE_MESSAGES) | set(CARE_MESSAGES)
+    assert used and used <= known, used - known
     sv = render_page(page, "sv")
     assert "{{" not in sv and "/*I18N*/{}" not in sv and '<html lang="sv">' in sv
     assert "Logga in" in sv and ">Sign in<" not in sv
