@@ -96,7 +96,7 @@ def state_dump(st: StateStore) -> dict[str, str]:
         names = [r["table_name"] for r in st._select(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")]
     assert {"alerts", "alert_log", "access_log", "privacy_log", "reg_log", "reg_residents", "pages",
-            "deliveries", "seen"} <= set(names)
+            "deliveries", "seen", "resident_actions"} <= set(names)
     return {n: json.dumps(st._select(f"SELECT * FROM {n}"), default=str) for n in names}
 
 
@@ -171,6 +171,9 @@ def test_export_then_erasure_end_to_end(mosquitto: Mosquitto, influxdb: InfluxDB
         assert call(gw, "POST", f"/alerts/{ann_fall['alert_id']}/ack", carer, {})[0] == 200
         assert call(gw, "POST", f"/alerts/{ann_fall['alert_id']}/resolve", carer,
                     {"outcome": "no_injury", "note": f"{ANN_NAME} was sitting up, unhurt"})[0] == 200
+        # a team's record of the action taken after her risk review (the resident page)
+        assert call(gw, "POST", f"/residents/{SITE}/{ANN}/actions", carer,
+                    {"action": "walker", "note": f"{ANN_NAME} got a rollator"})[0] == 200
         assert any(a["kind"] == "fall_risk" and a["resident_id"] == ANN for a in gw.state.alerts())
         assert ANN in json.dumps(state_dump(gw.state)) and ANN in influx_dump(influxdb, db)  # the search works
 
@@ -187,6 +190,7 @@ def test_export_then_erasure_end_to_end(mosquitto: Mosquitto, influxdb: InfluxDB
         assert falls[0]["deliveries"] and falls[0]["deliveries"][0]["person"] == "carl"
         assert any(a["kind"] == "fall_risk" for a in doc["alerts"])
         assert [r["score"] for r in doc["risk_scores"]] == [0.81, 0.81, 0.81] and doc["risk_scores"][0]["factors"]
+        assert [a["action"] for a in doc["resident_actions"]] == ["walker"]
         assert BO not in json.dumps(doc) and BO_NAME not in json.dumps(doc)
         assert gw.privacy.store._select("SELECT action FROM privacy_log")[-1]["action"] == "resident.export"
 
@@ -214,7 +218,7 @@ def test_export_then_erasure_end_to_end(mosquitto: Mosquitto, influxdb: InfluxDB
             deleted = report["state"]
         assert code == 200, report
         assert deleted["alerts"] == 2 and deleted["reg_residents"] == 1 and deleted["reg_assignments"] == 1
-        assert deleted["deliveries"] >= 1 and deleted["pages"] >= 1
+        assert deleted["deliveries"] >= 1 and deleted["pages"] >= 1 and deleted["resident_actions"] == 1
         # the same erasure run on the machine holding that spool (the CLI): Ann's 8 points go, Bo's 2 stay
         assert side.erase(SITE, ANN, "Ada Admin")["spool_points"] == 8
         spool = Spool(tmp_path / "other-spool", 1 << 20)
@@ -237,10 +241,13 @@ def test_export_then_erasure_end_to_end(mosquitto: Mosquitto, influxdb: InfluxDB
         assert t.wait_until(lambda: gw.wait_idle(5) and gw.counters.erased_dropped >= 4, 20)
 
         # ---- nothing of Ann anywhere: API, every state-store table, InfluxDB
-        for path in ("/alerts", "/planning", "/devices", "/audit", "/audit/entries", "/audit/export?format=json"):
+        for path in ("/alerts", "/planning", "/devices", "/audit", "/audit/entries", "/audit/export?format=json",
+                     "/visits", "/devices/overview", f"/residents/{SITE}/{BO}"):
             code, _, raw = call(gw, "GET", path, admin)
             assert code == 200 and ANN not in raw and ANN_NAME not in raw, path
         assert call(gw, "GET", f"/residents/{SITE}/{ANN}/export", admin)[0] == 404
+        code, _, raw = call(gw, "GET", f"/residents/{SITE}/{ANN}", admin)  # the resident page
+        assert ANN_NAME not in raw and "rollator" not in raw and "0.81" not in raw, raw
         dump = state_dump(gw.state)
         for table, text in dump.items():
             assert ANN not in text and ANN_NAME not in text and "Lindqvist" not in text, table

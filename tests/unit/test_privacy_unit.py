@@ -139,12 +139,16 @@ def test_every_resident_table_of_a_full_gateway_state_is_covered(tmp_path: Path)
     PagingStore(st).setup()
     Registry(st).setup()
     Privacy(st, None).setup()
+    from fallwatch.gateway.care import ResidentActions
+
+    ResidentActions(st).setup()  # the console's record of actions taken (gateway/care.py)
     try:
         names = [r["name"] for r in st._select("SELECT name FROM sqlite_master WHERE type = 'table'")]
         with_resident = {n for n in names if "resident_id" in st._columns(n)}
         listed = {t for t, _, _ in RESIDENT_TABLES}
         assert with_resident <= listed, with_resident - listed
         found = {t for t, _, _ in _tables(st)}
-        assert found == listed & set(names) and {"alerts", "deliveries", "pages", "reg_residents"} <= found
+        assert found == listed & set(names)
+        assert {"alerts", "deliveries", "pages", "reg_residents", "resident_actions"} <= found
     finally:
         st.close()
