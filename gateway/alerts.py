@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -61,6 +62,8 @@ class FallAlerts:
         #: fall-alert points recorded and not yet in the series store (visible delay)
         self.points_pending = 0
         self._points_wake = threading.Event()
+        #: says whether a message is about an erased resident (gateway/privacy.py)
+        self.erased: Callable[[contract.Message], bool] | None = None
 
     def load(self) -> None:
         """At start: the alert points a previous run left for the series store."""
@@ -118,6 +121,10 @@ class FallAlerts:
             digest = self.dedup.check(msg)
             if digest is None:
                 self.counters.add(duplicates=1)
+                continue
+            if self.erased is not None and self.erased(msg):  # a late copy of an erased resident's alert
+                log.info("fall alert %s is about an erased resident: dropped", msg.msg_id)
+                self.counters.add(erased_dropped=1)
                 continue
             recv_ms = item[3] // 1_000_000
             series = msgspec.json.encode(points).decode() if points else None
@@ -180,6 +187,8 @@ class FallAlerts:
         (the alert is recorded and was told to staff; only its series point is refused)."""
         for row_id, body in rows:
             points: list[SeriesPoint] = [tuple(p) for p in _points_decoder.decode(body)]  # type: ignore[misc]  # msgspec gives lists; the worker encoded SeriesPoint tuples
+            if self.storage.erased is not None:
+                points = self.storage.erased(points)
             t0 = time.perf_counter()
             refused = self.storage.write_split(points, sink)  # a retryable error propagates
             if refused:

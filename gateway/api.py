@@ -16,6 +16,7 @@ from fallwatch.gateway.channels import Action, AlertEvent, Notifier
 from fallwatch.gateway.devices_view import DEFAULT_LIMITS, DeviceLimits, device_overview
 from fallwatch.gateway.metrics import Metrics
 from fallwatch.gateway.paging import AckResult, Pager
+from fallwatch.gateway.privacy import Privacy
 from fallwatch.gateway.state import StateStore
 from fallwatch.gateway.workers import Workers
 
@@ -126,7 +127,7 @@ class GatewayApi:
                  stats: Callable[[], dict[str, Any]], ready: Callable[[], tuple[bool, str]],
                  pager: Pager | None = None, residents: ResidentLookup = no_registry,
                  series: Callable[[], RiskReader] | None = None,
-                 device_limits: DeviceLimits = DEFAULT_LIMITS) -> None:
+                 device_limits: DeviceLimits = DEFAULT_LIMITS, privacy: Privacy | None = None) -> None:
         self._state = state
         self._pager = pager
         self._notifier = notifier
@@ -136,6 +137,7 @@ class GatewayApi:
         self._ready = ready
         self._residents = residents
         self._device_limits = device_limits
+        self._privacy = privacy
         self._default_tz = "Europe/Stockholm"  # a site no team answers for (config Team.timezone's default)
         self._care = CareApi(state, lambda: pager.registry if pager is not None else None, series,
                              pager.store.deliveries if pager is not None else lambda alert_id: [],
@@ -224,3 +226,7 @@ class GatewayApi:
 
     def care(self) -> CareReader:
         return self._care
+
+    def privacy_service(self) -> Privacy | None:
+        """Export, erasure and the audit logs for an admin (gateway/privacy_routes.py)."""
+        return self._privacy

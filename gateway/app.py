@@ -83,6 +83,7 @@ class Gateway:
         self.init_observer()
         self.init_supervision()
         self.init_certs()
+        self.init_privacy()
         self.init_api()
 
     # ------------------------------------------------------------------ init: build the stages
@@ -150,12 +151,23 @@ class Gateway:
         self.certs_expiring: set[tuple[str, str]] = set()
         self.supervisor.minutely.append(self.check_certs)
 
+    def init_privacy(self) -> None:
+        """Erased residents stay erased: their late points and alerts are dropped (gateway/privacy.py)."""
+        from fallwatch.gateway.privacy import ErasedFilter, Privacy
+
+        erased = ErasedFilter(self.state, on_drop=lambda n: self.counters.add(erased_dropped=n))
+        self.storage.erased = erased.points
+        self.fall_alerts.erased = erased.message
+        self.bulk.erased = erased.message
+        self.privacy = Privacy(self.state, self.cfg.influx, self.cfg.gateway.spool_dir)
+
     def init_api(self) -> None:
         self.api = GatewayApi(self.state, self.workers, self.metrics, self.notifier, self.stats, self.ready,
                               self.pager, residents=self._resident_label,
                               series=lambda: make_sink(self.cfg.influx),
                               device_limits=DeviceLimits(self.cfg.gateway.offline_after_s,
-                                                         self.cfg.gateway.test_alarm_max_age_h))
+                                                         self.cfg.gateway.test_alarm_max_age_h),
+                              privacy=self.privacy)
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
@@ -328,13 +340,15 @@ class Gateway:
             return None
         return {k: str(row[k]) for k in ("name", "flat") if row.get(k)}
 
-    def raise_device_alert(self, kind: str, site_id: str, device_id: str, why: str) -> None:
+    def raise_device_alert(self, kind: str, site_id: str, device_id: str, why: str,
+                           resident_id: str | None = None) -> None:
         """Open an alert of ``kind`` for a device (or a gateway part) unless one is open, and tell staff."""
         now = contract.now_ms()
-        alert_id = self.state.raise_alert(kind, site_id, device_id, now, why)
+        alert_id = self.state.raise_alert(kind, site_id, device_id, now, why, resident_id=resident_id)
         if alert_id:
             self.notifier.notify(AlertEvent(kind=kind, action=Action.RAISED, alert_id=alert_id, site_id=site_id,
-                                            device_id=device_id, at_ms=now, detail=why, raised_ms=now))
+                                            device_id=device_id, at_ms=now, detail=why, raised_ms=now,
+                                            resident_id=resident_id))
 
     def resolve_device_alert(self, kind: str, site_id: str, device_id: str, why: str) -> None:
         now = contract.now_ms()

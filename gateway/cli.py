@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -88,6 +89,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     av.add_argument("--config", type=Path)
     av.set_defaults(func=_audit_verify)
 
+    _register_resident(gsub)
+
     st = gsub.add_parser("staff", help="staff accounts for the alert page and API (roles, personal tokens)")
     ssub = st.add_subparsers(dest="staff_command", required=True)
     sa = ssub.add_parser("add", help="create an account; its token is printed once and stored only as a hash")
@@ -103,6 +106,84 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sl.add_argument("--config", type=Path)
     sl.add_argument("--file", type=Path)
     sl.set_defaults(func=_staff_list)
+
+
+def _register_resident(gsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``gateway resident export|erase``: a resident's data on request (docs/privacy.md)."""
+    r = gsub.add_parser("resident", help="export or erase one resident's data (GDPR requests; audited)")
+    rsub = r.add_subparsers(dest="resident_command", required=True)
+    ex = rsub.add_parser("export", help="everything the gateway holds about a resident, as one JSON file")
+    er = rsub.add_parser("erase", help="erase a resident everywhere: series store, state store, spool")
+    for p in (ex, er):
+        p.add_argument("resident_id")
+        p.add_argument("--site", help="the resident's site (needed only when the id exists at several)")
+        p.add_argument("--config", type=Path)
+        p.add_argument("--actor", default=os.environ.get("USER", "cli"), help="who asks (the audit log's actor)")
+    ex.add_argument("-o", "--output", type=Path, help="the file to write (default: standard output)")
+    ex.set_defaults(func=_resident_export)
+    er.add_argument("--yes", action="store_true", help="really erase (it cannot be undone)")
+    er.set_defaults(func=_resident_erase)
+
+
+def _privacy(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The privacy service over the config's stores, and the resident's site (None: unknown).
+    Raises PrivacyError when the id exists at several sites and --site was not given."""
+    from fallwatch.gateway.privacy import Privacy
+    from fallwatch.gateway.registry import Registry
+    from fallwatch.gateway.state import StateStore
+
+    cfg = _load(args)
+    st = StateStore(cfg.gateway.state_db, cfg.gateway.state_db_type)
+    st.setup()
+    Registry(st).setup()
+    spool = Path(cfg.gateway.spool_dir)  # and the spools of `gateway run --workers N` (gateway/pool.py)
+    priv = Privacy(st, cfg.influx, [spool, *sorted(spool.glob("worker-w*"))])
+    priv.setup()
+    return priv, priv.site_of(args.resident_id, args.site)
+
+
+def _resident_export(args: argparse.Namespace) -> int:
+    from fallwatch.gateway.privacy import PrivacyError
+
+    try:
+        priv, site = _privacy(args)
+        if site is None:
+            raise PrivacyError(f"the gateway holds nothing about resident {args.resident_id!r}")
+        doc = priv.export(site, args.resident_id, args.actor)
+    except PrivacyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    text = json.dumps(doc, indent=2, sort_keys=True, default=str, ensure_ascii=False) + "\n"
+    if args.output:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # personal data: owner only
+        os.fchmod(fd, 0o600)  # also when the file was there before
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        print(f"wrote {args.output}: {len(doc['alerts'])} alerts, {len(doc['risk_scores'])} risk scores "
+              f"(audited as {doc['pseudonym']})", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _resident_erase(args: argparse.Namespace) -> int:
+    from fallwatch.gateway.privacy import PrivacyError
+
+    if not args.yes:
+        print("erasing cannot be undone: add --yes (export first: fallwatch gateway resident export)",
+              file=sys.stderr)
+        return 2
+    try:
+        priv, site = _privacy(args)
+        if site is None:  # idempotent: nothing left to erase is not an error
+            print(json.dumps({"resident_id": args.resident_id, "erased": "nothing held (already erased?)"}))
+            return 0
+        report = priv.erase(site, args.resident_id, args.actor)
+    except PrivacyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, sort_keys=True))
+    return 0
 
 
 def _load(args: argparse.Namespace) -> FallwatchConfig:

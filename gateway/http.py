@@ -101,6 +101,8 @@ from fallwatch.gateway.channels._common import _OUTCOME as OUTCOME_NAMES
 from fallwatch.gateway.channels._common import REASONS
 from fallwatch.gateway.device_routes import DEVICE_MESSAGES, device_router
 from fallwatch.gateway.i18n import LOCALES, N_, gettext_for
+from fallwatch.gateway.privacy_routes import PRIVACY_MESSAGES, private_path
+from fallwatch.gateway.privacy_routes import build_router as privacy_router
 from fallwatch.gateway.staff import StaffDirectory, StaffError, StaffUser
 from fallwatch.gateway.state import OUTCOMES, StateError
 
@@ -317,6 +319,7 @@ CONSOLE_MESSAGES = [
     N_("how sure"), N_("live"), N_("reconnecting…"), N_("room unknown"), N_("{n} min ago"), N_("{n} s ago"),
 ]
 CONSOLE_MESSAGES += DEVICE_MESSAGES  # the device page's block of the same page (gateway/device_routes.py)
+CONSOLE_MESSAGES += PRIVACY_MESSAGES  # the console's privacy block (gateway/privacy_routes.py)
 _STATUS = {"raised": N_("open"), "acknowledged": N_("acknowledged"), "cleared": N_("resolved")}
 _ROLES = {"carer": N_("carer"), "lead": N_("team lead"), "technician": N_("technician"), "admin": N_("administrator")}
 
@@ -524,8 +527,9 @@ class HttpServer:
     async def audit(self, request: Request, user: StaffUser | None, status: int, path: str | None = None) -> None:
         client = request.client.host if request.client else "-"
         try:
-            await self.run(self.api.log_access, user.name if user else "-", user.role if user else "-",
-                           request.method, path or request.url.path, status, client, time.time_ns() // 1_000_000)
+            await self.run(lambda: self.api.log_access(  # a resident is named by pseudonym only
+                user.name if user else "-", user.role if user else "-", request.method,
+                private_path(self.api, path or request.url.path), status, client, time.time_ns() // 1_000_000))
         except Exception:  # the audit log must not take the API down, but say so loudly
             log.exception("could not write the access audit log")
 
@@ -916,6 +920,7 @@ def build_app(srv: HttpServer) -> FastAPI:
                      {"error": f"{person!r} is not in the paging roster ([[gateway.paging.people]])"})
 
     app.include_router(console_routes.router(srv))  # residents, planning, an alert's "since"
+    app.include_router(privacy_router(srv))  # export, erasure, the audit logs (gateway/privacy_routes.py)
     return app
 
 

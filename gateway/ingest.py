@@ -176,6 +176,8 @@ class BulkIngest:
         self.devices = DeviceCoalescer()
         #: called with the messages of each batch once they are durable (derived alerts, observe.py)
         self.observer: Callable[[list[contract.Message]], None] | None = None
+        #: says whether a message is about an erased resident (gateway/privacy.py): not observed
+        self.erased: Callable[[contract.Message], bool] | None = None
 
     def loop(self) -> None:
         """Worker: batches off the bulk queue until stopped and drained."""
@@ -246,4 +248,4 @@ class BulkIngest:
         self.counters.add(stored=len(new_ids), duplicates=dups, telemetry_points=tele, batches=1)
         self.inflight.finish(batch)
         if self.observer is not None:
-            self.observer([m for m, _, _ in fresh])
+            self.observer([m for m, _, _ in fresh if self.erased is None or not self.erased(m)])

@@ -37,6 +37,8 @@ class Counters:
         self.escalations = 0
         self.id_conflicts = 0
         self.clock_clamped = 0
+        #: points and messages dropped because their resident was erased (gateway/privacy.py)
+        self.erased_dropped = 0
         #: latest clock skew seen per (site, device), ms
         self.clock_skew_ms: dict[tuple[str, str], int] = {}
 

@@ -38,7 +38,7 @@ BATTERY_OK_PCT = 25.0
 KINDS = ("bed_exit_night", "inactivity", "not_worn", "low_battery", "fall_risk")
 _CONCERNS = {"bed_exit_no_return": "bed_exit_night", "prolonged_inactivity": "inactivity"}
 
-Raise = Callable[[str, str, str, str], None]  # (kind, site_id, device_id, why)
+Raise = Callable[..., None]  # (kind, site_id, device_id, why, resident_id=None)
 
 
 class Observer:
@@ -68,7 +68,7 @@ class Observer:
             except Exception:  # a derived alert must never stop storing; say so loudly
                 log.exception("deriving an alert from %s %s failed", type(m).__name__, m.msg_id)
 
-    def _set(self, kind: str, m: contract.Message, on: bool, why: str) -> None:
+    def _set(self, kind: str, m: contract.Message, on: bool, why: str, resident_id: str | None = None) -> None:
         key = (kind, m.site_id, m.device_id)
         with self._lock:
             was = key in self.open
@@ -77,9 +77,12 @@ class Observer:
             else:
                 self.open.discard(key)
         if on and not was:
-            self.raise_alert(kind, m.site_id, m.device_id, why)
-        elif not on and was:
-            self.resolve_alert(kind, m.site_id, m.device_id, why)
+            if resident_id is not None:
+                self.raise_alert(kind, m.site_id, m.device_id, why, resident_id=resident_id)
+            else:
+                self.raise_alert(kind, m.site_id, m.device_id, why)
+        elif not on and was:  # the append-only log gets no resident's data (gateway/privacy.py)
+            self.resolve_alert(kind, m.site_id, m.device_id, why if resident_id is None else f"{kind} over")
 
     def _concern(self, m: contract.Telemetry, concern: str) -> None:
         kind = _CONCERNS.get(concern)
@@ -111,4 +114,4 @@ class Observer:
         top = ", ".join(f.name for f in sorted(d.factors, key=lambda f: -f.contribution)[:3])
         self._set("fall_risk", m, d.level == "high",
                   f"fall risk {d.level} ({d.score:.2f}) on {d.day} for resident {m.resident_id or '?'}"
-                  + (f": {top}" if top else ""))
+                  + (f": {top}" if top else ""), resident_id=m.resident_id)

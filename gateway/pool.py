@@ -319,8 +319,12 @@ class PoolApi(GatewayApi):
     snapshots; the staff API from the shared state DB (as :class:`GatewayApi`)."""
 
     def __init__(self, pool: Pool, notifier: Notifier) -> None:
+        from fallwatch.gateway.privacy import Privacy
+
         super().__init__(pool.state, Workers(threading.Event()), Metrics(Counters(), dict), notifier,
-                         pool.stats, pool.ready, pool.pager)
+                         pool.stats, pool.ready, pool.pager,
+                         privacy=Privacy(pool.state, pool.cfg.influx, [  # every worker's spool is on this host
+                             worker_config(pool.cfg, w.index).gateway.spool_dir for w in pool.workers]))
         self._pool = pool
 
     def dead_workers(self) -> list[str]:

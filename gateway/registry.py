@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from fallwatch.gateway import brokerconf
+from fallwatch.gateway.privacy import pseudonym
 from fallwatch.gateway.state import StateStore
 from fallwatch.protocol import contract as c
 from fallwatch.protocol.enrolment import BundleError, code_id, seal, unseal
@@ -134,9 +135,11 @@ class Registry:
     def setup(self) -> None:
         st = self.store
         with st._tx() as cur:
+            st.lock_schema(cur)  # replicas starting together on a fresh PostgreSQL (found by `fallwatch chaos`)
             for stmt in _SCHEMA:
                 st._exec(cur, stmt.format(autoinc=st.dialect.autoinc))
         with st._tx() as cur:
+            st.lock_schema(cur)
             for stmt in st.dialect.append_only("reg_log"):
                 cur.execute(stmt)
 
@@ -314,13 +317,19 @@ class Registry:
             if r is None or r["status"] != "active":
                 raise RegistryError(f"no active resident {resident_id!r} at site {d['site_id']}")
         now = self._now()
+        who = self._who(d["site_id"], resident_id)  # before the transaction: a read ends one on PostgreSQL
         with self.store._tx() as cur:
             self._close_assignments(cur, now, device_id=device_id)
             if resident_id is not None:
                 self.store._exec(cur, "INSERT INTO reg_assignments (device_id, site_id, resident_id, from_ms) "
                                       "VALUES (?, ?, ?, ?)", (device_id, d["site_id"], resident_id, now))
-            self._audit(cur, actor, "device.assign", device_id, {"resident": resident_id})
+            self._audit(cur, actor, "device.assign", device_id, {"resident": who})
         return self.show(device_id)
+
+    def _who(self, site_id: str, resident_id: str | None) -> str | None:
+        """How the audit log names a resident: their pseudonym, never their id (it must survive
+        their erasure without naming them: gateway/privacy.py)."""
+        return None if resident_id is None else pseudonym(self.store, site_id, resident_id)
 
     def _close_assignments(self, cur: Any, now: int, *, device_id: str | None = None, hub_id: str | None = None,
                            site_id: str | None = None, resident_id: str | None = None) -> None:
@@ -533,13 +542,14 @@ class Registry:
         if self.resident(site_id, resident_id) is not None:
             raise RegistryError(f"resident {resident_id} already exists at site {site_id}")
         now = self._now()
+        who = self._who(site_id, resident_id)
         with self.store._tx() as cur:
             self.store._exec(
                 cur, "INSERT INTO reg_residents (site_id, resident_id, home_id, name, flat, team, next_of_kin, "
                      "status, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
                 (site_id, resident_id, home_id or site_id, name, flat, team, next_of_kin, now, now))
             # personal data stays out of the audit detail (the log is append-only: it could not be erased)
-            self._audit(cur, actor, "resident.add", f"{site_id}/{resident_id}", {"team": team})
+            self._audit(cur, actor, "resident.add", f"{site_id}/{who}", {"team": team})
         return self.resident(site_id, resident_id) or {}
 
     def resident(self, site_id: str, resident_id: str) -> dict[str, Any] | None:
@@ -580,6 +590,7 @@ class Registry:
         if new_site != site_id and self.resident(new_site, resident_id) is not None:
             raise RegistryError(f"resident id {resident_id} already exists at site {new_site}")
         now = self._now()
+        who = self._who(site_id, resident_id)
         with self.store._tx() as cur:
             if new_site != site_id:  # their wearable stays at the old site's hub: take it back
                 self._close_assignments(cur, now, site_id=site_id, resident_id=resident_id)
@@ -587,7 +598,10 @@ class Registry:
                 cur, "UPDATE reg_residents SET site_id = ?, flat = COALESCE(?, flat), team = COALESCE(?, team), "
                      "home_id = COALESCE(?, home_id), updated_ms = ? WHERE site_id = ? AND resident_id = ?",
                 (new_site, flat, team, home_id, now, site_id, resident_id))
-            self._audit(cur, actor, "resident.move", f"{site_id}/{resident_id}",
+            if new_site != site_id:  # the pseudonym moves with them
+                self.store._exec(cur, "UPDATE privacy_pseudonyms SET site_id = ? WHERE site_id = ? AND resident_id = ?",
+                                 (new_site, site_id, resident_id))
+            self._audit(cur, actor, "resident.move", f"{site_id}/{who}",
                         {"to_site": new_site, "team": team, "flat_changed": flat is not None})
         return self.resident(new_site, resident_id) or {}
 
@@ -598,12 +612,13 @@ class Registry:
         if r is None or r["status"] != "active":
             raise RegistryError(f"no active resident {resident_id!r} at site {site_id}")
         now = self._now()
+        who = self._who(site_id, resident_id)
         with self.store._tx() as cur:
             self._close_assignments(cur, now, site_id=site_id, resident_id=resident_id)
             self.store._exec(cur, "UPDATE reg_residents SET status = 'removed', name = NULL, flat = NULL, "
                                   "next_of_kin = NULL, updated_ms = ? WHERE site_id = ? AND resident_id = ?",
                              (now, site_id, resident_id))
-            self._audit(cur, actor, "resident.remove", f"{site_id}/{resident_id}", None)
+            self._audit(cur, actor, "resident.remove", f"{site_id}/{who}", None)
 
     def teams(self) -> list[str]:
         return [r["team"] for r in self.store._select(

@@ -46,6 +46,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "device_alerts:read": frozenset({"carer", "lead", "technician", "admin"}),
     "devices:read": frozenset({"technician", "admin"}),
     "audit:read": frozenset({"admin"}),
+    "residents:export": frozenset({"admin"}),
+    "residents:erase": frozenset({"admin"}),
     "metrics:read": frozenset({"technician", "admin"}),
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from fallwatch.config import InfluxConfig
 from fallwatch.gateway.metrics import Counters, Metrics
@@ -33,6 +34,9 @@ class Storage:
         #: the store answered (set up, spool empty): write directly; False = spool
         self.ready = False
         self._sinks: list[SeriesSink] = []
+        #: drops the points of erased residents (gateway/privacy.py), before the store and the
+        #: spool and again when the spool drains: a spooled batch never brings them back
+        self.erased: Callable[[list[SeriesPoint]], list[SeriesPoint]] | None = None
 
     def new_sink(self) -> SeriesSink:
         """A sink for one worker thread (closed by :meth:`close`)."""
@@ -49,6 +53,8 @@ class Storage:
         Returns None only when stopping with a full spool; the caller then leaves the
         messages unacknowledged so the broker delivers them again.
         """
+        if self.erased is not None:
+            points = self.erased(points)
         if not points:
             return []
         while self.spool.full:
@@ -115,7 +121,7 @@ class Storage:
                 try:
                     # spooled points were acknowledged long ago: a refused one can only be counted
                     # and logged (write_split), the others of its batch are still written
-                    refused = self.write_split(points, sink)
+                    refused = self.write_split(self.erased(points) if self.erased else points, sink)
                 except SinkError as exc:
                     failed = True
                     log.warning(

@@ -22,7 +22,9 @@ Tables:
   series store (an outbox: the alert never waits for the store; a worker writes them and
   deletes the row);
 * ``alert_log`` — append-only audit of every lifecycle change (EN 50134 practice);
-* ``access_log`` — append-only audit of every request for staff data.
+* ``access_log`` — append-only audit of every request for staff data;
+* ``privacy_log`` — append-only audit of exports and erasures of a resident's data
+  (gateway/privacy.py; residents are named by pseudonym in every audit log).
 
 The two audit logs are append-only twice over (issue 11 item 13): triggers refuse
 ``UPDATE`` and ``DELETE`` on them (both backends), and every row carries ``chain`` =
@@ -124,12 +126,17 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS access_log (
         id {autoinc}, at_ms BIGINT NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL,
         method TEXT NOT NULL, path TEXT NOT NULL, status INTEGER NOT NULL, client TEXT, chain TEXT)""",
+    # append-only: exports and erasures of a resident's data, naming them by pseudonym (gateway/privacy.py)
+    """CREATE TABLE IF NOT EXISTS privacy_log (
+        id {autoinc}, at_ms BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        subject TEXT NOT NULL, detail TEXT, chain TEXT)""",
 ]
 
 #: the audit tables and the fields their hash chain covers, in order
 AUDIT_FIELDS: dict[str, tuple[str, ...]] = {
     "alert_log": ("alert_id", "action", "actor", "at_ms", "detail"),
     "access_log": ("at_ms", "actor", "role", "method", "path", "status", "client"),
+    "privacy_log": ("at_ms", "actor", "action", "subject", "detail"),
 }
 
 
@@ -506,8 +513,13 @@ class StateStore:
     def count_alert_points(self) -> int:
         return int(self._select("SELECT count(*) AS n FROM alert_points")[0]["n"])
 
-    def raise_alert(self, kind: str, site_id: str, device_id: str, now_ms: int, detail: str) -> str | None:
-        """Open a device alert unless one of that kind is already open; returns its id if new."""
+    def raise_alert(self, kind: str, site_id: str, device_id: str, now_ms: int, detail: str,
+                    resident_id: str | None = None) -> str | None:
+        """Open a device alert unless one of that kind is already open; returns its id if new.
+
+        An alert about a resident (``resident_id``, e.g. a raised fall risk) keeps its detail in
+        the alert row only: the append-only log gets the kind, never the resident or a score,
+        so erasing the resident (gateway/privacy.py) leaves nothing of them in the log."""
         with self._tx() as cur:
             self._exec(
                 cur,
@@ -521,10 +533,10 @@ class StateStore:
             self._exec(
                 cur,
                 "INSERT INTO alerts (alert_id, kind, site_id, device_id, detail, status, "
-                "raised_ms, ts_ms) VALUES (?, ?, ?, ?, ?, 'raised', ?, ?)",
-                (alert_id, kind, site_id, device_id, detail, now_ms, now_ms),
+                "raised_ms, ts_ms, resident_id) VALUES (?, ?, ?, ?, ?, 'raised', ?, ?, ?)",
+                (alert_id, kind, site_id, device_id, detail, now_ms, now_ms, resident_id),
             )
-            self._log(cur, alert_id, "raised", "gateway", now_ms, detail)
+            self._log(cur, alert_id, "raised", "gateway", now_ms, detail if resident_id is None else kind)
         return alert_id
 
     def resolve_alerts(self, kind: str, site_id: str, device_id: str, now_ms: int, why: str) -> list[str]:
@@ -622,7 +634,9 @@ class StateStore:
             if action == "acknowledge" and via:
                 detail = f"via {via}"
             elif action == "clear" and (outcome or note):
-                detail = f"outcome {outcome or '-'}" + (f": {note}" if note else "")
+                # the note is free text about a person: it stays in the alert row, which erasure
+                # deletes; the append-only log keeps that there was one (gateway/privacy.py)
+                detail = f"outcome {outcome or '-'}" + (f", note of {len(note)} characters" if note else "")
             self._log(cur, alert_id, action, actor, now_ms, detail)
         return self.alert(alert_id)
 

@@ -14,7 +14,7 @@ from fallwatch.gateway.channels._common import body, subject
 ROOT = Path(__file__).resolve().parents[2]
 #: every module with staff-facing text marked with _() / N_()
 SOURCES = ["gateway/channels/_common.py", "gateway/paging/pager.py", "gateway/http.py", "gateway/care.py",
-           "gateway/console_routes.py", "gateway/device_routes.py"]
+           "gateway/console_routes.py", "gateway/device_routes.py", "gateway/privacy_routes.py"]
 
 
 def marked() -> list[str]:

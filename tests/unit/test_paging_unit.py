@@ -238,7 +238,7 @@ def test_observer_derives_alerts_from_health_risk_and_room_concerns(tmp_path: Pa
     state.setup()
     raised: list[tuple[str, str]] = []
     cleared: list[str] = []
-    obs = Observer(state, lambda k, s, d, why: raised.append((k, why)), lambda k, s, d, why: cleared.append(k))
+    obs = Observer(state, lambda k, s, d, why, **_: raised.append((k, why)), lambda k, s, d, why: cleared.append(k))
     env = {"schema": 1, "site_id": "site-a", "device_id": "hub-1", "boot_id": 1, "ts_ms": 1, "sent_ms": 1,
            "resident_id": "r01"}
 
