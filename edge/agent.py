@@ -145,7 +145,7 @@ class EdgeAgent:
     def start_decisions(self) -> None:
         """Resume fall decisions a crash left inside their cancel window; send the overdue ones now."""
         with self._lock:
-            if self.decisions.resume():
+            if self.decisions.resume(self._now_s):
                 self.decisions.resolve(self._now_s, time.monotonic())
 
     def start_publisher(self) -> None:
