@@ -164,8 +164,17 @@ def account(h: Harness, settled: bool) -> dict[str, Any]:
         flood_delay = {"alerts_during_flood": len(during), "max_s": pct(during, 100), "p50_s": pct(during, 50),
                        "quiet_p50_s": pct(quiet, 50),
                        "extra_s": round(max(during) - float(pct(quiet, 50) or 0), 3) if during and quiet else None}
+    # ---- each fault: the alerts decided while it lasted (until it recovered) and how long they took
+    for f in h.fault_log:
+        a0 = h.t0 + f["at_s"]
+        a1 = a0 + f["duration_s"] + (f.get("recovered_s") or 0)
+        during = [s for w, s in to_notify if a0 <= w <= a1]
+        f["alerts_decided"] = len(during)
+        f["decision_to_notify_max_s"] = pct(during, 100)
     stats = h.gateway_stats()
-    rejected = sum(int(s.get("rejected", 0)) for s in stats.values() if isinstance(s, dict) and "error" not in s)
+    # per-process counters start again at 0 when a replica restarts: add each killed incarnation's
+    rejected = sum(int(s.get("rejected", 0)) for snap in [stats, *h.stats_before_kill] for s in snap.values()
+                   if isinstance(s, dict) and "error" not in s)
     out: dict[str, Any] = {
         "scenario": sc.name,
         "state": sc.state,
@@ -197,6 +206,8 @@ def account(h: Harness, settled: bool) -> dict[str, Any]:
         "t0": h.t0,
         "flood_sent": h.flood_sent,
         "rejected_by_gateways": rejected,
+        "dead_letters_received": h.dead_letters.count,  # at the receiving end: survives replica restarts
+        "dead_letters_by_reason": dict(sorted(h.dead_letters.by_reason.items())),
         "flood_delay": flood_delay,
         "faults": [{k: v for k, v in f.items()} for f in sorted(h.fault_log, key=lambda f: f["at_s"])],
         "decision_to_notify_p50_s": pct(delays, 50),

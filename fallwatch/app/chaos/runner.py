@@ -42,6 +42,60 @@ log = logging.getLogger("fallwatch.app.chaos")
 
 SIM_MATCH_TOLERANCE_S = 10.0
 ROGUE = ("chaos-rogue", "hub-rogue")  # a provisioned hub that is compromised: the flood comes from it
+#: a gateway-role broker user no replica runs as: the suite's receiver of the gateways' dead letters
+AUDIT = "chaos-audit"
+
+
+class DeadLetterReceiver:
+    """The gateways' dead letters counted where they arrive: a persistent MQTT session on
+    the dead-letter topics. A replica's own counters start again at 0 when it restarts;
+    what was rejected and published stays counted here. QoS 1 is at least once: a
+    re-delivery (the DUP flag) is counted only if nothing with its content came before
+    (identical junk rejected in the same millisecond cannot be told apart otherwise)."""
+
+    def __init__(self, port: int, password: str) -> None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        from fallwatch.protocol import topics
+
+        self._lock = threading.Lock()
+        self.seen: set[tuple[str, int, str, str]] = set()
+        self.n = 0
+        self.by_reason: dict[str, int] = {}
+        c = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2, client_id=AUDIT,
+                               protocol=mqtt_client.MQTTv5)
+        c.username_pw_set(AUDIT, password)
+        c.on_connect = lambda cl, *_: cl.subscribe(f"{topics.DLQ_PREFIX}#", qos=1)
+        c.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 86_400  # queued at the broker while it reconnects
+        c.reconnect_delay_set(min_delay=0.2, max_delay=2)  # type: ignore[arg-type]
+        c.connect("127.0.0.1", port, clean_start=False, properties=props)
+        c.loop_start()
+        self.client = c
+
+    def _on_message(self, _c: Any, _u: Any, m: Any) -> None:
+        try:
+            d = json.loads(m.payload)
+            key = (str(d.get("gateway_id")), int(d.get("received_ms", 0)), str(d.get("reason")), str(d.get("topic")))
+        except (ValueError, TypeError):
+            key = ("?", 0, m.topic, str(hash(m.payload)))
+        with self._lock:
+            if m.dup and key in self.seen:
+                return
+            self.seen.add(key)
+            self.n += 1
+            self.by_reason[key[2]] = self.by_reason.get(key[2], 0) + 1
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return self.n
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
 @dataclass
@@ -70,6 +124,7 @@ class Harness:
         self.flood_sent = 0
         self.netns_ok = False
         self._state: Any = None  # the harness's own read connection to the state DB
+        self.stats_before_kill: list[dict[str, Any]] = []
         from fallwatch.config import GatewayConfig
 
         #: the gateways clamp device times later than receipt + this (their default config)
@@ -97,8 +152,9 @@ class Harness:
         listeners = [self.host_ip] if self.netns_ok else []
         if self.netns_ok:
             _netns_setup(self.ns_name, self.host_ip, self.ns_ip)
-        self.broker = Broker(d / "broker", [*devices, ROGUE], gws, extra_listeners=listeners)
+        self.broker = Broker(d / "broker", [*devices, ROGUE], [*gws, AUDIT], extra_listeners=listeners)
         self.broker.start()
+        self.dead_letters = DeadLetterReceiver(self.broker.port, self.broker.creds[AUDIT])
         self.influx = InfluxDB1(workdir=d / "influx")
         (d / "influx").mkdir(exist_ok=True)
         self.influx.start()
@@ -355,10 +411,25 @@ class Harness:
     def _fault_gateway_kill(self, f: FaultSpec, rec: dict[str, Any]) -> None:
         gw = f.target or "gw-a"
         self.down.add(gw)
+        self._keep_stats(gw)
         self.gateways[gw].kill()
         time.sleep(f.duration_s)
         self.gateways[gw].start()  # the same gateway_id: its persistent session is waiting for it
         self.down.discard(gw)
+
+    def _gw_stats(self, gw: str) -> dict[str, Any]:
+        try:
+            return dict(get_json(f"{self.gw_http[gw]}/stats", self.tech_token))
+        except Exception:  # a replica that does not answer has no figures to give
+            return {}
+
+    def _keep_stats(self, gw: str) -> None:
+        """A replica's /stats just before the schedule kills it: its counters start again at 0,
+        so the report adds what each earlier incarnation had counted."""
+        try:
+            self.stats_before_kill.append({gw: get_json(f"{self.gw_http[gw]}/stats", self.tech_token)})
+        except Exception as exc:  # reported; the kill goes on
+            log.warning("could not read %s /stats before killing it: %s", gw, exc)
 
     def _fault_influx_stop(self, f: FaultSpec, rec: dict[str, Any]) -> None:
         self.influx.stop()
@@ -408,10 +479,30 @@ class Harness:
             fh.truncate(0)
             fh.write(b"\0" * max(0, free - 64 * 1024))
         rec["ballast_mb"] = round(ballast.stat().st_size / 2**20, 1)
+        starts = self.gateways[gw].starts
+        before = self._gw_stats(gw)
         self.influx.stop()
-        time.sleep(f.duration_s)
+        # what the replica did meanwhile: its /stats (deltas; per process, so only if it was not
+        # restarted) and whether it said it was not ready; the counts that decide "lost" come
+        # from InfluxDB and the receivers, as for every fault
+        not_ready = problems = 0
+        depth_max = 0
+        end = time.monotonic() + f.duration_s
+        while time.monotonic() < end:
+            st_now = self._gw_stats(gw)
+            depth_max = max(depth_max, int(st_now.get("spool_depth", 0)))
+            problems += bool(st_now.get("worker_problems"))
+            not_ready += not self._ready_now(gw)
+            time.sleep(1.0)
+        after = self._gw_stats(gw)
         st = os.statvfs(spool)
         rec["spool_free_kb_at_end"] = st.f_bavail * st.f_frsize // 1024
+        if self.gateways[gw].starts == starts and before and after:
+            for k in ("points_spooled", "spool_write_errors", "points_written"):
+                rec[k] = int(after.get(k, 0)) - int(before.get(k, 0))
+        rec["spool_depth_max"] = depth_max
+        rec["seconds_not_ready"] = not_ready
+        rec["seconds_worker_stuck"] = problems
         ballast.unlink()
         self.influx.start()
 
@@ -531,6 +622,7 @@ class Harness:
             h.proc.stop()
         for p in self.gateways.values():
             p.stop()
+        self.dead_letters.close()
         self.broker.proc.stop()
         self.influx.stop()
         self.smtpd.stop()
