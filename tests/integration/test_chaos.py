@@ -46,6 +46,7 @@ def test_ci_chaos_scenario_loses_nothing_and_doubles_nothing(tmp_path: Path, cap
     assert all("error" not in f for f in r["faults"]), r["faults"]
     assert r["hub_processes_started"] == r["hubs"] + 1  # one hub was SIGKILLed and restarted
     assert r["flood_sent"] > 1000 and r["rejected_by_gateways"] > 0  # the garbage reached the gateways
+    assert r["dead_letters_received"] > 0  # and was dead-lettered, counted where the dead letters arrive
     (jump,) = [f for f in r["faults"] if f["name"] == "clock_jump"]
     assert jump["gateway_saw_skew_s"] is not None and jump["gateway_saw_skew_s"] > 300  # the step was real
     assert r["telemetry_clamped"] > 0  # what it stamped 10 min ahead was clamped, and still counted
