@@ -39,7 +39,7 @@ from fallwatch.edge.detection import Detection
 from fallwatch.edge.downlink import Downlink, self_test
 from fallwatch.edge.fusion import RoomFusion
 from fallwatch.edge.ingest import Ingest
-from fallwatch.edge.messages import Messages, StateName
+from fallwatch.edge.messages import Messages, StateName, WallClockWatch
 from fallwatch.edge.outbox import Outbox, Pending
 from fallwatch.edge.publisher import Publisher
 from fallwatch.edge.sensors import DetectorFactory, Scorer, SensorDescription, Sensors
@@ -100,6 +100,7 @@ class EdgeAgent:
 
     def init_messages(self) -> None:
         self.messages = Messages(self.site_id, self.device_id, self.start_epoch_ms)
+        self.wall_clock = WallClockWatch()
         self.uplink = Uplink(self.cfg, self.messages)
 
     def init_fusion(self) -> None:
@@ -145,7 +146,7 @@ class EdgeAgent:
     def start_decisions(self) -> None:
         """Resume fall decisions a crash left inside their cancel window; send the overdue ones now."""
         with self._lock:
-            if self.decisions.resume():
+            if self.decisions.resume(self._now_s):
                 self.decisions.resolve(self._now_s, time.monotonic())
 
     def start_publisher(self) -> None:
@@ -180,10 +181,26 @@ class EdgeAgent:
         with self._lock:
             wall = time.monotonic()
             self._now_s = now_s
+            if step_ms := self.wall_clock.step():
+                self.follow_wall_clock(step_ms)
             fed = self.ingest.feed(frames, now_s)
             self.detection.run(fed.values(), now_s)
             self.decisions.resolve(now_s, wall)
             self.telemetry.tick(now_s)
+
+    def follow_wall_clock(self, step_ms: int) -> None:
+        """The hub's wall clock stepped by ``step_ms``: stamp what comes next by it (and read
+        the hour of day by it). What is already in the outbox keeps its stamps; a clock that
+        jumped ahead shows at the gateway (clamped past ``clock_skew_s``, counted)."""
+        self.start_epoch_ms += step_ms
+        self.messages.start_epoch_ms += step_ms
+        self.fusion.start_epoch_ms += step_ms
+        for rooms in (self.fusion.rooms, self.fusion.shared, *self.fusion.per_resident.values()):
+            rooms.start_epoch_ms += step_ms
+        self.risk.nights.start_epoch_ms += step_ms
+        self.counters.count("wall_clock_steps")
+        self.telemetry.warn(f"hub wall clock stepped {step_ms / 1000:+.1f} s: message times follow it")
+        log.warning("hub wall clock stepped %+.1f s (NTP, RTC, date -s): message times follow it", step_ms / 1000)
 
     # ------------------------------------------------------------------ what the downlinks change
 

@@ -148,9 +148,17 @@ class AlertDecision:
             self.warn(f"fall decision {pa.event_id} not persisted ({exc}); held in memory")
             log.exception("could not persist the fall decision %s", pa.event_id)
 
-    def resume(self) -> int:
+    def resume(self, now_s: float = 0.0) -> int:
         """Take up the decisions a previous run persisted and did not send (after a crash);
-        their windows continue from the persisted due time. Returns how many."""
+        their windows continue from the persisted due time. Returns how many.
+
+        The persisted times are wall times, so they are read through this run's wall-clock
+        anchor. If the wall clock stepped *back* between the two runs (an NTP step, a hub
+        rebooting with a dead RTC battery), they land in this run's future: the due time
+        would hold the alert back by the size of the step, and an impact "still to come"
+        would fold a real new fall into this one (de-dup). So the de-dup mark is never later
+        than now and no window longer than a full cancel window from now (the alert still
+        carries the times it was decided with)."""
         if self.store is None:
             return 0
         known = {pa.event_id for pa in self.pending}
@@ -165,11 +173,17 @@ class AlertDecision:
                              probability=b["probability"], confidence=b["confidence"], peak_g=b["peak_g"],
                              lying=b["lying"], still=b["still"], reasons=[tuple(r) for r in b["reasons"]],
                              padded=b["padded"], path=b.get("path", "fast"), lying_s=b.get("lying_s", 0.0))
-            w.last_alert_t = max(w.last_alert_t, d.impact_t_s)
-            self.pending.append(PendingAlert(key, w, d, hub_s(due_ms), hub_s(b["created_ms"]), 0.0))
+            w.last_alert_t = max(w.last_alert_t, min(d.impact_t_s, now_s))  # the stamps it carries stay as made
+            due_s = min(self._hub_s(due_ms), now_s + self.cancel_window_s)
+            if due_s < self._hub_s(due_ms):
+                self.count("decisions_resumed_clock_back")
+                log.warning("fall decision %s was due %.0f s in this run's future: the wall clock stepped back "
+                            "since it was made; its window is cut to %.0f s", key, self._hub_s(due_ms) - now_s,
+                            self.cancel_window_s)
+            self.pending.append(PendingAlert(key, w, d, due_s, min(hub_s(b["created_ms"]), now_s), 0.0))
             self.count("decisions_resumed")
             log.warning("resumed fall decision %s for %s from before the restart (due in %.1f s)",
-                        key, w.sensor_id, hub_s(due_ms))
+                        key, w.sensor_id, due_s - now_s)
             n += 1
         return n
 

@@ -8,6 +8,7 @@ the outbox calls inside the transaction that stores the row.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -20,6 +21,37 @@ from fallwatch.protocol import topics
 #: Envelope classes by body (the contract's tagged union members).
 Envelope = Callable[..., C.Message]
 StateName = Literal["ready", "offline", "lost"]
+
+
+class WallClockWatch:
+    """Notices the hub's wall clock stepping (an NTP step, a hub that booted with a dead RTC
+    battery and was set right later, an operator's ``date -s``).
+
+    Messages are stamped ``start_epoch_ms + hub seconds``, the hub seconds being monotonic:
+    a step of the wall clock after start would otherwise never reach the stamps, so a hub
+    that started with a wrong clock stamped everything wrong for as long as it ran, and the
+    gateway could not tell (its ``sent_ms`` follows the system clock, the stamps did not).
+    A step is a change of wall - monotonic by more than ``step_s``; slewing (NTP's gradual
+    correction) stays below it and is picked up as it accumulates.
+    """
+
+    def __init__(self, step_s: float = 2.0, wall: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic) -> None:
+        self.step_ms = int(step_s * 1000)
+        self._wall, self._mono = wall, mono
+        self._offset_ms = self._now_offset_ms()
+
+    def _now_offset_ms(self) -> int:
+        return int((self._wall() - self._mono()) * 1000)
+
+    def step(self) -> int:
+        """The size of a step since the last call (ms; 0 = none)."""
+        now = self._now_offset_ms()
+        d = now - self._offset_ms
+        if abs(d) < self.step_ms:
+            return 0
+        self._offset_ms = now
+        return d
 
 
 class Messages:

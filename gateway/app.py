@@ -273,6 +273,7 @@ class Gateway:
                 "telemetry_points": c.telemetry_points,
                 "points_written": c.points_written + c.points_drained,
                 "points_spooled": c.points_spooled,
+                "spool_write_errors": c.spool_write_errors,
                 "points_refused": c.points_refused,
                 "dead_lettered": c.dead_lettered,
                 "spool_depth": self.spool.depth,

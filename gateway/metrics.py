@@ -28,6 +28,7 @@ class Counters:
         self.rejected_by_reason: Counter[str] = Counter()
         self.points_written = 0
         self.points_spooled = 0
+        self.spool_write_errors = 0
         self.points_drained = 0
         self.points_refused = 0
         self.fall_alerts = 0
@@ -96,6 +97,8 @@ class _Collector:
             "duplicates": ("Messages dropped as duplicates by idempotency key", c.duplicates),
             "points_written": ("Points written to the series store", c.points_written + c.points_drained),
             "points_spooled": ("Points put in the disk spool", c.points_spooled),
+            "spool_write_errors": ("Batches the disk spool could not take (disk full, I/O error): retried, "
+                                   "left unacknowledged at the broker", c.spool_write_errors),
             "points_refused": ("Points the series store refused for good", c.points_refused),
             "fall_alerts": ("Fall alert messages stored", c.fall_alerts),
             "dead_lettered": ("Rejected messages published to the dead-letter topic", c.dead_lettered),

@@ -10,6 +10,7 @@ oldest batch first, once the store takes writes again.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -71,7 +72,15 @@ class Storage:
                 self.metrics.write_latency.labels(path).observe(time.perf_counter() - t0)
                 self.counters.add(points_written=len(points) - len(refused))
                 return refused
-        self.spool.append(points)
+        try:
+            self.spool.append(points)
+        except sqlite3.Error as exc:
+            # the spool's disk is full (or failing) before the spool's own bound: nothing of this
+            # batch is acknowledged, the worker retries it (transient) and the broker keeps it
+            self.counters.add(spool_write_errors=1)
+            log.error("SPOOL WRITE FAILED at %s (%s): %d points not stored, their messages stay "
+                      "unacknowledged at the broker and are retried", self.spool.path, exc, len(points))
+            raise
         self.counters.add(points_spooled=len(points))
         return []
 

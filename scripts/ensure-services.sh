@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what fallwatch's tests, benchmarks and demo need from Debian's packages when it is
-# missing: Mosquitto (+ its C clients, used by the broker benchmark), InfluxDB 1.x, and
-# Chromium + ChromeDriver for the staff-page browser test.
+# missing: Mosquitto (+ its C clients, used by the broker benchmark), InfluxDB 1.x,
+# Chromium + ChromeDriver for the staff-page browser test, and libfaketime (the chaos suite
+# steps one hub's wall clock with it: docs/chaos.md, clock_jump).
 # They are only installed here, never started as system services: every test run starts its
 # own private instances on free loopback ports (fallwatch/testing/services.py).
 set -euo pipefail
@@ -9,6 +10,7 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || need+=(libfaketime)
 # the carer's web page is tested in a real headless Chromium (FALLWATCH_NO_BROWSER=1 skips it)
 if [ "${FALLWATCH_NO_BROWSER:-0}" != 1 ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)

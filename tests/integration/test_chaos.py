@@ -3,7 +3,8 @@
 ``fallwatch chaos ci``: ten hubs as separate edge-agent processes, Mosquitto with the
 generated production config, two gateway replicas on a shared subscription with state in
 PostgreSQL, InfluxDB 1.x, the carer's e-mail and web hook; flood, broker restart and
-SIGKILL, replica SIGKILL, InfluxDB stopped, hub SIGKILL, a burst of falls. The build fails
+SIGKILL, replica SIGKILL, InfluxDB stopped, hub SIGKILL, a hub's wall clock 10 min ahead
+(libfaketime) and back, a burst of falls. The build fails
 when a fall alert the edge decided is not stored and notified, or reaches staff twice, or a
 part does not come back by itself. Nothing here asserts a time: how fast it recovered and
 how long the pages took are reported (``-s`` shows the table), not judged.
@@ -41,10 +42,14 @@ def test_ci_chaos_scenario_loses_nothing_and_doubles_nothing(tmp_path: Path, cap
     # the ground truth was exercised: falls happened, the edge decided them, faults were applied
     assert r["falls_injected"] >= 20 and r["alerts_raised"] >= 12, r
     assert {f["name"] for f in r["faults"]} >= {"flood", "broker_restart", "broker_kill", "gateway_kill",
-                                                 "influx_stop", "edge_kill"}
+                                                 "influx_stop", "edge_kill", "clock_jump"}
     assert all("error" not in f for f in r["faults"]), r["faults"]
     assert r["hub_processes_started"] == r["hubs"] + 1  # one hub was SIGKILLed and restarted
     assert r["flood_sent"] > 1000 and r["rejected_by_gateways"] > 0  # the garbage reached the gateways
+    assert r["dead_letters_received"] > 0  # and was dead-lettered, counted where the dead letters arrive
+    (jump,) = [f for f in r["faults"] if f["name"] == "clock_jump"]
+    assert jump["gateway_saw_skew_s"] is not None and jump["gateway_saw_skew_s"] > 300  # the step was real
+    assert r["telemetry_clamped"] > 0  # what it stamped 10 min ahead was clamped, and still counted
     # the proof: every alert the edge decided was stored and reached the carer exactly once
     assert r["lost_alerts"] == [] and r["lost"] == 0, r["lost_alerts"]
     assert r["alerts_stored"] == r["alerts_raised"] == r["alerts_notified"]

@@ -20,8 +20,10 @@ def test_shipped_scenarios_load(name: str) -> None:
 
 def test_ci_scenario_has_every_fault_kind_the_ci_build_checks() -> None:
     names = {f.name for f in scn.load("ci").faults}
-    assert names >= {"broker_restart", "broker_kill", "gateway_kill", "influx_stop", "edge_kill", "flood"}
+    assert names >= {"broker_restart", "broker_kill", "gateway_kill", "influx_stop", "edge_kill", "flood",
+                     "clock_jump"}
     assert scn.load("ci").burst_at_s is not None
+    assert {f.name for f in scn.load("long").faults} >= names | {"network_cut", "spool_full"}
 
 
 def test_unknown_scenario_names_the_shipped_ones() -> None:

@@ -290,3 +290,30 @@ def test_contract_valid_uplinks_only(agent: EdgeAgent, broker: FakeBroker) -> No
     seqs = [C.decode(m.topic, m.payload).seq for m in broker.published(f"{topics.device_base(SITE, HUB)}/#")]
     assert len(set(seqs)) == len(seqs)
     json.loads(broker.published(topics.fall(SITE, HUB))[0].payload)  # plain JSON on the wire
+
+
+def test_message_times_follow_a_step_of_the_hub_wall_clock(agent: EdgeAgent) -> None:
+    """A hub that started with a wrong clock (dead RTC battery) and was set right by NTP
+    kept stamping by the wrong one as long as it ran: the stamps were start + monotonic
+    seconds. Found with the chaos suite's clock_jump fault (docs/chaos.md)."""
+    import time as _time
+
+    from fallwatch.edge.messages import WallClockWatch
+
+    offset = [0.0]
+    agent.wall_clock = WallClockWatch(wall=lambda: _time.time() + offset[0])
+    before = agent.messages.ts(5.0)
+    agent.feed([], 1.0)
+    agent.feed([], 1.2)
+    assert agent.messages.ts(5.0) == before and agent.stats().get("wall_clock_steps", 0) == 0
+    offset[0] = 600.0  # NTP steps the clock 10 min ahead
+    agent.feed([], 1.4)
+    assert agent.messages.ts(5.0) == pytest.approx(before + 600_000, abs=50)
+    assert agent.stats()["wall_clock_steps"] == 1
+    assert any("wall clock stepped +600" in n for n in agent.telemetry.notes)  # on the next health heartbeat
+    offset[0] = 600.5  # half a second of slewing is not a step
+    agent.feed([], 1.6)
+    assert agent.stats()["wall_clock_steps"] == 1
+    offset[0] = 0.0  # and back
+    agent.feed([], 1.8)
+    assert agent.messages.ts(5.0) == pytest.approx(before, abs=50) and agent.stats()["wall_clock_steps"] == 2

@@ -221,3 +221,23 @@ def test_a_resumed_decision_keeps_its_due_time_or_goes_at_once_when_overdue(tmp_
     assert ob2.depth_by_kind() == {"fall": 1} and s2.pending == []
     ob.close()
     ob2.close()
+
+
+def test_a_decision_resumed_after_the_wall_clock_stepped_back_is_not_held_back_nor_folds_new_falls(
+        tmp_path: Path) -> None:
+    """Found while adding the chaos clock_jump fault: the persisted times are wall times, and
+    a hub restarted after its clock stepped back 10 min read them as 10 min in the future."""
+    ob = Outbox(tmp_path / "o.sqlite")
+    first, sensors, _ = _durable_stage(ob, 1_600_000)  # decided while the clock was 600 s ahead
+    first.decide(sensors.wearables["wear-1"], _decision(20.0), now_s=22.5)  # due at wall 1_632_500
+    again, sensors2, _ = _durable_stage(ob, 1_027_500)  # restarted; the clock is right again
+    assert again.resume() == 1  # at hub time 0
+    assert again.pending[0].due_t_s <= again.cancel_window_s  # not 605 s: at most a full window
+    w = sensors2.wearables["wear-1"]
+    assert w.last_alert_t <= 0.0  # a new fall in the next 10 min is not folded into this one
+    again.resolve(now_s=again.pending[0].due_t_s, wall=0.0)
+    rows = ob.peek()
+    assert [r.kind for r in rows] == ["fall"] and ob.pending_decisions() == []
+    fall = C.decode(topics.fall("home-1", "hub-1"), rows[0].payload)
+    assert isinstance(fall, C.FallAlert) and fall.data.impact_ms == 1_620_000  # carries the times it was made with
+    ob.close()

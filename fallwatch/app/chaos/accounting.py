@@ -40,6 +40,7 @@ def account(h: Harness, settled: bool) -> dict[str, Any]:
     truth: list[dict[str, Any]] = []
     decisions: dict[tuple[str, str], dict[str, Any]] = {}
     tele_expected: set[tuple[str, str, int]] = set()
+    tele_committed: dict[tuple[str, str, int], float] = {}  # real wall time of the outbox commit
     boots_total = 0
     for hub in h.hubs:
         recs = _journal(hub.dir / "journal.jsonl")
@@ -49,7 +50,7 @@ def account(h: Harness, settled: bool) -> dict[str, Any]:
         for k, boot in enumerate(boots, start=1):
             scn = load_scenario(hub.dir / f"scenario-{k}.toml")
             fleet = Fleet(scn)
-            end_wall = boots[k]["wall"] if k < len(boots) else float("inf")
+            end_wall = h.real_wall(boots[k]) if k < len(boots) else float("inf")
             for ev in fleet.ground_truth:
                 if ev.type != "fall" or ev.t_impact_s is None:
                     continue
@@ -59,9 +60,12 @@ def account(h: Harness, settled: bool) -> dict[str, Any]:
                               else False})
         for r in recs:
             if r["kind"] == "decision" and r["status"] == "alert":
-                decisions.setdefault((hub.hub_id, r["event_id"]), dict(r, hub=hub.hub_id))
+                # "wall" is the hub's own clock, which the clock_jump fault steps: time by the real one
+                decisions.setdefault((hub.hub_id, r["event_id"]), dict(r, hub=hub.hub_id, wall=h.real_wall(r)))
             elif r["kind"] == "tele":
-                tele_expected.add((hub.hub_id, r["sensor"], int(r["ts_ms"])))
+                tkey = (hub.hub_id, str(r["sensor"]), int(r["ts_ms"]))
+                tele_expected.add(tkey)
+                tele_committed[tkey] = h.real_wall(r)
     matched = 0
     used: set[tuple[str, str]] = set()
     for t in truth:
@@ -140,7 +144,8 @@ def account(h: Harness, settled: bool) -> dict[str, Any]:
             lost_alerts.append({"hub": key[0], "event_id": key[1], "influx": in_db, "state": ok_state,
                                 "email": bool(mails), "webhook": bool(hooks)})
     unjournaled = sorted(k for k in in_influx if k not in decisions and k[0] != "hub-rogue")
-    tele_lost = tele_expected - tele_stored
+    tele_lost, tele_clamped = _follow_the_clamp(tele_expected - tele_stored, tele_stored - tele_expected,
+                                                tele_committed, h.clock_skew_ms)
     lost_at: dict[int, int] = defaultdict(int)  # where in the run the lost telemetry was (10 s bins)
     for _, _, ts in tele_lost:
         lost_at[int((ts / 1000 - h.t0) // 10 * 10)] += 1
@@ -159,8 +164,17 @@ def account(h: Harness, settled: bool) -> dict[str, Any]:
         flood_delay = {"alerts_during_flood": len(during), "max_s": pct(during, 100), "p50_s": pct(during, 50),
                        "quiet_p50_s": pct(quiet, 50),
                        "extra_s": round(max(during) - float(pct(quiet, 50) or 0), 3) if during and quiet else None}
+    # ---- each fault: the alerts decided while it lasted (until it recovered) and how long they took
+    for f in h.fault_log:
+        a0 = h.t0 + f["at_s"]
+        a1 = a0 + f["duration_s"] + (f.get("recovered_s") or 0)
+        during = [s for w, s in to_notify if a0 <= w <= a1]
+        f["alerts_decided"] = len(during)
+        f["decision_to_notify_max_s"] = pct(during, 100)
     stats = h.gateway_stats()
-    rejected = sum(int(s.get("rejected", 0)) for s in stats.values() if isinstance(s, dict) and "error" not in s)
+    # per-process counters start again at 0 when a replica restarts: add each killed incarnation's
+    rejected = sum(int(s.get("rejected", 0)) for snap in [stats, *h.stats_before_kill] for s in snap.values()
+                   if isinstance(s, dict) and "error" not in s)
     out: dict[str, Any] = {
         "scenario": sc.name,
         "state": sc.state,
@@ -181,7 +195,8 @@ def account(h: Harness, settled: bool) -> dict[str, Any]:
         "reminders_to_staff": reminders,
         "alerts_acknowledged": acked,
         "telemetry_expected": len(tele_expected),
-        "telemetry_stored": len(tele_expected & tele_stored),
+        "telemetry_stored": len(tele_expected & tele_stored) + tele_clamped,
+        "telemetry_clamped": tele_clamped,
         "telemetry_lost": len(tele_lost),
         "telemetry_lost_by_10s": dict(sorted(lost_at.items())),
         "outbox_left": outbox_left,
@@ -191,6 +206,8 @@ def account(h: Harness, settled: bool) -> dict[str, Any]:
         "t0": h.t0,
         "flood_sent": h.flood_sent,
         "rejected_by_gateways": rejected,
+        "dead_letters_received": h.dead_letters.count,  # at the receiving end: survives replica restarts
+        "dead_letters_by_reason": dict(sorted(h.dead_letters.by_reason.items())),
         "flood_delay": flood_delay,
         "faults": [{k: v for k, v in f.items()} for f in sorted(h.fault_log, key=lambda f: f["at_s"])],
         "decision_to_notify_p50_s": pct(delays, 50),
@@ -205,6 +222,30 @@ def account(h: Harness, settled: bool) -> dict[str, Any]:
     if sc.soak:
         out["soak"] = soak_report(h, to_notify)
     return out
+
+
+def _follow_the_clamp(missing: set[tuple[str, str, int]], extra: set[tuple[str, str, int]],
+                      committed: dict[tuple[str, str, int], float], skew_ms: int
+                      ) -> tuple[set[tuple[str, str, int]], int]:
+    """Telemetry a hub stamped beyond the gateway's ``clock_skew_s`` (its clock was ahead:
+    the clock_jump fault) is stored at receipt + skew, not at its own stamp. Such a row is
+    stored if a point of the same series, not stamped by any journal row, lies between its
+    commit + skew and a minute after that (one point per row, oldest first). Returns what
+    is still missing and how many were found clamped."""
+    ahead = sorted((k for k in missing if k[2] > committed.get(k, float("inf")) * 1000 + skew_ms - 1000),
+                   key=lambda k: committed[k])
+    pool: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for dev, sensor, ts in sorted(extra):
+        pool[(dev, sensor)].append(ts)
+    found: set[tuple[str, str, int]] = set()
+    for k in ahead:
+        lo = committed[k] * 1000 + skew_ms - 1000
+        for ts in pool[(k[0], k[1])]:
+            if lo <= ts <= lo + 61_000:
+                pool[(k[0], k[1])].remove(ts)
+                found.add(k)
+                break
+    return missing - found, len(found)
 
 
 def soak_report(h: Harness, to_notify: list[tuple[float, float]]) -> dict[str, Any]:

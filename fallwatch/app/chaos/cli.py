@@ -84,6 +84,8 @@ def print_table(r: dict[str, Any], out: Any) -> None:
         ("telemetry points expected / stored", f"{r['telemetry_expected']} / {r['telemetry_stored']}"),
         ("outbox rows left", r["outbox_left"]),
         ("flood messages sent / rejected by gateways", f"{r['flood_sent']} / {r['rejected_by_gateways']}"),
+        ("dead letters received (at the receiver)", r.get("dead_letters_received")),
+        ("telemetry stored at a clamped time (clock ahead)", r.get("telemetry_clamped")),
         ("decision → notify p50 / p99 / max s", f"{r['decision_to_notify_p50_s']} / "
                                                 f"{r['decision_to_notify_p99_s']} / {r['decision_to_notify_max_s']}"),
         ("decision → e-mail p50 / p99 s", f"{r['decision_to_email_p50_s']} / {r['decision_to_email_p99_s']}"),
@@ -97,8 +99,10 @@ def print_table(r: dict[str, Any], out: Any) -> None:
     print("  faults:", file=out)
     for f in r["faults"]:
         extra = f" ERROR {f['error']}" if "error" in f else ""
+        shown = ("at_s", "duration_s", "recovered_s", "name", "error", "target")
+        more = ", ".join(f"{k} {v}" for k, v in f.items() if k not in shown and v is not None)
         print(f"    {f['name']:<16} at {f['at_s']:>6} s for {f['duration_s']:>4} s  recovered in "
-              f"{f.get('recovered_s')} s{extra}", file=out)
+              f"{f.get('recovered_s')} s{extra}  ({more})", file=out)
     if r.get("flood_delay"):
         print(f"  flood: {r['flood_delay']}", file=out)
     if r["crashed"]:

@@ -6,7 +6,10 @@ the agent commits to its outbox is appended to a JSON-lines journal (flushed at 
 the suite knows what the edge *decided* without asking a component that may have died.
 The journal is written after the outbox commit returns, so a SIGKILL between the two can
 leave a row in the outbox (and later in InfluxDB) that is not in the journal: the
-accounting reports that as ``unjournaled``, never as a loss. Run as
+accounting reports that as ``unjournaled``, never as a loss. Every record carries the
+hub's wall time (``wall``) *and* CLOCK_MONOTONIC (``mono``, one clock for the whole
+machine): the ``clock_jump`` fault steps this process's wall clock (libfaketime), so the
+suite times decisions by ``mono``, which no wall-clock step moves. Run as
 ``python -m fallwatch.app.chaos.hub --config hub.toml --journal hub.jsonl``.
 """
 
@@ -21,7 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsIndex
 
 
 class Journal:
@@ -32,6 +35,7 @@ class Journal:
         self._lock = threading.Lock()
 
     def write(self, **rec: Any) -> None:
+        rec.setdefault("mono", time.monotonic())
         line = json.dumps(rec, sort_keys=True) + "\n"
         with self._lock:
             self._fh.write(line)
@@ -61,7 +65,24 @@ def _hook_outbox(agent: Any, journal: Journal) -> None:
     outbox.append_many = append_many
 
 
+def _sleep_that_survives_libfaketime() -> None:
+    """Under Debian 12's libfaketime 0.9.10 with ``FAKETIME_DONT_FAKE_MONOTONIC=1``,
+    ``clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)`` -- what ``time.sleep`` uses since
+    Python 3.11 -- fails with EINVAL (wolfcw/libfaketime#426, fixed after 0.9.10). In a hub
+    run under it (the clock_jump fault) ``time.sleep`` waits on a never-set Event instead,
+    which is timed by CLOCK_MONOTONIC and is unaffected; the wall clock is still faked."""
+    if "libfaketime" not in os.environ.get("LD_PRELOAD", ""):
+        return
+    never = threading.Event()
+
+    def sleep(secs: float | SupportsIndex) -> None:
+        never.wait(max(0.0, float(secs)))
+
+    time.sleep = sleep
+
+
 def main(argv: list[str] | None = None) -> int:
+    _sleep_that_survives_libfaketime()
     from fallwatch.app import sim_source
     from fallwatch.config import load_config
     from fallwatch.edge.agent import EdgeAgent

@@ -42,6 +42,60 @@ log = logging.getLogger("fallwatch.app.chaos")
 
 SIM_MATCH_TOLERANCE_S = 10.0
 ROGUE = ("chaos-rogue", "hub-rogue")  # a provisioned hub that is compromised: the flood comes from it
+#: a gateway-role broker user no replica runs as: the suite's receiver of the gateways' dead letters
+AUDIT = "chaos-audit"
+
+
+class DeadLetterReceiver:
+    """The gateways' dead letters counted where they arrive: a persistent MQTT session on
+    the dead-letter topics. A replica's own counters start again at 0 when it restarts;
+    what was rejected and published stays counted here. QoS 1 is at least once: a
+    re-delivery (the DUP flag) is counted only if nothing with its content came before
+    (identical junk rejected in the same millisecond cannot be told apart otherwise)."""
+
+    def __init__(self, port: int, password: str) -> None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        from fallwatch.protocol import topics
+
+        self._lock = threading.Lock()
+        self.seen: set[tuple[str, int, str, str]] = set()
+        self.n = 0
+        self.by_reason: dict[str, int] = {}
+        c = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2, client_id=AUDIT,
+                               protocol=mqtt_client.MQTTv5)
+        c.username_pw_set(AUDIT, password)
+        c.on_connect = lambda cl, *_: cl.subscribe(f"{topics.DLQ_PREFIX}#", qos=1)
+        c.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 86_400  # queued at the broker while it reconnects
+        c.reconnect_delay_set(min_delay=0.2, max_delay=2)  # type: ignore[arg-type]
+        c.connect("127.0.0.1", port, clean_start=False, properties=props)
+        c.loop_start()
+        self.client = c
+
+    def _on_message(self, _c: Any, _u: Any, m: Any) -> None:
+        try:
+            d = json.loads(m.payload)
+            key = (str(d.get("gateway_id")), int(d.get("received_ms", 0)), str(d.get("reason")), str(d.get("topic")))
+        except (ValueError, TypeError):
+            key = ("?", 0, m.topic, str(hash(m.payload)))
+        with self._lock:
+            if m.dup and key in self.seen:
+                return
+            self.seen.add(key)
+            self.n += 1
+            self.by_reason[key[2]] = self.by_reason.get(key[2], 0) + 1
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return self.n
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
 @dataclass
@@ -54,6 +108,7 @@ class Hub:
     events: list[dict[str, Any]]  # planned falls: at_s relative to the run's t0
     incarnations: list[tuple[float, list[dict[str, Any]]]] = field(default_factory=list)  # (t0 offset, events)
     netns: str | None = None
+    clock_file: Path | None = None  # libfaketime's FAKETIME_TIMESTAMP_FILE (the clock_jump fault)
 
 
 class Harness:
@@ -68,9 +123,18 @@ class Harness:
         self.samples: dict[str, list[tuple[float, dict[str, float]]]] = {}
         self.flood_sent = 0
         self.netns_ok = False
+        self._state: Any = None  # the harness's own read connection to the state DB
+        self.stats_before_kill: list[dict[str, Any]] = []
+        self.clock_off: set[str] = set()  # hubs whose wall clock the schedule has stepped away
+        from fallwatch.config import GatewayConfig
+
+        #: the gateways clamp device times later than receipt + this (their default config)
+        self.clock_skew_ms = int(GatewayConfig().clock_skew_s * 1000)
         # per run, so two runs on one machine (two checkouts' test commands) never share a namespace
         octet = 1 + os.getpid() % 250
         self.ns_name, self.host_ip, self.ns_ip = f"fwc{os.getpid() % 10**6}", f"10.231.{octet}.1", f"10.231.{octet}.2"
+        #: CLOCK_MONOTONIC -> real wall time (hub journals carry both; a faked hub clock moves only its wall)
+        self.mono_to_wall = time.time() - time.monotonic()
         self.down: set[str] = set()  # processes the schedule has stopped on purpose
         self.crashed: dict[str, float] = {}  # processes that died by themselves, with when
 
@@ -89,8 +153,9 @@ class Harness:
         listeners = [self.host_ip] if self.netns_ok else []
         if self.netns_ok:
             _netns_setup(self.ns_name, self.host_ip, self.ns_ip)
-        self.broker = Broker(d / "broker", [*devices, ROGUE], gws, extra_listeners=listeners)
+        self.broker = Broker(d / "broker", [*devices, ROGUE], [*gws, AUDIT], extra_listeners=listeners)
         self.broker.start()
+        self.dead_letters = DeadLetterReceiver(self.broker.port, self.broker.creds[AUDIT])
         self.influx = InfluxDB1(workdir=d / "influx")
         (d / "influx").mkdir(exist_ok=True)
         self.influx.start()
@@ -144,16 +209,27 @@ class Harness:
             netns = self.ns_name if self.netns_ok and self._cut_target() == i else None
             mqtt_host = self.host_ip if netns else "127.0.0.1"
             env = dict(os.environ, FALLWATCH_MQTT_PASSWORD=self.broker.creds[hub])
+            clock_file = None
+            if i in self._clock_targets() and (fake := _faketime_env(hdir / "faketime")) is not None:
+                clock_file = hdir / "faketime"
+                env |= fake
             proc = Proc(hub, python_argv("fallwatch.app.chaos.hub", "--config", str(hdir / "hub.toml"),
                                          "--journal", str(hdir / "journal.jsonl")), env, hdir / "hub.log",
                         netns=netns)
-            h = Hub(i, site, hub, hdir, proc, plan[i], netns=netns)
+            h = Hub(i, site, hub, hdir, proc, plan[i], netns=netns, clock_file=clock_file)
             self._write_hub_config(h, f"mqtt://{mqtt_host}:{self.broker.port}", offset_s=0.0)
             self.hubs.append(h)
         self.t0 = time.time()
         for h in self.hubs:
             h.proc.start()
         self.say(f"{len(self.hubs)} hub processes started ({sum(len(h.events) for h in self.hubs)} falls planned)")
+
+    def _clock_targets(self) -> set[int]:
+        return {int(f.target or 1) for f in self.sc.faults if f.name == "clock_jump"}
+
+    def real_wall(self, rec: dict[str, Any]) -> float:
+        """The real wall time of a hub journal record (its ``mono``; ``wall`` is the hub's own clock)."""
+        return float(rec["mono"]) + self.mono_to_wall if "mono" in rec else float(rec["wall"])
 
     def _cut_target(self) -> int:
         f = next((f for f in self.sc.faults if f.name == "network_cut"), None)
@@ -292,17 +368,25 @@ class Harness:
     def _recovered_after(self, end: float, rec: dict[str, Any]) -> float | None:
         """Seconds from the end of the fault until every running hub has telemetry newer than
         that moment stored in InfluxDB and every replica answers /readyz: the system carries on
-        by itself (resolution: the telemetry window)."""
+        by itself (resolution: the telemetry window). After a clock jump, also until the
+        gateways' registry sees that hub's clock within 5 s of theirs."""
         end_ms = int(end * 1000)
         deadline = end + self.sc.recover_timeout_s
         want = {h.hub_id for h in self.hubs if h.proc.alive}
+        if rec["name"] != "clock_jump":  # a hub whose clock is off meanwhile stamps in the future:
+            want -= self.clock_off       # its recovery is the clock jump's, not this fault's
         while time.time() < deadline:
             try:
+                # not later than now: a hub whose clock ran ahead has clamped points in the future
                 series = self.influx.query(
-                    f'SELECT last("window_s") FROM "telemetry" WHERE time > {end_ms}ms GROUP BY "device_id"',
-                    db="fallwatch")
+                    f'SELECT last("window_s") FROM "telemetry" WHERE time > {end_ms}ms AND time < now() + 10s '
+                    'GROUP BY "device_id"', db="fallwatch")
                 have = {s["tags"]["device_id"] for s in series}
                 ready = all(self._ready_now(g) for g, p in self.gateways.items() if p.alive)
+                if rec["name"] == "clock_jump":  # and the gateways see the hub's clock right again
+                    skew = self._registry_skew_s(str(rec.get("hub")))
+                    rec["gateway_skew_after_s"] = skew
+                    ready = ready and skew is not None and abs(skew) < 5.0
                 if want <= have and ready:
                     return round(time.time() - end, 1)
             except Exception:  # InfluxDB may still be starting
@@ -330,10 +414,25 @@ class Harness:
     def _fault_gateway_kill(self, f: FaultSpec, rec: dict[str, Any]) -> None:
         gw = f.target or "gw-a"
         self.down.add(gw)
+        self._keep_stats(gw)
         self.gateways[gw].kill()
         time.sleep(f.duration_s)
         self.gateways[gw].start()  # the same gateway_id: its persistent session is waiting for it
         self.down.discard(gw)
+
+    def _gw_stats(self, gw: str) -> dict[str, Any]:
+        try:
+            return dict(get_json(f"{self.gw_http[gw]}/stats", self.tech_token))
+        except Exception:  # a replica that does not answer has no figures to give
+            return {}
+
+    def _keep_stats(self, gw: str) -> None:
+        """A replica's /stats just before the schedule kills it: its counters start again at 0,
+        so the report adds what each earlier incarnation had counted."""
+        try:
+            self.stats_before_kill.append({gw: get_json(f"{self.gw_http[gw]}/stats", self.tech_token)})
+        except Exception as exc:  # reported; the kill goes on
+            log.warning("could not read %s /stats before killing it: %s", gw, exc)
 
     def _fault_influx_stop(self, f: FaultSpec, rec: dict[str, Any]) -> None:
         self.influx.stop()
@@ -383,12 +482,70 @@ class Harness:
             fh.truncate(0)
             fh.write(b"\0" * max(0, free - 64 * 1024))
         rec["ballast_mb"] = round(ballast.stat().st_size / 2**20, 1)
+        starts = self.gateways[gw].starts
+        before = self._gw_stats(gw)
         self.influx.stop()
-        time.sleep(f.duration_s)
+        # what the replica did meanwhile: its /stats (deltas; per process, so only if it was not
+        # restarted) and whether it said it was not ready; the counts that decide "lost" come
+        # from InfluxDB and the receivers, as for every fault
+        not_ready = problems = 0
+        depth_max = 0
+        end = time.monotonic() + f.duration_s
+        while time.monotonic() < end:
+            st_now = self._gw_stats(gw)
+            depth_max = max(depth_max, int(st_now.get("spool_depth", 0)))
+            problems += bool(st_now.get("worker_problems"))
+            not_ready += not self._ready_now(gw)
+            time.sleep(1.0)
+        after = self._gw_stats(gw)
         st = os.statvfs(spool)
         rec["spool_free_kb_at_end"] = st.f_bavail * st.f_frsize // 1024
+        if self.gateways[gw].starts == starts and before and after:
+            for k in ("points_spooled", "spool_write_errors", "points_written"):
+                rec[k] = int(after.get(k, 0)) - int(before.get(k, 0))
+        rec["spool_depth_max"] = depth_max
+        rec["seconds_not_ready"] = not_ready
+        rec["seconds_worker_stuck"] = problems
         ballast.unlink()
         self.influx.start()
+
+    def _fault_clock_jump(self, f: FaultSpec, rec: dict[str, Any]) -> None:
+        """The hub's wall clock (CLOCK_REALTIME, through libfaketime preloaded into its edge
+        process) steps ``jump_s`` forward (negative: back), stays there for ``duration_s``
+        and steps back, as an NTP step or a hub booting with a dead RTC battery does; its
+        monotonic clock is left alone, as on a real Pi. Meanwhile the gateway's registry is
+        read: how far off it saw the hub's clock (``gateway_saw_skew_s``)."""
+        h = self._hub(f.target)
+        if h.clock_file is None or not h.proc.alive:
+            raise RuntimeError("the hub does not run under libfaketime (apt-get install faketime): "
+                               "fault not applied")
+        rec["hub"], rec["jump_s"] = h.hub_id, f.jump_s
+        self.clock_off.add(h.hub_id)
+        h.clock_file.write_text(f"{f.jump_s:+.0f}\n")
+        end = time.monotonic() + f.duration_s
+        seen: list[float] = []
+        while time.monotonic() < end:
+            skew = self._registry_skew_s(h.hub_id)
+            if skew is not None:
+                seen.append(skew)
+            time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+        h.clock_file.write_text("+0\n")
+        self.clock_off.discard(h.hub_id)
+        rec["gateway_saw_skew_s"] = max(seen, key=abs) if seen else None
+
+    def _registry_skew_s(self, hub_id: str) -> float | None:
+        """The clock skew the gateways last recorded for a hub (devices.clock_skew_ms), s."""
+        from fallwatch.gateway.state import StateStore
+
+        try:
+            st = self._state or StateStore(self.state_db)
+            self._state = st
+            for d in st.devices():
+                if d["device_id"] == hub_id and d.get("clock_skew_ms") is not None:
+                    return round(int(d["clock_skew_ms"]) / 1000, 1)
+        except Exception:  # the state DB is the gateways'; a failed read is not a fault of the hub
+            return None
+        return None
 
     def _fault_flood(self, f: FaultSpec, rec: dict[str, Any]) -> None:
         """The compromised hub sends garbage as fast as it is let: malformed JSON, wrong
@@ -470,6 +627,7 @@ class Harness:
             h.proc.stop()
         for p in self.gateways.values():
             p.stop()
+        self.dead_letters.close()
         self.broker.proc.stop()
         self.influx.stop()
         self.smtpd.stop()
@@ -478,6 +636,8 @@ class Harness:
             _netns_teardown(self.ns_name)
         for m in self.spool_mounts:
             subprocess.run(["umount", "-l", str(m)], capture_output=True)
+        if self._state is not None:
+            self._state.close()
         if self.state_db.startswith("postgresql://"):
             drop_postgres(self.state_db)
 
@@ -487,15 +647,35 @@ IN_FLIGHT_S = 10.0
 
 
 def _outbox_depth(path: Path) -> int:
-    """Rows that have waited in a hub's outbox longer than :data:`IN_FLIGHT_S`."""
+    """Rows that have waited in a hub's outbox longer than :data:`IN_FLIGHT_S`. A row stamped
+    later than now + :data:`IN_FLIGHT_S` was written while the hub's clock was ahead (the
+    clock_jump fault) and counts as waiting too: the hub's clock is not the suite's."""
     import sqlite3
 
-    older = int((time.time() - IN_FLIGHT_S) * 1000)
+    now = time.time()
+    older, newer = int((now - IN_FLIGHT_S) * 1000), int((now + IN_FLIGHT_S) * 1000)
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-            return int(db.execute("SELECT count(*) FROM outbox WHERE created_ms < ?", (older,)).fetchone()[0])
+            return int(db.execute("SELECT count(*) FROM outbox WHERE created_ms < ? OR created_ms > ?",
+                                  (older, newer)).fetchone()[0])
     except sqlite3.Error:
         return -1
+
+
+def _faketime_env(clock_file: Path) -> dict[str, str] | None:
+    """Environment that preloads Debian's libfaketime with a clock the suite can step while
+    the process runs: an offset read from ``clock_file`` on every call (no cache), only the
+    wall clock faked (CLOCK_MONOTONIC is left alone, as a real step leaves it)."""
+    import glob
+
+    libs = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")) + sorted(
+        glob.glob("/usr/lib/faketime/libfaketime.so.1"))
+    if not libs:  # the fault then reports that it could not be applied
+        log.error("libfaketime is not installed (apt-get install faketime; scripts/ensure-services.sh)")
+        return None
+    clock_file.write_text("+0\n")
+    return {"LD_PRELOAD": libs[0], "FAKETIME_TIMESTAMP_FILE": str(clock_file), "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 
 def _stderr() -> Any:

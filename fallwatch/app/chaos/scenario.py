@@ -33,7 +33,7 @@ class FaultSpec(_Strict):
     duration_s: float = Field(default=0.0, ge=0)  # the time the part stays broken (0 = at once back)
     target: str | None = None  # hub index ("3"), replica ("gw-a"); default the first
     rate: float = Field(default=300.0, gt=0)  # flood: messages per second
-    jump_s: float = 3600.0  # clock_jump: forward by this, then back
+    jump_s: float = 3600.0  # clock_jump: the hub's wall clock steps by this (negative: back), then back again
 
 
 class ChaosScenario(_Strict):
