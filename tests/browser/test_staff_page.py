@@ -170,39 +170,64 @@ def test_a_fall_is_pushed_to_an_open_console_and_resolved_with_an_outcome(
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                     reason="needs Debian's chromium + chromium-driver (scripts/ensure-services.sh installs them)")
-def test_carer_acknowledges_a_fall_in_the_browser(staffed_gateway: tuple[Gateway, dict[str, str]],
-                                                  mosquitto: Mosquitto, unique_name: str, tmp_path: Path) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def test_carer_handles_a_fall_with_the_keyboard_alone_on_a_phone_sized_screen(
+        staffed_gateway: tuple[Gateway, dict[str, str]], mosquitto: Mosquitto, unique_name: str,
+        tmp_path: Path) -> None:
+    """Sign-in, acknowledge and resolve without a pointer, on a phone-sized window: every control
+    is reached with Tab and worked with Enter/arrows (carers who use a keyboard or a switch), and
+    the buttons a thumb needs are big enough and inside the screen (no sideways scrolling)."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     gw, tokens = staffed_gateway
     _publish_fall(mosquitto, unique_name, gw)
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver = _chrome(tmp_path)
     try:
+        driver.set_window_size(390, 844)
         wait = WebDriverWait(driver, 15)
         driver.get(f"{gw.http_url}/staff")
-        wait.until(ec.visibility_of_element_located((By.ID, "token"))).send_keys(tokens["carer"])
-        driver.find_element(By.ID, "signin").click()
+        wait.until(ec.visibility_of_element_located((By.ID, "token")))
+
+        def focused() -> Any:
+            return driver.switch_to.active_element
+
+        def tab_to(css: str, limit: int = 60) -> Any:
+            """Press Tab until the focus is on an element matching css (fails if never)."""
+            for _ in range(limit):
+                if driver.execute_script("return document.activeElement.matches(arguments[0])", css):
+                    return focused()
+                focused().send_keys(Keys.TAB)
+            raise AssertionError(f"{css} is not reachable with the Tab key")
+
+        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+        tab_to("#token").send_keys(tokens["carer"], Keys.ENTER)
         card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".card.raised")))
         assert "r07" in card.text and "kitchen" in card.text
         assert "Anna Carer" in driver.find_element(By.ID, "who").text
+        width = driver.execute_script("return document.documentElement.clientWidth")
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= width  # no sideways scroll
+        ack = card.find_element(By.CSS_SELECTOR, "button.ack")
+        box = ack.rect
+        assert box["height"] >= 44 and box["x"] >= 0 and box["x"] + box["width"] <= width, box  # a thumb's target
         driver.save_screenshot(os.environ.get("FALLWATCH_SCREENSHOT", str(tmp_path / "staff-page.png")))
-        card.find_element(By.CSS_SELECTOR, "button.ack").click()
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".card.acknowledged")))
+        tab_to("button.ack").send_keys(Keys.ENTER)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".card.acknowledged select.outcome")))
+        outcome = tab_to(".card.acknowledged select.outcome")
+        target = [o.get_attribute("value") for o in outcome.find_elements(By.TAG_NAME, "option")].index("no_injury")
+        current = [o.get_attribute("value") for o in outcome.find_elements(By.TAG_NAME, "option")].index(
+            outcome.get_attribute("value") or "")
+        for _ in range(target - current):
+            focused().send_keys(Keys.ARROW_DOWN)
+        tab_to(".card.acknowledged input.note").send_keys("found sitting, unhurt")
+        tab_to(".card.acknowledged button.clear").send_keys(Keys.ENTER)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "alerts"), "No open alerts"))
     finally:
         driver.quit()
     alert = gw.alerts()[0]
-    assert alert["status"] == "acknowledged" and alert["acked_by"] == "Anna Carer"
+    assert (alert["status"], alert["acked_by"], alert["cleared_by"]) == ("cleared", "Anna Carer", "Anna Carer")
+    assert (alert["outcome"], alert["outcome_note"]) == ("no_injury", "found sitting, unhurt")
 
 
 # ---------------------------------------------------------------- sign-in, teams and CSRF
