@@ -11,10 +11,13 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
 
+from fallwatch.testing.publisher import Publisher, wait_until
+from fallwatch.testing.receivers import Receiver, SmtpServer
 from fallwatch.testing.services import InfluxDB1, Mosquitto
 
 # CI runs the property tests on a fixed set of examples (the same every run, so a landing is
@@ -82,3 +85,47 @@ def sisfall_dir() -> Path:
     if not SISFALL_DIR.is_dir():
         pytest.skip(f"SisFall recordings not found at {SISFALL_DIR} (set FALLWATCH_SISFALL)")
     return SISFALL_DIR
+
+
+@pytest.fixture
+def smtpd() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a free loopback port that keeps what it accepted."""
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A local HTTP server that records every POST (web hooks, push endpoints)."""
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def start_gateway(request: pytest.FixtureRequest, unique_name: str) -> Iterator[Callable[..., tuple[Any, Publisher]]]:
+    """``start_gateway(cfg, broker=None, **kw)``: an in-process gateway on ``cfg`` (``kw`` to
+    :class:`Gateway`) and a QoS 1 publisher on ``broker`` (default: the module's Mosquitto), once
+    the gateway says it is ready. Both are stopped after the test, publisher first."""
+    from fallwatch.gateway.app import Gateway
+
+    gateways: list[Any] = []
+    publishers: list[Publisher] = []
+
+    def start(cfg: Any, broker: Any = None, **kw: Any) -> tuple[Any, Publisher]:
+        broker = broker or request.getfixturevalue("mosquitto")
+        gw = Gateway(cfg, **kw)
+        gateways.append(gw)
+        gw.start()
+        # one client id per publisher: a second one under the same id would take the first's session
+        pub = Publisher("127.0.0.1", broker.port, f"pub-{unique_name}" + (f"-{len(publishers)}" if publishers else ""))
+        publishers.append(pub)
+        assert wait_until(lambda: gw.ready()[0], 60), gw.ready()
+        return gw, pub
+
+    yield start
+    for pub in publishers:
+        pub.close()
+    for gw in reversed(gateways):
+        gw.stop()

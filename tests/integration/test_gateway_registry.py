@@ -20,7 +20,7 @@ from fallwatch.gateway.brokerconf import generate, read_credentials
 from fallwatch.protocol import contract
 from fallwatch.testing import publisher as t
 from fallwatch.testing.publisher import probe_client
-from fallwatch.testing.services import Mosquitto, find_binary, free_port
+from fallwatch.testing.services import Mosquitto, can_connect, find_binary, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -127,23 +127,12 @@ def prod_broker(tmp_path: Path) -> Iterator[tuple[int, dict[str, str], Path]]:
     proc = subprocess.Popen(
         [find_binary("mosquitto"), "-c", str(out / "mosquitto.conf")], stdout=subprocess.DEVNULL, stderr=err
     )
-    assert t.wait_until(lambda: _can_connect(port), 10), (tmp_path / "mosq.log").read_text()
+    assert t.wait_until(lambda: can_connect(port), 10), (tmp_path / "mosq.log").read_text()
     yield port, read_credentials(out), out
     proc.terminate()
     proc.wait(10)
     err.close()
     shutil.rmtree(work, ignore_errors=True)
-
-
-def _can_connect(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-        return True
-    except OSError:
-        return False
-
 
 
 def test_generated_broker_config_auth_acl_and_no_silent_drop(
