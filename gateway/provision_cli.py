@@ -37,6 +37,12 @@ def _registry(cfg: FallwatchConfig) -> Any:
     return reg
 
 
+def _open(args: argparse.Namespace) -> tuple[FallwatchConfig, Any]:
+    """The command's config (``--config``) and the registry in its state DB."""
+    cfg = _cfg(args)
+    return cfg, _registry(cfg)
+
+
 def broker_files(cfg: FallwatchConfig) -> Any:
     """The broker-file settings of the config, None when the registry does not manage them."""
     from fallwatch.gateway.registry import BrokerFiles
@@ -285,8 +291,7 @@ def _print_device(d: dict[str, Any]) -> None:
 
 @_guard
 def _add(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     d = reg.add_device(args.device_id, args.kind, actor=_actor(args), site_id=args.site, home_id=args.home,
                        hub_id=args.hub, room=args.room, sensor_kind=args.sensor_kind)
     _print_device(d)
@@ -314,7 +319,7 @@ def _write_gateway_creds(path: Path, creds: dict[str, str]) -> None:
 
 @_guard
 def _list(args: argparse.Namespace) -> int:
-    reg = _registry(_cfg(args))
+    _, reg = _open(args)
     rows = reg.devices(site_id=args.site, kind=args.kind)
     for d in rows:
         if args.json:
@@ -326,7 +331,7 @@ def _list(args: argparse.Namespace) -> int:
 
 @_guard
 def _show(args: argparse.Namespace) -> int:
-    reg = _registry(_cfg(args))
+    _, reg = _open(args)
     d = reg.show(args.device_id)
     _print_device(d)
     if d["kind"] in ("hub", "gateway"):
@@ -347,8 +352,7 @@ def _show(args: argparse.Namespace) -> int:
 
 @_guard
 def _move(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     before = reg.device(args.device_id)
     d = reg.move(args.device_id, actor=_actor(args), site_id=args.site, home_id=args.home, hub_id=args.hub,
                  room=args.room)
@@ -364,12 +368,12 @@ def _move(args: argparse.Namespace) -> int:
 def _assign(args: argparse.Namespace) -> int:
     if bool(args.resident_id) == bool(args.none):
         raise SystemExit("give a resident id or --none")
-    reg = _registry(_cfg(args))
+    cfg, reg = _open(args)
     d = reg.assign(args.device_id, None if args.none else args.resident_id, actor=_actor(args))
     who = args.resident_id or "nobody"
     print(f"{args.device_id} now worn by {who} ({len(d['assignments'])} assignments in its history)")
     if args.push:
-        return _push(reg, _cfg(args), d["hub_id"], _actor(args))
+        return _push(reg, cfg, d["hub_id"], _actor(args))
     print(f"  tell the hub: fallwatch device push-config {d['hub_id']} (or assign with --push)")
     return 0
 
@@ -405,8 +409,7 @@ def _push_config(args: argparse.Namespace) -> int:
 
 @_guard
 def _revoke(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     d = reg.revoke(args.device_id, actor=_actor(args), reason=args.reason)
     _print_device(d)
     _sync(reg, cfg)
@@ -415,8 +418,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
 @_guard
 def _retire(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     d = reg.retire(args.device_id, actor=_actor(args))
     _print_device(d)
     _sync(reg, cfg)
@@ -456,16 +458,14 @@ def _make_bundle(reg: Any, cfg: FallwatchConfig, args: argparse.Namespace, devic
 
 @_guard
 def _bundle(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     _make_bundle(reg, cfg, args, args.device_id, args.ttl_h * 3600 if args.ttl_h else None)
     return 0
 
 
 @_guard
 def _rotate(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     d = reg._need(args.device_id, "hub", "gateway")
     if d["kind"] == "gateway":
         _write_gateway_creds(args.out, reg.gateway_credentials(args.device_id, actor=_actor(args)))
@@ -493,7 +493,7 @@ def _sync_cmd(args: argparse.Namespace) -> int:
 
 @_guard
 def _log(args: argparse.Namespace) -> int:
-    reg = _registry(_cfg(args))
+    _, reg = _open(args)
     for e in reg.log(args.subject):
         print(f"{_ms(e['at_ms'])} {e['actor']}: {e['action']} {e['subject']} {e['detail'] or ''}".rstrip())
     return 0
@@ -506,8 +506,7 @@ def _enrol_server(args: argparse.Namespace) -> int:
 
     from fallwatch.gateway.enrol_server import EnrolServer
 
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     ca_dir = cfg.provisioning.ca_dir
     srv = EnrolServer(reg, broker_files(cfg), args.host, args.port,
                       tls_cert=ca_dir / "server.crt" if args.tls else None,
@@ -545,8 +544,7 @@ def _ca_server(args: argparse.Namespace) -> int:
 def _ca_status(args: argparse.Namespace) -> int:
     from fallwatch.gateway import pki
 
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     for r in pki.report(cfg.provisioning.ca_dir):
         print(f"{r['cert']:<8} expires {r['not_after']} ({r['days_left']} days) {r['path']}")
     soon = reg.expiring_certs(args.within_days)
@@ -560,7 +558,7 @@ def _ca_status(args: argparse.Namespace) -> int:
 
 @_guard
 def _r_add(args: argparse.Namespace) -> int:
-    reg = _registry(_cfg(args))
+    _, reg = _open(args)
     r = reg.add_resident(args.site, args.resident_id, actor=_actor(args), name=args.name, flat=args.flat,
                          team=args.team, next_of_kin=args.next_of_kin, home_id=args.home)
     print(f"resident {r['resident_id']} at site {r['site_id']} (team {r['team'] or '-'})")
@@ -571,7 +569,7 @@ def _r_add(args: argparse.Namespace) -> int:
 def _r_list(args: argparse.Namespace) -> int:
     from fallwatch.gateway.registry import PERSONAL
 
-    reg = _registry(_cfg(args))
+    _, reg = _open(args)
     if args.personal:
         rows = reg.read_personal(_actor(args), team=args.team, site_id=args.site)
     else:
@@ -589,7 +587,7 @@ def _r_list(args: argparse.Namespace) -> int:
 
 @_guard
 def _r_move(args: argparse.Namespace) -> int:
-    reg = _registry(_cfg(args))
+    _, reg = _open(args)
     r = reg.move_resident(args.site, args.resident_id, actor=_actor(args), to_site=args.to_site, flat=args.flat,
                           team=args.team)
     print(f"resident {r['resident_id']} at site {r['site_id']} (team {r['team'] or '-'})")
@@ -598,7 +596,7 @@ def _r_move(args: argparse.Namespace) -> int:
 
 @_guard
 def _r_remove(args: argparse.Namespace) -> int:
-    reg = _registry(_cfg(args))
+    _, reg = _open(args)
     reg.remove_resident(args.site, args.resident_id, actor=_actor(args))
     print(f"resident {args.resident_id} removed from site {args.site}: personal data erased, wearables taken back")
     return 0
@@ -613,8 +611,7 @@ CSV_COLUMNS = ("action", "device_id", "kind", "site", "home", "hub", "room", "se
 def _import(args: argparse.Namespace) -> int:
     from fallwatch.gateway.registry import bulk_apply
 
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     try:
         with args.csv.open(newline="") as f:
             rows = list(csv.DictReader(f))

@@ -56,6 +56,25 @@ LONGEST_FIRST = (
 )
 
 
+#: CPU-bound modules that share one worker, one after the other, under ``--dist loadfile``: run
+#: side by side on two cores they starved each other (a model-training test passed its timeout).
+CPU_HEAVY = ("integration/test_chaos.py", "integration/test_models_eval.py")
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class OneWorkerForTheCpuHeavy(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "cpu-heavy" if any(path.endswith(m) for m in CPU_HEAVY) else path
+
+    return OneWorkerForTheCpuHeavy(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         path = item.path.as_posix()
@@ -153,7 +172,7 @@ def start_gateway(request: pytest.FixtureRequest, unique_name: str) -> Iterator[
         # one client id per publisher: a second one under the same id would take the first's session
         pub = Publisher("127.0.0.1", broker.port, f"pub-{unique_name}" + (f"-{len(publishers)}" if publishers else ""))
         publishers.append(pub)
-        assert wait_until(lambda: gw.ready()[0], 60), gw.ready()
+        assert wait_until(lambda: gw.ready()[0], 120), gw.ready()  # returns once ready
         return gw, pub
 
     yield start

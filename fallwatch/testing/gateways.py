@@ -113,7 +113,9 @@ class GatewayProcess:
     def get(self, path: str) -> dict[str, Any] | None:
         return get_json(f"{self.url}{path}")
 
-    def wait_ready(self, timeout: float = 60.0) -> bool:
+    def wait_ready(self, timeout: float = 180.0) -> bool:
+        # generous: on a loaded machine (parallel test workers) a pool of workers importing
+        # onnxruntime, numpy and FastAPI can take a minute; it returns as soon as it is ready
         return wait_until(lambda: bool((self.get("/readyz") or {}).get("ready")), timeout)
 
     def log(self, tail: int = 2000) -> str:

@@ -188,7 +188,7 @@ def test_generated_broker_config_auth_acl_and_no_silent_drop(
         gw.stop()
 
     # a persistent-session subscriber that is away while 5,000 QoS 1 messages arrive gets all of them
-    assert _away_subscriber_burst(port, 5000, creds) == 5000
+    assert _away_subscriber_burst(port, 5000, creds, wait_s=120) == 5000  # waits only until all 5,000 arrived
 
 
 def _away_subscriber_burst(port: int, n: int, auth: dict[str, str] | None = None, wait_s: float = 10) -> int:
