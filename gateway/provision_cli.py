@@ -20,15 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fallwatch.config import ConfigError, FallwatchConfig, load_config
+from fallwatch.config import FallwatchConfig
 
-
-def _cfg(args: argparse.Namespace) -> FallwatchConfig:
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        raise SystemExit(2) from None
+# the gateway commands' way to read --config: a bad file is its message on stderr and exit status 2
+from fallwatch.gateway.cli import _load as _cfg
 
 
 def _registry(cfg: FallwatchConfig) -> Any:
@@ -40,6 +35,12 @@ def _registry(cfg: FallwatchConfig) -> Any:
     reg = Registry(store)
     reg.setup()
     return reg
+
+
+def _open(args: argparse.Namespace) -> tuple[FallwatchConfig, Any]:
+    """The command's config (``--config``) and the registry in its state DB."""
+    cfg = _cfg(args)
+    return cfg, _registry(cfg)
 
 
 def broker_files(cfg: FallwatchConfig) -> Any:
@@ -85,11 +86,22 @@ def _ms(ms: int | None) -> str:
     return "-" if ms is None else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ms / 1000))
 
 
+def _command(parent: argparse._SubParsersAction[argparse.ArgumentParser], func: Any, name: str,
+             help: str) -> argparse.ArgumentParser:
+    """A subcommand run by ``func``, with the options every command here takes (``--config``,
+    ``--by``); the caller adds its own."""
+    p = parent.add_parser(name, help=help)
+    _common(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("device", help="provisioning: hubs, wearables, room sensors, gateways (docs/provisioning.md)")
     dsub = p.add_subparsers(dest="device_command", metavar="DEVICE_COMMAND", required=True)
 
-    a = dsub.add_parser("add", help="register a hub (at a site/home), a wearable or sensor (on a hub), or a gateway")
+    a = _command(dsub, _add, "add",
+                 help="register a hub (at a site/home), a wearable or sensor (on a hub), or a gateway")
     a.add_argument("device_id")
     a.add_argument("--kind", required=True, choices=("hub", "wearable", "sensor", "gateway"))
     a.add_argument("--site")
@@ -99,112 +111,92 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a.add_argument("--sensor-kind", choices=("pir", "bed", "chair", "door", "bathroom"))
     a.add_argument("--resident", help="a wearable's wearer (same as `device assign`)")
     a.add_argument("--out", type=Path, help="a gateway's credentials file (written 0600)")
-    _common(a)
-    a.set_defaults(func=_add)
 
-    ls = dsub.add_parser("list", help="list devices")
+    ls = _command(dsub, _list, "list", help="list devices")
     ls.add_argument("--site")
     ls.add_argument("--kind")
     ls.add_argument("--json", action="store_true")
-    _common(ls)
-    ls.set_defaults(func=_list)
 
-    sh = dsub.add_parser("show", help="one device: parts, broker users, wearer history, enrolment codes, audit")
+    sh = _command(dsub, _show, "show",
+                  help="one device: parts, broker users, wearer history, enrolment codes, audit")
     sh.add_argument("device_id")
-    _common(sh)
-    sh.set_defaults(func=_show)
 
-    mv = dsub.add_parser("move", help="a hub to another site/home, a wearable/sensor to another hub or room")
+    mv = _command(dsub, _move, "move",
+                  help="a hub to another site/home, a wearable/sensor to another hub or room")
     mv.add_argument("device_id")
     mv.add_argument("--site")
     mv.add_argument("--home")
     mv.add_argument("--hub")
     mv.add_argument("--room")
-    _common(mv)
-    mv.set_defaults(func=_move)
 
-    asg = dsub.add_parser("assign", help="give a wearable to a resident (history kept)")
+    asg = _command(dsub, _assign, "assign", help="give a wearable to a resident (history kept)")
     asg.add_argument("device_id")
     asg.add_argument("resident_id", nargs="?")
     asg.add_argument("--none", action="store_true", help="take it back (no wearer)")
     asg.add_argument("--push", action="store_true", help="tell the hub now (its retained config; see push-config)")
-    _common(asg)
-    asg.set_defaults(func=_assign)
 
-    rv = dsub.add_parser("revoke", help="cut a hub or gateway off the broker now (lost, stolen, compromised)")
+    rv = _command(dsub, _revoke, "revoke",
+                  help="cut a hub or gateway off the broker now (lost, stolen, compromised)")
     rv.add_argument("device_id")
     rv.add_argument("--reason", default="")
-    _common(rv)
-    rv.set_defaults(func=_revoke)
 
-    ro = dsub.add_parser("rotate", help="new credentials: a hub gets a new bundle (old one works until it is "
-                                        "redeemed, or stops now with --now), a gateway a new credentials file")
+    ro = _command(dsub, _rotate, "rotate",
+                  help="new credentials: a hub gets a new bundle (old one works until it is redeemed, or stops now "
+                       "with --now), a gateway a new credentials file")
     ro.add_argument("device_id")
     ro.add_argument("--out", type=Path, required=True, help="bundle (hub) or credentials (gateway) file, 0600")
     ro.add_argument("--now", action="store_true", help="hub: revoke the current credential at once")
     ro.add_argument("--client-cert", action="store_true", help="hub: include a client certificate")
-    _common(ro)
-    ro.set_defaults(func=_rotate)
 
-    rt = dsub.add_parser("retire", help="take a device out of service for good (history kept, id never reused)")
+    rt = _command(dsub, _retire, "retire",
+                  help="take a device out of service for good (history kept, id never reused)")
     rt.add_argument("device_id")
-    _common(rt)
-    rt.set_defaults(func=_retire)
 
-    eb = dsub.add_parser("enrol-bundle", help="one file (and a QR-printable one-time token) with all a hub needs")
+    eb = _command(dsub, _bundle, "enrol-bundle",
+                  help="one file (and a QR-printable one-time token) with all a hub needs")
     eb.add_argument("device_id")
     eb.add_argument("--out", type=Path, required=True, help="bundle file (written 0600)")
     eb.add_argument("--client-cert", action="store_true", help="include a client certificate (CN = device id)")
     eb.add_argument("--ttl-h", type=float, help="hours until the code expires (default provisioning.bundle_ttl_s)")
-    _common(eb)
-    eb.set_defaults(func=_bundle)
 
-    pc = dsub.add_parser("push-config", help="put the registry's wearer assignments into a hub's retained config "
-                                             "(user {gateway}-config, FALLWATCH_MQTT_CONFIG_PASSWORD)")
+    pc = _command(dsub, _push_config, "push-config",
+                  help="put the registry's wearer assignments into a hub's retained config "
+                       "(user {gateway}-config, FALLWATCH_MQTT_CONFIG_PASSWORD)")
     pc.add_argument("device_id", help="the hub")
-    _common(pc)
-    pc.set_defaults(func=_push_config)
 
-    sy = dsub.add_parser("sync", help="write the broker's passwd, acl and mosquitto.conf from the registry, reload it")
-    _common(sy)
-    sy.set_defaults(func=_sync_cmd)
+    _command(dsub, _sync_cmd, "sync",
+             help="write the broker's passwd, acl and mosquitto.conf from the registry, reload it")
 
-    im = dsub.add_parser("import", help="add or move many devices from a CSV (see docs/provisioning.md)")
+    im = _command(dsub, _import, "import", help="add or move many devices from a CSV (see docs/provisioning.md)")
     im.add_argument("csv", type=Path)
     im.add_argument("--dry-run", action="store_true", help="show what would change; change nothing")
-    _common(im)
-    im.set_defaults(func=_import)
 
-    es = dsub.add_parser("enrol-server", help="serve one-time enrolment codes to hubs (POST /enrol)")
+    es = _command(dsub, _enrol_server, "enrol-server",
+                  help="serve one-time enrolment codes to hubs (POST /enrol)")
     es.add_argument("--host", default="0.0.0.0")
     es.add_argument("--port", type=int, default=8181)
     es.add_argument("--tls", action="store_true", help="serve HTTPS with the site CA's server certificate")
-    _common(es)
-    es.set_defaults(func=_enrol_server)
 
-    lg = dsub.add_parser("log", help="the registry's audit log (optionally of one device)")
+    lg = _command(dsub, _log, "log", help="the registry's audit log (optionally of one device)")
     lg.add_argument("subject", nargs="?")
-    _common(lg)
-    lg.set_defaults(func=_log)
 
     ca = dsub.add_parser("ca", help="the site CA: init, server certificate, expiry")
     csub = ca.add_subparsers(dest="ca_command", required=True)
-    ci = csub.add_parser("init", help="create the site CA in provisioning.ca_dir")
+
+    ci = _command(csub, _ca_init, "init", help="create the site CA in provisioning.ca_dir")
     ci.add_argument("--name", required=True, help="site or deployment name (in the CA's subject)")
-    _common(ci)
-    ci.set_defaults(func=_ca_init)
-    cs = csub.add_parser("server", help="issue the broker's server certificate")
+
+    cs = _command(csub, _ca_server, "server", help="issue the broker's server certificate")
     cs.add_argument("names", nargs="+", help="host names / addresses hubs use for the broker")
-    _common(cs)
-    cs.set_defaults(func=_ca_server)
-    cst = csub.add_parser("status", help="certificate expiry: CA, server, hubs' client certificates")
+
+    cst = _command(csub, _ca_status, "status",
+                   help="certificate expiry: CA, server, hubs' client certificates")
     cst.add_argument("--within-days", type=float, default=30.0)
-    _common(cst)
-    cst.set_defaults(func=_ca_status)
 
     r = sub.add_parser("resident", help="residents (personal data: team lead / admin)")
     rsub = r.add_subparsers(dest="resident_command", metavar="RESIDENT_COMMAND", required=True)
-    ra = rsub.add_parser("add", help="add a resident at a site")
+
+    ra = _command(rsub, _r_add, "add", help="add a resident at a site")
     ra.add_argument("resident_id")
     ra.add_argument("--site", required=True)
     ra.add_argument("--home")
@@ -212,28 +204,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ra.add_argument("--flat", help="flat or address")
     ra.add_argument("--team", help="the staff team that looks after them (on-call routing)")
     ra.add_argument("--next-of-kin", help="who to escalate to (name and number)")
-    _common(ra)
-    ra.set_defaults(func=_r_add)
-    rl = rsub.add_parser("list", help="list residents (ids and teams; --personal for names, audited)")
+
+    rl = _command(rsub, _r_list, "list",
+                  help="list residents (ids and teams; --personal for names, audited)")
     rl.add_argument("--site")
     rl.add_argument("--team")
     rl.add_argument("--personal", action="store_true", help="include name, flat, next of kin (audited)")
     rl.add_argument("--json", action="store_true")
-    _common(rl)
-    rl.set_defaults(func=_r_list)
-    rm = rsub.add_parser("move", help="another site, flat or team")
+
+    rm = _command(rsub, _r_move, "move", help="another site, flat or team")
     rm.add_argument("resident_id")
     rm.add_argument("--site", required=True, help="the site they are at now")
     rm.add_argument("--to-site")
     rm.add_argument("--flat")
     rm.add_argument("--team")
-    _common(rm)
-    rm.set_defaults(func=_r_move)
-    rr = rsub.add_parser("remove", help="a resident leaves: personal data erased, wearables taken back")
+
+    rr = _command(rsub, _r_remove, "remove",
+                  help="a resident leaves: personal data erased, wearables taken back")
     rr.add_argument("resident_id")
     rr.add_argument("--site", required=True)
-    _common(rr)
-    rr.set_defaults(func=_r_remove)
 
 
 #: who may run what when staff accounts exist (``gateway.staff_users_file``): devices are the
@@ -302,8 +291,7 @@ def _print_device(d: dict[str, Any]) -> None:
 
 @_guard
 def _add(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     d = reg.add_device(args.device_id, args.kind, actor=_actor(args), site_id=args.site, home_id=args.home,
                        hub_id=args.hub, room=args.room, sensor_kind=args.sensor_kind)
     _print_device(d)
@@ -331,7 +319,7 @@ def _write_gateway_creds(path: Path, creds: dict[str, str]) -> None:
 
 @_guard
 def _list(args: argparse.Namespace) -> int:
-    reg = _registry(_cfg(args))
+    _, reg = _open(args)
     rows = reg.devices(site_id=args.site, kind=args.kind)
     for d in rows:
         if args.json:
@@ -343,7 +331,7 @@ def _list(args: argparse.Namespace) -> int:
 
 @_guard
 def _show(args: argparse.Namespace) -> int:
-    reg = _registry(_cfg(args))
+    _, reg = _open(args)
     d = reg.show(args.device_id)
     _print_device(d)
     if d["kind"] in ("hub", "gateway"):
@@ -364,8 +352,7 @@ def _show(args: argparse.Namespace) -> int:
 
 @_guard
 def _move(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     before = reg.device(args.device_id)
     d = reg.move(args.device_id, actor=_actor(args), site_id=args.site, home_id=args.home, hub_id=args.hub,
                  room=args.room)
@@ -381,12 +368,12 @@ def _move(args: argparse.Namespace) -> int:
 def _assign(args: argparse.Namespace) -> int:
     if bool(args.resident_id) == bool(args.none):
         raise SystemExit("give a resident id or --none")
-    reg = _registry(_cfg(args))
+    cfg, reg = _open(args)
     d = reg.assign(args.device_id, None if args.none else args.resident_id, actor=_actor(args))
     who = args.resident_id or "nobody"
     print(f"{args.device_id} now worn by {who} ({len(d['assignments'])} assignments in its history)")
     if args.push:
-        return _push(reg, _cfg(args), d["hub_id"], _actor(args))
+        return _push(reg, cfg, d["hub_id"], _actor(args))
     print(f"  tell the hub: fallwatch device push-config {d['hub_id']} (or assign with --push)")
     return 0
 
@@ -422,8 +409,7 @@ def _push_config(args: argparse.Namespace) -> int:
 
 @_guard
 def _revoke(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     d = reg.revoke(args.device_id, actor=_actor(args), reason=args.reason)
     _print_device(d)
     _sync(reg, cfg)
@@ -432,8 +418,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
 @_guard
 def _retire(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     d = reg.retire(args.device_id, actor=_actor(args))
     _print_device(d)
     _sync(reg, cfg)
@@ -473,16 +458,14 @@ def _make_bundle(reg: Any, cfg: FallwatchConfig, args: argparse.Namespace, devic
 
 @_guard
 def _bundle(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     _make_bundle(reg, cfg, args, args.device_id, args.ttl_h * 3600 if args.ttl_h else None)
     return 0
 
 
 @_guard
 def _rotate(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     d = reg._need(args.device_id, "hub", "gateway")
     if d["kind"] == "gateway":
         _write_gateway_creds(args.out, reg.gateway_credentials(args.device_id, actor=_actor(args)))
@@ -510,7 +493,7 @@ def _sync_cmd(args: argparse.Namespace) -> int:
 
 @_guard
 def _log(args: argparse.Namespace) -> int:
-    reg = _registry(_cfg(args))
+    _, reg = _open(args)
     for e in reg.log(args.subject):
         print(f"{_ms(e['at_ms'])} {e['actor']}: {e['action']} {e['subject']} {e['detail'] or ''}".rstrip())
     return 0
@@ -523,8 +506,7 @@ def _enrol_server(args: argparse.Namespace) -> int:
 
     from fallwatch.gateway.enrol_server import EnrolServer
 
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     ca_dir = cfg.provisioning.ca_dir
     srv = EnrolServer(reg, broker_files(cfg), args.host, args.port,
                       tls_cert=ca_dir / "server.crt" if args.tls else None,
@@ -562,8 +544,7 @@ def _ca_server(args: argparse.Namespace) -> int:
 def _ca_status(args: argparse.Namespace) -> int:
     from fallwatch.gateway import pki
 
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     for r in pki.report(cfg.provisioning.ca_dir):
         print(f"{r['cert']:<8} expires {r['not_after']} ({r['days_left']} days) {r['path']}")
     soon = reg.expiring_certs(args.within_days)
@@ -577,7 +558,7 @@ def _ca_status(args: argparse.Namespace) -> int:
 
 @_guard
 def _r_add(args: argparse.Namespace) -> int:
-    reg = _registry(_cfg(args))
+    _, reg = _open(args)
     r = reg.add_resident(args.site, args.resident_id, actor=_actor(args), name=args.name, flat=args.flat,
                          team=args.team, next_of_kin=args.next_of_kin, home_id=args.home)
     print(f"resident {r['resident_id']} at site {r['site_id']} (team {r['team'] or '-'})")
@@ -588,7 +569,7 @@ def _r_add(args: argparse.Namespace) -> int:
 def _r_list(args: argparse.Namespace) -> int:
     from fallwatch.gateway.registry import PERSONAL
 
-    reg = _registry(_cfg(args))
+    _, reg = _open(args)
     if args.personal:
         rows = reg.read_personal(_actor(args), team=args.team, site_id=args.site)
     else:
@@ -606,7 +587,7 @@ def _r_list(args: argparse.Namespace) -> int:
 
 @_guard
 def _r_move(args: argparse.Namespace) -> int:
-    reg = _registry(_cfg(args))
+    _, reg = _open(args)
     r = reg.move_resident(args.site, args.resident_id, actor=_actor(args), to_site=args.to_site, flat=args.flat,
                           team=args.team)
     print(f"resident {r['resident_id']} at site {r['site_id']} (team {r['team'] or '-'})")
@@ -615,7 +596,7 @@ def _r_move(args: argparse.Namespace) -> int:
 
 @_guard
 def _r_remove(args: argparse.Namespace) -> int:
-    reg = _registry(_cfg(args))
+    _, reg = _open(args)
     reg.remove_resident(args.site, args.resident_id, actor=_actor(args))
     print(f"resident {args.resident_id} removed from site {args.site}: personal data erased, wearables taken back")
     return 0
@@ -630,8 +611,7 @@ CSV_COLUMNS = ("action", "device_id", "kind", "site", "home", "hub", "room", "se
 def _import(args: argparse.Namespace) -> int:
     from fallwatch.gateway.registry import bulk_apply
 
-    cfg = _cfg(args)
-    reg = _registry(cfg)
+    cfg, reg = _open(args)
     try:
         with args.csv.open(newline="") as f:
             rows = list(csv.DictReader(f))

@@ -134,8 +134,10 @@ class Registry:
     # ------------------------------------------------------------ plumbing
     def setup(self) -> None:
         st = self.store
+        # replicas starting together on a fresh PostgreSQL database race in CREATE TABLE IF NOT
+        # EXISTS (UniqueViolation on pg_type, seen in the chaos CI scenario): the state store's lock
         with st._tx() as cur:
-            st.lock_schema(cur)  # replicas starting together on a fresh PostgreSQL (found by `fallwatch chaos`)
+            st.lock_schema(cur)
             for stmt in _SCHEMA:
                 st._exec(cur, stmt.format(autoinc=st.dialect.autoinc))
         with st._tx() as cur:

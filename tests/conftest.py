@@ -11,10 +11,13 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
 
+from fallwatch.testing.publisher import Publisher, wait_until
+from fallwatch.testing.receivers import Receiver, SmtpServer
 from fallwatch.testing.services import InfluxDB1, Mosquitto
 
 # CI runs the property tests on a fixed set of examples (the same every run, so a landing is
@@ -27,6 +30,57 @@ if os.environ.get("CI"):
 SISFALL_DIR = Path(
     os.environ.get("FALLWATCH_SISFALL", Path(__file__).resolve().parents[2] / "shared/data/sisfall")
 )
+
+
+#: the longest test modules (by the sum of their tests' durations, ``--durations``), longest
+#: first. ``scripts/test.sh`` hands whole modules to parallel workers in collection order
+#: (``--dist loadfile --no-loadscope-reorder``): starting the long ones first keeps one 3-minute
+#: module from starting last and holding up the end of the run. Order only; a module missing
+#: here just runs later.
+LONGEST_FIRST = (
+    "integration/test_chaos.py",
+    "integration/test_gateway_durability.py",
+    "integration/test_models_eval.py",
+    "integration/test_gateway_registry.py",
+    "integration/test_sim_physics.py",
+    "integration/test_provisioning_broker.py",
+    "integration/test_hardening_alerts.py",
+    "integration/test_bench_gateway.py",
+    "browser/test_staff_page.py",
+    "integration/test_paging.py",
+    "integration/test_edge_sim.py",
+    "integration/test_sim_scenarios.py",
+    "integration/test_gateway_fuzz.py",
+    "integration/test_edge_pacing.py",
+    "integration/test_api_schemathesis.py",
+)
+
+
+#: CPU-bound modules that share one worker, one after the other, under ``--dist loadfile``: run
+#: side by side on two cores they starved each other (a model-training test passed its timeout).
+CPU_HEAVY = ("integration/test_chaos.py", "integration/test_models_eval.py")
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class OneWorkerForTheCpuHeavy(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "cpu-heavy" if any(path.endswith(m) for m in CPU_HEAVY) else path
+
+    return OneWorkerForTheCpuHeavy(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.as_posix()
+        return next((i for i, m in enumerate(LONGEST_FIRST) if path.endswith("/tests/" + m)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the order within a module, and of the other modules, stays
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +136,47 @@ def sisfall_dir() -> Path:
     if not SISFALL_DIR.is_dir():
         pytest.skip(f"SisFall recordings not found at {SISFALL_DIR} (set FALLWATCH_SISFALL)")
     return SISFALL_DIR
+
+
+@pytest.fixture
+def smtpd() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a free loopback port that keeps what it accepted."""
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A local HTTP server that records every POST (web hooks, push endpoints)."""
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def start_gateway(request: pytest.FixtureRequest, unique_name: str) -> Iterator[Callable[..., tuple[Any, Publisher]]]:
+    """``start_gateway(cfg, broker=None, **kw)``: an in-process gateway on ``cfg`` (``kw`` to
+    :class:`Gateway`) and a QoS 1 publisher on ``broker`` (default: the module's Mosquitto), once
+    the gateway says it is ready. Both are stopped after the test, publisher first."""
+    from fallwatch.gateway.app import Gateway
+
+    gateways: list[Any] = []
+    publishers: list[Publisher] = []
+
+    def start(cfg: Any, broker: Any = None, **kw: Any) -> tuple[Any, Publisher]:
+        broker = broker or request.getfixturevalue("mosquitto")
+        gw = Gateway(cfg, **kw)
+        gateways.append(gw)
+        gw.start()
+        # one client id per publisher: a second one under the same id would take the first's session
+        pub = Publisher("127.0.0.1", broker.port, f"pub-{unique_name}" + (f"-{len(publishers)}" if publishers else ""))
+        publishers.append(pub)
+        assert wait_until(lambda: gw.ready()[0], 120), gw.ready()  # returns once ready
+        return gw, pub
+
+    yield start
+    for pub in publishers:
+        pub.close()
+    for gw in reversed(gateways):
+        gw.stop()

@@ -33,6 +33,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def can_connect(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on ``host:port`` right now."""
+    try:
+        socket.create_connection((host, port), 0.2).close()
+        return True
+    except OSError:
+        return False
+
+
 def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -42,6 +51,23 @@ def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None =
             return
         time.sleep(0.05)
     raise ServiceError(f"port {port} did not open within {timeout} s")
+
+
+def _listens(proc: subprocess.Popen[bytes], port: int) -> bool:
+    """Whether ``proc`` itself holds the listening socket on ``port``: a free port picked by
+    :func:`free_port` can be taken by another process (another test worker's service) before
+    ours binds it, and then a connect succeeds to the wrong server."""
+    import psutil
+
+    try:
+        conns = psutil.Process(proc.pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns)
+
+
+#: how often a service on picked ports is tried on fresh ones when the picked ones were taken
+_PORT_TRIES = 3
 
 
 def find_binary(name: str, extra: tuple[str, ...] = ("/usr/sbin", "/usr/bin")) -> str:
@@ -148,13 +174,24 @@ class Mosquitto(_Managed):
         if self.workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="fw-mosq-")
             self.workdir = Path(self._tmp.name)
-        if not self.port:
-            self.port = free_port()
-        conf = self._write_conf()
-        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        _wait_port(self.port, 10, self.proc)
-        return self
+        picked = not self.port
+        for attempt in range(1, _PORT_TRIES + 1):
+            if picked:
+                self.port = free_port()
+            conf = self._write_conf()
+            self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+            try:
+                _wait_port(self.port, 10, self.proc)
+                if not picked or _listens(self.proc, self.port):
+                    return self
+                error = ServiceError(f"port {self.port} was taken by another process")
+            except ServiceError as exc:
+                error = exc
+            self.stop()
+            if not picked or attempt == _PORT_TRIES:
+                raise error
+        raise AssertionError("unreachable")
 
     def restart(self) -> None:
         self.stop()
@@ -222,23 +259,37 @@ bind-address = "127.0.0.1:{self._rpc_port}"
         if self.workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="fw-influx-")
             self.workdir = Path(self._tmp.name)
-        if not self.port:
-            self.port = free_port()
-        if not self._rpc_port:
-            self._rpc_port = free_port()
+        picked = not self.port
+        for attempt in range(1, _PORT_TRIES + 1):
+            if picked:
+                self.port, self._rpc_port = free_port(), free_port()
+            elif not self._rpc_port:
+                self._rpc_port = free_port()
+            try:
+                return self._start_once(binary)
+            except ServiceError:
+                self.stop()
+                if not picked or attempt == _PORT_TRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, binary: str) -> InfluxDB1:
+        assert self.workdir is not None
         conf = self._write_conf()
         env = dict(os.environ, INFLUXDB_DATA_QUERY_LOG_ENABLED="false")
         self.proc = subprocess.Popen([binary, "-config", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise ServiceError(f"influxd exited with {self.proc.returncode}")
             with contextlib.suppress(requests.RequestException):
                 if requests.get(f"{self.url}/ping", timeout=0.5).status_code == 204:
+                    if not _listens(self.proc, self.port):
+                        raise ServiceError(f"port {self.port} was taken by another process")
                     return self
             time.sleep(0.1)
-        raise ServiceError("influxd did not answer /ping within 30 s")
+        raise ServiceError("influxd did not answer /ping within 60 s")
 
     def query(self, q: str, db: str | None = None) -> list[dict[str, Any]]:
         """Run InfluxQL and return the ``series`` list of the first result (test helper)."""

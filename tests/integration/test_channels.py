@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -24,20 +23,6 @@ from fallwatch.testing.services import Mosquitto
 pytestmark = pytest.mark.integration
 
 SECRET = "webhook-test-secret"
-
-
-@pytest.fixture
-def smtpd() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 class StaffSubscriber:

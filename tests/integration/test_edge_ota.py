@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import onnx
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,6 +18,7 @@ from fallwatch.edge import ota, synth
 from fallwatch.edge.agent import EdgeAgent
 from fallwatch.models.detector import DEFAULT_MODEL_PATH
 from fallwatch.protocol import topics
+from fallwatch.testing.models import model_bytes
 from fallwatch.testing.recorder import UplinkRecorder
 from fallwatch.testing.services import Mosquitto
 
@@ -27,16 +27,6 @@ pytestmark = pytest.mark.integration
 needs_model = pytest.mark.skipif(
     not DEFAULT_MODEL_PATH.exists(), reason="no shipped ONNX fall model"
 )
-
-
-def model_bytes(version: str, *, threshold: str | None = None) -> bytes:
-    m = onnx.load(str(DEFAULT_MODEL_PATH))
-    props = {p.key: p.value for p in m.metadata_props}
-    props["version"] = version
-    if threshold is not None:
-        props["threshold"] = threshold
-    onnx.helper.set_model_props(m, props)
-    return m.SerializeToString()
 
 
 @pytest.fixture

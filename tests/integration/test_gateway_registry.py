@@ -20,7 +20,7 @@ from fallwatch.gateway.brokerconf import generate, read_credentials
 from fallwatch.protocol import contract
 from fallwatch.testing import publisher as t
 from fallwatch.testing.publisher import probe_client
-from fallwatch.testing.services import Mosquitto, find_binary, free_port
+from fallwatch.testing.services import Mosquitto, can_connect, find_binary, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -127,23 +127,12 @@ def prod_broker(tmp_path: Path) -> Iterator[tuple[int, dict[str, str], Path]]:
     proc = subprocess.Popen(
         [find_binary("mosquitto"), "-c", str(out / "mosquitto.conf")], stdout=subprocess.DEVNULL, stderr=err
     )
-    assert t.wait_until(lambda: _can_connect(port), 10), (tmp_path / "mosq.log").read_text()
+    assert t.wait_until(lambda: can_connect(port), 10), (tmp_path / "mosq.log").read_text()
     yield port, read_credentials(out), out
     proc.terminate()
     proc.wait(10)
     err.close()
     shutil.rmtree(work, ignore_errors=True)
-
-
-def _can_connect(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-        return True
-    except OSError:
-        return False
-
 
 
 def test_generated_broker_config_auth_acl_and_no_silent_drop(
@@ -199,7 +188,7 @@ def test_generated_broker_config_auth_acl_and_no_silent_drop(
         gw.stop()
 
     # a persistent-session subscriber that is away while 5,000 QoS 1 messages arrive gets all of them
-    assert _away_subscriber_burst(port, 5000, creds) == 5000
+    assert _away_subscriber_burst(port, 5000, creds, wait_s=120) == 5000  # waits only until all 5,000 arrived
 
 
 def _away_subscriber_burst(port: int, n: int, auth: dict[str, str] | None = None, wait_s: float = 10) -> int:

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -29,15 +28,16 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from fallwatch.cli import main
-from fallwatch.config import load_config
 from fallwatch.gateway.app import Gateway
 from fallwatch.gateway.brokerconf import generate, read_credentials
 from fallwatch.gateway.staff import StaffDirectory, StaffError
 from fallwatch.gateway.state import StateStore
 from fallwatch.protocol import contract
 from fallwatch.testing import publisher as t
+from fallwatch.testing.gateways import local_config, serving
+from fallwatch.testing.models import hub_model_store, model_bytes
 from fallwatch.testing.publisher import probe_client
-from fallwatch.testing.services import Mosquitto, find_binary, free_port, postgres_database
+from fallwatch.testing.services import Mosquitto, can_connect, find_binary, free_port, postgres_database
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ class ProdBroker:
         self.creds = read_credentials(self.out)
         self.proc = subprocess.Popen([find_binary("mosquitto"), "-c", str(self.out / "mosquitto.conf")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert t.wait_until(lambda: _can_connect(self.port), 10), self.log()
+        assert t.wait_until(lambda: can_connect(self.port), 10), self.log()
 
     @property
     def url(self) -> str:
@@ -89,25 +89,12 @@ def prod_broker() -> Iterator[ProdBroker]:
     b.close()
 
 
-def _can_connect(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-        return True
-    except OSError:
-        return False
-
-
-
 def _gateway_cfg(broker: ProdBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     # the alert link's own credentials (user gw-1-alerts) come from the environment like the bulk link's
     if "gw-1-alerts" in broker.creds:
         monkeypatch.setenv("FALLWATCH_MQTT_ALERT_PASSWORD", broker.creds["gw-1-alerts"])
-    return load_config(overrides={
-        "mqtt": {"url": broker.url, "username": "gw-1", "password": broker.creds["gw-1"]},
-        "influx": {"url": "", "embedded_path": str(tmp_path / "series.sqlite")},
-        "gateway": {"gateway_id": "gw-1", "state_db": str(tmp_path / "st.sqlite"),
-                    "spool_dir": str(tmp_path / "spool"), "http_port": 0},
-    })
+    return local_config(tmp_path, mqtt={"url": broker.url, "username": "gw-1", "password": broker.creds["gw-1"]},
+                        gateway_id="gw-1")
 
 
 def _publish(port: int, user: str, pw: str, msgs: list[tuple[str, bytes]]) -> None:
@@ -188,12 +175,10 @@ def test_hub_cannot_publish_for_another_site(
 
 
 def test_gateway_rejects_a_known_device_under_another_site(
-    mosquitto: Mosquitto, tmp_path: Path, unique_name: str
+    mosquitto: Mosquitto, tmp_path: Path, unique_name: str, start_gateway: Any
 ) -> None:
     """Behind a broker whose ACL is too wide (not the generated one), the registry still holds."""
-    gw = Gateway(t.make_cfg(mosquitto, None, tmp_path, unique_name))
-    gw.start()
-    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
+    gw, pub = start_gateway(t.make_cfg(mosquitto, None, tmp_path, unique_name))
     dead: list[bytes] = []
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dlq-{unique_name}", protocol=mqtt.MQTTv5)
     sub.on_message = lambda c, u, m: dead.append(m.payload)
@@ -201,7 +186,6 @@ def test_gateway_rejects_a_known_device_under_another_site(
     sub.subscribe("fallwatch/v1/_dlq/#", qos=1)
     sub.loop_start()
     try:
-        assert t.wait_until(lambda: gw.ready()[0])
         site_a, site_b, hub = f"a-{unique_name}"[:40], f"b-{unique_name}"[:40], "hub-x"
         pub.publish(*t.health(site_a, hub, 1))
         assert pub.wait()
@@ -219,8 +203,6 @@ def test_gateway_rejects_a_known_device_under_another_site(
     finally:
         sub.loop_stop()
         sub.disconnect()
-        pub.close()
-        gw.stop()
 
 
 # ---------------------------------------------------------------- item 12: HTTP resource leak
@@ -244,18 +226,8 @@ def http_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tu
     monkeypatch.delenv("FALLWATCH_GATEWAY_API_TOKEN", raising=False)
     users = StaffDirectory(tmp_path / "staff.toml")
     tokens = {"carer": users.add("Anna Carer", "carer"), "admin": users.add("Ada Admin", "admin")}
-    cfg = load_config(overrides={
-        "influx": {"url": "", "embedded_path": str(tmp_path / "series.sqlite")},
-        "gateway": {"state_db": str(tmp_path / "st.sqlite"), "spool_dir": str(tmp_path / "spool"),
-                    "http_port": 0, "staff_users_file": str(tmp_path / "staff.toml")},
-    })
-    gw = Gateway(cfg)
-    gw.start_state()
-    gw.start_http()
-    yield gw, tokens
-    assert gw.http is not None
-    gw.http.close()
-    gw.state.close()
+    with serving(local_config(tmp_path, staff_users_file=str(tmp_path / "staff.toml"))) as gw:
+        yield gw, tokens
 
 
 def test_unauthenticated_requests_do_not_leak_descriptors(http_gateway: tuple[Gateway, dict[str, str]]) -> None:
@@ -276,27 +248,11 @@ def test_unauthenticated_requests_do_not_leak_descriptors(http_gateway: tuple[Ga
 # ---------------------------------------------------------------- item 13: the staff side
 
 
-def _dev_gateway(tmp_path: Path, host: str = "127.0.0.1") -> Gateway:
-    cfg = load_config(overrides={
-        "influx": {"url": "", "embedded_path": str(tmp_path / "series.sqlite")},
-        "gateway": {"state_db": str(tmp_path / "st.sqlite"), "spool_dir": str(tmp_path / "spool"),
-                    "http_port": 0, "http_host": host},
-    })
-    return Gateway(cfg)
-
-
 def test_dev_gateway_without_accounts_refuses_a_public_address(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FALLWATCH_GATEWAY_API_TOKEN", raising=False)
-    gw = _dev_gateway(tmp_path, host="0.0.0.0")
-    gw.start_state()
-    try:
-        with pytest.raises(ValueError, match="staff accounts"):
-            gw.start_http()
-    finally:
-        if gw.http is not None:
-            gw.http.close()
-        gw.state.close()
+    with pytest.raises(ValueError, match="staff accounts"), serving(local_config(tmp_path, http_host="0.0.0.0")):
+        pass  # starting its HTTP server is what fails
 
 
 def _record_fall(state: StateStore, site: str = "site-a") -> str:
@@ -306,10 +262,7 @@ def _record_fall(state: StateStore, site: str = "site-a") -> str:
 
 def test_cross_site_post_cannot_acknowledge_an_alert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FALLWATCH_GATEWAY_API_TOKEN", raising=False)
-    gw = _dev_gateway(tmp_path)
-    gw.start_state()
-    gw.start_http()
-    try:
+    with serving(local_config(tmp_path, http_host="127.0.0.1")) as gw:
         aid = _record_fall(gw.state)
         url = f"{gw.http_url}/alerts/{urllib.request.quote(aid)}/ack"
         # what an attacker's page can send without a CORS preflight: a text/plain form POST
@@ -327,10 +280,6 @@ def test_cross_site_post_cannot_acknowledge_an_alert(tmp_path: Path, monkeypatch
         status, _, body = _http(url, "POST", body=b'{"by": "nurse"}',
                                 headers={"Content-Type": "application/json", "Origin": gw.http_url or ""})
         assert status == 200 and json.loads(body)["acked_by"] == "nurse"
-    finally:
-        assert gw.http is not None
-        gw.http.close()
-        gw.state.close()
 
 
 def test_security_headers(http_gateway: tuple[Gateway, dict[str, str]]) -> None:
@@ -367,10 +316,7 @@ def test_free_text_cannot_forge_staff_log_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("FALLWATCH_GATEWAY_API_TOKEN", "automation-token-0123456789")
-    gw = _dev_gateway(tmp_path)
-    gw.start_state()
-    gw.start_http()
-    try:
+    with serving(local_config(tmp_path, http_host="127.0.0.1")) as gw:
         aid = _record_fall(gw.state)
         forged = "nurse\nFALL ALERT fall:site-z:hub-9:e1: site site-z hub hub-9\r\x1b[2K"
         with caplog.at_level(logging.INFO, logger="fallwatch.gateway.alerts"):
@@ -382,10 +328,6 @@ def test_free_text_cannot_forge_staff_log_lines(
         assert any("acknowledged by" in m for m in lines)
         for m in lines:
             assert not any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in m), repr(m)
-    finally:
-        assert gw.http is not None
-        gw.http.close()
-        gw.state.close()
 
 
 def test_generated_passwd_is_private_and_passwords_stay_off_the_command_line(
@@ -467,24 +409,6 @@ def model_store(tmp_path: Path) -> Any:
     return tmp_path / "models"
 
 
-def _model_bytes(version: str) -> bytes:
-    import onnx
-
-    from fallwatch.models.detector import DEFAULT_MODEL_PATH
-
-    m = onnx.load(str(DEFAULT_MODEL_PATH))
-    props = {p.key: p.value for p in m.metadata_props}
-    props["version"] = version
-    onnx.helper.set_model_props(m, props)
-    return bytes(m.SerializeToString())
-
-
-def _store(model_dir: Path, **edge: Any) -> Any:
-    from fallwatch.edge import ota
-    from fallwatch.models.detector import DEFAULT_MODEL_PATH, FallModel
-
-    cfg = load_config(overrides={"edge": {"model_dir": str(model_dir), **edge}}).edge
-    return ota.ModelStore(cfg, ota.load_installed(cfg) or FallModel(DEFAULT_MODEL_PATH))
 
 
 def test_manifest_for_another_model_is_refused(model_store: Path) -> None:
@@ -493,13 +417,13 @@ def test_manifest_for_another_model_is_refused(model_store: Path) -> None:
     from fallwatch.edge import ota
 
     key = Ed25519PrivateKey.generate()
-    data = _model_bytes("5.0.0")
+    data = model_bytes("5.0.0")
     manifest = {"model": "risk", "version": "5.0.0", "sha256": hashlib.sha256(data).hexdigest(),
                 "size": len(data), "expires_ms": contract.now_ms() + 86_400_000}
     signed = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
     doc = {"manifest": manifest, "signature": base64.b64encode(key.sign(signed)).decode(),
            "model_b64": base64.b64encode(data).decode()}
-    store = _store(model_store, model_pubkey=ota.public_key_b64(key))
+    store = hub_model_store(model_store, model_pubkey=ota.public_key_b64(key))
     with pytest.raises(ota.UpdateError, match="model"):
         store.install(json.dumps(doc).encode())
 
@@ -511,17 +435,17 @@ def test_version_floor_survives_rollback_and_restart(model_store: Path) -> None:
 
     key = Ed25519PrivateKey.generate()
     pub = ota.public_key_b64(key)
-    store = _store(model_store, model_pubkey=pub)
-    store.install(ota.sign_update(key, _model_bytes("7.0.0"), "7.0.0"))
+    store = hub_model_store(model_store, model_pubkey=pub)
+    store.install(ota.sign_update(key, model_bytes("7.0.0"), "7.0.0"))
     # the installed model breaks on disk, the hub restarts and falls back to the shipped model
     (model_store / "current.onnx").write_bytes(b"corrupt")
     (model_store / "previous.onnx").unlink(missing_ok=True)
-    store = _store(model_store, model_pubkey=pub)
+    store = hub_model_store(model_store, model_pubkey=pub)
     assert store.running.version != "7.0.0"
     for old in ("7.0.0", "6.9.9"):  # an attacker replays an old, validly signed update
         with pytest.raises(ota.UpdateError, match="not newer"):
-            store.install(ota.sign_update(key, _model_bytes(old), old))
-    store.install(ota.sign_update(key, _model_bytes("7.0.1"), "7.0.1"))
+            store.install(ota.sign_update(key, model_bytes(old), old))
+    store.install(ota.sign_update(key, model_bytes("7.0.1"), "7.0.1"))
     assert store.running.version == "7.0.1"
 
 
@@ -531,11 +455,11 @@ def test_signing_key_rotation(model_store: Path) -> None:
     from fallwatch.edge import ota
 
     old, new, rogue = (Ed25519PrivateKey.generate() for _ in range(3))
-    store = _store(model_store, model_pubkey=ota.public_key_b64(old), model_pubkeys=[ota.public_key_b64(new)])
-    store.install(ota.sign_update(old, _model_bytes("8.0.0"), "8.0.0"))
-    store.install(ota.sign_update(new, _model_bytes("8.1.0"), "8.1.0"))
+    store = hub_model_store(model_store, model_pubkey=ota.public_key_b64(old), model_pubkeys=[ota.public_key_b64(new)])
+    store.install(ota.sign_update(old, model_bytes("8.0.0"), "8.0.0"))
+    store.install(ota.sign_update(new, model_bytes("8.1.0"), "8.1.0"))
     with pytest.raises(ota.UpdateError, match="signature"):
-        store.install(ota.sign_update(rogue, _model_bytes("8.2.0"), "8.2.0"))
+        store.install(ota.sign_update(rogue, model_bytes("8.2.0"), "8.2.0"))
 
 
 class _Oversized(http.server.BaseHTTPRequestHandler):
@@ -570,9 +494,9 @@ def test_url_download_stops_at_the_size_limit(model_store: Path) -> None:
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Oversized)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        data = _model_bytes("9.0.0")
+        data = model_bytes("9.0.0")
         url = f"http://127.0.0.1:{srv.server_address[1]}/model.onnx"
-        store = _store(model_store, model_pubkey=ota.public_key_b64(key))
+        store = hub_model_store(model_store, model_pubkey=ota.public_key_b64(key))
         with pytest.raises(ota.UpdateError, match="larger"):
             store.install(ota.sign_update(key, data, "9.0.0", inline=False, url=url))
         time.sleep(0.5)

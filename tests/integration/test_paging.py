@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +21,14 @@ import pytest
 from fallwatch.gateway.app import Gateway
 from fallwatch.gateway.channels.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from fallwatch.testing import publisher as t
+from fallwatch.testing.gateways import GatewayProcess, write_gateway_toml
 from fallwatch.testing.publisher import make_cfg, wait_until
 from fallwatch.testing.receivers import PushService, Receiver, SmtpServer, free_port
 from fallwatch.testing.services import Mosquitto, postgres_database
 
 pytestmark = pytest.mark.integration
+StartGateway = Callable[..., tuple[Gateway, t.Publisher]]
 SECRET = "paging-test-webhook-secret"
-
-
-@pytest.fixture
-def smtpd() -> Iterator[SmtpServer]:
-    s = SmtpServer().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +62,15 @@ def paging(hook: str, **kw: Any) -> dict[str, Any]:
     return {"people": people, "teams": [team], "send_backoff_s": 0.05, **kw}
 
 
+@pytest.fixture
+def on_call(mosquitto: Mosquitto, smtpd: SmtpServer, receiver: Receiver, tmp_path: Path, unique_name: str,
+            start_gateway: StartGateway) -> tuple[Gateway, t.Publisher]:
+    """A gateway paging the default roster (e-mail to ``smtpd``, web hooks to ``receiver``),
+    ready, with a publisher on the module's broker."""
+    return start_gateway(make_cfg(mosquitto, None, tmp_path, unique_name,
+                                  channels=channels(smtpd.port, f"{receiver.url}/arc"), paging=paging(receiver.url)))
+
+
 def http(method: str, url: str, accept: str = "application/json") -> tuple[int, str]:
     req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
                                  headers={"Accept": accept})
@@ -101,71 +98,62 @@ class Clock:
 
 
 def test_fall_pages_the_on_call_carer_by_email_and_signed_webhook_and_the_link_acks_once(
-    mosquitto: Mosquitto, smtpd: SmtpServer, receiver: Receiver, tmp_path: Path, unique_name: str,
+    smtpd: SmtpServer, receiver: Receiver, unique_name: str, on_call: tuple[Gateway, t.Publisher]
 ) -> None:
-    cfg = make_cfg(mosquitto, None, tmp_path, unique_name, channels=channels(smtpd.port, f"{receiver.url}/arc"),
-                   paging=paging(receiver.url))
-    gw = Gateway(cfg)
-    gw.start()
-    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
-    try:
-        assert wait_until(lambda: gw.ready()[0])
-        topic, payload = t.fall("site-a", f"hub-{unique_name}"[:40], 3)
-        pub.publish(topic, payload)
-        pub.publish(topic, payload)  # redelivered: still one alert, one message each
-        assert pub.wait()
-        assert wait_until(lambda: smtpd.mailbox.count() >= 1 and len(receiver.at("/anna")) >= 1, 30)
-        assert gw.wait_idle(10) and gw.pager.wait_idle(10)
-        time.sleep(0.5)
-        aid = gw.alerts()[0]["alert_id"]
-        # exactly one e-mail and one web hook, both to the carer on call; nobody else yet
-        assert [str(m["X-Fallwatch-Alert"]).strip() for m in smtpd.mailbox.to("anna@kommun.example")] == [aid]
-        assert smtpd.mailbox.count() == 1 and len(receiver.requests) == 1
-        _, headers, raw = receiver.at("/anna")[0]
-        assert verify(SECRET, headers[TIMESTAMP_HEADER], raw, headers[SIGNATURE_HEADER])
-        hook = json.loads(raw)
-        assert (hook["alert_id"], hook["recipient"], hook["level"], hook["page_kind"], hook["urgency"]) == \
-            (aid, "Anna Berg", 0, "fall", "urgent")
+    gw, pub = on_call
+    topic, payload = t.fall("site-a", f"hub-{unique_name}"[:40], 3)
+    pub.publish(topic, payload)
+    pub.publish(topic, payload)  # redelivered: still one alert, one message each
+    assert pub.wait()
+    assert wait_until(lambda: smtpd.mailbox.count() >= 1 and len(receiver.at("/anna")) >= 1, 30)
+    assert gw.wait_idle(10) and gw.pager.wait_idle(10)
+    time.sleep(0.5)
+    aid = gw.alerts()[0]["alert_id"]
+    # exactly one e-mail and one web hook, both to the carer on call; nobody else yet
+    assert [str(m["X-Fallwatch-Alert"]).strip() for m in smtpd.mailbox.to("anna@kommun.example")] == [aid]
+    assert smtpd.mailbox.count() == 1 and len(receiver.requests) == 1
+    _, headers, raw = receiver.at("/anna")[0]
+    assert verify(SECRET, headers[TIMESTAMP_HEADER], raw, headers[SIGNATURE_HEADER])
+    hook = json.loads(raw)
+    assert (hook["alert_id"], hook["recipient"], hook["level"], hook["page_kind"], hook["urgency"]) == \
+        (aid, "Anna Berg", 0, "fall", "urgent")
 
-        text = smtpd.mailbox.messages[0].get_payload(decode=True).decode()  # type: ignore[union-attr]
-        # Swedish by default (gateway.locale), in the site's time zone
-        assert "Boende: r01" in text and "Varför: en kraftig stöt" in text and "CET" in text
-        link = re.search(r"Ta larmet \(kvittera, engångslänk\): (\S+)", text)
-        assert link, text
-        url = link.group(1)
-        assert url.startswith(gw.http_url or "?") and hook["ack_url"] != url  # one link per message
+    text = smtpd.mailbox.messages[0].get_payload(decode=True).decode()  # type: ignore[union-attr]
+    # Swedish by default (gateway.locale), in the site's time zone
+    assert "Boende: r01" in text and "Varför: en kraftig stöt" in text and "CET" in text
+    link = re.search(r"Ta larmet \(kvittera, engångslänk\): (\S+)", text)
+    assert link, text
+    url = link.group(1)
+    assert url.startswith(gw.http_url or "?") and hook["ack_url"] != url  # one link per message
 
-        code, page = http("GET", url, "text/html")  # what a mail scanner's fetch does: nothing
-        assert code == 200 and "Anna Berg" in page and "<form" in page
-        assert gw.state.alert(aid)["status"] == "raised"  # type: ignore[index]
-        code, body = http("POST", url)
-        assert code == 200 and "larmet är ditt" in json.loads(body)["message"]
-        alert = gw.state.alert(aid)
-        assert alert is not None and (alert["status"], alert["acked_by"], alert["acked_via"]) == \
-            ("acknowledged", "anna", "email")
-        code, body = http("POST", url)
-        assert code == 409 and "redan använd" in json.loads(body)["message"]
-        code, body = http("POST", hook["ack_url"])  # the web hook's own link: the alert is taken
-        assert code == 409 and "redan kvitterat av anna" in json.loads(body)["message"]
-        code, body = http("POST", url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB"))
-        assert code == 400 and "ogiltig" in json.loads(body)["message"]
+    code, page = http("GET", url, "text/html")  # what a mail scanner's fetch does: nothing
+    assert code == 200 and "Anna Berg" in page and "<form" in page
+    assert gw.state.alert(aid)["status"] == "raised"  # type: ignore[index]
+    code, body = http("POST", url)
+    assert code == 200 and "larmet är ditt" in json.loads(body)["message"]
+    alert = gw.state.alert(aid)
+    assert alert is not None and (alert["status"], alert["acked_by"], alert["acked_via"]) == \
+        ("acknowledged", "anna", "email")
+    code, body = http("POST", url)
+    assert code == 409 and "redan använd" in json.loads(body)["message"]
+    code, body = http("POST", hook["ack_url"])  # the web hook's own link: the alert is taken
+    assert code == 409 and "redan kvitterat av anna" in json.loads(body)["message"]
+    code, body = http("POST", url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB"))
+    assert code == 400 and "ogiltig" in json.loads(body)["message"]
 
-        # an expired link does nothing and says so
-        later = gw.pager.ack_url(aid, "bertil", "hook")
-        assert later is not None
-        gw.pager.clock = lambda: int(time.time() * 1000) + int(cfg.gateway.paging.ack_link_ttl_s * 1000) + 1000
-        code, body = http("POST", later)
-        assert code == 410 and "gått ut" in json.loads(body)["message"]
+    # an expired link does nothing and says so
+    later = gw.pager.ack_url(aid, "bertil", "hook")
+    assert later is not None
+    gw.pager.clock = lambda: int(time.time() * 1000) + int(gw.cfg.gateway.paging.ack_link_ttl_s * 1000) + 1000
+    code, body = http("POST", later)
+    assert code == 410 and "gått ut" in json.loads(body)["message"]
 
-        log = [(r["action"], r["actor"]) for r in gw.state.audit(aid)]
-        assert ("notified", "gateway") in log and ("acknowledge", "anna") in log and \
-            ("ack_link_late", "anna") in log and ("ack_link_expired", "bertil") in log
-        deliveries = gw.pager.store.deliveries(aid)
-        assert {(d["person"], d["channel"], d["ok"]) for d in deliveries} == {("anna", "email", 1), ("anna", "hook", 1)}
-        assert gw.stats()["paging"]["acks_by_link"] == 1
-    finally:
-        pub.close()
-        gw.stop()
+    log = [(r["action"], r["actor"]) for r in gw.state.audit(aid)]
+    assert ("notified", "gateway") in log and ("acknowledge", "anna") in log and \
+        ("ack_link_late", "anna") in log and ("ack_link_expired", "bertil") in log
+    deliveries = gw.pager.store.deliveries(aid)
+    assert {(d["person"], d["channel"], d["ok"]) for d in deliveries} == {("anna", "email", 1), ("anna", "hook", 1)}
+    assert gw.stats()["paging"]["acks_by_link"] == 1
 
 
 def test_escalation_next_on_call_then_lead_then_fallback_once_each_with_two_replicas(
@@ -239,7 +227,7 @@ def seen_steps(msgs: list[dict[str, Any]]) -> list[int]:
 
 
 def test_smtp_down_falls_back_to_the_next_contact_and_warns_the_technician(
-    mosquitto: Mosquitto, receiver: Receiver, tmp_path: Path, unique_name: str,
+    mosquitto: Mosquitto, receiver: Receiver, tmp_path: Path, unique_name: str, start_gateway: StartGateway,
 ) -> None:
     dead_smtp = free_port()  # nothing listens: connection refused
     people = [
@@ -250,29 +238,22 @@ def test_smtp_down_falls_back_to_the_next_contact_and_warns_the_technician(
     cfg = make_cfg(mosquitto, None, tmp_path, unique_name, channels=channels(dead_smtp, f"{receiver.url}/arc"),
                    paging=paging(receiver.url, people=people, send_attempts=3, channel_fail_alert_after=3,
                                  team={"shifts": [{"people": ["anna"]}], "lead": None}))
-    gw = Gateway(cfg)
-    gw.start()
-    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
-    try:
-        assert wait_until(lambda: gw.ready()[0])
-        pub.publish(*t.fall("site-a", f"hub-{unique_name}"[:40], 1))
-        assert pub.wait()
-        assert wait_until(lambda: len(receiver.at("/anna")) == 1 and len(receiver.at("/tom")) == 1, 30)
-        assert gw.pager.wait_idle(10)
-        aid = next(a["alert_id"] for a in gw.alerts())
-        tries = [(d["channel"], d["attempt"], d["ok"]) for d in gw.pager.store.deliveries(aid)]
-        assert tries == [("email", 1, 0), ("email", 2, 0), ("email", 3, 0), ("hook", 1, 1)]
-        failing = [a for a in gw.device_alerts() if a["kind"] == "channel_failing"]
-        assert len(failing) == 1 and failing[0]["device_id"] == "email" and failing[0]["status"] == "raised"
-        tom = json.loads(receiver.at("/tom")[0][2])
-        assert tom["kind"] == "channel_failing" and tom["urgency"] == "technical"
-    finally:
-        pub.close()
-        gw.stop()
+    gw, pub = start_gateway(cfg)
+    pub.publish(*t.fall("site-a", f"hub-{unique_name}"[:40], 1))
+    assert pub.wait()
+    assert wait_until(lambda: len(receiver.at("/anna")) == 1 and len(receiver.at("/tom")) == 1, 30)
+    assert gw.pager.wait_idle(10)
+    aid = next(a["alert_id"] for a in gw.alerts())
+    tries = [(d["channel"], d["attempt"], d["ok"]) for d in gw.pager.store.deliveries(aid)]
+    assert tries == [("email", 1, 0), ("email", 2, 0), ("email", 3, 0), ("hook", 1, 1)]
+    failing = [a for a in gw.device_alerts() if a["kind"] == "channel_failing"]
+    assert len(failing) == 1 and failing[0]["device_id"] == "email" and failing[0]["status"] == "raised"
+    tom = json.loads(receiver.at("/tom")[0][2])
+    assert tom["kind"] == "channel_failing" and tom["urgency"] == "technical"
 
 
 def test_web_push_reaches_the_phone_encrypted_and_its_button_acknowledges(
-    mosquitto: Mosquitto, tmp_path: Path, unique_name: str,
+    mosquitto: Mosquitto, tmp_path: Path, unique_name: str, start_gateway: StartGateway,
 ) -> None:
     from py_vapid import Vapid
 
@@ -288,12 +269,9 @@ def test_web_push_reaches_the_phone_encrypted_and_its_button_acknowledges(
     cfg = make_cfg(mosquitto, None, tmp_path, unique_name, channels=channels(free_port(), push.url, extra=extra),
                    paging=paging(push.url, people=people, team={"shifts": [{"people": ["anna"]}], "lead": None,
                                                                 "technicians": [], "fallback": []}))
-    gw = Gateway(cfg)
-    gw.start()
+    gw, pub = start_gateway(cfg)
     gw.pager.store.add_subscription("anna", push.subscribe("anna-phone"), int(time.time() * 1000))
-    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
     try:
-        assert wait_until(lambda: gw.ready()[0])
         pub.publish(*t.fall("site-a", f"hub-{unique_name}"[:40], 1))
         assert pub.wait()
         assert wait_until(lambda: len(push.pushes) == 1 or bool(push.refused), 30)
@@ -307,43 +285,32 @@ def test_web_push_reaches_the_phone_encrypted_and_its_button_acknowledges(
         alert = gw.state.alert(aid)
         assert alert is not None and (alert["acked_by"], alert["acked_via"]) == ("anna", "push")
     finally:
-        pub.close()
-        gw.stop()
         push.close()
 
 
 def test_a_burst_of_falls_pages_each_resident_once_and_a_second_fall_is_grouped(
-    mosquitto: Mosquitto, smtpd: SmtpServer, receiver: Receiver, tmp_path: Path, unique_name: str,
+    smtpd: SmtpServer, receiver: Receiver, unique_name: str, on_call: tuple[Gateway, t.Publisher]
 ) -> None:
-    cfg = make_cfg(mosquitto, None, tmp_path, unique_name, channels=channels(smtpd.port, f"{receiver.url}/arc"),
-                   paging=paging(receiver.url))
-    gw = Gateway(cfg)
-    gw.start()
-    pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
-    try:
-        assert wait_until(lambda: gw.ready()[0])
-        for i in range(12):  # twelve hubs, twelve residents, all at once
-            pub.publish(*t.fall("site-a", f"hub{i}-{unique_name}"[:40], 1, resident=f"r{i:02d}"))
-        assert pub.wait()
-        assert wait_until(lambda: len(receiver.at("/anna")) >= 12, 30)
-        assert gw.wait_idle(10) and gw.pager.wait_idle(10)
-        assert len(gw.alerts()) == 12 and len(receiver.at("/anna")) == 12 and smtpd.mailbox.count() == 12
-        assert len({json.loads(r[2])["alert_id"] for r in receiver.at("/anna")}) == 12
-        # the same resident falls again while the first alert is open: recorded, grouped, not re-sent
-        pub.publish(*t.fall("site-a", f"hub0-{unique_name}"[:40], 2, event="second", resident="r00"))
-        assert pub.wait() and wait_until(lambda: len(gw.alerts()) == 13, 20)
-        assert gw.pager.wait_idle(10)
-        time.sleep(0.3)
-        assert len(receiver.at("/anna")) == 12
-        second = next(a for a in gw.alerts() if a["event_id"] == "second")
-        page = gw.pager.store.page(second["alert_id"])
-        assert page is not None and page["status"] == "grouped"
-        leader = page["leader"]
-        gw.api.transition(leader, "acknowledge", "anna", int(time.time() * 1000))
-        assert gw.state.alert(second["alert_id"])["status"] == "acknowledged"  # type: ignore[index]
-    finally:
-        pub.close()
-        gw.stop()
+    gw, pub = on_call
+    for i in range(12):  # twelve hubs, twelve residents, all at once
+        pub.publish(*t.fall("site-a", f"hub{i}-{unique_name}"[:40], 1, resident=f"r{i:02d}"))
+    assert pub.wait()
+    assert wait_until(lambda: len(receiver.at("/anna")) >= 12, 30)
+    assert gw.wait_idle(10) and gw.pager.wait_idle(10)
+    assert len(gw.alerts()) == 12 and len(receiver.at("/anna")) == 12 and smtpd.mailbox.count() == 12
+    assert len({json.loads(r[2])["alert_id"] for r in receiver.at("/anna")}) == 12
+    # the same resident falls again while the first alert is open: recorded, grouped, not re-sent
+    pub.publish(*t.fall("site-a", f"hub0-{unique_name}"[:40], 2, event="second", resident="r00"))
+    assert pub.wait() and wait_until(lambda: len(gw.alerts()) == 13, 20)
+    assert gw.pager.wait_idle(10)
+    time.sleep(0.3)
+    assert len(receiver.at("/anna")) == 12
+    second = next(a for a in gw.alerts() if a["event_id"] == "second")
+    page = gw.pager.store.page(second["alert_id"])
+    assert page is not None and page["status"] == "grouped"
+    leader = page["leader"]
+    gw.api.transition(leader, "acknowledge", "anna", int(time.time() * 1000))
+    assert gw.state.alert(second["alert_id"])["status"] == "acknowledged"  # type: ignore[index]
 
 
 def test_a_phone_registers_its_push_subscription_over_http(
@@ -380,23 +347,9 @@ def test_a_pool_of_two_workers_pages_once_and_its_endpoint_takes_the_link(
 ) -> None:
     """``gateway run --workers 2``: both workers run a pager on the shared state DB; the fall is
     paged once, and its link points at (and is accepted by) the pool's one endpoint."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     port = free_port()
-    cfg_path = tmp_path / "gw.toml"
-    cfg_path.write_text(f"""
-[mqtt]
-url = "{mosquitto.url}"
-[gateway]
-gateway_id = "gw-pp"
-state_db = "{tmp_path / "state.sqlite"}"
-spool_dir = "{tmp_path / "spool"}"
-http_port = {port}
-[influx]
-embedded_path = "{tmp_path / "series.sqlite"}"
+    cfg_path = write_gateway_toml(tmp_path / "gw.toml", mqtt_url=mosquitto.url, gateway_id="gw-pp", http_port=port,
+                                  extra=f"""
 [[gateway.channels]]
 type = "webhook"
 name = "hook"
@@ -412,24 +365,14 @@ id = "night"
 sites = ["site-a"]
 shifts = [{{ people = ["anna"] }}]
 """)
-    log_path = tmp_path / "gw.log"
-    proc = subprocess.Popen([sys.executable, "-m", "fallwatch.cli", "gateway", "run", "--config", str(cfg_path),
-                             "--workers", "2"], env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                            stdout=subprocess.DEVNULL, stderr=log_path.open("ab"))
-    url = f"http://127.0.0.1:{port}"
+    gwp = GatewayProcess(cfg_path, port, "--workers", "2")
+    url = gwp.url
     pub = t.Publisher("127.0.0.1", mosquitto.port, f"pub-{unique_name}")
     try:
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                    return bool(json.loads(r.read()).get("ready"))
-            except OSError:
-                return False
-
-        assert wait_until(ready, 60), log_path.read_text()[-2000:]
+        assert gwp.wait_ready(), gwp.log()
         pub.publish(*t.fall("site-a", f"hub-{unique_name}"[:40], 1))
         assert pub.wait()
-        assert wait_until(lambda: len(receiver.at("/anna")) >= 1, 30), log_path.read_text()[-2000:]
+        assert wait_until(lambda: len(receiver.at("/anna")) >= 1, 30), gwp.log()
         time.sleep(2.5)  # both pagers tick every second: a duplicate first page would be here by now
         assert len(receiver.at("/anna")) == 1
         hook = json.loads(receiver.at("/anna")[0][2])
@@ -438,5 +381,4 @@ shifts = [{{ people = ["anna"] }}]
         assert code == 200, body
     finally:
         pub.close()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(45) == 0
+        assert gwp.terminate(45) == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -26,7 +25,7 @@ from fallwatch.gateway.registry import BrokerFiles, Registry
 from fallwatch.gateway.state import StateStore
 from fallwatch.testing import publisher as t
 from fallwatch.testing.publisher import probe_client
-from fallwatch.testing.services import find_binary, free_port
+from fallwatch.testing.services import can_connect, find_binary, free_port
 
 pytestmark = pytest.mark.integration
 P = "fallwatch/v1"
@@ -67,7 +66,7 @@ class RegistryBroker:
         self.reg.sync_broker(self.files)
         self.proc = subprocess.Popen([find_binary("mosquitto"), "-c", str(self.files.out / "mosquitto.conf")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert t.wait_until(lambda: _can_connect(self.port) and _can_connect(self.tls_port), 10), self.log()
+        assert t.wait_until(lambda: can_connect(self.port) and can_connect(self.tls_port), 10), self.log()
         self.clients: list[mqtt.Client] = []
 
     def enrol(self, hub: str, ttl_s: float = 3600) -> dict[str, Any]:
@@ -145,14 +144,6 @@ def _forge(rb: RegistryBroker, user: str, topic: str) -> None:
     with_ack = c.c.publish(topic, b"forged", qos=1)
     with_ack.wait_for_publish(2) if c.c.is_connected() else None
     c.c.disconnect()
-
-
-def _can_connect(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
