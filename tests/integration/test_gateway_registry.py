@@ -226,7 +226,13 @@ def _away_subscriber_burst(port: int, n: int, auth: dict[str, str] | None = None
     sub.connect("127.0.0.1", port, clean_start=False, properties=props)
     sub.loop_start()
     t.wait_until(lambda: len(got) >= n, wait_s)
-    time.sleep(0.5)
+    # then until nothing more arrives for a second (a loaded machine delivers the queue slowly;
+    # a count taken mid-delivery would read as messages dropped)
+    deadline, last, still_since = time.monotonic() + 60, -1, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - still_since < 1.0:
+        if len(got) != last:
+            last, still_since = len(got), time.monotonic()
+        time.sleep(0.05)
     sub.disconnect()
     sub.loop_stop()
     return len(got)
