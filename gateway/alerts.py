@@ -38,8 +38,6 @@ from fallwatch.gateway.workers import Workers, run_batch
 from fallwatch.protocol import contract, topics
 
 log = logging.getLogger("fallwatch.gateway")
-#: how long the points writer lets alert points gather before one write (the alerts are not waiting)
-POINTS_LINGER_S = 0.2
 _points_decoder = msgspec.json.Decoder(list[tuple[str, dict[str, str], dict[str, bool | int | float | str], int]])
 
 
@@ -155,10 +153,7 @@ class FallAlerts:
         sink = self.storage.new_sink()
         ready, backoff = False, 0.5
         while not self.stop.is_set():
-            if self._points_wake.wait(0.5):
-                # the alerts are recorded and told to staff already; only their series points wait
-                # here, a moment, so that a burst of alerts is one write and one delete, not one each
-                self.stop.wait(POINTS_LINGER_S)
+            self._points_wake.wait(0.5)
             self._points_wake.clear()
             rows = self.state.alert_points(100)
             if not rows:
