@@ -1,27 +1,21 @@
 """InfluxDB 1.x over its HTTP API (``/write`` + ``/query``); line protocol from influxdb-client's serializer.
 
-Writes go over one kept-alive :mod:`http.client` connection instead of a ``requests``
-session: ``requests`` spent ~1.3 ms of CPU per POST on this machine (environment proxy and
-``.netrc`` lookups, hooks, adapters) against ~0.16 ms for the same request over
-``http.client`` (issue 16: at 200 msg/s the gateway makes ~25 writes a second, so that was
-about a third of its CPU). What ``requests`` would have taken from the environment is taken
-once, at start: a proxy configured for the store's URL keeps the ``requests`` path, and
-HTTPS verifies against the same CA bundle (``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``, else
-certifi's). Queries (set-up, counts) are rare and stay on ``requests``.
+Writes go over one kept-alive connection (:class:`~fallwatch.gateway.httppost.Poster`)
+instead of a ``requests`` session (issue 16: ~1.3 ms of CPU per POST against ~0.16 ms, and
+the gateway makes ~25 writes a second at 200 msg/s); a proxy configured for the store's URL
+keeps the ``requests`` path. Queries (set-up, counts) are rare and stay on ``requests``.
 """
 
 from __future__ import annotations
 
-import base64
 import http.client
-import os
-import ssl
 from typing import Any, Literal
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import requests
 
 from fallwatch.config import InfluxConfig
+from fallwatch.gateway.httppost import Poster, basic_auth
 from fallwatch.gateway.points import SeriesPoint, to_line
 from fallwatch.gateway.sinks import SINKS, SeriesSink, SinkError
 from fallwatch.plugins import PluginConfig
@@ -50,7 +44,9 @@ class Influx1Sink:
         self._params = {"db": cfg.database, "precision": "ms"}
         if cfg.retention_policy != "autogen":
             self._params["rp"] = cfg.retention_policy
-        self._writer = _Poster.for_url(f"{self.base}/write?{urlencode(self._params)}", cfg)
+        auth = {"Authorization": basic_auth(cfg.username, cfg.password)} if cfg.username else {}
+        self._writer = Poster.for_url(f"{self.base}/write?{urlencode(self._params)}", cfg.timeout_s,
+                                      {"Content-Type": "text/plain; charset=utf-8", **auth})
 
     def query(self, q: str, *, db: bool = True) -> list[dict[str, Any]]:
         params = {"q": q, "epoch": "ms"}
@@ -85,7 +81,10 @@ class Influx1Sink:
             return
         body = "\n".join(line for line in map(to_line, points) if line).encode()
         if self._writer is not None:
-            status, text = self._writer.post(body)
+            try:
+                status, text = self._writer.post(body)
+            except (OSError, http.client.HTTPException) as exc:
+                raise SinkError(f"write failed: {type(exc).__name__}: {exc}", retryable=True) from None
         else:  # a proxy is configured for the store: requests knows how to go through it
             try:
                 r = self.session.post(f"{self.base}/write", params=self._params, data=body,
@@ -110,63 +109,3 @@ class Influx1Sink:
         self.session.close()
         if self._writer is not None:
             self._writer.close()
-
-
-class _Poster:
-    """POSTs to one URL over one kept-alive connection (one sink per thread, so no lock)."""
-
-    def __init__(self, url: str, cfg: InfluxConfig, context: ssl.SSLContext | None) -> None:
-        u = urlsplit(url)
-        self.host, self.port = u.hostname or "localhost", u.port
-        self.path = u.path + (f"?{u.query}" if u.query else "")
-        self.timeout = cfg.timeout_s
-        self.context = context
-        self.headers = {"Content-Type": "text/plain; charset=utf-8"}
-        if cfg.username:
-            cred = f"{cfg.username}:{cfg.password or ''}".encode()
-            self.headers["Authorization"] = "Basic " + base64.b64encode(cred).decode()
-        self._conn: http.client.HTTPConnection | None = None
-
-    @classmethod
-    def for_url(cls, url: str, cfg: InfluxConfig) -> _Poster | None:
-        """None when the environment routes this URL through a proxy (then requests is used)."""
-        if requests.utils.get_environ_proxies(url):
-            return None
-        context = None
-        if urlsplit(url).scheme == "https":
-            import certifi
-
-            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
-            context = ssl.create_default_context(cafile=bundle)
-        return cls(url, cfg, context)
-
-    def _connect(self) -> http.client.HTTPConnection:
-        if self.context is not None:
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.context)
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-
-    def post(self, body: bytes) -> tuple[int, str]:
-        """(status, body text); a connection the server closed while idle is reopened once at
-        (a write is idempotent: the same series and time), any other failure (a timeout too) raises a
-        retryable :class:`SinkError`."""
-        for attempt in (0, 1):
-            fresh = self._conn is None
-            if self._conn is None:
-                self._conn = self._connect()
-            try:
-                self._conn.request("POST", self.path, body=body, headers=self.headers)
-                r = self._conn.getresponse()
-                text = r.read().decode("utf-8", "replace")
-                if r.will_close:
-                    self.close()
-                return r.status, text
-            except (OSError, http.client.HTTPException) as exc:
-                self.close()
-                if fresh or attempt or isinstance(exc, TimeoutError):
-                    raise SinkError(f"write failed: {type(exc).__name__}: {exc}", retryable=True) from None
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fallwatch.config import load_config
 from fallwatch.gateway.ingest import DeviceCoalescer, collect
 from fallwatch.gateway.links import Item
@@ -213,3 +215,40 @@ def test_a_fall_alert_is_recorded_and_notified_while_a_large_telemetry_batch_is_
         pub.disconnect()
         pub.loop_stop()
         gw.stop()
+
+
+def test_shared_property_tables_decode_publish_properties_as_paho_does() -> None:
+    """The network thread's cheaper ``Properties`` (issue 16) reads every property paho reads,
+    the same way, and refuses the same malformed packet."""
+    from paho.mqtt import _packet
+    from paho.mqtt.enums import MQTTProtocolVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from fallwatch.gateway.links import SharedTablesProperties, share_property_tables
+
+    props = Properties(PacketTypes.PUBLISH)
+    props.ContentType = "application/json"
+    props.UserProperty = [("schema", "fallwatch/1"), ("x", "y")]
+    props.MessageExpiryInterval = 60
+    topic = b"fallwatch/v1/s/d/tele/x"
+    body = len(topic).to_bytes(2, "big") + topic + (7).to_bytes(2, "big") + props.pack() + b'{"a":1}'
+    twice = props.pack()[1:]  # the ContentType property once more
+    bad = len(topic).to_bytes(2, "big") + topic + (8).to_bytes(2, "big") + bytes([2 * len(twice)]) + twice * 2
+
+    def decode(packet: bytes) -> Any:
+        return _packet.decode_publish(0x32, packet, MQTTProtocolVersion.MQTTv5)
+
+    want = decode(body)
+    share_property_tables()
+    try:
+        got = decode(body)
+        assert isinstance(got.properties, SharedTablesProperties)
+        for name in ("ContentType", "UserProperty", "MessageExpiryInterval"):
+            assert getattr(got.properties, name) == getattr(want.properties, name)
+        assert (got.payload, got.mid, got.topic) == (want.payload, want.mid, want.topic) == (b'{"a":1}', 7, topic)
+        assert not hasattr(got.properties, "ResponseTopic")
+        with pytest.raises(Exception, match="more than once"):
+            decode(bad)
+    finally:
+        _packet.Properties = Properties  # type: ignore[misc]
