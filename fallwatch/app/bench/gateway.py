@@ -53,7 +53,7 @@ from tqdm import tqdm
 from fallwatch.config import load_config
 from fallwatch.gateway.pool import default_workers
 from fallwatch.protocol import contract, topics
-from fallwatch.testing.publisher import Publisher, fall
+from fallwatch.testing.publisher import Publisher
 from fallwatch.testing.services import InfluxDB1, Mosquitto, find_binary, free_port
 
 SITE, DEVICE, SENSOR = "bench", "hub-bench", "wear-b01"
@@ -503,35 +503,45 @@ def paced(broker: Mosquitto, rate: float, duration_s: float, seq0: int, hubs: in
     staff web hook."""
     msgs = message_set(int(rate * duration_s), hubs, seq0)
     pub = Publisher("127.0.0.1", broker.port, f"bench-paced-{time.monotonic_ns()}")
-    # alerts from their own client, as a hub's outbox sends them first: in the telemetry
-    # client's queue they would wait behind whatever telemetry the broker has not yet taken
-    alert_pub = Publisher("127.0.0.1", broker.port, f"bench-alerts-{time.monotonic_ns()}")
-    sent_at: dict[str, float] = {}
+    # alerts from their own client in their own process (fallwatch.app.bench.alertpub), as a
+    # hub's outbox sends them first: in the telemetry client's queue they would wait behind
+    # whatever telemetry the broker has not yet taken, and in this process behind its GIL
+    alert_proc: subprocess.Popen[str] | None = None
+    sent_file = Path(tempfile.mkstemp(prefix="fw-bench-alerts-", suffix=".txt")[1])
     try:
         start()
         p = procs()
+        if hook is not None:
+            alert_proc = subprocess.Popen([sys.executable, "-m", "fallwatch.app.bench.alertpub", str(broker.port),
+                                           str(sent_file), str(seq0), str(hubs), "5"],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert alert_proc.stdout is not None
+            alert_proc.stdout.readline()  # "ready": connected
         cpu0, t0 = _cpu_s(p), time.perf_counter()
-        sent = n_alerts = 0
+        sent = 0
         while sent < len(msgs):
             due = min(len(msgs), int((time.perf_counter() - t0) * rate) + 1)
             for topic, payload in msgs[sent:due]:
                 pub.publish(topic, payload)
             sent = due
-            if hook is not None and (time.perf_counter() - t0) * 5 > n_alerts:
-                dev = f"hub-{n_alerts % hubs:04d}"
-                sent_at[f"fall:{SITE}:{dev}:bench{seq0}-{n_alerts}"] = time.time()
-                alert_pub.publish(*fall(SITE, dev, 10**8 + seq0 + n_alerts, event=f"bench{seq0}-{n_alerts}"))
-                n_alerts += 1
             time.sleep(0.002)
         pub.wait(60)
-        alert_pub.wait(60)
+        if alert_proc is not None:
+            alert_proc.communicate(timeout=90)  # closes its stdin: it stops, and waits for its acks
+        sent_at = {}
+        for row in sent_file.read_text().splitlines():
+            alert_id, _, at = row.rpartition(" ")
+            sent_at[alert_id] = float(at)
+        n_alerts = len(sent_at)
         deadline = time.monotonic() + 60
         while stored() < len(msgs) + n_alerts and time.monotonic() < deadline:
             time.sleep(0.05)
         cpu = _cpu_s(p)
     finally:
         pub.close()
-        alert_pub.close()
+        if alert_proc is not None and alert_proc.poll() is None:
+            alert_proc.kill()
+        sent_file.unlink(missing_ok=True)
     out: dict[str, Any] = {"cpu_us_per_msg": round(1e6 * (cpu - cpu0) / len(msgs), 1)}
     if hook is not None:
         deadline = time.monotonic() + 10
