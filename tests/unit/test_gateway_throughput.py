@@ -252,3 +252,37 @@ def test_shared_property_tables_decode_publish_properties_as_paho_does() -> None
             decode(bad)
     finally:
         _packet.Properties = Properties  # type: ignore[misc]
+
+
+def test_a_large_telemetry_commit_lets_a_waiting_fall_alert_in_between_its_statements(tmp_path: Path) -> None:
+    """A fall alert that starts waiting while a 1,200-key batch is being committed goes in
+    before the rest of that batch (read back from the database's insertion order), and the
+    batch is still stored whole, each key once."""
+    from fallwatch.protocol import contract
+    from fallwatch.testing.publisher import fall
+
+    st = StateStore(str(tmp_path / "state.sqlite"))
+    st.setup()
+    gate = st.gate
+    assert gate is not None
+    topic, payload = fall("s", "hub-1", 1, event="ev-1")
+    alert = contract.decode(topic, payload)
+    assert isinstance(alert, contract.FallAlert)
+    real = st._exec_in
+    started: list[threading.Thread] = []
+
+    def first_statement_then_an_alert(q: str, args: list[Any], cur: Any) -> None:
+        real(q, args, cur)
+        if not started:  # the alert arrives while the batch's transaction is open
+            started.append(threading.Thread(target=st.record_fall, args=(alert, 2)))
+            started[0].start()
+            assert _wait(lambda: gate.urgent_waiting == 1)
+
+    st._exec_in = first_statement_then_an_alert  # type: ignore[method-assign]
+    keys = [f"tele-{i:04d}" for i in range(1200)]
+    st.commit_batch(keys, 1, [DeviceUpdate("s", f"hub-{i}", 1) for i in range(300)])
+    started[0].join(10)
+    order = [r["msg_id"] for r in st._select("SELECT msg_id FROM seen ORDER BY rowid")]
+    assert order == [*keys[:500], alert.msg_id, *keys[500:]]
+    assert len(st.devices()) == 300  # every registry update of the batch
+    st.close()
