@@ -125,7 +125,8 @@ class Gateway:
 
     def init_decode(self) -> None:
         self.decoder = Decoder(self.gateway_id, self.counters, self.links.publish,
-                               int(self.cfg.gateway.clock_skew_s * 1000), SiteCheck(self.state.device_site))
+                               int(self.cfg.gateway.clock_skew_s * 1000), SiteCheck(self.state.device_site,
+                                                                              self.state.device_sites))
 
     def init_bulk(self) -> None:
         self.bulk = BulkIngest(self.cfg.gateway, self.bulk_q, self.decoder, self.dedup, self.storage, self.state,

@@ -442,6 +442,18 @@ class StateStore:
             sensors_json = json.dumps(merged, sort_keys=True)
         self._exec(cur, _UPSERT_DEVICE, _device_row(d, sensors_json))
 
+    def device_sites(self, device_ids: list[str]) -> dict[str, str]:
+        """:meth:`device_site` for many devices in one query (those never seen are left out)."""
+        out: dict[str, str] = {}
+        for i in range(0, len(device_ids), 500):
+            chunk = device_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._select(f"SELECT device_id, site_id FROM devices WHERE device_id IN ({marks}) "
+                                f"ORDER BY first_seen_ms DESC, site_id DESC", tuple(chunk))
+            for r in rows:  # newest first, so the first-registered site is written last and wins
+                out[str(r["device_id"])] = str(r["site_id"])
+        return out
+
     def device_site(self, device_id: str) -> str | None:
         """The site a device id was first registered at (None if it never spoke)."""
         rows = self._select("SELECT site_id FROM devices WHERE device_id = ? ORDER BY first_seen_ms, site_id LIMIT 1",

@@ -286,3 +286,24 @@ def test_a_large_telemetry_commit_lets_a_waiting_fall_alert_in_between_its_state
     assert order == [*keys[:500], alert.msg_id, *keys[500:]]
     assert len(st.devices()) == 300  # every registry update of the batch
     st.close()
+
+
+def test_site_bindings_looked_up_for_a_whole_batch_are_the_ones_looked_up_one_by_one(tmp_path: Path) -> None:
+    from fallwatch.gateway.decode import SiteCheck
+
+    st = StateStore(str(tmp_path / "state.sqlite"))
+    st.setup()
+    # hub-2 spoke for site b first, then (forged, or moved) for a: it stays bound to b
+    st.commit_batch([], 0, [DeviceUpdate("a", "hub-1", 10), DeviceUpdate("b", "hub-2", 5)])
+    st.commit_batch([], 0, [DeviceUpdate("a", "hub-2", 20)])
+    one_by_one = {d: st.device_site(d) for d in ("hub-1", "hub-2", "hub-3")}
+    assert one_by_one == {"hub-1": "a", "hub-2": "b", "hub-3": None}
+    assert st.device_sites(["hub-1", "hub-2", "hub-3"]) == {"hub-1": "a", "hub-2": "b"}
+    lookups: list[str] = []
+    check = SiteCheck(lambda d: lookups.append(d) or st.device_site(d), st.device_sites)
+    check.prefetch({"hub-1", "hub-2", "hub-3"})
+    assert check.check("a", "hub-1") is None and check.check("b", "hub-2") is None
+    assert check.check("a", "hub-2") is not None  # refused, as before
+    assert check.check("c", "hub-3") is None  # a new device: looked up on its own, then bound
+    assert lookups == ["hub-3"]
+    st.close()
