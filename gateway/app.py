@@ -249,6 +249,7 @@ class Gateway:
         with c.lock:
             return {
                 "received": c.received,
+                "first_received_ms": self.inflight.first_rx_ms,
                 "stored": c.stored,
                 "rejected": c.rejected,
                 "rejected_by_reason": dict(c.rejected_by_reason),
