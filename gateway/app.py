@@ -127,7 +127,8 @@ class Gateway:
 
     def init_decode(self) -> None:
         self.decoder = Decoder(self.gateway_id, self.counters, self.links.publish,
-                               int(self.cfg.gateway.clock_skew_s * 1000), SiteCheck(self.state.device_site))
+                               int(self.cfg.gateway.clock_skew_s * 1000), SiteCheck(self.state.device_site,
+                                                                              self.state.device_sites))
 
     def init_bulk(self) -> None:
         self.bulk = BulkIngest(self.cfg.gateway, self.bulk_q, self.decoder, self.dedup, self.storage, self.state,
@@ -265,6 +266,7 @@ class Gateway:
         with c.lock:
             return {
                 "received": c.received,
+                "first_received_ms": self.inflight.first_rx_ms,
                 "stored": c.stored,
                 "rejected": c.rejected,
                 "rejected_by_reason": dict(c.rejected_by_reason),

@@ -9,6 +9,7 @@ message tells the device registry.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -38,10 +39,27 @@ class SiteCheck:
     looked up once, then bound to the site it first speaks for.
     """
 
-    def __init__(self, site_of: Callable[[str], str | None]) -> None:
+    def __init__(self, site_of: Callable[[str], str | None],
+                 sites_of: Callable[[list[str]], dict[str, str]] | None = None) -> None:
+        """``sites_of``: the same lookup for many devices in one query (:meth:`prefetch`)."""
         self._site_of = site_of
+        self._sites_of = sites_of
         self._sites: dict[str, str] = {}
         self._lock = threading.Lock()
+
+    def prefetch(self, device_ids: set[str]) -> None:
+        """Look the batch's devices this process has not bound yet up in one query instead of
+        one each (issue 16: a gateway that starts among 1,000 hubs made 1,000 lookups)."""
+        if self._sites_of is None:
+            return
+        with self._lock:
+            unknown = [d for d in device_ids if d not in self._sites]
+        if len(unknown) < 2:
+            return
+        found = self._sites_of(unknown)
+        with self._lock:
+            for device, site in found.items():
+                self._sites.setdefault(device, site)
 
     def check(self, site_id: str, device_id: str) -> str | None:
         """None if (site, device) is the registered pair (or a new device), else why not."""
@@ -71,6 +89,12 @@ class Decoder:
     def decode(self, items: list[Item]) -> list[Decoded]:
         """Strict decode + conversion to points; anything that fails is rejected, never raised."""
         good: list[Decoded] = []
+        if self.sites is not None and len(items) > 1:
+            devices = set()
+            for item in items:
+                with contextlib.suppress(topics.TopicError):
+                    devices.add(topics.parse(item[0]).device)
+            self.sites.prefetch(devices)  # the check below still decides, from the message itself
         for item in items:
             topic, payload = item[0], item[1]
             try:

@@ -38,10 +38,15 @@ class InFlight:
         self.counters = counters
         self.in_progress = 0
         self.last_rx = 0.0
+        #: wall-clock ms of the first message received since start (None before): benchmarks time
+        #: a drain from it when no poll of /stats fell between start and the first message
+        self.first_rx_ms: int | None = None
 
     def received(self) -> None:
         """Called on a link's network thread for every message it queues."""
         self.last_rx = time.monotonic()
+        if self.first_rx_ms is None:
+            self.first_rx_ms = time.time_ns() // 1_000_000
         with self.counters.lock:
             self.counters.received += 1
             self.in_progress += 1

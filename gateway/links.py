@@ -74,6 +74,7 @@ class Link:
         self.client = make_client(mqtt_cfg.model_copy(update={"client_id": None}), client_id, manual_ack=True,
                                   will=will)
         buffer_reads(self.client)
+        share_property_tables()
         self.acks = AckTracker(self.client.ack)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -243,3 +244,55 @@ class _ReadBuffer:
         self.sock: object = None
         self.data = b""
         self.pos = 0
+
+
+class SharedTablesProperties(Properties):
+    """paho's MQTT 5 ``Properties`` with its lookup tables built once instead of per packet.
+
+    paho builds a ``Properties`` for every PUBLISH it receives: two 27-entry dicts and a list
+    per instance (through its checking ``__setattr__``), a ``clear()`` that probes all 27
+    names on the fresh object, and name ↔ identifier lookups by linear search for each
+    property read. That was about 40 % of the gateway's network thread (issue 16, profile at
+    200 msg/s). The tables are never changed after construction, so they are shared here,
+    ``clear`` skips an object that holds no property, and the lookups use a dict; parsing,
+    validation and the resulting attributes are paho's own.
+    """
+
+    _shared: tuple[list[str], dict[str, int], dict[int, Any], dict[str, int], dict[int, str]] | None = None
+
+    def __init__(self, packetType: int) -> None:
+        shared = SharedTablesProperties._shared
+        if shared is None:
+            base = Properties(packetType)
+            by_compressed = {n.replace(" ", ""): i for n, i in base.names.items()}
+            by_ident: dict[int, str] = {}
+            for n, i in base.names.items():
+                by_ident[i] = n  # paho's getNameFromIdent returns the last name with the identifier
+            shared = (base.types, base.names, base.properties, by_compressed, by_ident)
+            SharedTablesProperties._shared = shared
+        object.__setattr__(self, "packetType", packetType)
+        object.__setattr__(self, "types", shared[0])
+        object.__setattr__(self, "names", shared[1])
+        object.__setattr__(self, "properties", shared[2])
+
+    def clear(self) -> None:
+        if len(self.__dict__) > 4:  # any attribute beyond the four tables is a property
+            super().clear()
+
+    def getIdentFromName(self, compressedName: str) -> int:
+        assert SharedTablesProperties._shared is not None
+        return SharedTablesProperties._shared[3].get(compressedName, -1)
+
+    def getNameFromIdent(self, identifier: int) -> str | None:
+        assert SharedTablesProperties._shared is not None
+        return SharedTablesProperties._shared[4].get(identifier)
+
+
+def share_property_tables() -> None:
+    """Make paho decode received packets' properties with :class:`SharedTablesProperties`
+    (process-wide: paho's decoder looks ``Properties`` up in its ``_packet`` module; the
+    objects are paho ``Properties`` all the same). Left alone if paho's layout changed."""
+    from paho.mqtt import _packet
+
+    if getattr(_packet, "Properties", None) is Properties:
+        _packet.Properties = SharedTablesProperties  # type: ignore[misc]

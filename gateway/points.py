@@ -1,8 +1,8 @@
 """Contract messages → time-series points (the storage schema, documented in docs/storage.md).
 
 A point is a plain ``(measurement, tags, fields, ts_ms)`` tuple so it can be spooled to
-disk (msgpack), written to InfluxDB (line protocol through influxdb-client's ``Point``,
-which owns the escaping rules) or to the embedded SQLite store without conversion loss.
+disk (msgpack), written to InfluxDB (line protocol with influxdb-client's escaping rules,
+:func:`to_line`) or to the embedded SQLite store without conversion loss.
 
 Schema rules that matter for the queries staff and dashboards run:
 
@@ -18,13 +18,10 @@ Schema rules that matter for the queries staff and dashboards run:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, Protocol, cast
 
 import msgspec
-from influxdb_client.client.write.point import Point as _ClientPoint
-from influxdb_client.client.write.point import _append_fields
-from influxdb_client.domain.write_precision import WritePrecision
 
 from fallwatch.protocol import contract as c
 
@@ -54,11 +51,50 @@ class InfluxPoint(Protocol):
     def to_line_protocol(self, precision: str | None = None) -> str: ...
 
 
-#: influxdb-client's field-set serializer (what ``Point.to_line_protocol`` calls), typed
-_fields_line = cast(Callable[[dict[str, Any], dict[str, str]], str], _append_fields)
+# Line protocol escaping: influxdb-client's tables and rules (client/write/point.py, 1.x), kept
+# here so the gateway does not import that package to write to InfluxDB 1.x: importing its
+# ``point`` module loads the whole client (hundreds of generated API modules) and numpy,
+# ~46 MB of the gateway's resident memory (issue 16: aim 95 MB per process). The v2/v3 sink,
+# which does use the client, still builds its ``Point``s (:func:`influx_point`); a test
+# checks that both give the same line for the same point.
+_ESCAPE_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
+_ESCAPE_KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
+_ESCAPE_STRING = str.maketrans({'"': r'\"', "\\": r"\\"})
 
-#: influxdb-client's ``Point`` constructor, typed through :class:`InfluxPoint` (no runtime cost)
-_InfluxPoint = cast(Callable[[str], InfluxPoint], _ClientPoint)
+
+def _tags_line(tags: dict[str, str]) -> str:
+    out = []
+    for key, value in sorted(tags.items()):
+        if value is None:
+            continue
+        k, v = str(key).translate(_ESCAPE_KEY), str(value).translate(_ESCAPE_KEY)
+        if v.endswith("\\"):
+            v += " "
+        if k and v:
+            out.append(f"{k}={v}")
+    return ("," if out else "") + ",".join(out)
+
+
+def _fields_line(fields: dict[str, Any]) -> str:
+    out = []
+    for key, value in sorted(fields.items()):
+        if value is None:
+            continue
+        k = str(key).translate(_ESCAPE_KEY)
+        if isinstance(value, float | Decimal):
+            if not math.isfinite(value):
+                continue
+            text = str(value)
+            out.append(f"{k}={text[:-2] if text.endswith('.0') else text}")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            out.append(f"{k}={value}i")
+        elif isinstance(value, bool):
+            out.append(f"{k}={str(value).lower()}")
+        elif isinstance(value, str):
+            out.append(f'{k}="{value.translate(_ESCAPE_STRING)}"')
+        else:
+            raise ValueError(f'Type: "{type(value)}" of field: "{key}" is not supported.')
+    return ",".join(out)
 
 
 def _base_tags(msg: c.Message) -> dict[str, str]:
@@ -210,8 +246,11 @@ def _to_points(msg: c.Message, received_ms: int) -> list[SeriesPoint]:
 
 
 def influx_point(p: SeriesPoint) -> InfluxPoint:
+    from influxdb_client.client.write.point import Point
+    from influxdb_client.domain.write_precision import WritePrecision
+
     measurement, tags, fields, ts_ms = p
-    point = _InfluxPoint(measurement)
+    point = cast(InfluxPoint, Point(measurement))
     for k, v in tags.items():
         point.tag(k, v)
     for k, v in fields.items():
@@ -221,11 +260,10 @@ def influx_point(p: SeriesPoint) -> InfluxPoint:
 
 
 _prefix_cache: dict[tuple[str, ...], str] = {}
-_PROBE_SUFFIX = " x=1i"
 
 
 def _series_prefix(measurement: str, tags: dict[str, str]) -> str:
-    """``measurement,tag=value,…`` as influxdb-client escapes it, cached per series.
+    """``measurement,tag=value,…`` escaped, cached per series.
 
     A gateway sees the same few thousand series over and over, and escaping the tag set
     was the biggest single cost of serialising a point; the cache is bounded (cleared
@@ -234,10 +272,7 @@ def _series_prefix(measurement: str, tags: dict[str, str]) -> str:
     key = (measurement, *(x for kv in tags.items() for x in kv))
     prefix = _prefix_cache.get(key)
     if prefix is None:
-        probe = _InfluxPoint(measurement)
-        for k, v in tags.items():
-            probe.tag(k, v)
-        prefix = probe.field("x", 1).to_line_protocol()[: -len(_PROBE_SUFFIX)]
+        prefix = measurement.translate(_ESCAPE_MEASUREMENT) + _tags_line(tags)
         if len(_prefix_cache) > 100_000:
             _prefix_cache.clear()
         _prefix_cache[key] = prefix
@@ -245,16 +280,12 @@ def _series_prefix(measurement: str, tags: dict[str, str]) -> str:
 
 
 def to_line(p: SeriesPoint) -> str:
-    """One line of InfluxDB line protocol ("" for a point without fields).
-
-    The escaping is influxdb-client's, not ours: the series prefix comes from a cached
-    ``Point`` with the same tags, the field set from the serializer ``Point`` itself calls
-    (``_append_fields``), called directly: building a throw-away ``Point`` per line was half
-    the cost of a line (18 → 9 µs, issue 16).
-    """
+    """One line of InfluxDB line protocol ("" for a point without fields), escaped as
+    influxdb-client's ``Point.to_line_protocol`` does (18 → 9 µs a line by not building a
+    ``Point`` per line, issue 16; the series prefix is cached)."""
     measurement, tags, fields, ts_ms = p
     field_part = _fields_line(
-        {k: v.replace("\n", "\\n").replace("\r", "\\r") if isinstance(v, str) else v for k, v in fields.items()}, {})
+        {k: v.replace("\n", "\\n").replace("\r", "\\r") if isinstance(v, str) else v for k, v in fields.items()})
     if not field_part:
         return ""
     return f"{_series_prefix(measurement, tags)} {field_part} {ts_ms}"

@@ -236,7 +236,12 @@ class Pool:
         out: dict[str, Any] = {}
         for w in self.workers:
             for k, v in w.snapshot.get("stats", {}).items():
-                if isinstance(v, bool):
+                if k == "first_received_ms":  # the earliest of the workers' (None until one received)
+                    if v is not None:
+                        out[k] = v if out.get(k) is None else min(out[k], v)
+                    else:
+                        out.setdefault(k, None)
+                elif isinstance(v, bool):
                     out[k] = out.get(k, True) and v
                 elif isinstance(v, int | float):
                     out[k] = max(out.get(k, 0), v) if k in _SHARED_STATS else out.get(k, 0) + v

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
+import threading
 import time
 from pathlib import Path
 from typing import Literal
@@ -29,6 +31,7 @@ from pydantic import Field, field_validator, model_validator
 from fallwatch.gateway.channels import CHANNELS, AlertEvent, Channel, ChannelContext
 from fallwatch.gateway.channels._common import event_json, read_secret
 from fallwatch.gateway.channels._queue import QueuedChannel, QueuedChannelConfig
+from fallwatch.gateway.httppost import Poster
 
 TIMESTAMP_HEADER = "X-Fallwatch-Timestamp"
 SIGNATURE_HEADER = "X-Fallwatch-Signature"
@@ -75,6 +78,10 @@ class WebhookChannel(QueuedChannel):
         assert secret is not None  # the config requires one of the two
         self.secret = secret
         self.session = requests.Session()
+        #: one kept-alive connection per receiving host (issue 16: ~1.3 ms of CPU per POST saved);
+        #: None for a host the environment routes through a proxy (requests then)
+        self._posters: dict[tuple[str, str], tuple[Poster | None, threading.Lock]] = {}
+        self._posters_lock = threading.Lock()
         self.user_agent = f"fallwatch-gateway/{ctx.gateway_id}"
         super().__init__(cfg, urlparse(cfg.url).hostname or cfg.url)
 
@@ -88,15 +95,35 @@ class WebhookChannel(QueuedChannel):
         ts = str(int(time.time()))
         headers = {"Content-Type": "application/json", "User-Agent": self.user_agent, TIMESTAMP_HEADER: ts,
                    SIGNATURE_HEADER: sign(self.secret, ts, payload)}
-        r = self.session.post(url, data=payload, headers=headers, timeout=self.cfg.timeout_s,
-                              allow_redirects=False)
-        if not 200 <= r.status_code < 300:
-            raise RuntimeError(f"HTTP {r.status_code}")
-        return f"HTTP {r.status_code}"
+        u = urlparse(url)
+        with self._posters_lock:
+            got = self._posters.get((u.scheme, u.netloc))
+            if got is None:
+                got = self._posters[(u.scheme, u.netloc)] = (Poster.for_url(url, self.cfg.timeout_s), threading.Lock())
+        poster, lock = got
+        if poster is not None:
+            path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+            try:
+                with lock:  # the pager may send on its own thread beside the delivery queue
+                    status, _ = poster.post(payload, headers, path)
+            except (OSError, http.client.HTTPException) as exc:
+                raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
+        else:
+            r = self.session.post(url, data=payload, headers=headers, timeout=self.cfg.timeout_s,
+                                  allow_redirects=False)
+            status = r.status_code
+        if not 200 <= status < 300:
+            raise RuntimeError(f"HTTP {status}")
+        return f"HTTP {status}"
 
     def close(self) -> None:
         super().close()
         self.session.close()
+        with self._posters_lock:
+            for poster, lock in self._posters.values():
+                if poster is not None:
+                    with lock:
+                        poster.close()
 
 
 @CHANNELS.register(WebhookChannelConfig)

@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from py_vapid import Vapid
 from pydantic import Field, field_validator, model_validator
-from pywebpush import WebPushException, webpush
 
 from fallwatch.gateway.channels import CHANNELS, AlertEvent, Channel, ChannelContext
 from fallwatch.gateway.channels._common import body, read_secret, subject
 from fallwatch.gateway.channels._queue import QueuedChannel, QueuedChannelConfig
+
+if TYPE_CHECKING:  # imported where used: ~25 MB a gateway without a push channel need not hold (issue 16)
+    from py_vapid import Vapid
 
 
 class WebPushChannelConfig(QueuedChannelConfig):
@@ -62,6 +63,8 @@ class WebPushChannelConfig(QueuedChannelConfig):
 
 def load_vapid(secret: str) -> Vapid:
     """A VAPID key from PEM text or from the base64url raw/DER form ``vapid --gen`` prints."""
+    from py_vapid import Vapid
+
     if "-----BEGIN" in secret:
         return Vapid.from_pem(secret.encode())
     return Vapid.from_string(secret)
@@ -91,6 +94,8 @@ class WebPushChannel(QueuedChannel):
         if not subs:
             raise LookupError(f"no push subscription for {address} (open the console on the phone and allow "
                               f"notifications)")
+        from pywebpush import WebPushException, webpush
+
         data, sent, errors = self.payload(event), 0, []
         for sub in subs:
             try:

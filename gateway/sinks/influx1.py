@@ -1,12 +1,21 @@
-"""InfluxDB 1.x over its HTTP API (``/write`` + ``/query``); line protocol from influxdb-client's serializer."""
+"""InfluxDB 1.x over its HTTP API (``/write`` + ``/query``); line protocol from influxdb-client's serializer.
+
+Writes go over one kept-alive connection (:class:`~fallwatch.gateway.httppost.Poster`)
+instead of a ``requests`` session (issue 16: ~1.3 ms of CPU per POST against ~0.16 ms, and
+the gateway makes ~25 writes a second at 200 msg/s); a proxy configured for the store's URL
+keeps the ``requests`` path. Queries (set-up, counts) are rare and stay on ``requests``.
+"""
 
 from __future__ import annotations
 
+import http.client
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import requests
 
 from fallwatch.config import InfluxConfig
+from fallwatch.gateway.httppost import Poster, basic_auth
 from fallwatch.gateway.points import SeriesPoint, to_line
 from fallwatch.gateway.sinks import SINKS, SeriesSink, SinkError, risk_row
 from fallwatch.plugins import PluginConfig
@@ -35,6 +44,9 @@ class Influx1Sink:
         self._params = {"db": cfg.database, "precision": "ms"}
         if cfg.retention_policy != "autogen":
             self._params["rp"] = cfg.retention_policy
+        auth = {"Authorization": basic_auth(cfg.username, cfg.password)} if cfg.username else {}
+        self._writer = Poster.for_url(f"{self.base}/write?{urlencode(self._params)}", cfg.timeout_s,
+                                      {"Content-Type": "text/plain; charset=utf-8", **auth})
 
     def query(self, q: str, *, db: bool = True) -> list[dict[str, Any]]:
         params = {"q": q, "epoch": "ms"}
@@ -68,14 +80,22 @@ class Influx1Sink:
         if not points:
             return
         body = "\n".join(line for line in map(to_line, points) if line).encode()
-        try:
-            r = self.session.post(f"{self.base}/write", params=self._params, data=body, timeout=self.cfg.timeout_s)
-        except requests.RequestException as exc:
-            raise SinkError(f"write failed: {type(exc).__name__}: {exc}", retryable=True) from None
-        if r.status_code == 204:
+        if self._writer is not None:
+            try:
+                status, text = self._writer.post(body)
+            except (OSError, http.client.HTTPException) as exc:
+                raise SinkError(f"write failed: {type(exc).__name__}: {exc}", retryable=True) from None
+        else:  # a proxy is configured for the store: requests knows how to go through it
+            try:
+                r = self.session.post(f"{self.base}/write", params=self._params, data=body,
+                                      timeout=self.cfg.timeout_s)
+            except requests.RequestException as exc:
+                raise SinkError(f"write failed: {type(exc).__name__}: {exc}", retryable=True) from None
+            status, text = r.status_code, r.text
+        if status == 204:
             return
-        retryable = r.status_code >= 500 or r.status_code in (404, 408, 429)  # 404: database not yet there
-        raise SinkError(f"write HTTP {r.status_code}: {r.text[:300]}", retryable=retryable)
+        retryable = status >= 500 or status in (404, 408, 429)  # 404: database not yet there
+        raise SinkError(f"write HTTP {status}: {text[:300]}", retryable=retryable)
 
     def count(self, measurement: str) -> int:
         series = self.query(f'SELECT count(*) FROM "{measurement}"')
@@ -104,3 +124,5 @@ class Influx1Sink:
 
     def close(self) -> None:
         self.session.close()
+        if self._writer is not None:
+            self._writer.close()

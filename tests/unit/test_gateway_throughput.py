@@ -7,7 +7,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from fallwatch.config import load_config
 from fallwatch.gateway.ingest import DeviceCoalescer, collect
@@ -97,3 +101,209 @@ def test_metrics_of_workers_merge_into_one_exposition() -> None:
     assert 'fw_lat_bucket{worker="1",le="0.1",path="bulk"} 3.0' in lines
     # each family's samples stay together under its header
     assert lines.index('fw_stored_total{worker="1"} 7.0') < lines.index("# HELP fw_lat Latency.")
+
+
+# ------------------------------------------------------------------ fall alerts ahead of telemetry (issue 16)
+def _wait(cond: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Liveness only (no figure is asserted): until ``cond`` holds or ``timeout_s`` passed."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_a_fall_alert_commits_ahead_of_telemetry_commits_already_waiting(tmp_path: Path) -> None:
+    """One process, SQLite: the alert worker's transaction goes ahead of a bulk commit that
+    queued first (before, both met in SQLite's busy handler and could sleep through each
+    other's commits). The order is read back from the database, not from a clock."""
+    from fallwatch.protocol import contract
+    from fallwatch.testing.publisher import fall
+
+    st = StateStore(str(tmp_path / "state.sqlite"))
+    st.setup()
+    gate = st.gate
+    assert gate is not None
+    topic, payload = fall("s", "hub-1", 1, event="ev-1")
+    alert = contract.decode(topic, payload)
+    assert isinstance(alert, contract.FallAlert)
+    gate.acquire()  # a transaction already running: everyone else queues behind it
+    bulk = threading.Thread(target=st.commit_batch, args=(["tele-1", "tele-2"], 1, []))
+    bulk.start()
+    assert _wait(lambda: gate.waiting == 1)  # the telemetry commit queued first ...
+    urgent = threading.Thread(target=st.record_fall, args=(alert, 2))
+    urgent.start()
+    assert _wait(lambda: gate.urgent_waiting == 1)  # ... then the fall alert
+    gate.release()
+    bulk.join(10)
+    urgent.join(10)
+    order = [r["msg_id"] for r in st._select("SELECT msg_id FROM seen ORDER BY rowid")]
+    assert order == [alert.msg_id, "tele-1", "tele-2"]
+    st.close()
+
+
+def test_the_write_gate_is_reentrant_and_lets_ordinary_writers_in_when_no_alert_waits() -> None:
+    from fallwatch.gateway.state import WriteGate
+
+    gate, got = WriteGate(), []
+    gate.acquire()
+    gate.acquire()  # the same thread again: no deadlock
+    t = threading.Thread(target=lambda: (gate.acquire(), got.append("bulk"), gate.release()))
+    t.start()
+    assert _wait(lambda: gate.waiting == 1)
+    gate.release()
+    assert got == []  # still held once
+    gate.release()
+    t.join(10)
+    assert got == ["bulk"]
+
+
+def test_a_fall_alert_is_recorded_and_notified_while_a_large_telemetry_batch_is_being_written(
+        tmp_path: Path) -> None:
+    """The whole gateway in one process (fake broker at the paho seam): while the bulk writer
+    is inside the series-store write of a 2,000-message batch, a fall alert arrives; it is
+    recorded and staff are told before that batch is stored, and the batch is stored after."""
+    from fallwatch.gateway.app import Gateway
+    from fallwatch.gateway.channels import Action
+    from fallwatch.gateway.store import Storage
+    from fallwatch.mqtt import make_client
+    from fallwatch.testing import publisher as t
+    from fallwatch.testing.channels import RecordingChannel
+    from fallwatch.testing.fake_mqtt import FakeBroker, FakeClient
+
+    cfg = load_config(overrides={
+        "mqtt": {"url": "mqtt://fake-broker:1883"},
+        "influx": {"url": "", "embedded_path": str(tmp_path / "series.sqlite")},
+        "gateway": {"gateway_id": "gw-unit", "state_db": str(tmp_path / "state.sqlite"),
+                    "spool_dir": str(tmp_path / "spool"), "http_port": 0,
+                    # one batch of exactly 2,000: the linger holds the batch open until it is full
+                    "batch_max": 2000, "batch_max_delay_ms": 60_000},
+    })
+    writing, release = threading.Event(), threading.Event()
+    with FakeBroker():
+        rec = RecordingChannel()
+        gw = Gateway(cfg, channels=[rec])
+        real = gw.storage.write_split
+
+        def slow_bulk_write(points: list[Any], sink: Any) -> Any:
+            if any(p[0] == "telemetry" for p in points) and len(points) >= 2000:
+                writing.set()
+                release.wait(30)  # the batch is "being written" until the test says so
+            return real(points, sink)
+
+        gw.storage.write_split = slow_bulk_write  # type: ignore[method-assign]
+        assert isinstance(gw.storage, Storage)
+        gw.start()
+        pub = make_client(gw.cfg.mqtt, "hub-u")
+        assert isinstance(pub, FakeClient)
+        pub.connect_async("fake-broker")
+        pub.loop_start()
+        try:
+            assert _wait(lambda: gw.ready()[0] and pub.is_connected() and gw.storage.ready)
+            for i in range(2000):
+                pub.publish(*t.tele("site-u", "hub-u", i), qos=1)
+            assert _wait(writing.is_set)  # the bulk writer holds a large batch in the store write
+            pub.publish(*t.fall("site-u", "hub-u", 10_000, event="ev-x"), qos=1)
+            assert _wait(lambda: bool(rec.events(action=Action.RAISED)))
+            stored_meanwhile = gw.stats()["stored"]
+            assert stored_meanwhile == 1  # the alert, and nothing of the batch still being written
+            assert [a["alert_id"] for a in gw.alerts()] == ["fall:site-u:hub-u:ev-x"]
+        finally:
+            release.set()
+        assert _wait(lambda: gw.stats()["stored"] == 2001)
+        pub.disconnect()
+        pub.loop_stop()
+        gw.stop()
+
+
+def test_shared_property_tables_decode_publish_properties_as_paho_does() -> None:
+    """The network thread's cheaper ``Properties`` (issue 16) reads every property paho reads,
+    the same way, and refuses the same malformed packet."""
+    from paho.mqtt import _packet
+    from paho.mqtt.enums import MQTTProtocolVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from fallwatch.gateway.links import SharedTablesProperties, share_property_tables
+
+    props = Properties(PacketTypes.PUBLISH)
+    props.ContentType = "application/json"
+    props.UserProperty = [("schema", "fallwatch/1"), ("x", "y")]
+    props.MessageExpiryInterval = 60
+    topic = b"fallwatch/v1/s/d/tele/x"
+    body = len(topic).to_bytes(2, "big") + topic + (7).to_bytes(2, "big") + props.pack() + b'{"a":1}'
+    twice = props.pack()[1:]  # the ContentType property once more
+    bad = len(topic).to_bytes(2, "big") + topic + (8).to_bytes(2, "big") + bytes([2 * len(twice)]) + twice * 2
+
+    def decode(packet: bytes) -> Any:
+        return _packet.decode_publish(0x32, packet, MQTTProtocolVersion.MQTTv5)
+
+    want = decode(body)
+    share_property_tables()
+    try:
+        got = decode(body)
+        assert isinstance(got.properties, SharedTablesProperties)
+        for name in ("ContentType", "UserProperty", "MessageExpiryInterval"):
+            assert getattr(got.properties, name) == getattr(want.properties, name)
+        assert (got.payload, got.mid, got.topic) == (want.payload, want.mid, want.topic) == (b'{"a":1}', 7, topic)
+        assert not hasattr(got.properties, "ResponseTopic")
+        with pytest.raises(Exception, match="more than once"):
+            decode(bad)
+    finally:
+        _packet.Properties = Properties  # type: ignore[misc]
+
+
+def test_a_large_telemetry_commit_lets_a_waiting_fall_alert_in_between_its_statements(tmp_path: Path) -> None:
+    """A fall alert that starts waiting while a 1,200-key batch is being committed goes in
+    before the rest of that batch (read back from the database's insertion order), and the
+    batch is still stored whole, each key once."""
+    from fallwatch.protocol import contract
+    from fallwatch.testing.publisher import fall
+
+    st = StateStore(str(tmp_path / "state.sqlite"))
+    st.setup()
+    gate = st.gate
+    assert gate is not None
+    topic, payload = fall("s", "hub-1", 1, event="ev-1")
+    alert = contract.decode(topic, payload)
+    assert isinstance(alert, contract.FallAlert)
+    real = st._exec_in
+    started: list[threading.Thread] = []
+
+    def first_statement_then_an_alert(q: str, args: list[Any], cur: Any) -> None:
+        real(q, args, cur)
+        if not started:  # the alert arrives while the batch's transaction is open
+            started.append(threading.Thread(target=st.record_fall, args=(alert, 2)))
+            started[0].start()
+            assert _wait(lambda: gate.urgent_waiting == 1)
+
+    st._exec_in = first_statement_then_an_alert  # type: ignore[method-assign]
+    keys = [f"tele-{i:04d}" for i in range(1200)]
+    st.commit_batch(keys, 1, [DeviceUpdate("s", f"hub-{i}", 1) for i in range(300)])
+    started[0].join(10)
+    order = [r["msg_id"] for r in st._select("SELECT msg_id FROM seen ORDER BY rowid")]
+    assert order == [*keys[:500], alert.msg_id, *keys[500:]]
+    assert len(st.devices()) == 300  # every registry update of the batch
+    st.close()
+
+
+def test_site_bindings_looked_up_for_a_whole_batch_are_the_ones_looked_up_one_by_one(tmp_path: Path) -> None:
+    from fallwatch.gateway.decode import SiteCheck
+
+    st = StateStore(str(tmp_path / "state.sqlite"))
+    st.setup()
+    # hub-2 spoke for site b first, then (forged, or moved) for a: it stays bound to b
+    st.commit_batch([], 0, [DeviceUpdate("a", "hub-1", 10), DeviceUpdate("b", "hub-2", 5)])
+    st.commit_batch([], 0, [DeviceUpdate("a", "hub-2", 20)])
+    one_by_one = {d: st.device_site(d) for d in ("hub-1", "hub-2", "hub-3")}
+    assert one_by_one == {"hub-1": "a", "hub-2": "b", "hub-3": None}
+    assert st.device_sites(["hub-1", "hub-2", "hub-3"]) == {"hub-1": "a", "hub-2": "b"}
+    lookups: list[str] = []
+    check = SiteCheck(lambda d: lookups.append(d) or st.device_site(d), st.device_sites)
+    check.prefetch({"hub-1", "hub-2", "hub-3"})
+    assert check.check("a", "hub-1") is None and check.check("b", "hub-2") is None
+    assert check.check("a", "hub-2") is not None  # refused, as before
+    assert check.check("c", "hub-3") is None  # a new device: looked up on its own, then bound
+    assert lookups == ["hub-3"]
+    st.close()

@@ -53,7 +53,7 @@ from tqdm import tqdm
 from fallwatch.config import load_config
 from fallwatch.gateway.pool import default_workers
 from fallwatch.protocol import contract, topics
-from fallwatch.testing.publisher import Publisher, fall
+from fallwatch.testing.publisher import Publisher
 from fallwatch.testing.services import InfluxDB1, Mosquitto, find_binary, free_port
 
 SITE, DEVICE, SENSOR = "bench", "hub-bench", "wear-b01"
@@ -475,21 +475,29 @@ secret_env = "FALLWATCH_BENCH_HOOK_SECRET"
         self.stop()
         publish_all(broker, msgs)
         self.start(wait_ready=False)
-        n, t0, cpu0 = len(msgs), None, 0.0
+        n, t0, cpu0 = len(msgs), None, None
         deadline = time.monotonic() + max(120.0, n / 200)
         while time.monotonic() < deadline:
-            procs, now = self.procs(), time.perf_counter()
+            procs, now, wall = self.procs(), time.perf_counter(), time.time()
             cpu, st = _cpu_s(procs), self.get("/stats")
             if st and st.get("received", 0) == 0:
                 t0, cpu0 = now, cpu
-            if t0 is not None and st.get("stored", 0) + st.get("duplicates", 0) >= n:
+            elif st and cpu0 is None:
+                cpu0 = cpu  # no poll fell before the first message: CPU from the first answer (a little short)
+            if st and st.get("stored", 0) + st.get("duplicates", 0) >= n:
                 break
             time.sleep(0.05)
         else:
             raise RuntimeError(f"gateway --workers {self.workers} did not store the set: {st}")
         if t0 is None:
-            raise RuntimeError("the gateway's endpoint answered only after it had started draining")
+            # the endpoint answered only once the drain had begun (a loaded machine): time it from
+            # the gateway's own clock of its first receipt instead
+            first_ms = st.get("first_received_ms")
+            if first_ms is None:
+                raise RuntimeError("the gateway reports no first receipt")
+            t0 = now - (wall - first_ms / 1000)
         elapsed = now - t0
+        cpu0 = cpu if cpu0 is None else cpu0
         out = {"msgs_per_s": round(n / max(elapsed, 1e-9), 1), "cpu_us_per_msg": round(1e6 * (cpu - cpu0) / n, 1),
                **self.rss(), "lost": n - _count(self.db, self.database)}
         self.close()
@@ -503,35 +511,45 @@ def paced(broker: Mosquitto, rate: float, duration_s: float, seq0: int, hubs: in
     staff web hook."""
     msgs = message_set(int(rate * duration_s), hubs, seq0)
     pub = Publisher("127.0.0.1", broker.port, f"bench-paced-{time.monotonic_ns()}")
-    # alerts from their own client, as a hub's outbox sends them first: in the telemetry
-    # client's queue they would wait behind whatever telemetry the broker has not yet taken
-    alert_pub = Publisher("127.0.0.1", broker.port, f"bench-alerts-{time.monotonic_ns()}")
-    sent_at: dict[str, float] = {}
+    # alerts from their own client in their own process (fallwatch.app.bench.alertpub), as a
+    # hub's outbox sends them first: in the telemetry client's queue they would wait behind
+    # whatever telemetry the broker has not yet taken, and in this process behind its GIL
+    alert_proc: subprocess.Popen[str] | None = None
+    sent_file = Path(tempfile.mkstemp(prefix="fw-bench-alerts-", suffix=".txt")[1])
     try:
         start()
         p = procs()
+        if hook is not None:
+            alert_proc = subprocess.Popen([sys.executable, "-m", "fallwatch.app.bench.alertpub", str(broker.port),
+                                           str(sent_file), str(seq0), str(hubs), "5"],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert alert_proc.stdout is not None
+            alert_proc.stdout.readline()  # "ready": connected
         cpu0, t0 = _cpu_s(p), time.perf_counter()
-        sent = n_alerts = 0
+        sent = 0
         while sent < len(msgs):
             due = min(len(msgs), int((time.perf_counter() - t0) * rate) + 1)
             for topic, payload in msgs[sent:due]:
                 pub.publish(topic, payload)
             sent = due
-            if hook is not None and (time.perf_counter() - t0) * 5 > n_alerts:
-                dev = f"hub-{n_alerts % hubs:04d}"
-                sent_at[f"fall:{SITE}:{dev}:bench{seq0}-{n_alerts}"] = time.time()
-                alert_pub.publish(*fall(SITE, dev, 10**8 + seq0 + n_alerts, event=f"bench{seq0}-{n_alerts}"))
-                n_alerts += 1
             time.sleep(0.002)
         pub.wait(60)
-        alert_pub.wait(60)
+        if alert_proc is not None:
+            alert_proc.communicate(timeout=90)  # closes its stdin: it stops, and waits for its acks
+        sent_at = {}
+        for row in sent_file.read_text().splitlines():
+            alert_id, _, at = row.rpartition(" ")
+            sent_at[alert_id] = float(at)
+        n_alerts = len(sent_at)
         deadline = time.monotonic() + 60
         while stored() < len(msgs) + n_alerts and time.monotonic() < deadline:
             time.sleep(0.05)
         cpu = _cpu_s(p)
     finally:
         pub.close()
-        alert_pub.close()
+        if alert_proc is not None and alert_proc.poll() is None:
+            alert_proc.kill()
+        sent_file.unlink(missing_ok=True)
     out: dict[str, Any] = {"cpu_us_per_msg": round(1e6 * (cpu - cpu0) / len(msgs), 1)}
     if hook is not None:
         deadline = time.monotonic() + 10
