@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="add perturbed copies of every training trial (rotation, gain, noise, 25 Hz bandwidth)")
     t.add_argument("--study", type=Path, default=None,
                    help="a study-fall JSON whose comparison goes into the card (default: report/study.json if present)")
+    t.add_argument("--outer-folds", type=int, default=6, help="subject folds of the held-out evaluation")
+    t.add_argument("--inner-folds", type=int, default=3,
+                   help="subject folds of the inner CV that chooses each threshold (training subjects only)")
     t.add_argument("--compare", default="", help="comma-separated extra CVs to report: acc, no-augment")
     t.set_defaults(func=cmd_train_fall)
 
@@ -49,8 +52,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     st.add_argument("--data", required=True, type=Path)
     st.add_argument("--seed", type=int, default=7)
     st.add_argument("--out", type=Path, default=None, help="JSON (default: models/fall/report/study.json)")
+    st.add_argument("--outer-folds", type=int, default=6, help="subject folds of the held-out evaluation")
+    st.add_argument("--inner-folds", type=int, default=3,
+                   help="subject folds of the inner CV that chooses each threshold (training subjects only)")
     st.add_argument("--no-stress", action="store_true", help="skip the perturbed held-out evaluations")
     st.set_defaults(func=cmd_study_fall)
+
+    nr = sub.add_parser("study-no-recovery", help="nested subject-wise check of the no-recovery path's "
+                                                  "posture angles (held-out figures)")
+    nr.add_argument("--data", required=True, type=Path)
+    nr.add_argument("--seed", type=int, default=7)
+    nr.add_argument("--out", type=Path, default=None,
+                    help="JSON (default: models/fall/report/no_recovery_study.json)")
+    nr.set_defaults(func=cmd_study_no_recovery)
 
     tr = sub.add_parser("train-risk", help="simulate a cohort, train and export the fall-risk model")
     tr.add_argument("--out", type=Path, default=None, help="output dir (default: models/risk/)")
@@ -87,6 +101,7 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
     from fallwatch.models.detector import FallModel
 
     out: Path = args.out or T.DEFAULT_OUT
+    T.OUTER_FOLDS, T.INNER_FOLDS = args.outer_folds, args.inner_folds
     rep = out / "report"
     rep.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -166,6 +181,9 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
     }
     if study is not None:
         metrics["study"] = _study_brief(study)
+    nr_path = rep / "no_recovery_study.json"
+    if nr_path.exists():
+        metrics["no_recovery_study"] = json.loads(nr_path.read_text())
     if previous.get("sequence_model"):  # compare-seq is a separate, slow run: keep its figures, labelled
         metrics["sequence_model"] = {**previous["sequence_model"],
                                      "note": previous["sequence_model"].get("note", "") +
@@ -184,6 +202,7 @@ def cmd_study_fall(args: argparse.Namespace) -> int:
     from fallwatch.models import fall_study, fall_train
 
     out: Path = args.out or fall_train.DEFAULT_OUT / "report" / "study.json"
+    fall_train.OUTER_FOLDS, fall_train.INNER_FOLDS = args.outer_folds, args.inner_folds
     out.parent.mkdir(parents=True, exist_ok=True)
     with threadpool_limits(1):
         r = fall_study.run(args.data, seed=args.seed, stress=not args.no_stress, out=out)
@@ -191,6 +210,18 @@ def cmd_study_fall(args: argparse.Namespace) -> int:
         print(f"{c:<12} sensitivity {v['sensitivity']} specificity {v['specificity']} "
               f"false_alarms_per_hour {v['false_alarms_per_hour']} thresholds {v['fold_thresholds']}")
     print(f"choice: {r['choice']} ({out})")
+    return 0
+
+
+def cmd_study_no_recovery(args: argparse.Namespace) -> int:
+    from fallwatch.models import fall_train, no_recovery_study
+
+    out: Path = args.out or fall_train.DEFAULT_OUT / "report" / "no_recovery_study.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    r = no_recovery_study.run(args.data, seed=args.seed, out=out)
+    for f in r["folds"]:
+        print(f"held out {','.join(f['held_out'])}: chose {f['candidate']} (training Youden {f['train_youden']})")
+    print(json.dumps(r["nested"]))
     return 0
 
 
@@ -222,7 +253,8 @@ def _study_brief(study: dict[str, Any]) -> dict[str, object]:
             "adl_trials", "adl_hours", "fold_thresholds", "groups", "stress")
     return {"configs": {c: {k: v[k] for k in keep if k in v} for c, v in study["configs"].items()},
             "choice": study.get("choice"), "fa_target_per_h": study.get("fa_target_per_h"),
-            "windows": study.get("windows"), "seconds": study.get("seconds")}
+            "windows": study.get("windows"), "seconds": study.get("seconds"),
+            "outer_folds": study.get("outer_folds"), "inner_folds": study.get("inner_folds")}
 
 
 def _brief(s: dict[str, Any]) -> dict[str, object]:  # s: a fall_eval summary (nested JSON)

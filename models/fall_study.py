@@ -116,6 +116,7 @@ def run(data_dir: Path, seed: int = 7, configs: tuple[str, ...] = CONFIGS, stres
             stress_ws[name] = T.build_windows([fn(t, rng) for t in trials], progress=True)
 
     result: dict[str, Any] = {"seed": seed, "folds": folds, "fa_target_per_h": T.FA_TARGET_PER_H,
+                              "outer_folds": T.OUTER_FOLDS, "inner_folds": T.INNER_FOLDS,
                               "configs": {}, "windows": {"recordings": len(ws.y), "soft": len(aug_soft.y),
                                                          "robust": len(aug_rob.y)}}
     from tqdm import tqdm
