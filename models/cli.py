@@ -219,6 +219,10 @@ def cmd_study_no_recovery(args: argparse.Namespace) -> int:
     out: Path = args.out or fall_train.DEFAULT_OUT / "report" / "no_recovery_study.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     r = no_recovery_study.run(args.data, seed=args.seed, out=out)
+    if args.out is None:  # the shipped model's card gets the figures
+        from fallwatch.models import report
+
+        report.add_to_card(fall_train.DEFAULT_OUT, "no_recovery_study", r)
     for f in r["folds"]:
         print(f"held out {','.join(f['held_out'])}: chose {f['candidate']} (training Youden {f['train_youden']})")
     print(json.dumps(r["nested"]))
@@ -249,7 +253,7 @@ def _previous_metrics(path: Path) -> dict[str, Any]:
 
 def _study_brief(study: dict[str, Any]) -> dict[str, object]:
     """The study-fall figures the card shows (no per-trial scores)."""
-    keep = ("sensitivity", "specificity", "false_alarms_per_hour", "median_latency_s", "fall_trials",
+    keep = ("sensitivity", "specificity", "false_alarms_per_hour", "fall_trials",
             "adl_trials", "adl_hours", "fold_thresholds", "groups", "stress")
     return {"configs": {c: {k: v[k] for k in keep if k in v} for c, v in study["configs"].items()},
             "choice": study.get("choice"), "fa_target_per_h": study.get("fa_target_per_h"),

@@ -143,7 +143,9 @@ def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None
         ys.append(window_labels(trial, cands))
         ti.append(np.full(len(cands), k))
         it_s.append(np.array([c.impact_t_s for c in cands]))
-        rt_s.append(np.array([c.ready_t_s for c in cands]))
+        # fed at once, a trial's windows are all "ready" at its end; streamed, a window is decided
+        # once its post-impact samples are in (or at the end of the trial, padded)
+        rt_s.append(np.minimum(np.array([c.impact_t_s for c in cands]) + F.POST_S, trial.duration_s))
     if not xs:
         empty = np.zeros(0)
         return WindowSet(trials, np.zeros((0, len(F.FEATURE_NAMES)), dtype=np.float32),

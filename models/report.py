@@ -258,13 +258,13 @@ def _study_table(study: dict[str, Any] | None) -> str:
     if not study:
         return "(not run for this build: `fallwatch models study-fall --data DIR`)"
     out = ["| training | sensitivity | SA sensitivity | specificity | SE specificity | false alarms/h "
-           "| SE false alarms/h | median latency s | fold thresholds |", "|---|---|---|---|---|---|---|---|---|"]
+           "| SE false alarms/h | fold thresholds |", "|---|---|---|---|---|---|---|---|"]
     for c, v in study["configs"].items():
         g = v["groups"]
         out.append(f"| {c}{' (shipped)' if c == study.get('choice') else ''} | {_fmt(v['sensitivity'], True)} | "
                    f"{_fmt(g.get('SA', {}).get('sensitivity'), True)} | {_fmt(v['specificity'], True)} | "
                    f"{_fmt(g.get('SE', {}).get('specificity'), True)} | {_fmt(v['false_alarms_per_hour'])} | "
-                   f"{_fmt(g.get('SE', {}).get('false_alarms_per_hour'))} | {_fmt(v['median_latency_s'])} | "
+                   f"{_fmt(g.get('SE', {}).get('false_alarms_per_hour'))} | "
                    f"{', '.join(f'{t:g}' for t in v['fold_thresholds'])} |")
     stress = [c for c, v in study["configs"].items() if v.get("stress")]
     if stress:
