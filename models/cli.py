@@ -94,6 +94,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_train_fall(args: argparse.Namespace) -> int:
     import numpy as np
+    import sklearn.ensemble  # noqa: F401  # loads its OpenMP runtime now, so threadpool_limits below reaches it
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type information
 
     from fallwatch.models import fall_train as T
@@ -197,6 +198,7 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
 
 
 def cmd_study_fall(args: argparse.Namespace) -> int:
+    import sklearn.ensemble  # noqa: F401  # loads its OpenMP runtime now, so threadpool_limits below reaches it
     from threadpoolctl import threadpool_limits
 
     from fallwatch.models import fall_study, fall_train
