@@ -90,7 +90,7 @@ def roc_pr_png(score: np.ndarray, is_fall: np.ndarray, groups: np.ndarray, thres
     a2.set_ylim(0.8, 1.005)
     a2.set_title("Precision-recall")
     a2.legend(fontsize=8, loc="lower left")
-    fig.text(0.01, 0.01, "fold thresholds: " + ", ".join(f"{t:.2f}" for t in thresholds), fontsize=7)
+    fig.text(0.01, 0.01, "fold thresholds: " + ", ".join(f"{t:g}" for t in thresholds), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
