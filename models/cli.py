@@ -7,6 +7,7 @@ Registered by ``fallwatch.cli`` through :func:`register`; also runnable on its o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -30,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("--no-compare", action="store_true", help="skip the feature-set comparison CV")
     t.add_argument("--augment", action="store_true",
                    help="add augmented training windows (slower/softer falls, heavier hard negatives)")
+    t.add_argument("--robust", action="store_true",
+                   help="add perturbed copies of every training trial (rotation, gain, noise, 25 Hz bandwidth)")
+    t.add_argument("--study", type=Path, default=None,
+                   help="a study-fall JSON whose comparison goes into the card (default: report/study.json if present)")
+    t.add_argument("--outer-folds", type=int, default=6, help="subject folds of the held-out evaluation")
+    t.add_argument("--inner-folds", type=int, default=3,
+                   help="subject folds of the inner CV that chooses each threshold (training subjects only)")
     t.add_argument("--compare", default="", help="comma-separated extra CVs to report: acc, no-augment")
     t.set_defaults(func=cmd_train_fall)
 
@@ -38,6 +46,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     e.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped one)")
     e.add_argument("--json", action="store_true", help="last stdout line: one JSON object of metrics")
     e.set_defaults(func=cmd_eval_fall)
+
+    st = sub.add_parser("study-fall", help="compare augmentation choices by the same subject folds and "
+                                           "threshold rule (fast path, window level), with stress tests")
+    st.add_argument("--data", required=True, type=Path)
+    st.add_argument("--seed", type=int, default=7)
+    st.add_argument("--out", type=Path, default=None, help="JSON (default: models/fall/report/study.json)")
+    st.add_argument("--outer-folds", type=int, default=6, help="subject folds of the held-out evaluation")
+    st.add_argument("--inner-folds", type=int, default=3,
+                   help="subject folds of the inner CV that chooses each threshold (training subjects only)")
+    st.add_argument("--no-stress", action="store_true", help="skip the perturbed held-out evaluations")
+    st.set_defaults(func=cmd_study_fall)
+
+    nr = sub.add_parser("study-no-recovery", help="nested subject-wise check of the no-recovery path's "
+                                                  "posture angles (held-out figures)")
+    nr.add_argument("--data", required=True, type=Path)
+    nr.add_argument("--seed", type=int, default=7)
+    nr.add_argument("--out", type=Path, default=None,
+                    help="JSON (default: models/fall/report/no_recovery_study.json)")
+    nr.set_defaults(func=cmd_study_no_recovery)
 
     tr = sub.add_parser("train-risk", help="simulate a cohort, train and export the fall-risk model")
     tr.add_argument("--out", type=Path, default=None, help="output dir (default: models/risk/)")
@@ -67,6 +94,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_train_fall(args: argparse.Namespace) -> int:
     import numpy as np
+    import sklearn.ensemble  # noqa: F401  # loads its OpenMP runtime now, so threadpool_limits below reaches it
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type information
 
     from fallwatch.models import fall_train as T
@@ -74,6 +102,7 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
     from fallwatch.models.detector import FallModel
 
     out: Path = args.out or T.DEFAULT_OUT
+    T.OUTER_FOLDS, T.INNER_FOLDS = args.outer_folds, args.inner_folds
     rep = out / "report"
     rep.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -83,17 +112,22 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
         return 2
     data = sisfall.data_summary(trials)
     ws = T.build_windows(trials, progress=True)
+    aug_trials: list[sisfall.Trial] = []
     if args.augment:
-        ws.aug = T.build_windows(T.augment_trials(trials, args.seed), progress=True)
+        aug_trials += T.augment_trials(trials, args.seed)
+    if args.robust:
+        aug_trials += T.robust_trials(trials, args.seed)
+    if aug_trials:
+        ws.aug = T.build_windows(aug_trials, progress=True)
     names = T.feature_names(T.FEATURE_SET)
     with threadpool_limits(args.jobs):
         cv = T.cross_validate(ws, names, args.seed, progress=True)
-        label = T.FEATURE_SET + (" + augmentation" if args.augment else "")
+        label = T.FEATURE_SET + (" + augmentation" if args.augment else "") + (" + robustness" if args.robust else "")
         comparison = {label: _brief(cv.summary)}
         extra = [c for c in args.compare.split(",") if c] if args.no_compare or args.compare else ["acc"]
         for other in extra:
             if other == "no-augment" and ws.aug is not None:
-                plain = T.WindowSet(ws.trials, ws.X, ws.y, ws.trial_idx)
+                plain = dataclasses.replace(ws, aug=None)
                 comparison[f"{T.FEATURE_SET}, recordings only"] = _brief(
                     T.cross_validate(plain, names, args.seed, progress=True).summary)
             elif other in ("acc", "all") and other != T.FEATURE_SET:
@@ -112,8 +146,12 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
     timing = T.time_per_window(model)
     report.confusion_png(cv.results, rep / "confusion.png")
     curves = report.roc_pr_png(cv.trial_score, cv.is_fall, cv.groups, [f["threshold"] for f in cv.folds],
-                               rep / "roc_pr.png")
+                               rep / "roc_pr.png", cv.results)
     report.latency_png(cv.results, rep / "latency.png")
+    report.latency_paths_png(cv.results, rep / "latency_paths.png")
+    previous = _previous_metrics(rep / "metrics.json")
+    study_path = args.study or (rep / "study.json")
+    study = json.loads(study_path.read_text()) if study_path.exists() else None
     metrics = {
         "name": T.MODEL_NAME,
         "version": T.MODEL_VERSION,
@@ -126,7 +164,12 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
         "training_data": data,
         "windows": {"total": len(ws.y), "fall": int((ws.y == 1).sum()), "excluded": int((ws.y == -1).sum())},
         "augmentation": None if ws.aug is None else {
-            "description": T.AUGMENTATION, "windows": len(ws.aug.y), "fall_windows": int((ws.aug.y == 1).sum())},
+            "description": " ".join([T.AUGMENTATION] * args.augment + [T.ROBUSTNESS] * args.robust),
+            "windows": len(ws.aug.y), "fall_windows": int((ws.aug.y == 1).sum())},
+        "threshold_rule": {"rule": "fa_target", "fa_target_per_h": T.FA_TARGET_PER_H,
+                           "text": f"the lowest threshold at which the training subjects' out-of-fold scores "
+                                   f"(inner {T.INNER_FOLDS}-fold subject-wise CV) give at most "
+                                   f"{T.FA_TARGET_PER_H:g} false alarms per ADL hour"},
         "cv": cv.summary,
         "folds": cv.folds,
         "curves": curves,
@@ -137,11 +180,54 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
         "timing": timing,
         "train_seconds": round(time.time() - t0, 1),
     }
+    if study is not None:
+        metrics["study"] = _study_brief(study)
+    nr_path = rep / "no_recovery_study.json"
+    if nr_path.exists():
+        metrics["no_recovery_study"] = json.loads(nr_path.read_text())
+    if previous.get("sequence_model"):  # compare-seq is a separate, slow run: keep its figures, labelled
+        metrics["sequence_model"] = {**previous["sequence_model"],
+                                     "note": previous["sequence_model"].get("note", "") +
+                                     " (run on the previous build's folds and loader)"}
     report.write_json(metrics, rep / "metrics.json")
     report.model_card(metrics, out / "MODEL_CARD.md")
     _print_summary(cv.summary)
     print(f"wrote {onnx_path} ({metrics['onnx_bytes']} bytes, threshold {thr:.2f}), "
           f"{out / 'MODEL_CARD.md'}, {rep}")
+    return 0
+
+
+def cmd_study_fall(args: argparse.Namespace) -> int:
+    import sklearn.ensemble  # noqa: F401  # loads its OpenMP runtime now, so threadpool_limits below reaches it
+    from threadpoolctl import threadpool_limits
+
+    from fallwatch.models import fall_study, fall_train
+
+    out: Path = args.out or fall_train.DEFAULT_OUT / "report" / "study.json"
+    fall_train.OUTER_FOLDS, fall_train.INNER_FOLDS = args.outer_folds, args.inner_folds
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with threadpool_limits(1):
+        r = fall_study.run(args.data, seed=args.seed, stress=not args.no_stress, out=out)
+    for c, v in r["configs"].items():
+        print(f"{c:<12} sensitivity {v['sensitivity']} specificity {v['specificity']} "
+              f"false_alarms_per_hour {v['false_alarms_per_hour']} thresholds {v['fold_thresholds']}")
+    print(f"choice: {r['choice']} ({out})")
+    return 0
+
+
+def cmd_study_no_recovery(args: argparse.Namespace) -> int:
+    from fallwatch.models import fall_train, no_recovery_study
+
+    out: Path = args.out or fall_train.DEFAULT_OUT / "report" / "no_recovery_study.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    r = no_recovery_study.run(args.data, seed=args.seed, out=out)
+    if args.out is None:  # the shipped model's card gets the figures
+        from fallwatch.models import report
+
+        report.add_to_card(fall_train.DEFAULT_OUT, "no_recovery_study", r)
+    for f in r["folds"]:
+        print(f"held out {','.join(f['held_out'])}: chose {f['candidate']} (training Youden {f['train_youden']})")
+    print(json.dumps(r["nested"]))
     return 0
 
 
@@ -157,6 +243,24 @@ def cmd_compare_seq(args: argparse.Namespace) -> int:
     report.add_to_card(args.card or fall_train.DEFAULT_OUT, "sequence_model", out)
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _previous_metrics(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _study_brief(study: dict[str, Any]) -> dict[str, object]:
+    """The study-fall figures the card shows (no per-trial scores)."""
+    keep = ("sensitivity", "specificity", "false_alarms_per_hour", "fall_trials",
+            "adl_trials", "adl_hours", "fold_thresholds", "groups", "stress")
+    return {"configs": {c: {k: v[k] for k in keep if k in v} for c, v in study["configs"].items()},
+            "choice": study.get("choice"), "fa_target_per_h": study.get("fa_target_per_h"),
+            "windows": study.get("windows"), "seconds": study.get("seconds"),
+            "outer_folds": study.get("outer_folds"), "inner_folds": study.get("inner_folds")}
 
 
 def _brief(s: dict[str, Any]) -> dict[str, object]:  # s: a fall_eval summary (nested JSON)

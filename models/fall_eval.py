@@ -334,5 +334,7 @@ def codes_summary(results: list[TrialResult]) -> dict[str, object]:
                 key = path if rooms == "none" else f"{path}_rooms"
                 hit = sum(bool(path_alerts(r, path, rooms)) for r in rs)
                 row[key] = _r(hit / len(rs))  # sensitivity (F) or share of trials with a false alarm (D)
+                if not rs[0].is_fall and hours:  # false alarms per hour of this activity
+                    row[f"{key}_per_hour"] = _r(sum(len(path_alerts(r, path, rooms)) for r in rs) / hours)
         out[code] = row
     return out

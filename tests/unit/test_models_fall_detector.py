@@ -18,6 +18,9 @@ from fallwatch.models.detector import (
     FallModel,
     MetadataError,
 )
+from fallwatch.models.fall_eval import stream_paths
+from fallwatch.models.no_recovery import NoRooms
+from fallwatch.models.sisfall import SENSOR_FRAME_AXES
 
 
 class TiltScorer:
@@ -101,15 +104,37 @@ def test_predict_is_batched_and_in_unit_interval(model: FallModel) -> None:
 
 
 def test_shipped_model_detects_a_synthetic_fall_once(model: FallModel) -> None:
+    """The stylised fall (0.5 s free fall, an 80 ms 4 g hit, perfectly still after) scores well
+    above walking but, since issue 12's retraining (noise/bandwidth augmentation, a threshold set
+    for <= 0.5 false alarms per ADL hour), not always above the fast path's threshold (0.91-0.93
+    vs 0.96): the fast path is asserted with the threshold given, and the edge's whole decision
+    (fast path + no-recovery path) with the shipped one: exactly one alert."""
     t, acc, gyro, impact = fall_signal()
-    decisions = _stream(DeviceFallDetector(model), t, acc, gyro, chunk=25)
+    p = float(model.predict(_windows(t, acc, gyro))[0])
+    assert p >= 0.8
+    det = DeviceFallDetector(model, DetectorSettings(threshold=min(model.threshold, 0.8)))
+    decisions = _stream(det, t, acc, gyro, chunk=25)
     assert len(decisions) == 1
     d = decisions[0]
     assert d.impact_t_s == pytest.approx(t[impact])
     assert d.lying and d.still
-    assert d.probability >= model.threshold
     assert 0 < d.decided_t_s - d.impact_t_s <= F.POST_S + 0.5 + 1e-6
     assert {r[0] for r in d.reasons} >= {"impact", "model_score", "posture_change", "stillness"}
+    # what the edge sends with the shipped threshold, the wearer staying down for a minute
+    t, acc, gyro, impact = fall_signal(after_s=60.0)
+    fw = (acc @ SENSOR_FRAME_AXES.T).astype(np.float32)
+    st = stream_paths(model, t, acc, gyro, fw, {"none": NoRooms()})
+    sent = st.combined("none", DetectorSettings().dedup_s)
+    assert len(sent) == 1
+    assert sent[0].path == ("fast" if p >= model.threshold else "no_recovery")
+    assert sent[0].decided_t_s - t[impact] <= 60.0
+
+
+def _windows(t: np.ndarray, acc: np.ndarray, gyro: np.ndarray) -> np.ndarray:
+    det = DeviceFallDetector(None)
+    det.feed(t, acc, gyro)
+    det.flush()
+    return det.pending_windows()
 
 
 def test_shipped_model_ignores_walking(model: FallModel) -> None:
