@@ -169,11 +169,7 @@ class ResidentActions:
         self.state = state
 
     def setup(self) -> None:
-        st = self.state
-        with st._tx() as cur:
-            st.lock_schema(cur)
-            for stmt in _SCHEMA:
-                st._exec(cur, stmt.format(autoinc=st.dialect.autoinc))
+        self.state.create_tables(_SCHEMA)
 
     def record(self, site_id: str, resident_id: str, action: str, actor: str, at_ms: int, *,
                factors: list[str] | None = None, note: str | None = None) -> Row:

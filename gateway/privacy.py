@@ -97,10 +97,7 @@ class StoreUnavailable(PrivacyError):
 def _ensure_schema(store: StateStore) -> None:
     if getattr(store, "_privacy_ready", False):
         return
-    with store._tx() as cur:
-        store.lock_schema(cur)
-        for stmt in SCHEMA:
-            store._exec(cur, stmt.format(autoinc=store.dialect.autoinc))
+    store.create_tables(SCHEMA)
     store._privacy_ready = True  # type: ignore[attr-defined]
 
 

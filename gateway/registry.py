@@ -134,12 +134,7 @@ class Registry:
     # ------------------------------------------------------------ plumbing
     def setup(self) -> None:
         st = self.store
-        # replicas starting together on a fresh PostgreSQL database race in CREATE TABLE IF NOT
-        # EXISTS (UniqueViolation on pg_type, seen in the chaos CI scenario): the state store's lock
-        with st._tx() as cur:
-            st.lock_schema(cur)
-            for stmt in _SCHEMA:
-                st._exec(cur, stmt.format(autoinc=st.dialect.autoinc))
+        st.create_tables(_SCHEMA)  # under the schema lock: replicas start together on a fresh PostgreSQL
         with st._tx() as cur:
             st.lock_schema(cur)
             for stmt in st.dialect.append_only("reg_log"):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +29,16 @@ def chrome(profile_dir: Path, lang: str = "en-US,en") -> Any:
         opts.add_argument(flag)
     opts.add_experimental_option("prefs", {"intl.accept_languages": lang})
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER or "chromedriver"), options=opts)
+
+
+def api(base_url: str, path: str, token: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """One API call as a script would make it (bearer token; JSON body: POST): status and JSON,
+    for checking what the page's own calls would get."""
+    req = urllib.request.Request(f"{base_url}{path}", data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                                 method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")

@@ -52,11 +52,7 @@ class PagingStore:
         self.state = state
 
     def setup(self) -> None:
-        st = self.state
-        with st._tx() as cur:
-            st.lock_schema(cur)
-            for stmt in SCHEMA:
-                st._exec(cur, stmt.format(autoinc=st.dialect.autoinc))
+        self.state.create_tables(SCHEMA)
 
     # ------------------------------------------------------------ keys
     def ack_key(self) -> str:

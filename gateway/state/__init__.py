@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -266,6 +266,14 @@ class StateStore:
         with a transaction-level advisory lock (found by ``fallwatch chaos``)."""
         if self.dialect.name == "postgresql":
             self._exec(cur, "SELECT pg_advisory_xact_lock(4711)")
+
+    def create_tables(self, statements: Iterable[str]) -> None:
+        """A component's own tables (``{autoinc}`` filled in for the dialect), under the schema
+        lock: every component that keeps tables in the state store sets them up this way."""
+        with self._tx() as cur:
+            self.lock_schema(cur)
+            for stmt in statements:
+                self._exec(cur, stmt.format(autoinc=self.dialect.autoinc))
 
     def setup(self, now_ms: int | None = None, clock_skew_ms: int = 300_000) -> None:
         """Create what is missing, and undo what a device's clock may have written before

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,19 +18,14 @@ import pytest
 from fallwatch.gateway.app import Gateway
 from fallwatch.gateway.staff import StaffDirectory
 from fallwatch.testing import publisher as t
-from fallwatch.testing.browser import MISSING, chrome
+from fallwatch.testing.browser import MISSING, api, chrome
 from fallwatch.testing.services import Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 
 def _get(gw: Gateway, path: str, token: str) -> tuple[int, Any]:
-    req = urllib.request.Request(f"{gw.http_url}{path}", headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+    return api(gw.http_url, path, token)
 
 
 @pytest.fixture

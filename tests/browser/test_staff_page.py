@@ -8,11 +8,8 @@ token must not reveal fall alerts or residents.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ import pytest
 from fallwatch.gateway.app import Gateway
 from fallwatch.gateway.staff import StaffDirectory
 from fallwatch.testing import publisher as t
+from fallwatch.testing.browser import api
 from fallwatch.testing.services import Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -31,14 +29,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 
 def _api(gw: Gateway, path: str, token: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(f"{gw.http_url}{path}", data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-                                 method="GET" if body is None else "POST")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+    return api(gw.http_url, path, token, body)
 
 
 @pytest.fixture
