@@ -97,7 +97,7 @@ def _version_tuple(v: str) -> tuple[int, ...] | None:
 
 def self_test(model: Any) -> str | None:
     """None if the model scores the golden vectors right, else why not."""
-    from fallwatch.edge.synth import golden_windows
+    from fallwatch.edge.synth import GOLDEN_ALARM, GOLDEN_NO_ALARM, GOLDEN_OUTRANKS, golden_windows
 
     windows, labels = golden_windows()
     try:
@@ -106,7 +106,10 @@ def self_test(model: Any) -> str | None:
         return f"inference failed: {exc}"
     if p.shape != labels.shape or not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
         return f"bad output {p!r}"
-    wrong = [i for i, (pi, y) in enumerate(zip(p, labels, strict=True)) if (pi >= model.threshold) != bool(y)]
+    calm = max(float(pi) for pi, y in zip(p, labels, strict=True) if y == GOLDEN_NO_ALARM)
+    wrong = [i for i, (pi, y) in enumerate(zip(p, labels, strict=True))
+             if (y == GOLDEN_NO_ALARM and pi >= model.threshold) or (y == GOLDEN_ALARM and pi < model.threshold)
+             or (y == GOLDEN_OUTRANKS and pi <= calm)]
     if wrong:
         return f"golden vectors {wrong} misclassified (p={np.round(p, 3).tolist()}, thr={model.threshold})"
     return None

@@ -317,3 +317,28 @@ def test_message_times_follow_a_step_of_the_hub_wall_clock(agent: EdgeAgent) -> 
     offset[0] = 0.0  # and back
     agent.feed([], 1.8)
     assert agent.messages.ts(5.0) == pytest.approx(before, abs=50) and agent.stats()["wall_clock_steps"] == 2
+
+
+def test_the_golden_self_test_refuses_a_model_that_ranks_a_fall_below_lying_down() -> None:
+    """The softer stylised fall need not reach the threshold (the no-recovery path may take it),
+    but it must score above every no-alarm window: one that does not is a broken detector."""
+    import numpy as np
+
+    from fallwatch.edge.ota import self_test
+    from fallwatch.edge.synth import GOLDEN_ALARM, GOLDEN_NO_ALARM, GOLDEN_OUTRANKS, golden_windows
+
+    _, asks = golden_windows()
+
+    class Fixed:
+        threshold = 0.9
+
+        def __init__(self, scores: dict[int, float]) -> None:
+            self.scores = scores
+
+        def predict(self, windows: np.ndarray) -> np.ndarray:
+            return np.array([self.scores[int(a)] for a in asks])
+
+    assert self_test(Fixed({GOLDEN_ALARM: 0.99, GOLDEN_OUTRANKS: 0.5, GOLDEN_NO_ALARM: 0.1})) is None
+    assert self_test(Fixed({GOLDEN_ALARM: 0.99, GOLDEN_OUTRANKS: 0.05, GOLDEN_NO_ALARM: 0.1})) is not None
+    assert self_test(Fixed({GOLDEN_ALARM: 0.5, GOLDEN_OUTRANKS: 0.5, GOLDEN_NO_ALARM: 0.1})) is not None
+    assert self_test(Fixed({GOLDEN_ALARM: 0.99, GOLDEN_OUTRANKS: 0.95, GOLDEN_NO_ALARM: 0.95})) is not None
