@@ -204,6 +204,10 @@ class DetectorSettings:
     require_still: bool = False
     #: Ring-buffer length; must hold one window plus the peak search.
     buffer_s: float = 12.0
+    #: Divide acceleration by the wearer's own causal 1 g estimate (:class:`features.GravityEstimator`)
+    #: before the trigger and the window. Off for the shipped model, which was trained without it;
+    #: a model trained with it must be served with it (training builds its windows with these settings).
+    normalise_gravity: bool = False
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,7 @@ class DeviceFallDetector:
         self._inflight: list[tuple[Candidate, np.ndarray]] = []
         self._last_alert_t: float | None = None
         self._warned_no_gyro = False
+        self._gravity = F.GravityEstimator() if s.normalise_gravity else None
         self.suppressed = 0  # alerts folded into an earlier one (de-dup)
         self.triggers = 0
 
@@ -289,6 +294,8 @@ class DeviceFallDetector:
         n0, k = self._n, len(t)
         if k == 0:
             return
+        if self._gravity is not None:
+            acc = self._gravity.normalise(acc)
         idx = (n0 + np.arange(k)) % self._cap
         self._x[idx, 0:3] = acc
         self._x[idx, 3:6] = gyro

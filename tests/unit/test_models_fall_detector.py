@@ -257,3 +257,23 @@ def test_missing_gyro_is_reported_once_when_the_model_needs_it(
         det.push(t[50:100], acc[50:100])
     warned = [r for r in caplog.records if "gyro" in r.getMessage()]
     assert len(warned) == (1 if model.requires_gyro else 0)
+
+
+def test_gravity_normalisation_undoes_a_low_device_gain() -> None:
+    """A soft 1.75 g impact read by a device with gain x0.85 (1.49 g) never reaches the 1.6 g
+    trigger; normalised by the wearer's own still 1 g it does, at its true peak."""
+    t, acc, gyro, impact = fall_signal()
+    acc = acc.copy()
+    acc[impact:impact + 4] *= (1.75 / np.linalg.norm(acc[impact]))
+    low = acc * 0.85
+    plain = DeviceFallDetector(None)
+    plain.feed(t, low, gyro)
+    plain.flush()
+    assert plain.triggers == 0
+    norm = DeviceFallDetector(None, DetectorSettings(normalise_gravity=True))
+    norm.feed(t, low, gyro)
+    norm.flush()
+    assert norm.triggers == 1
+    norm.pending_windows()
+    (cand,) = norm.inflight
+    assert cand.peak_g == pytest.approx(1.75, rel=0.02)

@@ -92,3 +92,38 @@ def test_sequence_channels_are_orientation_invariant() -> None:
     a, b = F.sequence_channels(w), F.sequence_channels(turned)
     assert a.shape == (5, 3, F.WINDOW)
     assert np.allclose(a, b, atol=1e-4)
+
+
+def _standing_then_fall(gain: float) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    still = np.tile([0.0, -1.0, 0.0], (250, 1)) + rng.normal(0, 0.005, (250, 3))
+    _t, acc, _gyro, _impact = fall_signal()
+    return (np.concatenate([still, acc]) * gain).astype(np.float32)
+
+
+@pytest.mark.parametrize("gain", [0.85, 1.15])
+def test_gravity_estimator_removes_a_device_gain_error(gain: float) -> None:
+    ref = F.GravityEstimator().normalise(_standing_then_fall(1.0))
+    est = F.GravityEstimator()
+    out = est.normalise(_standing_then_fall(gain))
+    assert est.g == pytest.approx(gain, rel=0.02)
+    # once a still second has been seen, the stream reads as the calibrated one
+    np.testing.assert_allclose(out[F.GRAVITY_BLOCK:], ref[F.GRAVITY_BLOCK:], rtol=0.02, atol=1e-3)
+
+
+def test_gravity_estimator_is_causal_and_independent_of_chunking() -> None:
+    x = _standing_then_fall(1.1)
+    whole = F.GravityEstimator().normalise(x)
+    est = F.GravityEstimator()
+    parts = np.concatenate([est.normalise(x[a:a + 17]) for a in range(0, len(x), 17)])
+    np.testing.assert_array_equal(whole, parts)
+    # the first block is divided by the prior (1.0): nothing from the future is used
+    np.testing.assert_array_equal(whole[:F.GRAVITY_BLOCK], x[:F.GRAVITY_BLOCK])
+
+
+def test_gravity_estimator_ignores_movement_and_implausible_readings() -> None:
+    rng = np.random.default_rng(5)
+    est = F.GravityEstimator()
+    est.normalise(np.tile([0.0, -1.0, 0.0], (200, 1)) + rng.normal(0, 0.3, (200, 3)))  # moving
+    est.normalise(np.tile([0.0, -2.0, 0.0], (200, 1)))  # 2 g at rest: a fault, not a gain error
+    assert est.g == 1.0
