@@ -28,8 +28,12 @@ class AckEntry:
 
 
 class AckTracker:
-    def __init__(self, send: Callable[[int, int], object]) -> None:
+    def __init__(self, send: Callable[[int, int], object],
+                 send_many: Callable[[list[int]], object] | None = None) -> None:
+        """``send(mid, qos)`` acks one message; ``send_many(mids)``, if given, acks several QoS 1
+        messages in that order at once (one write instead of one per message, issue 16)."""
         self._send = send
+        self._send_many = send_many
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._pending: deque[AckEntry] = deque()
@@ -62,6 +66,19 @@ class AckTracker:
                         e.done = True
                 while self._pending and self._pending[0].done:
                     ready.append(self._pending.popleft())
-            for e in ready:
-                self._send(e.mid, e.qos)
+            if self._send_many is not None and len(ready) > 1:
+                run: list[int] = []
+                for e in ready:  # consecutive QoS 1 acks together; anything else in between on its own
+                    if e.qos == 1:
+                        run.append(e.mid)
+                        continue
+                    if run:
+                        self._send_many(run)
+                        run = []
+                    self._send(e.mid, e.qos)
+                if run:
+                    self._send_many(run)
+            else:
+                for e in ready:
+                    self._send(e.mid, e.qos)
             self.acked += len(ready)

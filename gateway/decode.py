@@ -45,6 +45,9 @@ class SiteCheck:
         self._site_of = site_of
         self._sites_of = sites_of
         self._sites: dict[str, str] = {}
+        #: devices :meth:`prefetch` looked up and found unregistered: :meth:`check` binds them
+        #: without asking again (a fresh gateway among 1,000 hubs made a query for each)
+        self._absent: set[str] = set()
         self._lock = threading.Lock()
 
     def prefetch(self, device_ids: set[str]) -> None:
@@ -60,13 +63,17 @@ class SiteCheck:
         with self._lock:
             for device, site in found.items():
                 self._sites.setdefault(device, site)
+            self._absent = {d for d in unknown if d not in found}  # for this batch only: bounded
 
     def check(self, site_id: str, device_id: str) -> str | None:
         """None if (site, device) is the registered pair (or a new device), else why not."""
         with self._lock:
             known = self._sites.get(device_id)
         if known is None:
-            known = self._site_of(device_id) or site_id
+            with self._lock:
+                absent = device_id in self._absent
+                self._absent.discard(device_id)
+            known = site_id if absent else (self._site_of(device_id) or site_id)
             with self._lock:
                 known = self._sites.setdefault(device_id, known)
         if known != site_id:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, readUTF
 
 from fallwatch.config import FallwatchConfig, MqttConfig
 from fallwatch.gateway.acks import AckEntry, AckTracker
@@ -53,8 +54,10 @@ class Link:
     """One MQTT connection: its own persistent session, subscriptions, queue and in-order acks."""
 
     def __init__(self, mqtt_cfg: MqttConfig, name: str, client_id: str, filters: list[str], q: ItemQueue,
-                 *, receive_max: int, on_receive: Callable[[], None], presence_of: str | None = None) -> None:
-        """``presence_of``: the gateway id whose retained presence (and last will) this link carries."""
+                 *, receive_max: int, on_receive: Callable[[], None], presence_of: str | None = None,
+                 max_queued: int | None = None) -> None:
+        """``presence_of``: the gateway id whose retained presence (and last will) this link carries;
+        ``max_queued``: stop reading the socket while this many received messages wait in ``q``."""
         self.name = name
         self.filters = filters
         self.q = q
@@ -73,9 +76,9 @@ class Link:
             will = Will(self.presence, _presence("lost", presence_of))
         self.client = make_client(mqtt_cfg.model_copy(update={"client_id": None}), client_id, manual_ack=True,
                                   will=will)
-        buffer_reads(self.client)
+        buffer_reads(self.client, hold=None if max_queued is None else (lambda: q.qsize() >= max_queued))
         share_property_tables()
-        self.acks = AckTracker(self.client.ack)
+        self.acks = AckTracker(self.client.ack, puback_many(self.client))
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
@@ -158,7 +161,7 @@ class Links:
         base_id = cfg.mqtt.client_id or g.gateway_id
         self.bulk = Link(cfg.mqtt, "bulk", base_id, [prefix + f for f in BULK_FILTERS], bulk_q,
                          receive_max=min(65535, max(100, 20 * g.batch_max)), on_receive=on_receive,
-                         presence_of=g.gateway_id)
+                         presence_of=g.gateway_id, max_queued=max(100, 2 * g.batch_max))
         # its own user too: with client ids bound to usernames (the generated broker config) that
         # is what keeps anyone else from taking over, wiping or kicking off the alert session
         self.alert = Link(cfg.mqtt.for_alert_link(), "alerts", f"{base_id}-alerts",
@@ -196,7 +199,7 @@ class Links:
         self.bulk.client.publish(topic, payload, qos=qos)
 
 
-def buffer_reads(client: mqtt.Client, chunk: int = 65_536) -> None:
+def buffer_reads(client: mqtt.Client, chunk: int = 65_536, hold: Callable[[], bool] | None = None) -> None:
     """Read the socket in chunks instead of paho's three ``recv`` calls (and one ``select``)
     per message.
 
@@ -207,6 +210,12 @@ def buffer_reads(client: mqtt.Client, chunk: int = 65_536) -> None:
     in it for a ``select`` that has nothing new to report). The byte stream paho sees is
     the same; the buffer belongs to one socket and is dropped with it (a reconnect starts
     clean). Falls back to paho's own reading if its internals are not as expected.
+
+    ``hold()`` true means enough received messages wait to be processed: reading pauses
+    (TCP pushes back, the broker keeps the rest queued, on disk with its persistence) and
+    paho's loop goes on writing acks and keep-alives. A 50,000-message drain held ~40,000
+    received messages in memory, ~25 MB (Mosquitto with ``max_inflight_messages 0`` sent
+    more than the link's receive maximum, issue 16).
     """
     recv0: Callable[[int], bytes] | None = getattr(client, "_sock_recv", None)
     read0: Callable[[], mqtt.MQTTErrorCode] | None = getattr(client, "loop_read", None)
@@ -227,6 +236,11 @@ def buffer_reads(client: mqtt.Client, chunk: int = 65_536) -> None:
         return out
 
     def loop_read(max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        if hold is not None and hold():
+            # only checked here, with the buffer empty (it is always read to its end: bytes left
+            # in it would not wake paho's select); the socket is readable, so select returns at once
+            time.sleep(0.005)  # do not spin while held
+            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
         rc = read0()
         while (rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and client._sock is not None
                and buf.sock is client._sock and buf.pos < len(buf.data)):
@@ -237,6 +251,29 @@ def buffer_reads(client: mqtt.Client, chunk: int = 65_536) -> None:
     client.loop_read = loop_read  # type: ignore[method-assign]
 
 
+def puback_many(client: mqtt.Client) -> Callable[[list[int]], object] | None:
+    """Acknowledge several QoS 1 messages with one queued write: their PUBACKs (the same 4
+    bytes paho's ``ack`` builds each, in the given order) concatenated into one out-packet.
+
+    paho queues each ``ack`` as its own packet: one wake-up of its network thread through its
+    socket pair and one ``send`` per message, ~12 of each per batch at 200 msg/s (issue 16).
+    The broker reads a byte stream, so back-to-back PUBACKs in one write are the same
+    PUBACKs; paho writes the packet with its usual partial-write handling. None (paho's own
+    ``ack`` for each) if the client is not in manual-ack mode or paho's internals differ.
+    """
+    queue_packet = getattr(client, "_packet_queue", None)
+    if queue_packet is None or not getattr(client, "_manual_ack", False):
+        return None
+    from paho.mqtt.client import PUBACK
+
+    pack = struct.Struct("!BBH").pack
+
+    def send(mids: list[int]) -> object:
+        return queue_packet(PUBACK, b"".join([pack(PUBACK, 2, m) for m in mids]), mids[-1], 1)
+
+    return send
+
+
 class _ReadBuffer:
     __slots__ = ("data", "pos", "sock")
 
@@ -244,6 +281,15 @@ class _ReadBuffer:
         self.sock: object = None
         self.data = b""
         self.pos = 0
+
+
+#: properties paho accumulates into lists (user property, subscription identifier)
+_MULTIPLE = frozenset({11, 38})
+#: properties whose values paho range-checks on assignment
+_RANGE_CHECKED = frozenset({"ReceiveMaximum", "TopicAlias", "TopicAliasMaximum", "MaximumPacketSize",
+                            "SubscriptionIdentifier", "RequestResponseInformation", "RequestProblemInformation",
+                            "PayloadFormatIndicator"})
+_UTF8_TYPE = Properties(PacketTypes.PUBLISH).types.index("UTF-8 Encoded String")
 
 
 class SharedTablesProperties(Properties):
@@ -274,6 +320,23 @@ class SharedTablesProperties(Properties):
         object.__setattr__(self, "types", shared[0])
         object.__setattr__(self, "names", shared[1])
         object.__setattr__(self, "properties", shared[2])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # paho's check rebuilds a list of the 27 names per assignment; the same check by dict
+        # here for the plain properties, paho's own for the ones it range-checks or accumulates
+        shared = SharedTablesProperties._shared
+        compressed = name.replace(" ", "")
+        ident = shared[3].get(compressed) if shared is not None else None
+        if (ident is None or ident in _MULTIPLE or compressed in _RANGE_CHECKED
+                or self.packetType not in shared[2][ident][1]):  # type: ignore[index]
+            super().__setattr__(name, value)  # raises as paho does for what it refuses
+        else:
+            object.__setattr__(self, compressed, value)
+
+    def readProperty(self, buffer: Any, type: int, propslen: int) -> Any:
+        if type == _UTF8_TYPE:  # the common one (content type, response topic); paho looks it up per call
+            return readUTF(buffer, propslen)
+        return super().readProperty(buffer, type, propslen)
 
     def clear(self) -> None:
         if len(self.__dict__) > 4:  # any attribute beyond the four tables is a property

@@ -250,6 +250,18 @@ def test_shared_property_tables_decode_publish_properties_as_paho_does() -> None
         assert not hasattr(got.properties, "ResponseTopic")
         with pytest.raises(Exception, match="more than once"):
             decode(bad)
+        # assignments paho refuses are refused the same way
+        p = SharedTablesProperties(PacketTypes.PUBLISH)
+        with pytest.raises(Exception, match="must be one of"):
+            p.NoSuchProperty = 1
+        with pytest.raises(Exception, match="does not apply"):
+            p.ReceiveMaximum = 10  # a CONNECT property
+        c = SharedTablesProperties(PacketTypes.CONNECT)
+        with pytest.raises(Exception, match="range"):
+            c.ReceiveMaximum = 0
+        p.UserProperty = ("a", "b")
+        p.UserProperty = ("c", "d")
+        assert p.UserProperty == [("a", "b"), ("c", "d")]  # accumulated, as paho does
     finally:
         _packet.Properties = Properties  # type: ignore[misc]
 
@@ -304,6 +316,66 @@ def test_site_bindings_looked_up_for_a_whole_batch_are_the_ones_looked_up_one_by
     check.prefetch({"hub-1", "hub-2", "hub-3"})
     assert check.check("a", "hub-1") is None and check.check("b", "hub-2") is None
     assert check.check("a", "hub-2") is not None  # refused, as before
-    assert check.check("c", "hub-3") is None  # a new device: looked up on its own, then bound
-    assert lookups == ["hub-3"]
+    assert check.check("c", "hub-3") is None  # a new device: the batch's query said so, then bound
+    assert check.check("d", "hub-3") is not None  # ... to the site it first spoke for
+    assert check.check("a", "hub-4") is None  # not in a prefetched batch: looked up on its own
+    assert lookups == ["hub-4"]
     st.close()
+
+
+def test_acks_of_a_batch_go_out_in_one_write_with_the_bytes_paho_would_send() -> None:
+    """Several PUBACKs queued as one out-packet (issue 16) are exactly paho's PUBACKs, in order,
+    and an ack of another QoS in between keeps its place."""
+    import paho.mqtt.client as mqtt
+
+    from fallwatch.gateway.acks import AckTracker
+    from fallwatch.gateway.links import puback_many
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
+    c._sockpairW = None  # type: ignore[assignment]  # not started: nothing to wake
+    c._thread = threading.current_thread()  # type: ignore[assignment]  # queue only, do not write
+    for mid in (7, 300, 65535):
+        c.ack(mid, 1)
+    one_by_one = b"".join(p["packet"] for p in c._out_packet)
+    c._out_packet.clear()
+    many = puback_many(c)
+    assert many is not None
+    many([7, 300, 65535])
+    assert [p["packet"] for p in c._out_packet] == [one_by_one]
+    assert puback_many(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)) is None  # auto-ack
+
+    sent: list[tuple[str, Any]] = []
+    tr = AckTracker(lambda mid, qos: sent.append(("one", (mid, qos))), lambda mids: sent.append(("many", mids)))
+    entries = [tr.track(m, q) for m, q in ((1, 1), (2, 1), (3, 2), (4, 1), (5, 1), (6, 1))]
+    tr.done(entries[1:])  # not the first: nothing may go out yet
+    assert sent == []
+    tr.done(entries[:1])
+    assert sent == [("many", [1, 2]), ("one", (3, 2)), ("many", [4, 5, 6])]
+    assert tr.acked == 6 and tr.pending == 0
+
+
+def test_the_bulk_link_stops_reading_while_enough_received_messages_wait() -> None:
+    """``buffer_reads``' hold (issue 16: a 50,000-message drain held ~40,000 in memory): while
+    held no packet is read (the broker keeps the rest); once released reading goes on."""
+    import paho.mqtt.client as mqtt
+
+    from fallwatch.gateway.links import buffer_reads
+
+    class Client:
+        _sock = object()
+        reads = 0
+
+        def _sock_recv(self, n: int) -> bytes:
+            return b""
+
+        def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+            Client.reads += 1
+            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN  # one read per call here
+
+    held = [True]
+    c = Client()
+    buffer_reads(c, hold=lambda: held[0])  # type: ignore[arg-type]
+    assert c.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and Client.reads == 0
+    held[0] = False
+    c.loop_read()
+    assert Client.reads == 1
