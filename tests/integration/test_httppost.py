@@ -197,3 +197,39 @@ def test_header_and_path_injection_are_refused() -> None:
         p.post(b"x", {"X-Sig": "s\nInjected: 1"})
     with pytest.raises(ValueError):
         p.post(b"x", path="/x HTTP/1.1\r\nHost: evil")
+
+
+def test_proxy_from_the_environment_is_left_to_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fallwatch.gateway.httppost import proxied
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                 "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert not proxied("http://influx.local:8086/write")
+    assert Poster.for_url("http://influx.local:8086/write", 1.0) is not None
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.local:3128")
+    assert proxied("http://influx.local:8086/write")
+    assert Poster.for_url("http://influx.local:8086/write", 1.0) is None  # requests goes through the proxy
+    assert not proxied("https://hooks.example.org/x")  # no proxy for https
+    monkeypatch.setenv("NO_PROXY", "influx.local,10.0.0.0/8")
+    assert not proxied("http://influx.local:8086/write")  # bypassed (the standard library says so)
+    assert not proxied("http://10.1.2.3:8086/write")  # bypassed (requests says so: a CIDR range)
+    assert proxied("http://other.local/write")
+
+
+def test_the_gateway_does_not_load_requests_or_apprise() -> None:
+    """~10 MB of each gateway process (issue 16: peak RSS ≤ 95 MB): the series store, web hooks
+    and the channel registry work without them; only a proxy or an apprise channel loads them."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import fallwatch.gateway.app, fallwatch.gateway.cli\n"
+            "import fallwatch.gateway.channels.webhook, fallwatch.gateway.channels.apprise_channel\n"
+            "from fallwatch.config import InfluxConfig\n"
+            "from fallwatch.gateway.sinks.influx1 import Influx1Sink\n"
+            "Influx1Sink(InfluxConfig(url='http://127.0.0.1:9', version=1, database='x')).close()\n"
+            "print(sorted(m for m in ('requests', 'apprise', 'urllib3') if m in sys.modules))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.lower().endswith("_proxy")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, check=True)
+    assert out.stdout.strip() == "[]"
