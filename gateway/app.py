@@ -216,6 +216,7 @@ class Gateway:
         """Disconnect first (no new messages), let the workers finish what they hold, close."""
         self.links.stop()
         self.stop_event.set()
+        self.storage.wake()  # the drainer sleeps while the spool is empty
         self.workers.join(timeout_s=30)
         if self.http is not None:
             self.http.close()

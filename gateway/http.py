@@ -360,6 +360,38 @@ def choose_lang(request: Request, default: str = "sv") -> str:
     return default
 
 
+class _QuietServer(uvicorn.Server):
+    """uvicorn's server, ticking once a second instead of ten times.
+
+    uvicorn's main loop wakes every 0.1 s to see whether it should stop (and, every tenth
+    time, to renew its ``Date`` header): ~2.5 ms of CPU a second in an idle gateway, 12 µs
+    per message at 200 msg/s (issue 16). Here the loop sleeps a second between ticks (the
+    header still changes once a second) and :meth:`exit_soon` wakes it at once to stop, so
+    a stop takes no longer than before.
+    """
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _wake: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 10) % 864000  # every tick is a "once a second" tick for on_tick
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            should_exit = await self.on_tick(counter)
+
+    def exit_soon(self) -> None:
+        """Stop serving (from any thread): the main loop notices now, not at its next tick."""
+        self.should_exit = True
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already ended
+                loop.call_soon_threadsafe(wake.set)
+
+
 class HttpServer:
     """The endpoints above, served from a :class:`GatewayReader` (never the gateway object)."""
 
@@ -405,7 +437,7 @@ class HttpServer:
                                 lifespan="off", limit_concurrency=MAX_CONNECTIONS,
                                 timeout_keep_alive=int(TIMEOUT_S), server_header=False,
                                 timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
+        self.server = _QuietServer(config)
         self.thread = threading.Thread(target=self._serve, name="gw-http", daemon=True)
 
     def _serve(self) -> None:
@@ -421,7 +453,7 @@ class HttpServer:
 
     def close(self) -> None:
         self.closing.set()  # open event streams end
-        self.server.should_exit = True
+        self.server.exit_soon()
         if self.thread.is_alive():
             self.thread.join(10)
         self.sock.close()

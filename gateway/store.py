@@ -38,6 +38,12 @@ class Storage:
         #: drops the points of erased residents (gateway/privacy.py), before the store and the
         #: spool and again when the spool drains: a spooled batch never brings them back
         self.erased: Callable[[list[SeriesPoint]], list[SeriesPoint]] | None = None
+        #: wakes the drainer: points spooled, or stopping (it sleeps while there is nothing to drain)
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        """Wake the drainer now (points were spooled, or the gateway is stopping)."""
+        self._wake.set()
 
     def new_sink(self) -> SeriesSink:
         """A sink for one worker thread (closed by :meth:`close`)."""
@@ -68,6 +74,7 @@ class Storage:
             except SinkError as exc:
                 log.warning("series store unavailable (%s); spooling to disk", exc)
                 self.ready = False
+                self._wake.set()
             else:
                 self.metrics.write_latency.labels(path).observe(time.perf_counter() - t0)
                 self.counters.add(points_written=len(points) - len(refused))
@@ -82,6 +89,7 @@ class Storage:
                       "unacknowledged at the broker and are retried", self.spool.path, exc, len(points))
             raise
         self.counters.add(points_spooled=len(points))
+        self._wake.set()
         return []
 
     def write_split(self, points: list[SeriesPoint], sink: SeriesSink) -> list[SeriesPoint]:
@@ -122,7 +130,11 @@ class Storage:
                     backoff = 0.5
             if self.spool.depth == 0:
                 self.ready = True
-                self.stop.wait(0.05)
+                # nothing to drain: sleep until something is spooled (or a stop) instead of looking
+                # 20 times a second (~2 ms of CPU a second, 10 µs a message at 200 msg/s, issue 16);
+                # the depth is looked at again after the clear, so a wake-up is never missed
+                self._wake.wait(1.0)
+                self._wake.clear()
                 continue
             failed = False
             for batch_id, points in self.spool.oldest(8):

@@ -61,7 +61,12 @@ class Supervisor:
         """Raise or clear "device offline" and "test alarm overdue" alerts (called periodically)."""
         offline_ms = self.cfg.offline_after_s * 1000
         test_ms = self.cfg.test_alarm_max_age_h * 3600 * 1000
-        for d in self.state.devices():
+        # only the devices that are late, and those with an alert open that may have recovered:
+        # for every other device both tests below are false and nothing happens (issue 16)
+        due = self.state.devices_due(now_ms - offline_ms, now_ms - test_ms)
+        tracked = (self.offline | self.test_overdue) - {(d["site_id"], d["device_id"]) for d in due}
+        rows = due + (self.state.devices(tracked) if tracked else [])
+        for d in sorted(rows, key=lambda r: (r["site_id"], r["device_id"])):
             key = (d["site_id"], d["device_id"])
             silent = now_ms - int(d["last_seen_ms"])
             if d.get("state") == "lost" or silent > offline_ms:

@@ -15,6 +15,7 @@ channels: it filters by the configured ``actions`` and hands the rest to the que
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -79,7 +80,7 @@ class DeliveryQueue:
         self._max_attempts = attempts
         self._backoff_s = backoff_s
         self._backoff_max_s = backoff_max_s
-        self._q: queue.Queue[AlertEvent] = queue.Queue(maxsize=maxsize)
+        self._q: queue.Queue[AlertEvent | None] = queue.Queue(maxsize=maxsize)
         self._lock = threading.Lock()
         self._attempts: list[Attempt] = []
         self._delivered = 0
@@ -104,8 +105,12 @@ class DeliveryQueue:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                event = self._q.get(timeout=0.1)
+                # :meth:`close` wakes this with ``None``: looking for a stop ten times a second
+                # was ~1.3 ms of CPU a second per channel in an idle gateway (issue 16)
+                event = self._q.get(timeout=5.0)
             except queue.Empty:
+                continue
+            if event is None:
                 continue
             with self._lock:
                 self._busy += 1
@@ -164,8 +169,15 @@ class DeliveryQueue:
         while self.pending() and time.monotonic() < deadline:
             time.sleep(0.02)
         self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._q.put_nowait(None)  # wakes the worker (a full queue wakes it anyway)
         self._thread.join(timeout=max(1.0, drain_s))
-        left = self._q.qsize()
+        left = 0
+        while True:  # what was never sent (not the wake-up)
+            try:
+                left += self._q.get_nowait() is not None
+            except queue.Empty:
+                break
         if left:
             with self._lock:
                 self._failed += left

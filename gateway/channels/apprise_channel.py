@@ -17,7 +17,6 @@ import os
 import re
 from typing import Literal
 
-import apprise
 from pydantic import Field, model_validator
 
 from fallwatch.config import ConfigError
@@ -47,6 +46,9 @@ class AppriseChannel(QueuedChannel):
             if not raw.strip():
                 raise ConfigError(f"apprise channel: environment variable {cfg.urls_env} is not set")
             urls += [u for u in re.split(r"[\s,]+", raw) if u]
+        import apprise  # here, not at import: it loads requests and ~55 modules (3 MB) into every gateway
+
+        self._apprise = apprise
         self.apprise = apprise.Apprise()
         for u in urls:
             if not self.apprise.add(u):
@@ -57,7 +59,7 @@ class AppriseChannel(QueuedChannel):
     def send_to(self, event: AlertEvent, address: str) -> str:
         target = self.apprise
         if address:
-            target = apprise.Apprise()
+            target = self._apprise.Apprise()
             if not target.add(address):
                 raise ValueError(f"an apprise contact with scheme {address.split(':', 1)[0]!r} is not understood")
         elif not len(self.apprise):

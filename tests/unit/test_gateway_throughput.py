@@ -379,3 +379,34 @@ def test_the_bulk_link_stops_reading_while_enough_received_messages_wait() -> No
     held[0] = False
     c.loop_read()
     assert Client.reads == 1
+
+
+def test_devices_due_is_the_supervisors_own_test_in_sql(tmp_path: Path) -> None:
+    """``devices_due`` returns exactly the devices the supervisor's Python tests pick out of
+    the whole registry (lost, silent, test alarm overdue), thresholds included."""
+    st = StateStore(str(tmp_path / "state.sqlite"))
+    st.setup()
+    now, offline_ms, test_ms = 10_000_000, 60_000, 1_000_000
+    ups = []
+    for i, (seen, test, state) in enumerate([
+        (now, None, None), (now - offline_ms, None, None), (now - offline_ms - 1, None, None),
+        (now, None, "lost"), (now, now - test_ms, None), (now, now - test_ms - 1, None), (now, 0, None),
+        (now - 5 * offline_ms, now - 2 * test_ms, "online"),
+    ]):
+        u = DeviceUpdate("s", f"d{i}", seen, state=state, last_test_ms=test)
+        ups.append(u)
+    st.commit_batch([], now, ups)
+    # first_seen_ms is the first last-seen; make some devices old so a missing test alarm counts
+    with st._tx() as cur:
+        st._exec(cur, "UPDATE devices SET first_seen_ms = ? WHERE device_id IN ('d0', 'd6')", (now - 2 * test_ms,))
+
+    def python(d: dict[str, Any]) -> bool:
+        ref = d.get("last_test_ms") or d["first_seen_ms"]
+        return (d.get("state") == "lost" or now - int(d["last_seen_ms"]) > offline_ms
+                or now - int(ref) > test_ms)
+
+    want = [d["device_id"] for d in st.devices() if python(d)]
+    got = [d["device_id"] for d in st.devices_due(now - offline_ms, now - test_ms)]
+    assert got == want == ["d0", "d2", "d3", "d5", "d6", "d7"]
+    assert [d["device_id"] for d in st.devices([("s", "d1"), ("s", "d4"), ("s", "nope")])] == ["d1", "d4"]
+    st.close()
