@@ -321,6 +321,12 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _services(broker: Mosquitto, db: InfluxDB1) -> list[psutil.Process]:
+    """Mosquitto's and InfluxDB's processes: on this machine they share the cores with the
+    consumer, so their CPU per message bounds what more workers can reach."""
+    return [p for s in (broker, db) if s.proc is not None for p in _tree(s.proc.pid)]
+
+
 def _cpu_s(procs: list[psutil.Process]) -> float:
     total = 0.0
     for p in procs:
@@ -525,14 +531,15 @@ secret_env = "FALLWATCH_BENCH_HOOK_SECRET"
         self.start()
         self.stop()
         publish_all(broker, msgs)
+        services = _services(broker, self.db)
         self.start(wait_ready=False)
-        n, t0, cpu0 = len(msgs), None, None
+        n, t0, cpu0, svc0 = len(msgs), None, None, _cpu_s(services)
         deadline = time.monotonic() + max(120.0, n / 200)
         while time.monotonic() < deadline:
             procs, now, wall = self.procs(), time.perf_counter(), time.time()
             cpu, st = _cpu_s(procs), self.get("/stats")
             if st and st.get("received", 0) == 0:
-                t0, cpu0 = now, cpu
+                t0, cpu0, svc0 = now, cpu, _cpu_s(services)
             elif st and cpu0 is None:
                 cpu0 = cpu  # no poll fell before the first message: CPU from the first answer (a little short)
             if st and st.get("stored", 0) + st.get("duplicates", 0) >= n:
@@ -549,8 +556,9 @@ secret_env = "FALLWATCH_BENCH_HOOK_SECRET"
             t0 = now - (wall - first_ms / 1000)
         elapsed = now - t0
         cpu0 = cpu if cpu0 is None else cpu0
+        svc_us = 1e6 * (_cpu_s(services) - svc0) / n
         out = {"msgs_per_s": round(n / max(elapsed, 1e-9), 1), "cpu_us_per_msg": round(1e6 * (cpu - cpu0) / n, 1),
-               **self.rss(), "lost": n - _count(self.db, self.database)}
+               "services_cpu_us_per_msg": round(svc_us, 1), **self.rss(), "lost": n - _count(self.db, self.database)}
         self.close()
         return out
 
@@ -723,6 +731,14 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
         if len(configs) > 1:
             out[f"x{cores}_vs_x1"] = round(out[f"gateway_x{cores}_msgs_per_s"] / out["gateway_x1_msgs_per_s"], 3)
             out[f"x{cores}_vs_forwarder"] = round(out[f"gateway_x{cores}_msgs_per_s"] / fwd, 3)
+            # what the cores allow: N workers, Mosquitto and InfluxDB all on these `cores` cores,
+            # so N workers can reach at most cores / (CPU per message of all of them), and their
+            # ratio to one process is bounded by that, whatever the gateway does
+            per_msg = out[f"gateway_x{cores}_cpu_us_per_msg"] + out[f"gateway_x{cores}_services_cpu_us_per_msg"]
+            if per_msg > 0:
+                bound = cores * 1e6 / per_msg
+                out[f"x{cores}_core_bound_msgs_per_s"] = round(bound, 1)
+                out[f"x{cores}_vs_x1_core_bound"] = round(min(cores, bound / out["gateway_x1_msgs_per_s"]), 3)
 
         bar.set_postfix_str("store down")
         with InfluxDB1() as db_down:  # issue 11: alerts while the series store is down (its own InfluxDB)
