@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -47,6 +48,8 @@ from typing import Any, Protocol
 
 from fallwatch.plugins import Registry
 from fallwatch.protocol import contract as c
+
+log = logging.getLogger("fallwatch.gateway")
 
 OPEN_STATUSES = ("raised", "acknowledged")
 
@@ -240,7 +243,13 @@ class StateStore:
         #: in-process queue for SQLite's single writer (PostgreSQL locks rows, not the database)
         self.gate: WriteGate | None = None
         if self.dialect.name == "sqlite":
-            self.gate = WriteGate(FileGate(getattr(self.dialect, "path", dsn)))
+            files: FileGate | None = None
+            try:
+                files = FileGate(getattr(self.dialect, "path", dsn))
+            except OSError as exc:  # e.g. lock files made by another user: slower between processes, still correct
+                log.warning("state DB %s: no cross-process write queue (%s); writers of other processes "
+                            "meet in SQLite's busy handler", dsn, exc)
+            self.gate = WriteGate(files)
 
     # ------------------------------------------------------------ plumbing
     def _conn(self) -> Connection:
