@@ -8,6 +8,11 @@ QoS 1. Each consumer is its own process (tree), so CPU and memory are its own:
 1. **ceiling** — Mosquitto's C subscriber (``mosquitto_sub``), no database.
 2. **bare forwarder** — :mod:`fallwatch.app.bench.forwarder`: paho, acks on receipt, no
    validation, no de-dup, batched line protocol to InfluxDB: the baseline ratios are against.
+2b. **MQTT clients** (issue 16, item 4) — the same forwarder with each client and ack mode:
+   stock paho acking after the write, paho with the gateway's tuning, gmqtt acking on
+   receipt, after the write through its public API, and batched through its internals
+   (``fwd_<client>_<ack>_*``; gmqtt rows only when it is installed). The gateway is also
+   given as a ratio to the fastest forwarder that acks only what it stored.
 3. **gateway x1** — ``fallwatch gateway run --workers 1``.
 4. **gateway xN** — ``fallwatch gateway run --workers N``, N = the cores this process may use.
 
@@ -34,6 +39,7 @@ point must be in InfluxDB once it is back.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import statistics
@@ -315,6 +321,12 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _services(broker: Mosquitto, db: InfluxDB1) -> list[psutil.Process]:
+    """Mosquitto's and InfluxDB's processes: on this machine they share the cores with the
+    consumer, so their CPU per message bounds what more workers can reach."""
+    return [p for s in (broker, db) if s.proc is not None for p in _tree(s.proc.pid)]
+
+
 def _cpu_s(procs: list[psutil.Process]) -> float:
     total = 0.0
     for p in procs:
@@ -366,12 +378,18 @@ def ceiling(broker: Mosquitto, msgs: list[tuple[str, bytes]]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ 2. bare forwarder (the baseline)
-def forwarder(broker: Mosquitto, db: InfluxDB1, msgs: list[tuple[str, bytes]]) -> dict[str, Any]:
+def _fwd_cmd(broker: Mosquitto, db: InfluxDB1, database: str, cid: str, client: str, ack: str) -> list[str]:
+    return [sys.executable, "-m", "fallwatch.app.bench.forwarder", "--mqtt-port", str(broker.port), "--influx", db.url,
+            "--db", database, "--client-id", cid, "--client", client, "--ack", ack]
+
+
+def forwarder(broker: Mosquitto, db: InfluxDB1, msgs: list[tuple[str, bytes]], client: str = "paho",
+              ack: str = "receipt") -> dict[str, Any]:
+    """A drain of ``msgs`` through :mod:`fallwatch.app.bench.forwarder` (``client``/``ack`` as there)."""
     database = f"fwd_{time.monotonic_ns()}"
     requests.post(f"{db.url}/query", params={"q": f"CREATE DATABASE {database}"}, timeout=10).raise_for_status()
     cid = f"fwd-{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "fallwatch.app.bench.forwarder", "--mqtt-port", str(broker.port), "--influx", db.url,
-           "--db", database, "--client-id", cid]
+    cmd = _fwd_cmd(broker, db, database, cid, client, ack)
     subprocess.run([*cmd, "--subscribe-only"], check=True, timeout=60)
     publish_all(broker, msgs)
     out = subprocess.run([*cmd, "--n", str(len(msgs))], check=True, timeout=600, stdout=subprocess.PIPE, text=True)
@@ -380,6 +398,42 @@ def forwarder(broker: Mosquitto, db: InfluxDB1, msgs: list[tuple[str, bytes]]) -
     elapsed = r["last_write"] - r["first_rx"]
     return {"msgs_per_s": round(len(msgs) / elapsed, 1), "cpu_us_per_msg": round(1e6 * r["cpu_s"] / len(msgs), 1),
             "rss_peak_mb": round(r["maxrss_mb"], 1), "lost": len(msgs) - _count(db, database)}
+
+
+def forwarder_paced(broker: Mosquitto, db: InfluxDB1, rate: float, paced_s: float, seq0: int, hubs: int,
+                    client: str = "paho", ack: str = "receipt") -> dict[str, Any]:
+    """The forwarder's CPU per message at a paced rate (as :func:`paced` measures the gateway's)."""
+    database = f"fwdp_{time.monotonic_ns()}"
+    requests.post(f"{db.url}/query", params={"q": f"CREATE DATABASE {database}"}, timeout=10).raise_for_status()
+    cid = f"fwdp-{time.monotonic_ns()}"
+    cmd = [*_fwd_cmd(broker, db, database, cid, client, ack), "--n", str(int(rate * paced_s))]
+    holder: list[subprocess.Popen[str]] = []
+
+    def start_fwd() -> None:
+        # its session first: what is published before it has subscribed waits for it
+        subprocess.run([*cmd, "--subscribe-only"], check=True, timeout=60)
+        holder.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
+
+    r = paced(broker, rate, paced_s, seq0, hubs, start_fwd, lambda: _tree(holder[0].pid),
+              lambda: _count(db, database), None)
+    try:
+        holder[0].wait(120)
+    except subprocess.TimeoutExpired:
+        holder[0].kill()
+        raise
+    forget_sessions(broker, [cid])
+    r["lost"] = int(rate * paced_s) - _count(db, database)
+    return r
+
+
+#: the MQTT clients compared on the same messages (issue 16, item 4): (client, ack), the first
+#: being the baseline forwarder above; ``durable`` acks as the gateway does, after the write
+CLIENT_VARIANTS = (("paho", "receipt"), ("paho", "durable"), ("paho-tuned", "durable"), ("gmqtt", "receipt"),
+                   ("gmqtt", "durable"), ("gmqtt-batched", "durable"))
+
+
+def have_gmqtt() -> bool:
+    return importlib.util.find_spec("gmqtt") is not None
 
 
 # ------------------------------------------------------------------ 3. the gateway (processes)
@@ -477,14 +531,15 @@ secret_env = "FALLWATCH_BENCH_HOOK_SECRET"
         self.start()
         self.stop()
         publish_all(broker, msgs)
+        services = _services(broker, self.db)
         self.start(wait_ready=False)
-        n, t0, cpu0 = len(msgs), None, None
+        n, t0, cpu0, svc0 = len(msgs), None, None, _cpu_s(services)
         deadline = time.monotonic() + max(120.0, n / 200)
         while time.monotonic() < deadline:
             procs, now, wall = self.procs(), time.perf_counter(), time.time()
             cpu, st = _cpu_s(procs), self.get("/stats")
             if st and st.get("received", 0) == 0:
-                t0, cpu0 = now, cpu
+                t0, cpu0, svc0 = now, cpu, _cpu_s(services)
             elif st and cpu0 is None:
                 cpu0 = cpu  # no poll fell before the first message: CPU from the first answer (a little short)
             if st and st.get("stored", 0) + st.get("duplicates", 0) >= n:
@@ -501,8 +556,9 @@ secret_env = "FALLWATCH_BENCH_HOOK_SECRET"
             t0 = now - (wall - first_ms / 1000)
         elapsed = now - t0
         cpu0 = cpu if cpu0 is None else cpu0
+        svc_us = 1e6 * (_cpu_s(services) - svc0) / n
         out = {"msgs_per_s": round(n / max(elapsed, 1e-9), 1), "cpu_us_per_msg": round(1e6 * (cpu - cpu0) / n, 1),
-               **self.rss(), "lost": n - _count(self.db, self.database)}
+               "services_cpu_us_per_msg": round(svc_us, 1), **self.rss(), "lost": n - _count(self.db, self.database)}
         self.close()
         return out
 
@@ -571,7 +627,7 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
     paced_s = 4.0 if quick else 10.0
     cores = default_workers()
     configs = [1] if cores == 1 else [1, cores]
-    steps = ["ceiling", "forwarder", *(f"gateway x{w}" for w in configs), "store down"]
+    steps = ["ceiling", "forwarder", "mqtt clients", *(f"gateway x{w}" for w in configs), "store down"]
     bar = tqdm(steps, desc="gateway bench", disable=not progress, file=sys.stderr)
     out: dict[str, Any] = {"messages": n, "hubs": hubs, "cores": cores}
     seq0 = n
@@ -599,30 +655,29 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
             out[f"forwarder_{k}"] = v
         lost += out["forwarder_lost"]
         for rate in (200, 2000):  # the forwarder's CPU per message at the same paced rates
-            database = f"fwdp_{time.monotonic_ns()}"
-            requests.post(f"{db.url}/query", params={"q": f"CREATE DATABASE {database}"}, timeout=10)
-            cmd = [sys.executable, "-m", "fallwatch.app.bench.forwarder", "--mqtt-port", str(broker.port),
-                   "--influx", db.url, "--db", database, "--client-id", f"fwdp-{time.monotonic_ns()}",
-                   "--n", str(int(rate * paced_s))]
-            holder: list[subprocess.Popen[str]] = []
-
-            def start_fwd(cmd: list[str] = cmd, holder: list[subprocess.Popen[str]] = holder) -> None:
-                # its session first: what is published before it has subscribed waits for it
-                subprocess.run([*cmd, "--subscribe-only"], check=True, timeout=60)
-                holder.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
-
-            def count(database: str = database) -> int:
-                return _count(db, database)
-
-            r = paced(broker, rate, paced_s, seq0, hubs, start_fwd, lambda h=holder: _tree(h[0].pid), count, None)
-            try:
-                holder[0].wait(120)
-            except subprocess.TimeoutExpired:
-                holder[0].kill()
-                raise
-            forget_sessions(broker, [cmd[cmd.index("--client-id") + 1]])
+            r = forwarder_paced(broker, db, rate, paced_s, seq0, hubs)
             out[f"forwarder_{rate}_cpu_us_per_msg"] = r["cpu_us_per_msg"]
+            lost += r["lost"]
             seq0 += int(rate * paced_s)
+        bar.update()
+
+        # the MQTT client alone (issue 16, item 4): paho and gmqtt, acking on receipt and after
+        # the write, on the same messages; gmqtt is an optional extra (pip install gmqtt)
+        bar.set_postfix_str("mqtt clients")
+        variants = [v for v in CLIENT_VARIANTS[1:] if not v[0].startswith("gmqtt") or have_gmqtt()]
+        out["mqtt_clients_compared"] = ["paho_receipt", *(f"{c.replace('-', '_')}_{a}" for c, a in variants)]
+        for client, ack in variants:
+            tag = f"fwd_{client.replace('-', '_')}_{ack}"
+            for k, v in forwarder(broker, db, msgs, client, ack).items():
+                out[f"{tag}_{k}"] = v
+            lost += out[f"{tag}_lost"]
+            r = forwarder_paced(broker, db, 200, paced_s, seq0, hubs, client, ack)
+            out[f"{tag}_200_cpu_us_per_msg"] = r["cpu_us_per_msg"]
+            lost += r["lost"]
+            seq0 += int(200 * paced_s)
+        for client, ack in variants:
+            tag = f"fwd_{client.replace('-', '_')}_{ack}"
+            out[f"{tag}_vs_paho_receipt"] = round(out[f"{tag}_msgs_per_s"] / out["forwarder_msgs_per_s"], 3)
         bar.update()
 
         for w in configs:
@@ -665,9 +720,25 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
 
         fwd = out["forwarder_msgs_per_s"]
         out["x1_vs_forwarder"] = round(out["gateway_x1_msgs_per_s"] / fwd, 3)
+        # the same against the fastest forwarder that acks only what it stored (the gateway's
+        # guarantee): the stock-paho baseline above pays paho's per-packet cost the gateway avoids
+        durable = {k[: -len("_msgs_per_s")]: v for k, v in out.items()
+                   if k.startswith("fwd_") and k.endswith("_durable_msgs_per_s")}
+        if durable:
+            best = max(durable, key=lambda k: durable[k])
+            out["fastest_durable_forwarder"] = best
+            out["x1_vs_fastest_durable_forwarder"] = round(out["gateway_x1_msgs_per_s"] / durable[best], 3)
         if len(configs) > 1:
             out[f"x{cores}_vs_x1"] = round(out[f"gateway_x{cores}_msgs_per_s"] / out["gateway_x1_msgs_per_s"], 3)
             out[f"x{cores}_vs_forwarder"] = round(out[f"gateway_x{cores}_msgs_per_s"] / fwd, 3)
+            # what the cores allow: N workers, Mosquitto and InfluxDB all on these `cores` cores,
+            # so N workers can reach at most cores / (CPU per message of all of them), and their
+            # ratio to one process is bounded by that, whatever the gateway does
+            per_msg = out[f"gateway_x{cores}_cpu_us_per_msg"] + out[f"gateway_x{cores}_services_cpu_us_per_msg"]
+            if per_msg > 0:
+                bound = cores * 1e6 / per_msg
+                out[f"x{cores}_core_bound_msgs_per_s"] = round(bound, 1)
+                out[f"x{cores}_vs_x1_core_bound"] = round(min(cores, bound / out["gateway_x1_msgs_per_s"]), 3)
 
         bar.set_postfix_str("store down")
         with InfluxDB1() as db_down:  # issue 11: alerts while the series store is down (its own InfluxDB)
