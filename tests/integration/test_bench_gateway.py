@@ -28,7 +28,8 @@ def test_every_consumer_of_the_bench_drains_the_same_set_and_loses_nothing(
     g = bench.GatewayRun(mosquitto, influxdb, 2, tmp_path, "http://127.0.0.1:9/unused")
     result = g.drain(mosquitto, msgs)
     assert FIGURES | {"pool_rss_peak_mb", "services_cpu_us_per_msg"} == set(result)
-    assert result["lost"] == 0 and result["rss_peak_mb"] > 0 and result["services_cpu_us_per_msg"] > 0
+    # a few hundred messages may cost the broker and InfluxDB less than one 10 ms clock tick
+    assert result["lost"] == 0 and result["rss_peak_mb"] > 0 and result["services_cpu_us_per_msg"] >= 0
 
 
 @pytest.mark.parametrize("client", ["paho", "paho-tuned", "gmqtt", "gmqtt-batched"])
