@@ -45,7 +45,9 @@ def test_ci_chaos_scenario_loses_nothing_and_doubles_nothing(tmp_path: Path, cap
                                                  "influx_stop", "edge_kill", "clock_jump"}
     assert all("error" not in f for f in r["faults"]), r["faults"]
     assert r["hub_processes_started"] == r["hubs"] + 1  # one hub was SIGKILLed and restarted
-    assert r["flood_sent"] > 1000 and r["rejected_by_gateways"] > 0  # the garbage reached the gateways
+    # the garbage reached the gateways (how much the rogue gets out in its 20 s depends on the
+    # machine: 4,720 quiet, 968 at load 8, as each ACL drop costs it a reconnect)
+    assert r["flood_sent"] >= 300 and r["rejected_by_gateways"] > 0
     assert r["dead_letters_received"] > 0  # and was dead-lettered, counted where the dead letters arrive
     (jump,) = [f for f in r["faults"] if f["name"] == "clock_jump"]
     assert jump["gateway_saw_skew_s"] is not None and jump["gateway_saw_skew_s"] > 300  # the step was real
