@@ -276,3 +276,22 @@ def merge(data_dir: Path, parts: list[Path], out: Path, seed: int = 7, cache: Pa
     doc["nested"] = nested(results, sets, doc["folds"])
     out.write_text(json.dumps(doc, indent=1))
     return doc
+
+
+def cnn_export(data_dir: Path, seed: int = 7, cache: Path | None = None, epochs: int = 1) -> dict[str, Any]:
+    """ONNX export and time per window of the CNN (the architecture's cost: a net trained briefly on
+    all recordings; the weights do not change the time), and its parameter count."""
+    from fallwatch.models import fall_seq
+
+    rec = windows(data_dir, seed, cache)["rec"]
+    assert rec.seq is not None
+    m = rec.y >= 0
+    net = fall_seq.train_net(rec.seq[m], rec.y[m], seed, epochs)
+    out = fall_seq.export_and_time(net)
+    out["params"] = int(sum(p.numel() for p in net.parameters()))
+    return out
+
+
+def brief(doc: dict[str, Any]) -> dict[str, Any]:
+    """What the model card keeps of a run (no per-window scores)."""
+    return {k: v for k, v in doc.items() if k not in ("windows",)} | {"windows": doc.get("windows")}

@@ -34,7 +34,7 @@ from fallwatch.models import sisfall
 from fallwatch.models.detector import DeviceFallDetector, free_fall_s, is_device_drop
 from fallwatch.models.no_recovery import NoRecoverySettings, NoRecoveryWatch, NoRooms, RoomView
 
-#: (upright_deg, down_deg, pre_max_deg) candidates; the deployed one is (35, 40, 55)
+#: (upright_deg, down_deg, pre_max_deg) candidates; deployed until issue 12: (35, 40, 55), since: (40, 50, 60)
 CANDIDATES: tuple[tuple[float, float, float], ...] = ((30.0, 35.0, 50.0), (35.0, 40.0, 55.0), (40.0, 50.0, 60.0))
 
 

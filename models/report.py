@@ -317,6 +317,52 @@ def _seq_table(seq: dict[str, Any] | None) -> str:
             f"{seq['seconds']:.0f} s.")
 
 
+def _nested_table(nested: dict[str, Any] | None) -> str:
+    """``nested-fall``: issue 12's levers (trees and the CNN) chosen by the nested rule."""
+    if not nested:
+        return "Not run in this build (`fallwatch models nested-fall --data DIR`)."
+    cands = nested["candidates"]
+    rows = ["| candidate | inner sensitivity (per outer fold) | inner FA/h | inner SE FA/h | held-out sensitivity | "
+            "held-out specificity | held-out FA/h | held-out SE FA/h | F10 / F11 / F14 | fold thresholds |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in cands.items():
+        inner = r["inner"]
+        codes = r["codes"]
+        fx = " / ".join(_fmt(codes[c]["sensitivity"], True) for c in ("F10", "F11", "F14") if c in codes)
+        rows.append(
+            f"| {name} | {', '.join(_fmt(i['sensitivity'], True) for i in inner)} | "
+            f"{', '.join(_fmt(i['false_alarms_per_hour']) for i in inner)} | "
+            f"{', '.join(_fmt(i['SE_false_alarms_per_hour']) for i in inner)} | {_fmt(r['sensitivity'], True)} | "
+            f"{_fmt(r['specificity'], True)} | {_fmt(r['false_alarms_per_hour'])} | "
+            f"{_fmt(r['groups'].get('SE', {}).get('false_alarms_per_hour'))} | {fx} | "
+            f"{', '.join(_fmt(i['threshold']) for i in inner)} |")
+    stress_names = sorted({k for r in cands.values() for k in r.get("stress", {})})
+    srows = ["| candidate | " + " | ".join(stress_names) + " |", "|---|" + "---|" * len(stress_names)]
+    for name, r in cands.items():
+        st = r.get("stress", {})
+        srows.append(f"| {name} | " + " | ".join(
+            f"{_fmt(st[k]['sensitivity'], True)} / {_fmt(st[k]['specificity'], True)} / "
+            f"{_fmt(st[k]['false_alarms_per_hour'])}" if k in st else "" for k in stress_names) + " |")
+    out = "\n".join(rows) + "\n\nThe same fold models on the held-out trials with a fixed gain error " \
+        "(gyro_*: gyroscope only; gain_*: accelerometer and gyroscope), sensitivity / specificity / FA/h:\n\n" \
+        + "\n".join(srows)
+    n = nested.get("nested")
+    if n:
+        f = n["figures"]
+        out += (f"\n\n**The rule's pick per outer fold** (inner figures only): {', '.join(n['picks'])}. "
+                f"Held-out figures of that procedure: sensitivity {_fmt(f['sensitivity'], True)}, specificity "
+                f"{_fmt(f['specificity'], True)}, {_fmt(f['false_alarms_per_hour'])} FA/h "
+                f"(SE {_fmt(f['groups'].get('SE', {}).get('false_alarms_per_hour'))} FA/h). "
+                f"**Shipped by the rule: {n['ship']}.**")
+    seq = nested.get("cnn_export")
+    if seq:
+        out += (f"\n\nCNN: {seq['params']} parameters, {nested.get('epochs', '?')} epochs, ONNX "
+                f"{seq['onnx_bytes'] / 1024:.0f} kB, {seq['single_window_us']:.0f} µs per single window and "
+                f"{seq['batched_per_window_us']:.1f} µs per window in a batch of 64 (channels + ONNX, 1 thread, "
+                f"on a loaded machine; ONNX vs torch max diff {seq['onnx_torch_max_abs_diff']:.1e}).")
+    return out
+
+
 def _rule(metrics: dict[str, Any]) -> str:
     rule = metrics.get("threshold_rule")
     if not rule:
@@ -425,10 +471,16 @@ Feature sets compared by the same CV:
 |---|---|---|---|---|
 {comp_rows}
 
-A small 1-D CNN over the window (three orientation-invariant channels, `features.sequence_channels`)
-against the trees, by the same subject folds, windows and labels:
+Issue 12's levers, each chosen or rejected by a nested rule stated before the run
+(`models/fall_nested.py`, `fallwatch models nested-fall`): the shipped 3 outer subject folds, 2 inner
+folds inside each; every choice on the inner folds' out-of-fold figures of the training subjects, the
+held-out subjects only score it. Candidates: the augmentations separately (soft falls / robustness),
+gyroscope-gain copies, five descent / post-event stillness features, and the small 1-D CNN over
+three orientation-invariant channels (`features.sequence_channels`, `models/fall_seq.py`) on the
+same windows, labels, augmentation and threshold rule as the trees. Real recordings of held-out
+subjects only:
 
-{_seq_table(metrics.get('sequence_model'))}
+{_nested_table(metrics.get('nested_study'))}
 
 Plots: `report/confusion.png`, `report/roc_pr.png`, `report/latency.png`, `report/latency_paths.png`;
 all numbers in `report/metrics.json`.
