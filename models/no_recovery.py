@@ -79,6 +79,10 @@ class NoRecoverySettings:
     move_deg: float = 6.0
     #: bed-exit events: the bed went empty this close before the wearer is seen down on the floor
     bed_exit_s: float = 10.0
+    #: an impact opens a watch only if the fast model gave its window at least this P(fall)
+    #: (0: every impact; bed exits and posture drops are never gated). Chosen by the nested rule
+    #: of :func:`fallwatch.models.no_recovery_study.run_gate` (issue 12).
+    min_fall_p: float = 0.0
 
 
 class RoomView(Protocol):
@@ -223,6 +227,8 @@ class NoRecoveryWatch:
         pre = self._pre_posture(impact_t_s)
         if pre is None or pre >= self.settings.pre_max_deg:
             return  # lying before (turning over, or in bed): only the rooms can tell a fall from bed
+        if probability < self.settings.min_fall_p:
+            return  # nothing fall-like about the impact (sitting down heavily into a chair)
         self._open("impact", impact_t_s, peak_g, probability)
 
     def on_bed_exit(self, t_s: float, rooms: RoomView) -> None:
