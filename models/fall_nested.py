@@ -72,8 +72,12 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("robust", "trees", "all", ("robust",)),
     Candidate("soft+robust+gyro", "trees", "all", ("soft", "robust", "gyro")),
     Candidate("soft+robust, +descent features", "trees", "all+descent", ("soft", "robust")),
+    Candidate("soft+robust, +tilt from walking upright", "trees", "all+walk", ("soft", "robust")),
     Candidate("cnn (soft+robust)", "cnn", "", ("soft", "robust")),
 )
+
+#: Trials whose walking gives a subject's upright reference (SisFall: walking slowly / quickly)
+WALK_CODES = ("D01", "D02")
 SHIPPED = CANDIDATES[0].name
 
 STRESS: dict[str, Callable[[sisfall.Trial, np.random.Generator], sisfall.Trial]] = {
@@ -88,6 +92,8 @@ def windows(data_dir: Path, seed: int, cache: Path | None) -> dict[str, T.Window
     """Recordings, augmentation and stress window sets (with sequence channels), cached as one pickle."""
     if cache is not None and cache.exists():
         out: dict[str, T.WindowSet] = pickle.loads(cache.read_bytes())
+        if getattr(out["rec"], "walk_tilt", None) is None:  # a cache from before the walking-upright candidate
+            add_walk_tilt(sisfall.load_all(data_dir), out)
         return out
     trials = sisfall.load_all(data_dir, progress=True)
     sets = {"rec": T.build_windows(trials, seq=True),
@@ -97,9 +103,34 @@ def windows(data_dir: Path, seed: int, cache: Path | None) -> dict[str, T.Window
     for k, (name, fn) in enumerate(STRESS.items()):
         rng = np.random.default_rng(seed + 2000 + k)
         sets["stress:" + name] = T.build_windows([fn(t, rng) for t in trials], seq=True)
+    add_walk_tilt(trials, sets)
     if cache is not None:
         cache.write_bytes(pickle.dumps(sets))
     return sets
+
+
+def add_walk_tilt(trials: list[sisfall.Trial], sets: dict[str, T.WindowSet]) -> None:
+    """Put :func:`features.tilt_from_reference_deg` of every window in ``walk_tilt`` of each set.
+
+    SisFall records each activity separately, so the wearer's upright comes from their own walking
+    trials (:data:`WALK_CODES`), carried over to their other recordings as continuous wear would
+    (same device, same belt: the SisFall protocol). Copies whose frame differs from the recording
+    (the rotated robustness copies and rotated stress sets) get NaN: their reference is unknown, as
+    on a device that has not yet seen its wearer walk."""
+    refs: dict[str, np.ndarray | None] = {}
+    for s in sorted({t.subject for t in trials}):
+        walk = [t.acc_g for t in trials if t.subject == s and t.activity in WALK_CODES]
+        refs[s] = F.walking_reference(np.concatenate(walk)) if walk else None
+    for name, ws in sets.items():
+        col = np.full(len(ws.y), np.nan, dtype=np.float32)
+        if name not in ("robust",):
+            for k, trial in enumerate(ws.trials):
+                m = ws.trial_idx == k
+                if not m.any():
+                    continue
+                wins, _ = T.trial_windows(trial)
+                col[m] = F.tilt_from_reference_deg(wins, refs[trial.subject])
+        ws.walk_tilt = col
 
 
 def _concat(parts: list[T.WindowSet]) -> T.WindowSet | None:
@@ -108,6 +139,9 @@ def _concat(parts: list[T.WindowSet]) -> T.WindowSet | None:
     out = parts[0]
     for p in parts[1:]:
         out = S._concat(out, p)
+    tilts = [p.walk_tilt for p in parts]
+    if all(t is not None for t in tilts):
+        out.walk_tilt = np.concatenate([t for t in tilts if t is not None])
     seqs = [p.seq for p in parts]
     if all(s is not None for s in seqs):
         out = dataclasses.replace(out, seq=np.concatenate([s for s in seqs if s is not None]))
@@ -119,11 +153,34 @@ class _Model:
 
     def __init__(self, cand: Candidate, ws: T.WindowSet, seed: int, epochs: int) -> None:
         self.cand, self.ws, self.seed, self.epochs = cand, ws, seed, epochs
-        self.names = T.feature_names(cand.features) if cand.model == "trees" else ()
+        self.names = (T.feature_names("all" if cand.features == "all+walk" else cand.features)
+                      if cand.model == "trees" else ())
+
+    def _fit_walk(self, train_subjects: list[str]) -> Callable[[T.WindowSet, np.ndarray], np.ndarray]:
+        """Trees on the base features plus the tilt from the wearer's walking upright (NaN = unknown,
+        which HistGradientBoosting routes natively)."""
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        cols = F.feature_index(self.names)
+
+        def rows(v: T.WindowSet, m: np.ndarray) -> np.ndarray:
+            assert v.walk_tilt is not None
+            return np.column_stack([v.X[m][:, cols], v.walk_tilt[m]])
+
+        ws = self.ws
+        use = np.isin(ws.subjects(), train_subjects) & (ws.y >= 0)
+        X, y = rows(ws, use), ws.y[use]
+        if ws.aug is not None:
+            a = np.isin(ws.aug.subjects(), train_subjects) & (ws.aug.y >= 0)
+            X, y = np.concatenate([X, rows(ws.aug, a)]), np.concatenate([y, ws.aug.y[a]])
+        clf = HistGradientBoostingClassifier(**T.hgb_params(self.seed)).fit(X, y)
+        return lambda v, m: clf.predict_proba(rows(v, m))[:, 1].astype(np.float32)
 
     def fit(self, train_subjects: list[str], k: int) -> Callable[[T.WindowSet, np.ndarray], np.ndarray]:
         ws = self.ws
         mask = np.isin(ws.subjects(), train_subjects)
+        if self.cand.features == "all+walk":
+            return self._fit_walk(train_subjects)
         if self.cand.model == "trees":
             clf = T.fit(ws, mask, self.names, self.seed)
             cols = F.feature_index(self.names)

@@ -105,6 +105,9 @@ class WindowSet:
     #: (N, 3, WINDOW) sequence channels (:func:`features.sequence_channels`) of the same windows,
     #: for the sequence model; only when built with ``seq=True``
     seq: np.ndarray | None = None
+    #: (N,) pre-event tilt from the wearer's walking upright (deg, NaN unknown): issue 12's
+    #: study candidate (:func:`fallwatch.models.fall_nested.add_walk_tilt`), not a served feature
+    walk_tilt: np.ndarray | None = None
 
     def subjects(self) -> np.ndarray:
         return np.array([self.trials[i].subject for i in self.trial_idx])

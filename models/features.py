@@ -247,3 +247,43 @@ def still_and_lying(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     still = feats[:, col["std_rest_g"]] < 0.08
     lying = feats[:, col["tilt_change_deg"]] >= 50.0
     return still, lying
+
+
+#: Walking blocks (the wearer's own upright, see :func:`walking_reference`): 1 s blocks whose |a|
+#: varies like gait (std within these bounds, g) around a mean near 1 g.
+WALK_STD_G = (0.08, 0.6)
+WALK_MEAN_G = (0.85, 1.2)
+
+
+def walking_reference(acc_g: np.ndarray) -> np.ndarray | None:
+    """The wearer's upright direction in the device's own frame: the mean acceleration direction
+    over 1 s walking blocks of ``acc_g`` (n, 3), or None without any walking block.
+
+    Why: how a device sits on the belt varies, so "lying before the event" cannot be read from a
+    fixed device axis; the gravity direction while the wearer walks is their own upright on their
+    own device, whatever the mounting. Against it, turning over while lying starts from about 90 deg
+    and a fall from standing or sitting from well under 60 deg (issue 12, SisFall).
+    """
+    acc = np.asarray(acc_g, dtype=np.float32)
+    n = len(acc) // GRAVITY_BLOCK
+    if n == 0:
+        return None
+    blocks = acc[: n * GRAVITY_BLOCK].reshape(n, GRAVITY_BLOCK, 3)
+    mag = magnitude(blocks)
+    std, mean = mag.std(axis=1), mag.mean(axis=1)
+    walk = (std >= WALK_STD_G[0]) & (std <= WALK_STD_G[1]) & (mean >= WALK_MEAN_G[0]) & (mean <= WALK_MEAN_G[1])
+    if not walk.any():
+        return None
+    g = blocks[walk].mean(axis=(0, 1))
+    out: np.ndarray = (g / max(float(np.linalg.norm(g)), 1e-6)).astype(np.float32)
+    return out
+
+
+def tilt_from_reference_deg(windows: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+    """Angle (deg) between each window's pre-event gravity direction (``SEG_BEFORE``) and the
+    wearer's upright ``reference`` (:func:`walking_reference`); NaN without a reference."""
+    w = np.asarray(windows, dtype=np.float32)
+    if reference is None:
+        return np.full(len(w), np.nan, dtype=np.float32)
+    g = w[:, SEG_BEFORE, 0:3].mean(axis=1)
+    return _angle_deg(g, np.broadcast_to(np.asarray(reference, dtype=np.float32), g.shape)).astype(np.float32)

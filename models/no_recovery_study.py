@@ -192,7 +192,7 @@ def run_gate(data_dir: Path, seed: int = 7, out: Path | None = None) -> dict[str
     tsubj = np.array([t.subject for t in trials])
     folds = TT.subject_folds(subjects, 3, seed)
     held_hits = np.zeros((len(trials), len(GATES)), dtype=bool)
-    fold_doc = []
+    fold_doc: list[dict[str, Any]] = []
     for held in folds:
         train_s = [s for s in subjects if s not in held]
         scorer_of: dict[str, Any] = {}

@@ -229,10 +229,13 @@ def _codes_table(cv: dict[str, Any]) -> str:
 
 
 def _nr_study(nr: dict[str, Any] | None) -> str:
-    head = ("**Independence of the no-recovery figures.** The deployed posture angles (upright < 35°, down "
-            "≥ 40°, an impact opens a watch unless the wearer was at ≥ 55° before) were adjusted by an earlier "
-            "session after looking at two SisFall subjects that it did not name, so the rows above (deployed "
-            "settings, every subject) are **development figures, not independent**.")
+    head = ("**Independence of the no-recovery figures.** The deployed posture angles (upright < 40°, down "
+            "≥ 50°, an impact opens a watch unless the wearer was at ≥ 60° before) are the pick of the stated "
+            "rule below (sensitivity + specificity, no room sensors) over **all** subjects (1.9802 against "
+            "1.9795 for the earlier 35/40/55, which an earlier session had set after looking at two subjects), "
+            "and its pick in 4 of 6 outer folds. The rows above (deployed settings, every subject) therefore "
+            "still contain a choice made on the subjects they score: read them as **development figures**; "
+            "the nested figure below is the independent one.")
     if not nr:
         return head + " The nested re-derivation (`fallwatch models study-no-recovery`) was not run for this build."
     rows = ["| held-out group | sensitivity | specificity | false-alarm trials | ADL h |", "|---|---|---|---|---|"]
