@@ -29,7 +29,8 @@ def test_rule_picks_the_most_sensitive_within_the_fa_target_and_breaks_ties_on_e
 def _walk(up: np.ndarray, seconds: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * F.RATE_HZ)) / F.RATE_HZ
-    return (np.outer(1.0 + 0.25 * np.sin(2 * np.pi * 1.8 * t), up) + rng.normal(0, 0.01, (len(t), 3))).astype(np.float32)
+    gait = np.outer(1.0 + 0.25 * np.sin(2 * np.pi * 1.8 * t), up)
+    return (gait + rng.normal(0, 0.01, (len(t), 3))).astype(np.float32)
 
 
 def test_walking_upright_follows_the_mounting_and_tells_lying_from_upright_before_an_event() -> None:
