@@ -251,6 +251,52 @@ def _nr_study(nr: dict[str, Any] | None) -> str:
             f"scored the held-out subjects: chosen {choices}.\n\n" + "\n".join(rows))
 
 
+def _angles_note(metrics: dict[str, Any]) -> str:
+    """Which no-recovery angles the path rows were streamed with, when they differ from the deployed ones."""
+    from fallwatch.models.no_recovery import NoRecoverySettings
+
+    measured = metrics.get("no_recovery_angles")
+    s = NoRecoverySettings()
+    deployed = [s.upright_deg, s.down_deg, s.pre_max_deg]
+    if not measured or list(measured) == deployed:
+        return ""
+    nr = (metrics.get("no_recovery_study") or {}).get("per_candidate_all_subjects", {})
+    now = nr.get(str(deployed), {}).get("none", {})
+    extra = ""
+    if now:
+        a, e = now["all"], now.get("SE", {})
+        extra = (f" With the deployed {'/'.join(f'{x:g}' for x in deployed)} over every subject (no rooms, "
+                 f"`study-no-recovery`, development figures): no-recovery sensitivity {_fmt(a['sensitivity'], True)}, "
+                 f"specificity {_fmt(a['specificity'], True)}, {a['false_alarm_trials']} false-alarm trials "
+                 f"({e.get('false_alarm_trials', 'n/a')} of them SE).")
+    return (f"\n**The no-recovery and combined rows below were streamed with the earlier posture angles "
+            f"{'/'.join(f'{x:g}' for x in measured)}**; the deployed ones are now "
+            f"{'/'.join(f'{x:g}' for x in deployed)} (the stated rule's pick, see 'Independence' below); the "
+            f"fast model is unchanged." + extra + "\n")
+
+
+def _nr_gate(g: dict[str, Any] | None) -> str:
+    """``no_recovery_study.run_gate``: may an impact the fast model found nothing fall-like in open a watch?"""
+    if not g:
+        return ""
+    rows = ["| gate (min P(fall) to open a watch) | held-out sensitivity | specificity | false-alarm trials | "
+            "SE false-alarm trials |", "|---|---|---|---|---|"]
+    for gate, r in g["held_out_per_gate"].items():
+        rows.append(f"| {gate} | {_fmt(r['all']['sensitivity'], True)} | {_fmt(r['all']['specificity'], True)} | "
+                    f"{r['all']['false_alarm_trials']} | {r['SE']['false_alarm_trials']} |")
+    n = g["nested"]["all"]
+    picks = ", ".join(str(f["gate"]) for f in g["folds"])
+    return ("\n**No-recovery gate** (`min_fall_p`, issue 12; no room sensors, held-out subjects streamed with their "
+            "outer fold's fast-model scores; the gate chosen per outer fold on the training subjects only, by "
+            "no-recovery sensitivity + specificity, ties to the smallest): picks " + picks + "; nested held out "
+            f"{_fmt(n['sensitivity'], True)} / {_fmt(n['specificity'], True)}, {n['false_alarm_trials']} "
+            f"false-alarm trials; lost falls: {', '.join(g['lost_falls']) or 'none'}. "
+            f"Shipped gate: **{g['ship']}**. The rows per gate below are held-out figures of each fixed gate, "
+            f"for reading, not a choice. The fast model's held-out P(fall) on the ungated path's false "
+            f"alarms: {', '.join(f'{k} {v}' for k, v in g['held_out_fast_scores_of_ungated_false_alarms'].items())}."
+            "\n\n" + "\n".join(rows) + "\n")
+
+
 def _study_folds(study: dict[str, Any] | None) -> str:
     if not study or not study.get("outer_folds"):
         return "same folds as above"
@@ -300,6 +346,14 @@ def _sim_table(sim: dict[str, Any] | None) -> str:
                f"with rooms {_fmt(adl['combined_rooms_per_hour'])}; alerts in bed without rooms "
                f"{adl['in_bed_alerts']}, with rooms {adl['in_bed_alerts_rooms']}.")
     return "\n".join(out)
+
+
+def _seq_section(seq: dict[str, Any] | None) -> str:
+    """``compare-seq``'s older protocol (no augmentation, Youden thresholds), only when run for this build."""
+    if not seq:
+        return ""
+    return ("\n`compare-seq` (the older protocol: no augmentation, a Youden threshold on a held-out third of "
+            "the training subjects):\n\n" + _seq_table(seq) + "\n")
 
 
 def _seq_table(seq: dict[str, Any] | None) -> str:
@@ -357,6 +411,8 @@ def _nested_table(nested: dict[str, Any] | None) -> str:
                 f"{_fmt(f['specificity'], True)}, {_fmt(f['false_alarms_per_hour'])} FA/h "
                 f"(SE {_fmt(f['groups'].get('SE', {}).get('false_alarms_per_hour'))} FA/h). "
                 f"**Shipped by the rule: {n['ship']}.**")
+    if nested.get("note"):
+        out += "\n\n" + str(nested["note"])
     seq = nested.get("cnn_export")
     if seq:
         out += (f"\n\nCNN: {seq['params']} parameters, {nested.get('epochs', '?')} epochs, ONNX "
@@ -484,6 +540,7 @@ same windows, labels, augmentation and threshold rule as the trees. Real recordi
 subjects only:
 
 {_nested_table(metrics.get('nested_study'))}
+{_seq_section(metrics.get('sequence_model'))}
 
 Plots: `report/confusion.png`, `report/roc_pr.png`, `report/latency.png`, `report/latency_paths.png`;
 all numbers in `report/metrics.json`.
@@ -513,10 +570,11 @@ the end: a fall becomes a fall **without recovery**, which SisFall's volunteers 
 stays seated, lying or standing). Room sensors are simulated from the activity code (D12-D14 in
 an occupied bed, D07-D11 on a sensed chair from the sitting impact on, everything else and every
 fall outside any sensed bed or chair). The fast-path rows are the table above.
-
+{_angles_note(metrics)}
 {_paths_table(cv)}
 
 {_nr_study(metrics.get('no_recovery_study'))}
+{_nr_gate(metrics.get('no_recovery_gate'))}
 
 ![decision latency per path](report/latency_paths.png)
 
