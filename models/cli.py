@@ -64,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     nr.add_argument("--seed", type=int, default=7)
     nr.add_argument("--out", type=Path, default=None,
                     help="JSON (default: models/fall/report/no_recovery_study.json)")
+    nr.add_argument("--gate", action="store_true",
+                    help="instead: the nested choice of the min_fall_p gate (report/no_recovery_gate.json)")
     nr.set_defaults(func=cmd_study_no_recovery)
 
     nf = sub.add_parser("nested-fall", help="issue 12's fast-path levers (augmentations, gyro-gain copies, "
@@ -225,6 +227,16 @@ def cmd_study_fall(args: argparse.Namespace) -> int:
 def cmd_study_no_recovery(args: argparse.Namespace) -> int:
     from fallwatch.models import fall_train, no_recovery_study
 
+    if args.gate:
+        gout: Path = args.out or fall_train.DEFAULT_OUT / "report" / "no_recovery_gate.json"
+        gout.parent.mkdir(parents=True, exist_ok=True)
+        g = no_recovery_study.run_gate(args.data, seed=args.seed, out=gout)
+        if args.out is None:
+            from fallwatch.models import report
+
+            report.add_to_card(fall_train.DEFAULT_OUT, "no_recovery_gate", g)
+        print(json.dumps({k: g[k] for k in ("folds", "nested", "pick", "ship")}))
+        return 0
     out: Path = args.out or fall_train.DEFAULT_OUT / "report" / "no_recovery_study.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     r = no_recovery_study.run(args.data, seed=args.seed, out=out)
