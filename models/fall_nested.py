@@ -26,7 +26,7 @@ The rule (stated before the run, in the commit that added this module):
 Candidates: the shipped configuration (trees on the 23 base features, soft-fall + robustness
 augmentation); soft-fall and robustness augmentation separately and neither (recordings only);
 gyroscope-gain robustness copies on top of the shipped augmentation; five descent / post-event
-stillness features on top (``features.FEATURE_NAMES`` after ``BASE_FEATURES``); and the small 1-D
+stillness features on top (``features.CANDIDATE_FEATURES``); and the small 1-D
 CNN of :mod:`fall_seq` on the same windows and augmentation, with the same threshold rule.
 Every figure is from **real trials of held-out subjects** (augmented trials are made from training
 subjects only and never evaluated); stress sets are the held-out trials with a fixed gyroscope /

@@ -78,9 +78,9 @@ def feature_names(feature_set: str) -> tuple[str, ...]:
     if feature_set == "acc":
         return F.ACC_FEATURES
     if feature_set == "all":
-        return F.BASE_FEATURES
-    if feature_set == "all+descent":
         return F.FEATURE_NAMES
+    if feature_set == "all+descent":
+        return F.STUDY_FEATURE_NAMES
     raise ValueError(f"unknown feature set {feature_set!r}")
 
 
@@ -92,7 +92,7 @@ class WindowSet:
     """Every triggered window of a list of trials, with labels."""
 
     trials: list[sisfall.Trial]
-    X: np.ndarray  # (N, len(FEATURE_NAMES)) float32
+    X: np.ndarray  # (N, len(STUDY_FEATURE_NAMES)) float32: the served features, then the candidates
     y: np.ndarray  # (N,) 1 fall, 0 ADL, -1 excluded from training
     trial_idx: np.ndarray  # (N,) index into trials
     #: augmented windows (training only; their trials name the subject they were made from)
@@ -147,7 +147,7 @@ def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None
         wins, cands = trial_windows(trial, settings)
         if len(wins) == 0:
             continue
-        xs.append(F.window_features(wins))
+        xs.append(np.concatenate([F.window_features(wins), F.candidate_features(wins)], axis=1))
         if seq:
             sq.append(F.sequence_channels(wins))
         ys.append(window_labels(trial, cands))
@@ -158,7 +158,7 @@ def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None
         rt_s.append(np.minimum(np.array([c.impact_t_s for c in cands]) + F.POST_S, trial.duration_s))
     if not xs:
         empty = np.zeros(0)
-        return WindowSet(trials, np.zeros((0, len(F.FEATURE_NAMES)), dtype=np.float32),
+        return WindowSet(trials, np.zeros((0, len(F.STUDY_FEATURE_NAMES)), dtype=np.float32),
                          np.zeros(0, dtype=np.int8), np.zeros(0, dtype=int), impact_t=empty, ready_t=empty)
     return WindowSet(trials, np.concatenate(xs), np.concatenate(ys), np.concatenate(ti),
                      impact_t=np.concatenate(it_s), ready_t=np.concatenate(rt_s),

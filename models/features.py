@@ -78,16 +78,20 @@ FEATURE_NAMES = (
     "gyro_mean_before_dps",
     "gyro_mean_rest_dps",
     "gyro_std_rest_dps",
-    # issue 12 candidates (lying down / turning over vs falls, independent of the mounting):
+)
+ACC_FEATURES = tuple(n for n in FEATURE_NAMES if not n.startswith("gyro_"))
+#: Issue 12's candidate features (lying down / turning over vs falls, independent of the mounting),
+#: computed by :func:`candidate_features` for training studies only: the nested evaluation did not
+#: ship them, so the edge does not pay for them (about 18 % of a single window's feature time).
+CANDIDATE_FEATURES = (
     "energy_descent_g2s",  # integral of (mag - 1 g)^2 over the descent: a fall's descent is violent
     "active_before_s",  # time from the last quiet sample (|mag - 1 g| < 0.1 g) to the impact
     "still_frac_rest",  # share of [0.5, 2.5] s within 0.05 g of the rest mean (post-event stillness)
     "gyro_energy_descent",  # integral of |gyro|^2 over the descent, (100 deg/s)^2 s
     "gyro_still_frac_rest",  # share of [0.5, 2.5] s with |gyro| < 15 deg/s
 )
-#: the feature set of the shipped model before issue 12's candidates (``train-fall`` "all")
-BASE_FEATURES = FEATURE_NAMES[:FEATURE_NAMES.index("energy_descent_g2s")]
-ACC_FEATURES = tuple(n for n in BASE_FEATURES if not n.startswith("gyro_"))
+#: columns of a training window set: the served features, then the candidates
+STUDY_FEATURE_NAMES = FEATURE_NAMES + CANDIDATE_FEATURES
 
 
 def magnitude(x: np.ndarray) -> np.ndarray:
@@ -143,12 +147,6 @@ def window_features(windows: np.ndarray) -> np.ndarray:
     f[:, col["peaks_after"]] = (mag[:, _sl(1.0, 2.5)] > 1.5).sum(axis=1)
     f[:, col["t_min_to_peak_s"]] = (descent.shape[1] - descent.argmin(axis=1)) * dt
     f[:, col["mean_before_g"]] = mag[:, SEG_BEFORE].mean(axis=1)
-    f[:, col["energy_descent_g2s"]] = (dev[:, SEG_DESCENT] ** 2).sum(axis=1) * dt
-    quiet = np.abs(dev[:, :PRE]) < 0.1
-    last_quiet = np.where(quiet.any(axis=1), PRE - 1 - np.argmax(quiet[:, ::-1], axis=1), 0)
-    f[:, col["active_before_s"]] = (PRE - last_quiet) * dt
-    settle_rest = mag[:, _sl(0.5, 2.5)]
-    f[:, col["still_frac_rest"]] = (np.abs(settle_rest - rest.mean(axis=1, keepdims=True)) < 0.05).mean(axis=1)
 
     if w.shape[2] >= 6:
         gmag = magnitude(w[:, :, 3:6])
@@ -157,8 +155,6 @@ def window_features(windows: np.ndarray) -> np.ndarray:
         f[:, col["gyro_mean_before_dps"]] = gmag[:, SEG_BEFORE].mean(axis=1)
         f[:, col["gyro_mean_rest_dps"]] = gmag[:, SEG_REST].mean(axis=1)
         f[:, col["gyro_std_rest_dps"]] = gmag[:, SEG_REST].std(axis=1)
-        f[:, col["gyro_energy_descent"]] = ((gmag[:, SEG_DESCENT] / 100.0) ** 2).sum(axis=1) * dt
-        f[:, col["gyro_still_frac_rest"]] = (gmag[:, _sl(0.5, 2.5)] < 15.0).mean(axis=1)
     else:
         for name in FEATURE_NAMES:
             if name.startswith("gyro_"):
@@ -230,9 +226,31 @@ class GravityEstimator:
         return out
 
 
+def candidate_features(windows: np.ndarray) -> np.ndarray:
+    """:data:`CANDIDATE_FEATURES` of windows ``(n, WINDOW, 6)`` -> ``(n, 5)`` float32 (training studies)."""
+    w = np.asarray(windows, dtype=np.float32)
+    n, dt = w.shape[0], 1.0 / RATE_HZ
+    mag = magnitude(w[:, :, 0:3])
+    dev = mag - 1.0
+    f = np.zeros((n, len(CANDIDATE_FEATURES)), dtype=np.float32)
+    f[:, 0] = (dev[:, SEG_DESCENT] ** 2).sum(axis=1) * dt
+    quiet = np.abs(dev[:, :PRE]) < 0.1
+    last_quiet = np.where(quiet.any(axis=1), PRE - 1 - np.argmax(quiet[:, ::-1], axis=1), 0)
+    f[:, 1] = (PRE - last_quiet) * dt
+    settle_rest = mag[:, _sl(0.5, 2.5)]
+    rest_mean = mag[:, SEG_REST].mean(axis=1, keepdims=True)
+    f[:, 2] = (np.abs(settle_rest - rest_mean) < 0.05).mean(axis=1)
+    if w.shape[2] >= 6:
+        gmag = magnitude(w[:, :, 3:6])
+        f[:, 3] = ((gmag[:, SEG_DESCENT] / 100.0) ** 2).sum(axis=1) * dt
+        f[:, 4] = (gmag[:, _sl(0.5, 2.5)] < 15.0).mean(axis=1)
+    return f
+
+
 def feature_index(names: tuple[str, ...] | list[str]) -> np.ndarray:
-    """Column indices of ``names`` in :func:`window_features` output (unknown name -> KeyError)."""
-    col = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    """Column indices of ``names`` in :func:`window_features` output, or in a training window set's
+    ``X`` (:data:`STUDY_FEATURE_NAMES`: the same columns first) (unknown name -> KeyError)."""
+    col = {name: i for i, name in enumerate(STUDY_FEATURE_NAMES)}
     return np.array([col[n] for n in names], dtype=np.intp)
 
 
