@@ -47,3 +47,16 @@ def test_walking_upright_follows_the_mounting_and_tells_lying_from_upright_befor
     still = np.tile(up, (20 * int(F.RATE_HZ), 1)).astype(np.float32)
     assert F.walking_reference(still) is None  # never walked: unknown, not a guess
     assert np.isnan(F.tilt_from_reference_deg(wins, None)).all()
+
+
+def test_candidate_features_do_not_depend_on_the_mounting() -> None:
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 0.4, (4, F.WINDOW, 6)).astype(np.float32)
+    w[:, :, 2] += 1.0
+    rot = random_rotation(rng)
+    turned = w.copy()
+    turned[:, :, :3] = w[:, :, :3] @ rot.T
+    turned[:, :, 3:] = w[:, :, 3:] @ rot.T
+    a, b = F.candidate_features(w), F.candidate_features(turned)
+    assert a.shape == (4, len(F.CANDIDATE_FEATURES))
+    assert np.allclose(a, b, atol=1e-3)
