@@ -114,9 +114,9 @@ def add_walk_tilt(trials: list[sisfall.Trial], sets: dict[str, T.WindowSet]) -> 
 
     SisFall records each activity separately, so the wearer's upright comes from their own walking
     trials (:data:`WALK_CODES`), carried over to their other recordings as continuous wear would
-    (same device, same belt: the SisFall protocol). Copies whose frame differs from the recording
-    (the rotated robustness copies and rotated stress sets) get NaN: their reference is unknown, as
-    on a device that has not yet seen its wearer walk."""
+    (same device, same belt: the SisFall protocol). The rotated robustness copies, whose frame is
+    not the recording's, get NaN: their reference is unknown, as on a device that has not yet seen
+    its wearer walk (the gain-only stress sets keep the frame, and the reference)."""
     refs: dict[str, np.ndarray | None] = {}
     for s in sorted({t.subject for t in trials}):
         walk = [t.acc_g for t in trials if t.subject == s and t.activity in WALK_CODES]
@@ -350,5 +350,12 @@ def cnn_export(data_dir: Path, seed: int = 7, cache: Path | None = None, epochs:
 
 
 def brief(doc: dict[str, Any]) -> dict[str, Any]:
-    """What the model card keeps of a run (no per-window scores)."""
-    return {k: v for k, v in doc.items() if k not in ("windows",)} | {"windows": doc.get("windows")}
+    """What the model card keeps of a run: no miss lists, per-code sensitivity and FA/h only."""
+    def trim(r: dict[str, Any]) -> dict[str, Any]:
+        codes = {c: {k: v[k] for k in ("sensitivity", "false_alarms_per_hour")} for c, v in r.get("codes", {}).items()}
+        return {k: v for k, v in r.items() if k != "missed"} | {"codes": codes}
+
+    out = dict(doc) | {"candidates": {n: trim(r) for n, r in doc.get("candidates", {}).items()}}
+    if "nested" in doc:
+        out["nested"] = dict(doc["nested"]) | {"figures": trim(doc["nested"]["figures"])}
+    return out
