@@ -64,7 +64,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     nr.add_argument("--seed", type=int, default=7)
     nr.add_argument("--out", type=Path, default=None,
                     help="JSON (default: models/fall/report/no_recovery_study.json)")
+    nr.add_argument("--gate", action="store_true",
+                    help="instead: the nested choice of the min_fall_p gate (report/no_recovery_gate.json)")
     nr.set_defaults(func=cmd_study_no_recovery)
+
+    nf = sub.add_parser("nested-fall", help="issue 12's fast-path levers (augmentations, gyro-gain copies, "
+                                            "descent features, the 1-D CNN) chosen by a nested subject-wise rule")
+    nf.add_argument("--data", required=True, type=Path)
+    nf.add_argument("--seed", type=int, default=7)
+    nf.add_argument("--epochs", type=int, default=6, help="CNN epochs")
+    nf.add_argument("--only", default="", help="comma-separated candidate names (default: all)")
+    nf.add_argument("--out", type=Path, default=None, help="JSON (default: models/fall/report/nested_study.json)")
+    nf.set_defaults(func=cmd_nested_fall)
 
     tr = sub.add_parser("train-risk", help="simulate a cohort, train and export the fall-risk model")
     tr.add_argument("--out", type=Path, default=None, help="output dir (default: models/risk/)")
@@ -185,10 +196,8 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
     nr_path = rep / "no_recovery_study.json"
     if nr_path.exists():
         metrics["no_recovery_study"] = json.loads(nr_path.read_text())
-    if previous.get("sequence_model"):  # compare-seq is a separate, slow run: keep its figures, labelled
-        metrics["sequence_model"] = {**previous["sequence_model"],
-                                     "note": previous["sequence_model"].get("note", "") +
-                                     " (run on the previous build's folds and loader)"}
+    if previous.get("nested_study"):  # nested-fall is a separate, slow run: keep its figures
+        metrics["nested_study"] = previous["nested_study"]
     report.write_json(metrics, rep / "metrics.json")
     report.model_card(metrics, out / "MODEL_CARD.md")
     _print_summary(cv.summary)
@@ -218,6 +227,16 @@ def cmd_study_fall(args: argparse.Namespace) -> int:
 def cmd_study_no_recovery(args: argparse.Namespace) -> int:
     from fallwatch.models import fall_train, no_recovery_study
 
+    if args.gate:
+        gout: Path = args.out or fall_train.DEFAULT_OUT / "report" / "no_recovery_gate.json"
+        gout.parent.mkdir(parents=True, exist_ok=True)
+        g = no_recovery_study.run_gate(args.data, seed=args.seed, out=gout)
+        if args.out is None:
+            from fallwatch.models import report
+
+            report.add_to_card(fall_train.DEFAULT_OUT, "no_recovery_gate", g)
+        print(json.dumps({k: g[k] for k in ("folds", "nested", "pick", "ship")}))
+        return 0
     out: Path = args.out or fall_train.DEFAULT_OUT / "report" / "no_recovery_study.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     r = no_recovery_study.run(args.data, seed=args.seed, out=out)
@@ -228,6 +247,29 @@ def cmd_study_no_recovery(args: argparse.Namespace) -> int:
     for f in r["folds"]:
         print(f"held out {','.join(f['held_out'])}: chose {f['candidate']} (training Youden {f['train_youden']})")
     print(json.dumps(r["nested"]))
+    return 0
+
+
+def cmd_nested_fall(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from fallwatch.models import fall_nested, fall_train, report
+
+    only = tuple(x for x in args.only.split(",") if x)
+    if importlib.util.find_spec("torch") is None:  # the CNN candidate needs the seq extra
+        only = only or tuple(c.name for c in fall_nested.CANDIDATES if c.model != "cnn")
+        print("torch not installed: the CNN candidate is skipped (pip install torch==2.13.0)", file=sys.stderr)
+    out: Path = args.out or fall_train.DEFAULT_OUT / "report" / "nested_study.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    r = fall_nested.run(args.data, seed=args.seed, out=out, only=only, epochs=args.epochs)
+    r = fall_nested.merge(args.data, [out], out, seed=args.seed)
+    if any(c.model == "cnn" and (not only or c.name in only) for c in fall_nested.CANDIDATES):
+        r["cnn_export"] = fall_nested.cnn_export(args.data, seed=args.seed)
+        r["epochs"] = args.epochs
+        out.write_text(json.dumps(r, indent=1))
+    if args.out is None:
+        report.add_to_card(fall_train.DEFAULT_OUT, "nested_study", fall_nested.brief(r))
+    print(json.dumps(r["nested"]["picks"]), r["nested"]["ship"])
     return 0
 
 

@@ -79,6 +79,8 @@ def feature_names(feature_set: str) -> tuple[str, ...]:
         return F.ACC_FEATURES
     if feature_set == "all":
         return F.FEATURE_NAMES
+    if feature_set == "all+descent":
+        return F.STUDY_FEATURE_NAMES
     raise ValueError(f"unknown feature set {feature_set!r}")
 
 
@@ -90,7 +92,7 @@ class WindowSet:
     """Every triggered window of a list of trials, with labels."""
 
     trials: list[sisfall.Trial]
-    X: np.ndarray  # (N, len(FEATURE_NAMES)) float32
+    X: np.ndarray  # (N, len(STUDY_FEATURE_NAMES)) float32: the served features, then the candidates
     y: np.ndarray  # (N,) 1 fall, 0 ADL, -1 excluded from training
     trial_idx: np.ndarray  # (N,) index into trials
     #: augmented windows (training only; their trials name the subject they were made from)
@@ -100,6 +102,12 @@ class WindowSet:
     impact_t: np.ndarray | None = None
     #: (N,) time the window was complete (s into its trial): the fast path's decision time
     ready_t: np.ndarray | None = None
+    #: (N, 3, WINDOW) sequence channels (:func:`features.sequence_channels`) of the same windows,
+    #: for the sequence model; only when built with ``seq=True``
+    seq: np.ndarray | None = None
+    #: (N,) pre-event tilt from the wearer's walking upright (deg, NaN unknown): issue 12's
+    #: study candidate (:func:`fallwatch.models.fall_nested.add_walk_tilt`), not a served feature
+    walk_tilt: np.ndarray | None = None
 
     def subjects(self) -> np.ndarray:
         return np.array([self.trials[i].subject for i in self.trial_idx])
@@ -128,18 +136,20 @@ def window_labels(trial: sisfall.Trial, cands: list[Candidate]) -> np.ndarray:
 
 
 def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None = None,
-                  progress: bool = False) -> WindowSet:
+                  progress: bool = False, seq: bool = False) -> WindowSet:
     it = trials
     if progress:
         from tqdm import tqdm
 
         it = tqdm(trials, desc="windows", unit="trial")
-    xs, ys, ti, it_s, rt_s = [], [], [], [], []
+    xs, ys, ti, it_s, rt_s, sq = [], [], [], [], [], []
     for k, trial in enumerate(it):
         wins, cands = trial_windows(trial, settings)
         if len(wins) == 0:
             continue
-        xs.append(F.window_features(wins))
+        xs.append(np.concatenate([F.window_features(wins), F.candidate_features(wins)], axis=1))
+        if seq:
+            sq.append(F.sequence_channels(wins))
         ys.append(window_labels(trial, cands))
         ti.append(np.full(len(cands), k))
         it_s.append(np.array([c.impact_t_s for c in cands]))
@@ -148,10 +158,11 @@ def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None
         rt_s.append(np.minimum(np.array([c.impact_t_s for c in cands]) + F.POST_S, trial.duration_s))
     if not xs:
         empty = np.zeros(0)
-        return WindowSet(trials, np.zeros((0, len(F.FEATURE_NAMES)), dtype=np.float32),
+        return WindowSet(trials, np.zeros((0, len(F.STUDY_FEATURE_NAMES)), dtype=np.float32),
                          np.zeros(0, dtype=np.int8), np.zeros(0, dtype=int), impact_t=empty, ready_t=empty)
     return WindowSet(trials, np.concatenate(xs), np.concatenate(ys), np.concatenate(ti),
-                     impact_t=np.concatenate(it_s), ready_t=np.concatenate(rt_s))
+                     impact_t=np.concatenate(it_s), ready_t=np.concatenate(rt_s),
+                     seq=np.concatenate(sq) if seq else None)
 
 
 #: ADL codes that are the detector's hard negatives: sitting down (D07-D11), lying down and
@@ -237,6 +248,17 @@ def perturb(trial: sisfall.Trial, rng: np.random.Generator, *, rotate: bool = Tr
     return sisfall.Trial(trial.subject, trial.group, trial.activity,
                          trial.trial if number is None else number, trial.rate_hz,
                          acc.astype(np.float32), gyro.astype(np.float32), trial.acc2_g, source_name="augmented")
+
+
+GYRO_ROBUSTNESS = ("every trial once more with only the gyroscope's gain off, x0.7-1.3 (the accelerometer "
+                   "as recorded): a gyroscope's gain is not observable from gravity, so no calibration removes it.")
+
+
+def gyro_gain_trials(trials: list[sisfall.Trial], seed: int) -> list[sisfall.Trial]:
+    """One copy of every trial with a random gyroscope gain (:data:`GYRO_ROBUSTNESS`), seeded."""
+    rng = np.random.default_rng(seed + 303)
+    return [perturb(t, rng, rotate=False, gain=(1.0, float(rng.uniform(0.7, 1.3))), number=300 + t.trial)
+            for t in trials]
 
 
 def robust_trials(trials: list[sisfall.Trial], seed: int) -> list[sisfall.Trial]:

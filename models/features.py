@@ -80,6 +80,18 @@ FEATURE_NAMES = (
     "gyro_std_rest_dps",
 )
 ACC_FEATURES = tuple(n for n in FEATURE_NAMES if not n.startswith("gyro_"))
+#: Issue 12's candidate features (lying down / turning over vs falls, independent of the mounting),
+#: computed by :func:`candidate_features` for training studies only: the nested evaluation did not
+#: ship them, so the edge does not pay for them (about 18 % of a single window's feature time).
+CANDIDATE_FEATURES = (
+    "energy_descent_g2s",  # integral of (mag - 1 g)^2 over the descent: a fall's descent is violent
+    "active_before_s",  # time from the last quiet sample (|mag - 1 g| < 0.1 g) to the impact
+    "still_frac_rest",  # share of [0.5, 2.5] s within 0.05 g of the rest mean (post-event stillness)
+    "gyro_energy_descent",  # integral of |gyro|^2 over the descent, (100 deg/s)^2 s
+    "gyro_still_frac_rest",  # share of [0.5, 2.5] s with |gyro| < 15 deg/s
+)
+#: columns of a training window set: the served features, then the candidates
+STUDY_FEATURE_NAMES = FEATURE_NAMES + CANDIDATE_FEATURES
 
 
 def magnitude(x: np.ndarray) -> np.ndarray:
@@ -214,9 +226,31 @@ class GravityEstimator:
         return out
 
 
+def candidate_features(windows: np.ndarray) -> np.ndarray:
+    """:data:`CANDIDATE_FEATURES` of windows ``(n, WINDOW, 6)`` -> ``(n, 5)`` float32 (training studies)."""
+    w = np.asarray(windows, dtype=np.float32)
+    n, dt = w.shape[0], 1.0 / RATE_HZ
+    mag = magnitude(w[:, :, 0:3])
+    dev = mag - 1.0
+    f = np.zeros((n, len(CANDIDATE_FEATURES)), dtype=np.float32)
+    f[:, 0] = (dev[:, SEG_DESCENT] ** 2).sum(axis=1) * dt
+    quiet = np.abs(dev[:, :PRE]) < 0.1
+    last_quiet = np.where(quiet.any(axis=1), PRE - 1 - np.argmax(quiet[:, ::-1], axis=1), 0)
+    f[:, 1] = (PRE - last_quiet) * dt
+    settle_rest = mag[:, _sl(0.5, 2.5)]
+    rest_mean = mag[:, SEG_REST].mean(axis=1, keepdims=True)
+    f[:, 2] = (np.abs(settle_rest - rest_mean) < 0.05).mean(axis=1)
+    if w.shape[2] >= 6:
+        gmag = magnitude(w[:, :, 3:6])
+        f[:, 3] = ((gmag[:, SEG_DESCENT] / 100.0) ** 2).sum(axis=1) * dt
+        f[:, 4] = (gmag[:, _sl(0.5, 2.5)] < 15.0).mean(axis=1)
+    return f
+
+
 def feature_index(names: tuple[str, ...] | list[str]) -> np.ndarray:
-    """Column indices of ``names`` in :func:`window_features` output (unknown name -> KeyError)."""
-    col = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    """Column indices of ``names`` in :func:`window_features` output, or in a training window set's
+    ``X`` (:data:`STUDY_FEATURE_NAMES`: the same columns first) (unknown name -> KeyError)."""
+    col = {name: i for i, name in enumerate(STUDY_FEATURE_NAMES)}
     return np.array([col[n] for n in names], dtype=np.intp)
 
 
@@ -231,3 +265,43 @@ def still_and_lying(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     still = feats[:, col["std_rest_g"]] < 0.08
     lying = feats[:, col["tilt_change_deg"]] >= 50.0
     return still, lying
+
+
+#: Walking blocks (the wearer's own upright, see :func:`walking_reference`): 1 s blocks whose |a|
+#: varies like gait (std within these bounds, g) around a mean near 1 g.
+WALK_STD_G = (0.08, 0.6)
+WALK_MEAN_G = (0.85, 1.2)
+
+
+def walking_reference(acc_g: np.ndarray) -> np.ndarray | None:
+    """The wearer's upright direction in the device's own frame: the mean acceleration direction
+    over 1 s walking blocks of ``acc_g`` (n, 3), or None without any walking block.
+
+    Why: how a device sits on the belt varies, so "lying before the event" cannot be read from a
+    fixed device axis; the gravity direction while the wearer walks is their own upright on their
+    own device, whatever the mounting. Against it, turning over while lying starts from about 90 deg
+    and a fall from standing or sitting from well under 60 deg (issue 12, SisFall).
+    """
+    acc = np.asarray(acc_g, dtype=np.float32)
+    n = len(acc) // GRAVITY_BLOCK
+    if n == 0:
+        return None
+    blocks = acc[: n * GRAVITY_BLOCK].reshape(n, GRAVITY_BLOCK, 3)
+    mag = magnitude(blocks)
+    std, mean = mag.std(axis=1), mag.mean(axis=1)
+    walk = (std >= WALK_STD_G[0]) & (std <= WALK_STD_G[1]) & (mean >= WALK_MEAN_G[0]) & (mean <= WALK_MEAN_G[1])
+    if not walk.any():
+        return None
+    g = blocks[walk].mean(axis=(0, 1))
+    out: np.ndarray = (g / max(float(np.linalg.norm(g)), 1e-6)).astype(np.float32)
+    return out
+
+
+def tilt_from_reference_deg(windows: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+    """Angle (deg) between each window's pre-event gravity direction (``SEG_BEFORE``) and the
+    wearer's upright ``reference`` (:func:`walking_reference`); NaN without a reference."""
+    w = np.asarray(windows, dtype=np.float32)
+    if reference is None:
+        return np.full(len(w), np.nan, dtype=np.float32)
+    g = w[:, SEG_BEFORE, 0:3].mean(axis=1)
+    return _angle_deg(g, np.broadcast_to(np.asarray(reference, dtype=np.float32), g.shape)).astype(np.float32)

@@ -54,12 +54,14 @@ class NoRecoverySettings:
     #: from the event, the alert leaves the hub this long after it (aim: <= 60 s)
     no_recovery_s: float = 45.0
     #: below this angle to the upright direction the wearer is up (sitting upright included);
-    #: at or above ``down_deg`` down (lying, or slumped); in between neither
-    upright_deg: float = 35.0
-    down_deg: float = 40.0
+    #: at or above ``down_deg`` down (lying, or slumped); in between neither. The three angles
+    #: are the pick of ``study-no-recovery``'s stated rule (max sensitivity + specificity on
+    #: training subjects) over all subjects, also its pick in 4 of 6 outer folds (issue 12)
+    upright_deg: float = 40.0
+    down_deg: float = 50.0
     #: an impact opens a watch unless the wearer was lying before it (turning over, in bed);
     #: leaning forward to sit down or to get up still counts as upright here
-    pre_max_deg: float = 55.0
+    pre_max_deg: float = 60.0
     #: the first seconds after the event are the fall itself, not yet "staying down"
     settle_s: float = 1.5
     #: the wearer must be down within this long after the event (a fall ends on the floor at
@@ -77,6 +79,10 @@ class NoRecoverySettings:
     move_deg: float = 6.0
     #: bed-exit events: the bed went empty this close before the wearer is seen down on the floor
     bed_exit_s: float = 10.0
+    #: an impact opens a watch only if the fast model gave its window at least this P(fall)
+    #: (0: every impact; bed exits and posture drops are never gated). Chosen by the nested rule
+    #: of :func:`fallwatch.models.no_recovery_study.run_gate` (issue 12).
+    min_fall_p: float = 0.0
 
 
 class RoomView(Protocol):
@@ -221,6 +227,8 @@ class NoRecoveryWatch:
         pre = self._pre_posture(impact_t_s)
         if pre is None or pre >= self.settings.pre_max_deg:
             return  # lying before (turning over, or in bed): only the rooms can tell a fall from bed
+        if probability < self.settings.min_fall_p:
+            return  # nothing fall-like about the impact (sitting down heavily into a chair)
         self._open("impact", impact_t_s, peak_g, probability)
 
     def on_bed_exit(self, t_s: float, rooms: RoomView) -> None:

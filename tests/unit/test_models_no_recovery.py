@@ -188,3 +188,14 @@ def test_moving_a_lot_on_the_floor_is_not_staying_down_still() -> None:
     rng = np.random.default_rng(3)
     s.feed(np.concatenate([posture(float(rng.uniform(50, 110)), 0.5, walking=True, seed=k) for k in range(120)]))
     assert s.decisions == [] and s.w.counts["moving"] + s.w.counts["not_down"] == 1
+
+
+def test_gate_min_fall_p_keeps_impacts_the_model_found_nothing_fall_like_in_from_opening_a_watch() -> None:
+    """Issue 12's optional gate: an impact the fast model scored below ``min_fall_p`` opens no watch
+    (sitting down heavily into a chair and staying slumped); one above it still does."""
+    for p, alerts in ((0.0005, 0), (0.2, 1)):
+        s = Stream(NoRecoveryWatch(NoRecoverySettings(no_recovery_s=45.0, min_fall_p=0.001)))
+        s.feed(posture(3, 10, walking=True))
+        s.w.on_trigger(s.t, 2.4, p)
+        s.feed(posture(85, 60))
+        assert len(s.decisions) == alerts, p
