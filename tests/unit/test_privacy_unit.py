@@ -36,12 +36,15 @@ def _setup(tmp_path: Path) -> tuple[Path, StateStore, SqliteSeriesSink]:
     reg.assign("wear-r01", "r01", actor="tina")
     sink = SqliteSeriesSink(tmp_path / "series.sqlite")
     sink.setup()
+    # distinct times: two points of one series in the same millisecond are one point in the
+    # series store (as in InfluxDB), and a fast machine makes both falls in one millisecond
+    base = c.now_ms()
     for seq, who in ((1, "r01"), (2, "r02")):
-        msg = c.decode(*t.fall("site-a", "hub-1", seq, resident=who))
+        msg = c.decode(*t.fall("site-a", "hub-1", seq, resident=who, ts_ms=base + seq))
         assert isinstance(msg, c.FallAlert)
-        st.record_fall(msg, c.now_ms())
-        sink.write(to_points(msg, c.now_ms()))
-    sink.write(to_points(c.decode(*t.tele("site-a", "hub-1", 3, sensor="wear-r01")), c.now_ms()))
+        st.record_fall(msg, base + 10)
+        sink.write(to_points(msg, base + 10))
+    sink.write(to_points(c.decode(*t.tele("site-a", "hub-1", 3, sensor="wear-r01", ts_ms=base + 3)), base + 10))
     return conf, st, sink
 
 
