@@ -44,7 +44,7 @@ def _setup(tmp_path: Path) -> tuple[Path, StateStore, SqliteSeriesSink]:
         assert isinstance(msg, c.FallAlert)
         st.record_fall(msg, base + 10)
         sink.write(to_points(msg, base + 10))
-    sink.write(to_points(c.decode(*t.tele("site-a", "hub-1", 3, sensor="wear-r01", ts_ms=base + 3)), base + 10))
+    sink.write(to_points(c.decode(*t.tele("site-a", "hub-1", 3, sensor="wear-r01", ts_ms=base)), base + 10))
     return conf, st, sink
 
 
