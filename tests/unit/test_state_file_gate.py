@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 from fallwatch.gateway.state import StateStore
+from fallwatch.testing.publisher import wait_until
 
 WRITER = """
 import sys
 from fallwatch.gateway.state import StateStore
+from fallwatch.testing.publisher import wait_until
 st = StateStore(sys.argv[1])
 print("ready", flush=True)
 with st._tx(urgent=sys.argv[2] == "1") as cur:
@@ -28,15 +30,6 @@ def _writer(db: Path, urgent: bool, name: str) -> subprocess.Popen[str]:
     return p
 
 
-def _until(cond: object, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_an_urgent_writer_in_another_process_goes_ahead_of_a_waiting_ordinary_one(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite"
     st = StateStore(str(db))
@@ -49,7 +42,7 @@ def test_an_urgent_writer_in_another_process_goes_ahead_of_a_waiting_ordinary_on
         time.sleep(0.3)  # let it queue first (if it has not, the alert is first anyway)
         urgent = _writer(db, True, "fall")
         # the alert's process announces itself; a bulk commit here would see it and yield
-        assert _until(lambda: st.gate is not None and st.gate.urgent_waiting == 1)
+        assert wait_until(lambda: st.gate is not None and st.gate.urgent_waiting == 1, 30.0)
     assert urgent.wait(30) == 0 and ordinary.wait(30) == 0
     rows = [r["name"] for r in st._select("SELECT name FROM t ORDER BY id")]
     assert rows == ["holder", "fall", "telemetry"]
