@@ -374,6 +374,8 @@ class StateStore:
                     conn.close()
             self._conns.clear()
         self._local = threading.local()
+        if self.gate is not None:
+            self.gate.close()
 
     # ------------------------------------------------------------ de-duplication
     def filter_new(self, msg_ids: list[str]) -> set[str]:
@@ -786,8 +788,8 @@ class StateStore:
 
 
 class FileGate:
-    """The same queue as :class:`WriteGate` between processes on one host: two lock files
-    beside the SQLite database, taken with ``flock`` before ``BEGIN IMMEDIATE``.
+    """The same queue as :class:`WriteGate` between processes on one host: lock files beside
+    the SQLite database, taken with ``flock`` before ``BEGIN IMMEDIATE``.
 
     ``fallwatch gateway run --workers N`` runs N processes on one SQLite state DB. Between
     processes, writers used to meet only in SQLite's busy handler, which sleeps 1, 2, 5 … up
@@ -797,50 +799,71 @@ class FileGate:
     p99 550–840 ms, max 1.0 s; with this gate 24–85 ms). ``flock`` waits in the kernel and
     wakes the waiter when the lock is released.
 
-    Priority: an urgent writer holds the *urgent* file shared while it waits for the
-    *writer* file; an ordinary writer takes the writer file only when no urgent writer is
-    announced, and gives it back at once if one announced itself meanwhile. So a fall alert
-    waits for at most the one transaction already running, in any process, and a bulk
-    commit that yields between statements (:meth:`StateStore.record_batch`) sees it
-    through :meth:`urgent_waiting`. SQLite's own lock stays the real one: a writer that does
-    not take these files (``sqlite3`` by hand, an older gateway) is only slower to get it.
+    Two files: whoever holds ``-writer.lock`` may write; ``-urgent.lock`` is held *shared*
+    by every process that has an urgent (fall-alert) writer waiting — its announcement,
+    made by :class:`WriteGate` as soon as one of its threads wants to write urgently. An
+    ordinary writer that gets the writer file while an announcement stands gives it back at
+    once and waits until no announcement stands (:meth:`wait_no_urgent`); a bulk commit that
+    yields between statements sees announcements through :meth:`urgent_announced`. So a
+    fall alert waits for at most the one transaction already running, in any process. SQLite's
+    own lock stays the real one: a writer that does not take these files (``sqlite3`` by hand,
+    an older gateway) is only slower to get it. Each role has its own descriptor, because
+    ``flock`` locks belong to an open file, not to a thread.
     """
 
     def __init__(self, db_path: str) -> None:
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-        self._w = os.open(db_path + "-writer.lock", flags, 0o600)
-        self._u = os.open(db_path + "-urgent.lock", flags, 0o600)
+        self._path = db_path
+        self._fds: dict[str, int] = {}
+        self._open()  # fail now (and fall back) rather than at the first write
 
-    def acquire(self, urgent: bool) -> None:
-        if urgent:
-            fcntl.flock(self._u, fcntl.LOCK_SH)
+    def _open(self) -> dict[str, int]:
+        if not self._fds:
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            fds: dict[str, int] = {}
             try:
-                fcntl.flock(self._w, fcntl.LOCK_EX)
-            finally:
-                fcntl.flock(self._u, fcntl.LOCK_UN)
-            return
-        while True:
-            fcntl.flock(self._u, fcntl.LOCK_EX)  # waits while an urgent writer is announced
-            fcntl.flock(self._u, fcntl.LOCK_UN)
-            fcntl.flock(self._w, fcntl.LOCK_EX)
-            if not self.urgent_waiting():
-                return
-            fcntl.flock(self._w, fcntl.LOCK_UN)  # one announced itself while this one waited: it goes first
+                for role, suffix in (("w", "-writer.lock"), ("probe", "-urgent.lock"), ("wait", "-urgent.lock"),
+                                     ("announce", "-urgent.lock")):
+                    fds[role] = os.open(self._path + suffix, flags, 0o600)
+            except OSError:
+                for fd in fds.values():
+                    os.close(fd)
+                raise
+            self._fds = fds
+        return self._fds
 
-    def urgent_waiting(self) -> bool:
-        """True while a writer of another process waits with an urgent transaction."""
+    def lock_writer(self) -> None:
+        fcntl.flock(self._open()["w"], fcntl.LOCK_EX)
+
+    def unlock_writer(self) -> None:
+        fcntl.flock(self._open()["w"], fcntl.LOCK_UN)
+
+    def announce(self) -> None:
+        """This process has an urgent writer waiting (held until :meth:`withdraw`)."""
+        fcntl.flock(self._open()["announce"], fcntl.LOCK_SH)
+
+    def withdraw(self) -> None:
+        fcntl.flock(self._open()["announce"], fcntl.LOCK_UN)
+
+    def urgent_announced(self) -> bool:
+        """True while some process (this one included) has an urgent writer waiting."""
+        fd = self._open()["probe"]
         try:
-            fcntl.flock(self._u, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
-        fcntl.flock(self._u, fcntl.LOCK_UN)
+        fcntl.flock(fd, fcntl.LOCK_UN)
         return False
 
-    def release(self) -> None:
-        fcntl.flock(self._w, fcntl.LOCK_UN)
+    def wait_no_urgent(self) -> None:
+        """Block until no urgent writer is announced anywhere."""
+        fd = self._open()["wait"]
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        for fd in (self._w, self._u):
+        """Close the descriptors (they are opened again if the store is used after this)."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -855,10 +878,11 @@ class WriteGate:
     writers of this process queue on a condition instead, so the lock passes at once when a
     transaction ends, and an urgent writer goes ahead of every ordinary one waiting: a fall
     alert waits for at most the one transaction already running, never behind a queue of
-    telemetry commits. With ``files`` (:class:`FileGate`) the thread that gets through then
-    queues the same way against the other processes on the same database (``--workers N``,
-    the pool's API, CLI tools). Reentrant per thread (a transaction never nests, but a
-    helper may already hold it).
+    telemetry commits. With ``files`` (:class:`FileGate`) the same holds across the
+    processes on one database (``--workers N``, the pool's API, CLI tools): an urgent writer
+    is announced to them the moment it starts waiting here, and the thread that owns this
+    gate gives the writer file back while any urgent writer, here or elsewhere, waits.
+    Reentrant per thread (a transaction never nests, but a helper may already hold it).
     """
 
     def __init__(self, files: FileGate | None = None) -> None:
@@ -875,7 +899,7 @@ class WriteGate:
         """Urgent writers waiting: this process's, or (as 1) another process's."""
         if self._urgent_waiting:
             return self._urgent_waiting
-        return 1 if self._files is not None and self._files.urgent_waiting() else 0
+        return 1 if self._files is not None and self._files.urgent_announced() else 0
 
     def acquire(self, urgent: bool = False) -> None:
         me = threading.get_ident()
@@ -883,29 +907,68 @@ class WriteGate:
             if self._owner == me:
                 self._depth += 1
                 return
-            if urgent:
-                self._urgent_waiting += 1
-                try:
-                    self._cond.wait_for(lambda: self._owner is None)
-                finally:
-                    self._urgent_waiting -= 1
-            else:
+        if urgent:
+            self._acquire_urgent(me)
+        else:
+            self._acquire_ordinary(me)
+
+    def _acquire_urgent(self, me: int) -> None:
+        files = self._files
+        with self._cond:
+            self._urgent_waiting += 1
+            try:
+                if files is not None and self._urgent_waiting == 1:
+                    files.announce()  # the other processes' writers give way from now on
+                self._cond.wait_for(lambda: self._owner is None)
+                self._owner, self._depth = me, 1
+            except BaseException:
+                self._urgent_done()
+                raise
+        try:
+            if files is not None:
+                files.lock_writer()  # waits for the one transaction running elsewhere, if any
+        except BaseException:
+            with self._cond:
+                self._urgent_done()
+            self._release()
+            raise
+        with self._cond:
+            self._urgent_done()
+
+    def _urgent_done(self) -> None:
+        """With the condition held: one urgent writer fewer waiting; withdraw the announcement at 0."""
+        self._urgent_waiting -= 1
+        if self._urgent_waiting == 0 and self._files is not None:
+            self._files.withdraw()
+
+    def _acquire_ordinary(self, me: int) -> None:
+        files = self._files
+        while True:
+            with self._cond:
                 self.waiting += 1
                 try:
                     self._cond.wait_for(lambda: self._owner is None and self._urgent_waiting == 0)
                 finally:
                     self.waiting -= 1
-            self._owner, self._depth = me, 1
-        if self._files is not None:
+                self._owner, self._depth = me, 1
+            if files is None:
+                return
             try:
-                self._files.acquire(urgent)  # outside the condition: the others of this process wait on it
+                files.lock_writer()
+                if not files.urgent_announced():
+                    return
+                files.unlock_writer()  # an urgent writer (here or elsewhere) waits: it goes first
             except BaseException:
+                with contextlib.suppress(OSError):
+                    files.unlock_writer()  # never leave the other processes locked out
                 self._release()
                 raise
+            self._release()  # ... and a local one needs this gate to get there
+            files.wait_no_urgent()  # not holding the gate: a local urgent writer can go on
 
     def release(self) -> None:
         if self._files is not None and self._owner == threading.get_ident() and self._depth == 1:
-            self._files.release()
+            self._files.unlock_writer()
         self._release()
 
     def _release(self) -> None:
@@ -914,6 +977,10 @@ class WriteGate:
             if self._depth == 0:
                 self._owner = None
                 self._cond.notify_all()
+
+    def close(self) -> None:
+        if self._files is not None:
+            self._files.close()
 
 
 class _Tx:

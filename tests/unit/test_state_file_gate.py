@@ -73,3 +73,61 @@ def test_lock_files_it_cannot_open_leave_the_store_working(tmp_path: Path, caplo
         cur.execute("CREATE TABLE t (name TEXT)")
         cur.execute("INSERT INTO t VALUES ('fall')")
     assert st._select("SELECT name FROM t") == [{"name": "fall"}]
+
+
+HOLDER = """
+import sys
+from fallwatch.gateway.state import StateStore
+st = StateStore(sys.argv[1])
+with st._tx() as cur:
+    cur.execute("INSERT INTO t (name) VALUES ('other worker')")
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_an_urgent_writer_goes_ahead_of_its_own_process_s_writer_already_queued_on_the_file(tmp_path: Path) -> None:
+    """Found in review: a thread of this process already waiting for another process's
+    transaction must not take its turn before an urgent writer of this process that came
+    later (the alert thread and the bulk thread share one store in every worker)."""
+    import threading
+
+    db = tmp_path / "state.sqlite"
+    st = StateStore(str(db))
+    with st._tx() as cur:
+        cur.execute("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT)")
+    other = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert other.stdout is not None and other.stdin is not None and other.stdout.readline().strip() == "holding"
+
+    def write(name: str, urgent: bool) -> None:
+        with st._tx(urgent=urgent) as cur:
+            cur.execute("INSERT INTO t (name) VALUES (?)", (name,))
+
+    ordinary = threading.Thread(target=write, args=("telemetry", False))
+    ordinary.start()
+    # it owns the gate and waits on the file
+    assert wait_until(lambda: st.gate is not None and st.gate._owner is not None, 30.0)
+    urgent = threading.Thread(target=write, args=("fall", True))
+    urgent.start()
+    assert wait_until(lambda: st.gate is not None and st.gate._urgent_waiting == 1, 30.0)
+    other.stdin.write("go\n")
+    other.stdin.flush()
+    assert other.wait(30) == 0
+    urgent.join(30)
+    ordinary.join(30)
+    assert [r["name"] for r in st._select("SELECT name FROM t ORDER BY id")] == ["other worker", "fall", "telemetry"]
+
+
+def test_closing_the_store_closes_its_lock_files_and_it_still_works_after(tmp_path: Path) -> None:
+    import os
+
+    st = StateStore(str(tmp_path / "state.sqlite"))
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        s = StateStore(str(tmp_path / "state.sqlite"))
+        s.close()
+    assert len(os.listdir("/proc/self/fd")) <= before  # nothing left open per store
+    st.close()
+    with st._tx(urgent=True) as cur:  # used again after close: connections and lock files reopen
+        cur.execute("CREATE TABLE IF NOT EXISTS t (name TEXT)")
