@@ -17,7 +17,20 @@ from fallwatch.config import load_config
 from fallwatch.gateway.ingest import DeviceCoalescer, collect
 from fallwatch.gateway.links import Item
 from fallwatch.gateway.pool import merge_metrics, worker_config
-from fallwatch.gateway.state import DeviceUpdate, StateStore
+from fallwatch.gateway.state import DeviceUpdate, StateStore, WriteGate
+from fallwatch.protocol import contract
+
+
+def _store_gate_and_fall(tmp_path: Path) -> tuple[StateStore, WriteGate, contract.FallAlert]:
+    """A fresh SQLite state store, its write gate, and one decoded fall alert to record."""
+    from fallwatch.testing.publisher import fall
+
+    st = StateStore(str(tmp_path / "state.sqlite"))
+    st.setup()
+    assert st.gate is not None
+    alert = contract.decode(*fall("s", "hub-1", 1, event="ev-1"))
+    assert isinstance(alert, contract.FallAlert)
+    return st, st.gate, alert
 
 
 def _item(n: int, age_s: float = 0.0) -> Item:
@@ -118,16 +131,7 @@ def test_a_fall_alert_commits_ahead_of_telemetry_commits_already_waiting(tmp_pat
     """One process, SQLite: the alert worker's transaction goes ahead of a bulk commit that
     queued first (before, both met in SQLite's busy handler and could sleep through each
     other's commits). The order is read back from the database, not from a clock."""
-    from fallwatch.protocol import contract
-    from fallwatch.testing.publisher import fall
-
-    st = StateStore(str(tmp_path / "state.sqlite"))
-    st.setup()
-    gate = st.gate
-    assert gate is not None
-    topic, payload = fall("s", "hub-1", 1, event="ev-1")
-    alert = contract.decode(topic, payload)
-    assert isinstance(alert, contract.FallAlert)
+    st, gate, alert = _store_gate_and_fall(tmp_path)
     gate.acquire()  # a transaction already running: everyone else queues behind it
     bulk = threading.Thread(target=st.commit_batch, args=(["tele-1", "tele-2"], 1, []))
     bulk.start()
@@ -270,16 +274,7 @@ def test_a_large_telemetry_commit_lets_a_waiting_fall_alert_in_between_its_state
     """A fall alert that starts waiting while a 1,200-key batch is being committed goes in
     before the rest of that batch (read back from the database's insertion order), and the
     batch is still stored whole, each key once."""
-    from fallwatch.protocol import contract
-    from fallwatch.testing.publisher import fall
-
-    st = StateStore(str(tmp_path / "state.sqlite"))
-    st.setup()
-    gate = st.gate
-    assert gate is not None
-    topic, payload = fall("s", "hub-1", 1, event="ev-1")
-    alert = contract.decode(topic, payload)
-    assert isinstance(alert, contract.FallAlert)
+    st, gate, alert = _store_gate_and_fall(tmp_path)
     real = st._exec_in
     started: list[threading.Thread] = []
 
