@@ -52,14 +52,16 @@ class Detection:
     def infer(self, fed: Iterable[Wearable], now_s: float) -> None:
         """One model call for every window that became ready anywhere (batched across devices)."""
         batches: list[tuple[Wearable, np.ndarray]] = []
+        refs: list[np.ndarray] = []
         for w in fed:
             b = w.det.pending_windows()
             if len(b):
                 batches.append((w, b))
+                refs.append(w.det.inflight_refs())
         if not batches:
             return
         x = np.concatenate([b for _, b in batches])
-        probs = self.sensors.model.predict(x)
+        probs = self.sensors.model.predict(x, np.concatenate(refs))
         self.count("windows_scored", len(x))
         self.count("inference_calls")
         off = 0

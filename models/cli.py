@@ -122,17 +122,20 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
         print(f"no SisFall trials under {args.data}", file=sys.stderr)
         return 2
     data = sisfall.data_summary(trials)
-    ws = T.build_windows(trials, progress=True)
-    aug_trials: list[sisfall.Trial] = []
-    if args.augment:
-        aug_trials += T.augment_trials(trials, args.seed)
-    if args.robust:
-        aug_trials += T.robust_trials(trials, args.seed)
-    if aug_trials:
-        ws.aug = T.build_windows(aug_trials, progress=True)
+    from fallwatch.models.fall_study import _concat
+
+    walks: dict[str, Any] = {}  # each subject's walking upright after their recordings
+    ws = T.build_windows(trials, progress=True, walks=walks)
+    parts: list[T.WindowSet] = []
+    if args.augment:  # same device frame as the recordings: they start from the subject's upright
+        parts.append(T.build_windows(T.augment_trials(trials, args.seed), progress=True, walks=walks))
+    if args.robust:  # rotated: a new device frame in every trial, so nothing is known of the upright
+        parts.append(T.build_windows(T.robust_trials(trials, args.seed), progress=True, carry=False))
+    if parts:
+        ws.aug = parts[0] if len(parts) == 1 else _concat(parts[0], parts[1])
     names = T.feature_names(T.FEATURE_SET)
     with threadpool_limits(args.jobs):
-        cv = T.cross_validate(ws, names, args.seed, progress=True)
+        cv = T.cross_validate(ws, names, args.seed, progress=True, withheld="tilt_walk_deg" in names)
         label = T.FEATURE_SET + (" + augmentation" if args.augment else "") + (" + robustness" if args.robust else "")
         comparison = {label: _brief(cv.summary)}
         extra = [c for c in args.compare.split(",") if c] if args.no_compare or args.compare else ["acc"]
@@ -141,7 +144,7 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
                 plain = dataclasses.replace(ws, aug=None)
                 comparison[f"{T.FEATURE_SET}, recordings only"] = _brief(
                     T.cross_validate(plain, names, args.seed, progress=True).summary)
-            elif other in ("acc", "all") and other != T.FEATURE_SET:
+            elif other in ("acc", "all", "base") and other != T.FEATURE_SET:
                 comparison[other] = _brief(T.cross_validate(ws, T.feature_names(other), args.seed,
                                                             progress=True).summary)
         print("final model: threshold by inner CV on all subjects ...", file=sys.stderr)
@@ -152,8 +155,11 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
     onnx_path = out / "fall_detector.onnx"
     T.export_onnx(clf, names, thr, onnx_path, data)
     model = FallModel(onnx_path)
-    sk_probs = T.SkFallScorer(clf, names, thr).predict_features(ws.X)
-    parity = float(np.abs(model.predict_features(ws.X) - sk_probs).max())
+    # parity over the recordings and the augmented rows (the rotated copies hold the NaN "unknown
+    # upright" rows, which the ONNX trees must route as sklearn does)
+    px = ws.X if ws.aug is None else np.concatenate([ws.X, ws.aug.X])
+    sk_probs = T.SkFallScorer(clf, names, thr).predict_features(px)
+    parity = float(np.abs(model.predict_features(px) - sk_probs).max())
     timing = T.time_per_window(model)
     report.confusion_png(cv.results, rep / "confusion.png")
     curves = report.roc_pr_png(cv.trial_score, cv.is_fall, cv.groups, [f["threshold"] for f in cv.folds],
@@ -182,6 +188,7 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
                                    f"(inner {T.INNER_FOLDS}-fold subject-wise CV) give at most "
                                    f"{T.FA_TARGET_PER_H:g} false alarms per ADL hour"},
         "cv": cv.summary,
+        "cv_walk_withheld": cv.withheld,
         "folds": cv.folds,
         "curves": curves,
         "comparison": comparison,
@@ -311,7 +318,10 @@ def _brief(s: dict[str, Any]) -> dict[str, object]:  # s: a fall_eval summary (n
         "SA_sensitivity": g.get("SA", {}).get("sensitivity"),
         "SA_specificity": g.get("SA", {}).get("specificity"),
         "SE_specificity": g.get("SE", {}).get("specificity"),
+        "sensitivity": s["sensitivity"],
+        "specificity": s["specificity"],
         "false_alarms_per_hour": s["false_alarms_per_hour"],
+        "SE_false_alarms_per_hour": g.get("SE", {}).get("false_alarms_per_hour"),
         "median_latency_s": s["median_latency_s"],
     }
 
@@ -332,6 +342,7 @@ def cmd_eval_fall(args: argparse.Namespace) -> int:
     from fallwatch.models import sisfall
     from fallwatch.models.detector import FallModel
     from fallwatch.models.fall_eval import run_trial, summarise
+    from fallwatch.models.features import WalkingReference
 
     model = FallModel(args.model)
     subjects = sisfall.list_subjects(args.data)
@@ -342,8 +353,9 @@ def cmd_eval_fall(args: argparse.Namespace) -> int:
 
     results = []
     for subj in tqdm(subjects, desc="eval-fall", unit="subject", file=sys.stderr):
+        walk = WalkingReference()  # one device worn by this person through all their recordings
         for trial in sisfall.load_subject(args.data, subj, rate_hz=model.rate_hz):
-            r = run_trial(trial, model)
+            r = run_trial(trial, model, walk=walk)
             results.append(r)
             verdict = ("TP" if r.alerted else "FN") if r.is_fall else ("FP" if r.alerted else "TN")
             lat = f" latency {r.latency_s:.2f}s" if r.latency_s is not None else ""

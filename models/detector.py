@@ -105,7 +105,7 @@ class WindowScorer(Protocol):
     version: str
     threshold: float
 
-    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+    def predict(self, batch: np.ndarray, refs: np.ndarray | None = None) -> np.ndarray: ...
 
 
 class FallModel:
@@ -157,11 +157,14 @@ class FallModel:
         out = np.asarray(out)
         return (out[:, 1] if out.ndim == 2 else out).astype(np.float32)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Fall probability for windows ``(n, WINDOW, C)`` -> ``(n,)``; batch across devices."""
+    def predict(self, batch: np.ndarray, refs: np.ndarray | None = None) -> np.ndarray:
+        """Fall probability for windows ``(n, WINDOW, C)`` -> ``(n,)``; batch across devices.
+
+        ``refs`` (n, 3): each window's wearer upright (:meth:`DeviceFallDetector.inflight_refs`),
+        NaN rows where not known; None = not known for any."""
         if len(batch) == 0:
             return np.zeros(0, dtype=np.float32)
-        return self.predict_features(F.window_features(batch))
+        return self.predict_features(F.window_features(batch, refs))
 
 
 #: Device-drop signature: this long in free fall (|a| < FREE_FALL_G) right before an impact of
@@ -188,6 +191,15 @@ def is_device_drop(free_fall: float, peak_g: float) -> bool:
     return free_fall >= DROP_FREE_FALL_S and peak_g >= DROP_PEAK_G
 
 
+def refs_array(cands: list[Candidate]) -> np.ndarray:
+    """``(k, 3)`` float32 of the candidates' walking references, NaN rows where unknown."""
+    out = np.full((len(cands), 3), np.nan, dtype=np.float32)
+    for i, c in enumerate(cands):
+        if c.ref is not None:
+            out[i] = c.ref
+    return out
+
+
 @dataclass(frozen=True)
 class DetectorSettings:
     """Deployed detector settings (eval-fall runs exactly these defaults)."""
@@ -208,6 +220,10 @@ class DetectorSettings:
     #: before the trigger and the window. Off for the shipped model, which was trained without it;
     #: a model trained with it must be served with it (training builds its windows with these settings).
     normalise_gravity: bool = False
+    #: Learn the wearer's upright from their walking (:class:`features.WalkingReference`) and hand
+    #: each window's snapshot to the model (``tilt_walk_deg``). Models that do not read that feature
+    #: ignore it; off, every window's reference is unknown (NaN).
+    walking_reference: bool = True
 
 
 @dataclass(frozen=True)
@@ -241,12 +257,17 @@ class Candidate:
     peak_g: float
     ready_t_s: float = 0.0  # time of the newest sample when the window was complete
     padded: bool = False
+    #: the wearer's walking upright as it stood when the impact triggered (None: not known yet)
+    ref: tuple[float, float, float] | None = None
 
 
 class DeviceFallDetector:
     """Per-wearable streaming state: ring buffer, impact trigger, window queue, de-dup."""
 
-    def __init__(self, model: WindowScorer | None, settings: DetectorSettings | None = None) -> None:
+    def __init__(self, model: WindowScorer | None, settings: DetectorSettings | None = None,
+                 walk: F.WalkingReference | None = None) -> None:
+        """``walk``: the wearer's upright learned so far (carried over a gap in the stream, as the
+        evaluation does from one recording of a person to the next); a new one if None."""
         self.model = model
         self.settings = settings or DetectorSettings()
         s = self.settings
@@ -265,6 +286,8 @@ class DeviceFallDetector:
         self._last_alert_t: float | None = None
         self._warned_no_gyro = False
         self._gravity = F.GravityEstimator() if s.normalise_gravity else None
+        self.walk = (walk if walk is not None else F.WalkingReference()) if s.walking_reference else None
+        self._cand_ref: tuple[float, float, float] | None = None
         self.suppressed = 0  # alerts folded into an earlier one (de-dup)
         self.triggers = 0
 
@@ -304,6 +327,7 @@ class DeviceFallDetector:
         mag = F.magnitude(acc)
         thr = self.settings.trigger_g
         pos = 0
+        walked = 0  # samples of this piece the walking reference has seen
         while pos < k:
             if self._cand is None:
                 hits = np.flatnonzero(mag[pos:] >= thr)
@@ -312,6 +336,13 @@ class DeviceFallDetector:
                 pos += int(hits[0])
                 self._cand = [n0 + pos, n0 + pos, float(mag[pos])]
                 self.triggers += 1
+                # the reference as of the trigger sample, whatever the chunking
+                self._cand_ref = None
+                if self.walk is not None:
+                    self.walk.update(acc[walked:pos])
+                    walked = pos
+                    r = self.walk.reference
+                    self._cand_ref = None if r is None else (float(r[0]), float(r[1]), float(r[2]))
             start = int(self._cand[0])
             end = min(k, start + self._search_n - n0)  # exclusive, chunk-local
             seg = mag[pos:end]
@@ -321,12 +352,14 @@ class DeviceFallDetector:
             pos = end
             if start + self._search_n <= n0 + k:
                 self._close_candidate()
+        if self.walk is not None:
+            self.walk.update(acc[walked:])
         self._cut_ready_windows(final=False)
 
     def _close_candidate(self) -> None:
         assert self._cand is not None
         i = int(self._cand[1])
-        self._scheduled.append(Candidate(i, float(self._t[i % self._cap]), self._cand[2]))
+        self._scheduled.append(Candidate(i, float(self._t[i % self._cap]), self._cand[2], ref=self._cand_ref))
         self._cand = None
 
     def _cut_ready_windows(self, final: bool) -> None:
@@ -339,7 +372,7 @@ class DeviceFallDetector:
                 win = self._window(c.impact_index - F.PRE, end)
                 ready = c.impact_t_s + F.POST_S if padded else newest_t
                 self._pending.append(
-                    (Candidate(c.impact_index, c.impact_t_s, c.peak_g, ready, padded), win)
+                    (Candidate(c.impact_index, c.impact_t_s, c.peak_g, ready, padded, c.ref), win)
                 )
             else:
                 keep.append(c)
@@ -381,6 +414,11 @@ class DeviceFallDetector:
         """Candidates of the windows last returned by :meth:`pending_windows`."""
         return [c for c, _ in self._inflight]
 
+    def inflight_refs(self) -> np.ndarray:
+        """The wearer's upright for each window last returned by :meth:`pending_windows`, ``(k, 3)``
+        (NaN rows where not known yet): pass it to the model's ``predict`` with the windows."""
+        return refs_array([c for c, _ in self._inflight])
+
     def resolve(self, probs: np.ndarray) -> list[FallDecision]:
         """Turn the model's probabilities for :meth:`pending_windows` into decisions."""
         probs = np.asarray(probs, dtype=np.float32).reshape(-1)
@@ -390,7 +428,7 @@ class DeviceFallDetector:
         hits = [i for i, p in enumerate(probs) if p >= self.threshold]
         if not hits:
             return []
-        feats = F.window_features(np.stack([batch[i][1] for i in hits]))
+        feats = F.window_features(np.stack([batch[i][1] for i in hits]), refs_array([batch[i][0] for i in hits]))
         still, lying = F.still_and_lying(feats)
         out = []
         for row, i in enumerate(hits):
@@ -424,6 +462,10 @@ class DeviceFallDetector:
         ]
         if min_g < 0.6:
             reasons.append(("free_fall", f"{min_g:.2f} g minimum before impact", round(1.0 - min_g, 3)))
+        upright = float(f[col["tilt_walk_deg"]])
+        if np.isfinite(upright):
+            reasons.append(("upright_before", f"{upright:.0f} deg from the wearer's walking upright before the event",
+                            round(float(np.clip(1.0 - upright / 90.0, 0.0, 1.0)), 3)))
         return FallDecision(
             impact_t_s=c.impact_t_s,
             decided_t_s=c.ready_t_s,
@@ -456,4 +498,4 @@ class DeviceFallDetector:
             return []
         if self.model is None:
             raise RuntimeError("no model: use pending_windows()/resolve()")
-        return self.resolve(self.model.predict(batch))
+        return self.resolve(self.model.predict(batch, self.inflight_refs()))

@@ -51,6 +51,7 @@ from fallwatch.models.detector import (
     free_fall_s,
     is_device_drop,
 )
+from fallwatch.models.features import WalkingReference
 from fallwatch.models.no_recovery import NoRecoverySettings, NoRecoveryWatch, NoRooms, RoomView
 from fallwatch.models.sisfall import SENSOR_FRAME_AXES, Trial
 
@@ -132,7 +133,8 @@ class Streamed:
 def stream_paths(model: WindowScorer, t: np.ndarray, acc_g: np.ndarray, gyro_dps: np.ndarray, acc_fw: np.ndarray,
                  rooms: dict[str, RoomView], *, settings: DetectorSettings | None = None,
                  no_recovery: NoRecoverySettings | None = None, chunk_s: float = CHUNK_S,
-                 tick: Callable[[float, dict[str, NoRecoveryWatch]], None] | None = None) -> Streamed:
+                 tick: Callable[[float, dict[str, NoRecoveryWatch]], None] | None = None,
+                 walk: WalkingReference | None = None) -> Streamed:
     """The edge's two paths over one stream, in ``chunk_s`` chunks, in the edge's order (detector
     and watch fed, windows scored and every trigger handed to the watch, watches polled, fast
     alerts stood down or kept at the end of their cancel window).
@@ -140,8 +142,11 @@ def stream_paths(model: WindowScorer, t: np.ndarray, acc_g: np.ndarray, gyro_dps
     ``acc_g``/``gyro_dps`` feed the detector (``len(acc_g)`` samples: then it is flushed, as at
     a recording's end); ``acc_fw`` (sensor frame, at least as long) feeds the watches, so a
     recording can be extended for them. ``tick(now, watches)`` runs before each poll (the
-    caller's rooms: occupancy, bed exits)."""
-    det = DeviceFallDetector(model, settings)
+    caller's rooms: occupancy, bed exits). ``walk``: the wearer's walking upright learned so far
+    (carried from their earlier recordings; it goes on learning from this one)."""
+    if walk is not None:
+        walk.gap()
+    det = DeviceFallDetector(model, settings, walk=walk)
     n = len(acc_g)
     rate = F.RATE_HZ
     step = max(1, round(chunk_s * rate))
@@ -155,7 +160,7 @@ def stream_paths(model: WindowScorer, t: np.ndarray, acc_g: np.ndarray, gyro_dps
         batch = det.pending_windows()
         if not len(batch):
             return
-        p = model.predict(batch)
+        p = model.predict(batch, det.inflight_refs())
         out.triggers += len(batch)
         for i, (c, pc) in enumerate(zip(det.inflight, p, strict=True)):
             if not is_device_drop(free_fall_s(batch[i]), c.peak_g):
@@ -189,10 +194,14 @@ def stream_paths(model: WindowScorer, t: np.ndarray, acc_g: np.ndarray, gyro_dps
 
 def run_trial(trial: Trial, model: WindowScorer, settings: DetectorSettings | None = None,
               chunk_s: float = CHUNK_S, no_recovery: NoRecoverySettings | None = None,
-              extend_s: float = EXTEND_S) -> TrialResult:
-    """Stream one trial through the fast path (exactly as before: a fresh detector, closed at the
-    trial's end) and, on the same stream and triggers, the no-recovery path on the trial extended
-    by ``extend_s``, without and with simulated room sensors."""
+              extend_s: float = EXTEND_S, walk: WalkingReference | None = None) -> TrialResult:
+    """Stream one trial through the fast path (a fresh detector, closed at the trial's end) and, on
+    the same stream and triggers, the no-recovery path on the trial extended by ``extend_s``,
+    without and with simulated room sensors.
+
+    ``walk`` carries the wearer's walking upright from their earlier trials into this one, as one
+    device worn all day would (SisFall records each activity separately, walking first); None: a
+    device that has not seen this wearer walk before this recording."""
     n = len(trial.acc_g)
     if abs(trial.rate_hz - F.RATE_HZ) > 1e-6:
         raise ValueError(f"trial at {trial.rate_hz} Hz, the detector runs at {F.RATE_HZ} Hz")
@@ -211,7 +220,7 @@ def run_trial(trial: Trial, model: WindowScorer, settings: DetectorSettings | No
         sim.now_s = now
 
     st = stream_paths(model, t_all, trial.acc_g, trial.gyro_dps, acc_all, rooms, settings=settings,
-                      no_recovery=no_recovery, chunk_s=chunk_s, tick=tick)
+                      no_recovery=no_recovery, chunk_s=chunk_s, tick=tick, walk=walk)
     res = TrialResult(trial.name, trial.subject, trial.group, trial.activity, trial.is_fall,
                       trial.duration_s, peak, st.alerts)
     dedup = (settings or DetectorSettings()).dedup_s
@@ -228,7 +237,19 @@ def run_trials(trials: Iterable[Trial], model: WindowScorer, settings: DetectorS
         from tqdm import tqdm
 
         it = tqdm(list(trials), desc="eval", unit="trial")
-    return [run_trial(t, model, settings) for t in it]
+    walks = SubjectWalks()
+    return [run_trial(t, model, settings, walk=walks.get(t.subject)) for t in it]
+
+
+class SubjectWalks:
+    """One :class:`WalkingReference` per subject, carried across their trials in the order given
+    (the evaluation's stand-in for one device worn all day: see :func:`run_trial`)."""
+
+    def __init__(self) -> None:
+        self._by: dict[str, WalkingReference] = {}
+
+    def get(self, subject: str) -> WalkingReference:
+        return self._by.setdefault(subject, WalkingReference())
 
 
 def _summary(results: list[TrialResult]) -> dict[str, object]:

@@ -27,6 +27,7 @@ Protocol (why each step):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,13 +44,13 @@ import numpy as np
 
 from fallwatch.models import features as F
 from fallwatch.models import sisfall
-from fallwatch.models.detector import Candidate, DetectorSettings, DeviceFallDetector, FallModel
+from fallwatch.models.detector import Candidate, DetectorSettings, DeviceFallDetector, FallModel, refs_array
 from fallwatch.models.fall_eval import TrialResult, run_trials, summarise
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "fallwatch-fall"
-MODEL_VERSION = "1.0.0"
+MODEL_VERSION = "1.1.0"  # 1.1: reads tilt_walk_deg (the wearer's walking upright)
 DEFAULT_OUT = Path(__file__).resolve().parent / "fall"
 OUTER_FOLDS = 6
 INNER_FOLDS = 3
@@ -79,6 +80,8 @@ def feature_names(feature_set: str) -> tuple[str, ...]:
         return F.ACC_FEATURES
     if feature_set == "all":
         return F.FEATURE_NAMES
+    if feature_set == "base":  # before issue 12's walking upright: every served feature but that one
+        return tuple(n for n in F.FEATURE_NAMES if n != "tilt_walk_deg")
     if feature_set == "all+descent":
         return F.STUDY_FEATURE_NAMES
     raise ValueError(f"unknown feature set {feature_set!r}")
@@ -113,10 +116,14 @@ class WindowSet:
         return np.array([self.trials[i].subject for i in self.trial_idx])
 
 
-def trial_windows(trial: sisfall.Trial, settings: DetectorSettings | None = None
-                  ) -> tuple[np.ndarray, list[Candidate]]:
-    """Windows the streaming detector triggers on for one trial (and their candidates)."""
-    det = DeviceFallDetector(None, settings)
+def trial_windows(trial: sisfall.Trial, settings: DetectorSettings | None = None,
+                  walk: F.WalkingReference | None = None) -> tuple[np.ndarray, list[Candidate]]:
+    """Windows the streaming detector triggers on for one trial (and their candidates, with the
+    wearer's walking upright as it stood at each trigger). ``walk``: carried from the subject's
+    earlier trials, as in the evaluation (:func:`fall_eval.run_trial`)."""
+    if walk is not None:
+        walk.gap()
+    det = DeviceFallDetector(None, settings, walk=walk)
     t = np.arange(len(trial.acc_g)) / trial.rate_hz
     det.feed(t, trial.acc_g, trial.gyro_dps)
     det.flush()
@@ -136,7 +143,17 @@ def window_labels(trial: sisfall.Trial, cands: list[Candidate]) -> np.ndarray:
 
 
 def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None = None,
-                  progress: bool = False, seq: bool = False) -> WindowSet:
+                  progress: bool = False, seq: bool = False,
+                  walks: dict[str, F.WalkingReference] | None = None, carry: bool = True) -> WindowSet:
+    """Every triggered window of ``trials``, featurised as the edge does.
+
+    The wearer's walking upright is carried across each subject's trials in order (``carry``),
+    starting from ``walks[subject]`` if given (a copy: augmented copies of a subject's recordings
+    start from what their recordings taught; ``walks`` gets each subject's final state back when
+    it starts empty). ``carry=False``: every trial starts from nothing (rotated copies, whose
+    device frame is new in each trial, as after re-clipping the device)."""
+    given = dict(walks) if walks else {}
+    state: dict[str, F.WalkingReference] = {}
     it = trials
     if progress:
         from tqdm import tqdm
@@ -144,10 +161,17 @@ def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None
         it = tqdm(trials, desc="windows", unit="trial")
     xs, ys, ti, it_s, rt_s, sq = [], [], [], [], [], []
     for k, trial in enumerate(it):
-        wins, cands = trial_windows(trial, settings)
+        if carry:
+            if trial.subject not in state:
+                start = given.get(trial.subject)
+                state[trial.subject] = start.copy() if start is not None else F.WalkingReference()
+            walk = state[trial.subject]
+        else:
+            walk = F.WalkingReference()
+        wins, cands = trial_windows(trial, settings, walk)
         if len(wins) == 0:
             continue
-        xs.append(np.concatenate([F.window_features(wins), F.candidate_features(wins)], axis=1))
+        xs.append(np.concatenate([F.window_features(wins, refs_array(cands)), F.candidate_features(wins)], axis=1))
         if seq:
             sq.append(F.sequence_channels(wins))
         ys.append(window_labels(trial, cands))
@@ -156,6 +180,8 @@ def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None
         # fed at once, a trial's windows are all "ready" at its end; streamed, a window is decided
         # once its post-impact samples are in (or at the end of the trial, padded)
         rt_s.append(np.minimum(np.array([c.impact_t_s for c in cands]) + F.POST_S, trial.duration_s))
+    if walks is not None and not walks:
+        walks.update(state)
     if not xs:
         empty = np.zeros(0)
         return WindowSet(trials, np.zeros((0, len(F.STUDY_FEATURE_NAMES)), dtype=np.float32),
@@ -296,10 +322,10 @@ class SkFallScorer:
             return np.zeros(0, dtype=np.float32)
         return self.clf.predict_proba(feats[:, self.cols])[:, 1].astype(np.float32)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: np.ndarray, refs: np.ndarray | None = None) -> np.ndarray:
         if len(batch) == 0:
             return np.zeros(0, dtype=np.float32)
-        return self.predict_features(F.window_features(batch))
+        return self.predict_features(F.window_features(batch, refs))
 
 
 def fit(ws: WindowSet, mask: np.ndarray, names: tuple[str, ...], seed: int) -> ProbaClassifier:
@@ -482,14 +508,18 @@ class CVResult:
     trial_score: np.ndarray  # per trial of ws.trials: held-out max window probability
     is_fall: np.ndarray
     groups: np.ndarray
+    #: the same fold models and thresholds served with every walking reference withheld (a wearer
+    #: the device has not yet seen walk); only with ``withheld=True``
+    withheld: dict[str, object] | None = None
 
 
 def cross_validate(ws: WindowSet, names: tuple[str, ...], seed: int, settings: DetectorSettings | None = None,
-                   progress: bool = False) -> CVResult:
+                   progress: bool = False, withheld: bool = False) -> CVResult:
     subjects = sorted({t.subject for t in ws.trials})
     subj = ws.subjects()
     folds = subject_folds(subjects, OUTER_FOLDS, seed)
     results: list[TrialResult] = []
+    without: list[TrialResult] = []
     fold_info: list[FoldInfo] = []
     trial_score = np.zeros(len(ws.trials), dtype=np.float32)
     it = folds
@@ -508,12 +538,16 @@ def cross_validate(ws: WindowSet, names: tuple[str, ...], seed: int, settings: D
         fold_trials = [t for t in ws.trials if t.subject in held_out]
         res = run_trials(fold_trials, scorer, settings)
         results += res
+        if withheld:
+            off = dataclasses.replace(settings or DetectorSettings(), walking_reference=False)
+            without += run_trials(fold_trials, scorer, off)
         s = summarise(res)
         fold_info.append({"fold": k, "held_out": held_out, "threshold": thr,
                           "sensitivity": s["sensitivity"], "specificity": s["specificity"]})
         log.info("fold %d %s thr=%.2f sens=%s spec=%s", k, held_out, thr, s["sensitivity"], s["specificity"])
     return CVResult(results, summarise(results), fold_info, trial_score,
-                    np.array([t.is_fall for t in ws.trials]), np.array([t.group for t in ws.trials]))
+                    np.array([t.is_fall for t in ws.trials]), np.array([t.group for t in ws.trials]),
+                    withheld=summarise(without) if withheld else None)
 
 
 # ----------------------------------------------------------------------------- export

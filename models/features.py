@@ -78,6 +78,7 @@ FEATURE_NAMES = (
     "gyro_mean_before_dps",
     "gyro_mean_rest_dps",
     "gyro_std_rest_dps",
+    "tilt_walk_deg",  # pre-event posture against the wearer's own walking upright (NaN: not known yet)
 )
 ACC_FEATURES = tuple(n for n in FEATURE_NAMES if not n.startswith("gyro_"))
 #: Issue 12's candidate features (lying down / turning over vs falls, independent of the mounting),
@@ -109,8 +110,12 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def window_features(windows: np.ndarray) -> np.ndarray:
+def window_features(windows: np.ndarray, refs: np.ndarray | None = None) -> np.ndarray:
     """Features for a batch of windows ``(n, WINDOW, 6)`` -> ``(n, len(FEATURE_NAMES))`` float32.
+
+    ``refs`` (n, 3): each window's wearer upright (:class:`WalkingReference`, as the detector
+    snapshots it when the window's impact triggers), NaN rows or None where it is not known;
+    ``tilt_walk_deg`` is NaN there, which the tree model routes as "unknown".
 
     Windows with fewer than six channels (no gyroscope) get zero gyro features; models
     trained on :data:`ACC_FEATURES` do not read them.
@@ -147,6 +152,7 @@ def window_features(windows: np.ndarray) -> np.ndarray:
     f[:, col["peaks_after"]] = (mag[:, _sl(1.0, 2.5)] > 1.5).sum(axis=1)
     f[:, col["t_min_to_peak_s"]] = (descent.shape[1] - descent.argmin(axis=1)) * dt
     f[:, col["mean_before_g"]] = mag[:, SEG_BEFORE].mean(axis=1)
+    f[:, col["tilt_walk_deg"]] = _tilt_to(g_before, refs, n)
 
     if w.shape[2] >= 6:
         gmag = magnitude(w[:, :, 3:6])
@@ -160,6 +166,18 @@ def window_features(windows: np.ndarray) -> np.ndarray:
             if name.startswith("gyro_"):
                 f[:, col[name]] = 0.0
     return f
+
+
+def _tilt_to(g: np.ndarray, refs: np.ndarray | None, n: int) -> np.ndarray:
+    """Angle (deg) of each gravity vector ``g`` (n, 3) to its reference row; NaN without one."""
+    if refs is None:
+        return np.full(n, np.nan, dtype=np.float32)
+    r = np.asarray(refs, dtype=np.float32).reshape(n, 3)
+    out = np.full(n, np.nan, dtype=np.float32)
+    known = np.isfinite(r).all(axis=1)
+    if known.any():
+        out[known] = _angle_deg(g[known], r[known])
+    return out
 
 
 def sequence_channels(windows: np.ndarray) -> np.ndarray:
@@ -305,3 +323,96 @@ def tilt_from_reference_deg(windows: np.ndarray, reference: np.ndarray | None) -
         return np.full(len(w), np.nan, dtype=np.float32)
     g = w[:, SEG_BEFORE, 0:3].mean(axis=1)
     return _angle_deg(g, np.broadcast_to(np.asarray(reference, dtype=np.float32), g.shape)).astype(np.float32)
+
+
+#: Step period of gait (s): 1-2.5 steps a second, slow elderly gait included.
+WALK_STEP_S = (0.4, 1.0)
+#: Step regularity that counts as walking: the normalised autocorrelation of |a| over two blocks at
+#: the best step lag (gait-analysis convention, Moe-Nilssen & Helbostad 2004: regular gait > 0.5).
+WALK_REGULARITY = 0.4
+#: Walking blocks the reference averages over (the last half minute of walking)
+WALK_REF_BLOCKS = 30
+#: Walking blocks needed before there is a reference (a few seconds of walking)
+WALK_REF_MIN_BLOCKS = 3
+
+
+class WalkingReference:
+    """Causal estimate of the wearer's upright in the device's own frame, learned from their walking.
+
+    Why: "was the wearer already lying before the event?" separates turning over in bed (which
+    starts lying) from a fall (which starts upright or sitting), but the device's axes say nothing
+    about the body's until the mounting is known, and mountings vary. While someone walks their
+    trunk is upright, so the mean gravity direction over their walking is their upright on their
+    device. A 1 s block at a fixed absolute position in the stream (so the result does not depend on
+    how the stream is chunked) counts as walking when its |a| varies like gait (:data:`WALK_STD_G`,
+    :data:`WALK_MEAN_G`), the block before it did too, and the two together are regular at a step
+    lag (:data:`WALK_STEP_S`, :data:`WALK_REGULARITY`): turning over, sitting down or a fall are
+    single movements, not a rhythm. The reference is the mean direction of the last
+    :data:`WALK_REF_BLOCKS` walking blocks once there are :data:`WALK_REF_MIN_BLOCKS`; re-clipping
+    the device moves it within half a minute of walking. Training windows, the evaluation and the
+    edge use this one class through ``DeviceFallDetector``.
+    """
+
+    def __init__(self) -> None:
+        self._buf = np.zeros((GRAVITY_BLOCK, 3), dtype=np.float32)
+        self._n = 0
+        self._prev_mag: np.ndarray | None = None  # |a| of the last block, if it looked like gait
+        self._dirs: list[np.ndarray] = []
+        self.blocks = 0  # walking blocks seen in all
+        lo, hi = (round(s * RATE_HZ) for s in WALK_STEP_S)
+        self._lags = range(lo, hi + 1)
+
+    @property
+    def reference(self) -> np.ndarray | None:
+        """Unit upright vector (3,) in the device frame, or None until enough walking was seen."""
+        if len(self._dirs) < WALK_REF_MIN_BLOCKS:
+            return None
+        g = np.mean(self._dirs, axis=0)
+        out: np.ndarray = (g / max(float(np.linalg.norm(g)), 1e-6)).astype(np.float32)
+        return out
+
+    def gap(self) -> None:
+        """The stream broke off (a recording ended, samples were lost): drop the partial block and
+        the rhythm, keep the reference (same wearer, same device)."""
+        self._n = 0
+        self._prev_mag = None
+
+    def copy(self) -> WalkingReference:
+        new = WalkingReference()
+        new._dirs = [d.copy() for d in self._dirs]
+        new.blocks = self.blocks
+        return new
+
+    def update(self, acc_g: np.ndarray) -> None:
+        """Consume samples ``acc_g`` (k, 3) in g."""
+        acc = np.asarray(acc_g, dtype=np.float32).reshape(-1, 3)
+        k = 0
+        while k < len(acc):
+            take = min(GRAVITY_BLOCK - self._n, len(acc) - k)
+            self._buf[self._n:self._n + take] = acc[k:k + take]
+            self._n += take
+            k += take
+            if self._n == GRAVITY_BLOCK:
+                self._n = 0
+                self._block(self._buf)
+
+    def _block(self, block: np.ndarray) -> None:
+        mag = magnitude(block)
+        std, mean = float(mag.std()), float(mag.mean())
+        gait_like = WALK_STD_G[0] <= std <= WALK_STD_G[1] and WALK_MEAN_G[0] <= mean <= WALK_MEAN_G[1]
+        prev, self._prev_mag = self._prev_mag, (mag.copy() if gait_like else None)
+        if not gait_like or prev is None:
+            return
+        x = np.concatenate([prev, mag]).astype(np.float64)
+        x -= x.mean()
+        energy = float(x @ x)
+        if energy <= 0:
+            return
+        n = len(x)
+        regularity = max(float(x[:-lag] @ x[lag:]) / energy * n / (n - lag) for lag in self._lags)
+        if regularity < WALK_REGULARITY:
+            return
+        g = block.mean(axis=0)
+        self._dirs.append(g / max(float(np.linalg.norm(g)), 1e-6))
+        del self._dirs[:-WALK_REF_BLOCKS]
+        self.blocks += 1

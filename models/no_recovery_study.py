@@ -42,7 +42,7 @@ class _Zero:
     threshold = 1.0
     version = "triggers-only"
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: np.ndarray, refs: np.ndarray | None = None) -> np.ndarray:
         return np.zeros(len(batch), dtype=np.float32)
 
 
@@ -170,7 +170,7 @@ class _Lookup:
     def __init__(self, scores: np.ndarray) -> None:
         self.scores, self.used = np.asarray(scores, dtype=np.float32), 0
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: np.ndarray, refs: np.ndarray | None = None) -> np.ndarray:
         out = self.scores[self.used:self.used + len(batch)]
         self.used += len(batch)
         if len(out) != len(batch):

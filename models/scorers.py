@@ -44,7 +44,7 @@ class ThresholdScorer:
     def tag(self) -> str:
         return f"{self.name}@{self.version}"
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: np.ndarray, refs: np.ndarray | None = None) -> np.ndarray:
         if len(batch) == 0:
             return np.zeros(0, dtype=np.float32)
         f = F.window_features(batch)

@@ -335,7 +335,7 @@ def test_the_golden_self_test_refuses_a_model_that_ranks_a_fall_below_lying_down
         def __init__(self, scores: dict[int, float]) -> None:
             self.scores = scores
 
-        def predict(self, windows: np.ndarray) -> np.ndarray:
+        def predict(self, windows: np.ndarray, refs: np.ndarray | None = None) -> np.ndarray:
             return np.array([self.scores[int(a)] for a in asks])
 
     assert self_test(Fixed({GOLDEN_ALARM: 0.99, GOLDEN_OUTRANKS: 0.5, GOLDEN_NO_ALARM: 0.1})) is None

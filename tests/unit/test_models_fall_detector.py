@@ -36,7 +36,7 @@ class TiltScorer:
         self.calls = 0
         self.windows = 0
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: np.ndarray, refs: np.ndarray | None = None) -> np.ndarray:
         self.calls += 1
         self.windows += len(batch)
         still, lying = F.still_and_lying(F.window_features(batch))
@@ -169,7 +169,7 @@ class AlwaysScorer:
     version = "test"
     threshold = 0.5
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: np.ndarray, refs: np.ndarray | None = None) -> np.ndarray:
         return np.ones(len(batch), dtype=np.float32)
 
 

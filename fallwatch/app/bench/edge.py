@@ -196,6 +196,9 @@ class NaiveDetector:
     def inflight(self) -> list:
         return []
 
+    def inflight_refs(self) -> np.ndarray:
+        return np.zeros((0, 3), dtype=np.float32)
+
     def resolve(self, probs: np.ndarray) -> list:
         return []
 
