@@ -329,6 +329,37 @@ def _study_table(study: dict[str, Any] | None) -> str:
     return "\n".join(out)
 
 
+def _walk_section(metrics: dict[str, Any]) -> str:
+    """The walking-upright feature: held-out figures with references withheld, and the
+    pre-registered confirmation (docs/models.md, "fourth round") if it was run."""
+    if "tilt_walk_deg" not in metrics.get("features", []):
+        return ""
+    out = ["### The wearer's walking upright (`tilt_walk_deg`)",
+           "Each wearer's upright is learned on the device from their own walking (`features.WalkingReference`); "
+           "in CV and `eval-fall` it is carried over each subject's recordings in file order, as one device worn "
+           "all day would. Until the wearer has walked it is unknown, and the model sees NaN. The same fold models "
+           "and thresholds, held out, with and without it:", "",
+           "| served | sensitivity | specificity | false alarms/h | SE false alarms/h | false-alarm trials |",
+           "|---|---|---|---|---|---|"]
+    for label, s in (("with the walking upright", metrics["cv"]),
+                     ("every reference withheld (a wearer not yet seen walking)", metrics.get("cv_walk_withheld"))):
+        if not s:
+            continue
+        se = s.get("groups", {}).get("SE", {})
+        out.append(f"| {label} | {_fmt(s['sensitivity'], True)} | {_fmt(s['specificity'], True)} | "
+                   f"{_fmt(s['false_alarms_per_hour'])} | {_fmt(se.get('false_alarms_per_hour'))} | "
+                   f"{', '.join(s['false_alarm_trials']) or 'none'} |")
+    conf = metrics.get("walk_confirmation")
+    if conf:
+        out += ["", f"Confirmation rule (committed before the run, docs/models.md): {conf['rule']}", "",
+                "| run | check | measured | needed | passed |", "|---|---|---|---|---|"]
+        for c in conf["checks"]:
+            ok = "yes" if c["passed"] else "no"
+            out.append(f"| {c['run']} | {c['check']} | {c['measured']} | {c['needed']} | {ok} |")
+        out += ["", f"**Outcome: {conf['outcome']}**"]
+    return "\n".join(out) + "\n"
+
+
 def _sim_table(sim: dict[str, Any] | None) -> str:
     if not sim:
         return "(not run: `fallwatch sim eval-fall` writes these figures into metrics.json)"
@@ -541,6 +572,8 @@ subjects only:
 
 {_nested_table(metrics.get('nested_study'))}
 {_seq_section(metrics.get('sequence_model'))}
+
+{_walk_section(metrics)}
 
 Plots: `report/confusion.png`, `report/roc_pr.png`, `report/latency.png`, `report/latency_paths.png`;
 all numbers in `report/metrics.json`.

@@ -25,7 +25,9 @@ def test_shapes_and_dtype() -> None:
     f = F.window_features(w)
     assert f.shape == (7, len(F.FEATURE_NAMES))
     assert f.dtype == np.float32
-    assert np.isfinite(f).all()
+    walk = F.feature_index(("tilt_walk_deg",))
+    assert np.isfinite(np.delete(f, walk, axis=1)).all()
+    assert np.isnan(f[:, walk]).all()  # no walking reference given: unknown, never a made-up angle
     assert F.window_features(np.zeros((0, F.WINDOW, 6))).shape == (0, len(F.FEATURE_NAMES))
     with pytest.raises(ValueError):
         F.window_features(np.zeros((1, F.WINDOW - 1, 6)))
@@ -36,7 +38,7 @@ def test_batch_rows_are_independent() -> None:
     w = rng.normal(size=(5, F.WINDOW, 6)).astype(np.float32)
     together = F.window_features(w)
     alone = np.concatenate([F.window_features(w[i:i + 1]) for i in range(5)])
-    assert np.allclose(together, alone, rtol=1e-5, atol=1e-5)
+    assert np.allclose(together, alone, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
 def test_features_are_invariant_to_sensor_orientation() -> None:
@@ -45,7 +47,10 @@ def test_features_are_invariant_to_sensor_orientation() -> None:
     rng = np.random.default_rng(2)
     r = _rotation(rng)
     wr = _window(acc @ r.T, gyro @ r.T, impact)
-    assert np.allclose(F.window_features(w), F.window_features(wr), rtol=1e-3, atol=1e-2)
+    assert np.allclose(F.window_features(w), F.window_features(wr), rtol=1e-3, atol=1e-2, equal_nan=True)
+    # the walking upright turns with the device, so the angle to it does not change either
+    up = np.array([[0.0, -1.0, 0.0]], dtype=np.float32)
+    assert np.allclose(F.window_features(w, up), F.window_features(wr, up @ r.T), rtol=1e-3, atol=1e-2)
 
 
 def test_fall_window_shows_impact_posture_change_and_stillness() -> None:
@@ -73,7 +78,7 @@ def test_acc_only_windows_zero_the_gyro_features() -> None:
     f6 = F.window_features(w)[0]
     f3 = F.window_features(w[:, :, :3])[0]
     acc_cols = F.feature_index(F.ACC_FEATURES)
-    assert np.allclose(f6[acc_cols], f3[acc_cols])
+    assert np.allclose(f6[acc_cols], f3[acc_cols], equal_nan=True)
     gyro_cols = [i for i, n in enumerate(F.FEATURE_NAMES) if n.startswith("gyro_")]
     assert np.all(f3[gyro_cols] == 0) and np.any(f6[gyro_cols] != 0)
 
