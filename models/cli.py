@@ -133,6 +133,7 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
         parts.append(T.build_windows(T.robust_trials(trials, args.seed), progress=True, carry=False))
     if parts:
         ws.aug = parts[0] if len(parts) == 1 else _concat(parts[0], parts[1])
+    ws.unknown = T.unknown_upright_copy(ws)  # read by fits whose features include the walking upright
     names = T.feature_names(T.FEATURE_SET)
     with threadpool_limits(args.jobs):
         cv = T.cross_validate(ws, names, args.seed, progress=True, withheld="tilt_walk_deg" in names)
@@ -175,7 +176,7 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "threshold": thr,
         "features": list(names),
-        "params": {k: v for k, v in T.hgb_params(args.seed).items() if k != "class_weight"},
+        "params": {k: v for k, v in T.hgb_params(args.seed, names).items() if k != "class_weight"},
         "outer_folds": T.OUTER_FOLDS,
         "inner_folds": T.INNER_FOLDS,
         "training_data": data,

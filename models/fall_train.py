@@ -62,8 +62,17 @@ EXCLUDE_AFTER_S = 5.0
 FEATURE_SET = "all"
 
 
-def hgb_params(seed: int) -> dict[str, object]:
-    return {
+#: Features the fall probability may only decrease with, all else equal (``monotonic_cst``): the
+#: further the posture before the event was from the wearer's walking upright (reclined, lying),
+#: the less an impact is a fall. Why a constraint: SisFall's turning-over trials start at 80-100 deg
+#: for most people, but one elderly wearer's start at 102-112 deg, beyond what the trees saw; a
+#: monotone model carries "lying before -> less fall-like" past the training range.
+MONOTONE = {"tilt_walk_deg": -1}
+
+
+def hgb_params(seed: int, names: tuple[str, ...] = ()) -> dict[str, object]:
+    """The trees' parameters; ``names`` (the feature columns, in order) adds :data:`MONOTONE`."""
+    params: dict[str, object] = {
         "max_iter": 250,
         "learning_rate": 0.06,
         "max_leaf_nodes": 15,
@@ -73,6 +82,10 @@ def hgb_params(seed: int) -> dict[str, object]:
         "early_stopping": False,
         "random_state": seed,
     }
+    cst = [MONOTONE.get(n, 0) for n in names]
+    if any(cst):
+        params["monotonic_cst"] = cst
+    return params
 
 
 def feature_names(feature_set: str) -> tuple[str, ...]:
@@ -111,6 +124,9 @@ class WindowSet:
     #: (N,) pre-event tilt from the wearer's walking upright (deg, NaN unknown): issue 12's
     #: study candidate (:func:`fallwatch.models.fall_nested.add_walk_tilt`), not a served feature
     walk_tilt: np.ndarray | None = None
+    #: the recordings again with ``tilt_walk_deg`` unknown (:func:`unknown_upright_copy`): training
+    #: rows for fits that read that feature only, so a fit without it is the configuration before it
+    unknown: WindowSet | None = None
 
     def subjects(self) -> np.ndarray:
         return np.array([self.trials[i].subject for i in self.trial_idx])
@@ -189,6 +205,18 @@ def build_windows(trials: list[sisfall.Trial], settings: DetectorSettings | None
     return WindowSet(trials, np.concatenate(xs), np.concatenate(ys), np.concatenate(ti),
                      impact_t=np.concatenate(it_s), ready_t=np.concatenate(rt_s),
                      seq=np.concatenate(sq) if seq else None)
+
+
+def unknown_upright_copy(ws: WindowSet) -> WindowSet:
+    """The same windows with ``tilt_walk_deg`` unknown (NaN), as training rows.
+
+    Why: a device that has not yet seen its wearer walk hands the model NaN; with only the rotated
+    copies to learn that case from, the model without the reference did worse than the model
+    before it (model 1.1's R2). Every recording once more with the reference unknown lets the trees
+    learn the unknown case from all of the data."""
+    X = ws.X.copy()
+    X[:, F.feature_index(("tilt_walk_deg",))[0]] = np.nan
+    return dataclasses.replace(ws, X=X, aug=None, seq=None, walk_tilt=None, unknown=None)
 
 
 #: ADL codes that are the detector's hard negatives: sitting down (D07-D11), lying down and
@@ -337,13 +365,16 @@ def fit(ws: WindowSet, mask: np.ndarray, names: tuple[str, ...], seed: int) -> P
         train_subjects = np.unique(ws.subjects()[mask])
         a = np.isin(ws.aug.subjects(), train_subjects) & (ws.aug.y >= 0)
         X, y = np.concatenate([X, ws.aug.X[a]]), np.concatenate([y, ws.aug.y[a]])
+    if ws.unknown is not None and "tilt_walk_deg" in names:
+        u = mask & (ws.unknown.y >= 0)  # same rows as the recordings
+        X, y = np.concatenate([X, ws.unknown.X[u]]), np.concatenate([y, ws.unknown.y[u]])
     Xn = np.ascontiguousarray(X[:, F.feature_index(names)])
-    cache = _fit_cache_path(Xn, y, seed)
+    cache = _fit_cache_path(Xn, y, seed, names)
     if cache is not None and cache.exists():
         with contextlib.suppress(Exception):  # a corrupt or foreign file is simply refitted
             cached: ProbaClassifier = pickle.loads(cache.read_bytes())
             return cached
-    clf = HistGradientBoostingClassifier(**hgb_params(seed))
+    clf = HistGradientBoostingClassifier(**hgb_params(seed, names))
     clf.fit(Xn, y)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -354,7 +385,7 @@ def fit(ws: WindowSet, mask: np.ndarray, names: tuple[str, ...], seed: int) -> P
     return model
 
 
-def _fit_cache_path(X: np.ndarray, y: np.ndarray, seed: int) -> Path | None:
+def _fit_cache_path(X: np.ndarray, y: np.ndarray, seed: int, names: tuple[str, ...] = ()) -> Path | None:
     """Where a fit on exactly these rows is kept (``FALLWATCH_FIT_CACHE``, off when unset): the
     study and train-fall fit the same folds, and each fit is minutes on a shared machine. Keyed by
     the training rows themselves, the parameters and the sklearn version, so it can never return
@@ -367,7 +398,7 @@ def _fit_cache_path(X: np.ndarray, y: np.ndarray, seed: int) -> Path | None:
     h = hashlib.sha256()
     h.update(X.tobytes())
     h.update(np.ascontiguousarray(y).tobytes())
-    h.update(repr((X.shape, sorted(hgb_params(seed).items(), key=str), sklearn.__version__)).encode())
+    h.update(repr((X.shape, sorted(hgb_params(seed, names).items(), key=str), sklearn.__version__)).encode())
     return Path(root) / f"fit-{h.hexdigest()[:32]}.pkl"
 
 
