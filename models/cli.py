@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("--outer-folds", type=int, default=6, help="subject folds of the held-out evaluation")
     t.add_argument("--inner-folds", type=int, default=3,
                    help="subject folds of the inner CV that chooses each threshold (training subjects only)")
+    t.add_argument("--features", default="all", choices=("all", "walk", "acc"),
+                   help="feature set: all = the shipped model's 23; walk = + the wearer's walking upright "
+                        "(model 1.1, not shipped)")
     t.add_argument("--compare", default="", help="comma-separated extra CVs to report: acc, no-augment")
     t.set_defaults(func=cmd_train_fall)
 
@@ -134,18 +137,18 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
     if parts:
         ws.aug = parts[0] if len(parts) == 1 else _concat(parts[0], parts[1])
     ws.unknown = T.unknown_upright_copy(ws)  # read by fits whose features include the walking upright
-    names = T.feature_names(T.FEATURE_SET)
+    names = T.feature_names(args.features)
     with threadpool_limits(args.jobs):
         cv = T.cross_validate(ws, names, args.seed, progress=True, withheld="tilt_walk_deg" in names)
-        label = T.FEATURE_SET + (" + augmentation" if args.augment else "") + (" + robustness" if args.robust else "")
+        label = args.features + (" + augmentation" if args.augment else "") + (" + robustness" if args.robust else "")
         comparison = {label: _brief(cv.summary)}
         extra = [c for c in args.compare.split(",") if c] if args.no_compare or args.compare else ["acc"]
         for other in extra:
             if other == "no-augment" and ws.aug is not None:
                 plain = dataclasses.replace(ws, aug=None)
-                comparison[f"{T.FEATURE_SET}, recordings only"] = _brief(
+                comparison[f"{args.features}, recordings only"] = _brief(
                     T.cross_validate(plain, names, args.seed, progress=True).summary)
-            elif other in ("acc", "all", "base") and other != T.FEATURE_SET:
+            elif other in ("acc", "all", "base", "walk") and other != args.features:
                 comparison[other] = _brief(T.cross_validate(ws, T.feature_names(other), args.seed,
                                                             progress=True).summary)
         print("final model: threshold by inner CV on all subjects ...", file=sys.stderr)
@@ -172,7 +175,7 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
     study = json.loads(study_path.read_text()) if study_path.exists() else None
     metrics = {
         "name": T.MODEL_NAME,
-        "version": T.MODEL_VERSION,
+        "version": T.VERSIONS.get(args.features, T.MODEL_VERSION),
         "seed": args.seed,
         "threshold": thr,
         "features": list(names),

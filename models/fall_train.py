@@ -50,7 +50,10 @@ from fallwatch.models.fall_eval import TrialResult, run_trials, summarise
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "fallwatch-fall"
-MODEL_VERSION = "1.1.0"  # 1.1: reads tilt_walk_deg (the wearer's walking upright)
+MODEL_VERSION = "1.0.0"
+#: model version by feature set: "walk" (1.1) adds the wearer's walking upright; not shipped (its
+#: pre-registered confirmation failed: docs/models.md, issue 12 fourth round)
+VERSIONS = {"walk": "1.1.0"}
 DEFAULT_OUT = Path(__file__).resolve().parent / "fall"
 OUTER_FOLDS = 6
 INNER_FOLDS = 3
@@ -89,14 +92,15 @@ def hgb_params(seed: int, names: tuple[str, ...] = ()) -> dict[str, object]:
 
 
 def feature_names(feature_set: str) -> tuple[str, ...]:
+    base = tuple(n for n in F.FEATURE_NAMES if n != "tilt_walk_deg")
     if feature_set == "acc":
-        return F.ACC_FEATURES
-    if feature_set == "all":
+        return tuple(n for n in F.ACC_FEATURES if n != "tilt_walk_deg")
+    if feature_set in ("all", "base"):  # the shipped model's 23 (model 1.0)
+        return base
+    if feature_set == "walk":  # + the wearer's walking upright (model 1.1 candidate)
         return F.FEATURE_NAMES
-    if feature_set == "base":  # before issue 12's walking upright: every served feature but that one
-        return tuple(n for n in F.FEATURE_NAMES if n != "tilt_walk_deg")
     if feature_set == "all+descent":
-        return F.STUDY_FEATURE_NAMES
+        return base + F.CANDIDATE_FEATURES
     raise ValueError(f"unknown feature set {feature_set!r}")
 
 
@@ -631,10 +635,11 @@ def export_onnx(clf: object, names: tuple[str, ...], threshold: float, path: Pat
     onx.graph.name = MODEL_NAME  # skl2onnx names graphs with a random uuid: keep the file reproducible
     onx.doc_string = "fallwatch fall detector: impact-centred window features -> P(fall)"
     onx.producer_name = "fallwatch"
-    onx.model_version = int(MODEL_VERSION.split(".")[0])
+    version = VERSIONS.get("walk", MODEL_VERSION) if "tilt_walk_deg" in names else MODEL_VERSION
+    onx.model_version = int(version.split(".")[0])
     props = {
         "name": MODEL_NAME,
-        "version": MODEL_VERSION,
+        "version": version,
         "rate_hz": f"{F.RATE_HZ:g}",
         "window_s": f"{F.WINDOW_S:g}",
         "pre_s": f"{F.PRE_S:g}",

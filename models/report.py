@@ -360,6 +360,29 @@ def _walk_section(metrics: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _walk_candidates(cands: list[dict[str, Any]] | None) -> str:
+    """Candidates with the wearer's walking upright that were tried and not shipped (issue 12)."""
+    if not cands:
+        return ""
+    out = ["Issue 12, fourth round: the wearer's walking upright learned on the device and served as "
+           "`tilt_walk_deg` (`features.WalkingReference`; docs/models.md). Each candidate was judged by a "
+           "rule committed before its runs: " + cands[0]["confirmation"]["rule"], "",
+           "| candidate | served | sensitivity | specificity | false alarms/h | SE false alarms/h | "
+           "false-alarm trials |", "|---|---|---|---|---|---|---|"]
+    for c in cands:
+        for label, r in (("with the walking upright", c["r1"]), ("references withheld", c["r2"])):
+            out.append(f"| {c['name']} | {label} | {_fmt(r['sensitivity'], True)} | {_fmt(r['specificity'], True)} | "
+                       f"{_fmt(r['false_alarms_per_hour'])} | {_fmt(r['se_false_alarms_per_hour'])} | "
+                       f"{', '.join(r['false_alarm_trials']) or 'none'} |")
+    out += ["", "| candidate | run | check | measured | needed | passed |", "|---|---|---|---|---|---|"]
+    for c in cands:
+        for k in c["confirmation"]["checks"]:
+            ok = "yes" if k["passed"] else "no"
+            out.append(f"| {c['name']} | {k['run']} | {k['check']} | {k['measured']} | {k['needed']} | {ok} |")
+    out += ["", "Outcome: " + "; ".join(f"{c['name']}: {c['confirmation']['outcome']}" for c in cands) + "."]
+    return "\n".join(out) + "\n"
+
+
 def _sim_table(sim: dict[str, Any] | None) -> str:
     if not sim:
         return "(not run: `fallwatch sim eval-fall` writes these figures into metrics.json)"
@@ -574,6 +597,7 @@ subjects only:
 {_seq_section(metrics.get('sequence_model'))}
 
 {_walk_section(metrics)}
+{_walk_candidates(metrics.get('walk_candidates'))}
 
 Plots: `report/confusion.png`, `report/roc_pr.png`, `report/latency.png`, `report/latency_paths.png`;
 all numbers in `report/metrics.json`.
