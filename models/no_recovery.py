@@ -83,6 +83,12 @@ class NoRecoverySettings:
     #: (0: every impact; bed exits and posture drops are never gated). Chosen by the nested rule
     #: of :func:`fallwatch.models.no_recovery_study.run_gate` (issue 12).
     min_fall_p: float = 0.0
+    #: stand a fast-path alert down (``lying_before``: logged as cancelled, nobody called) when the
+    #: wearer was lying before the impact (``pre_max_deg``, as for opening a watch) and is still down
+    #: at the end of the cancel window, unless a bed exit explains it: turning over while lying. The
+    #: price: a fall that starts lying (from bed) is then the room sensors' to catch (bed exit), as
+    #: it already is on this path. Off = such alerts are sent (issue 12, docs/models.md)
+    stand_down_lying_before: bool = True
 
 
 class RoomView(Protocol):
@@ -205,6 +211,21 @@ class NoRecoveryWatch:
         w.up_run = w.up_run + BLOCK_S if b.tilt < s.upright_deg else 0.0
 
     # ------------------------------------------------------------------ events
+
+    def _lying_throughout(self, impact_t_s: float, now_s: float) -> str | None:
+        """Why the impact was turning over while lying (see ``stand_down_lying_before``), or None."""
+        s = self.settings
+        if not s.stand_down_lying_before:
+            return None
+        if any(w.kind == "bed_exit" and abs(w.t - impact_t_s) <= s.bed_exit_s for w in self.watches):
+            return None  # a bed went empty with it: a fall from bed, the bed-exit watch decides
+        pre = self._pre_posture(impact_t_s)
+        if pre is None or pre < s.pre_max_deg:
+            return None
+        after = [b.tilt for b in self.blocks if impact_t_s + s.settle_s < b.t <= now_s]
+        if not after or min(after) < s.down_deg:
+            return None  # sat or stood up since: not simply lying on
+        return f"lying before the impact ({pre:.0f} deg from upright) and since"
 
     def _pre_posture(self, t: float) -> float | None:
         """Median tilt in [t - 3, t - 0.8] s (the posture before an event); None if unseen."""
@@ -330,6 +351,9 @@ class NoRecoveryWatch:
         if occ is not None and occ <= impact_t_s - 2.0:
             return "in_occupied_bed", f"bed or chair occupied since {impact_t_s - occ:.0f} s before the impact"
         s = self.settings
+        lying = self._lying_throughout(impact_t_s, now_s)
+        if lying is not None:
+            return "lying_before", lying
         run = walked = 0.0
         for b in self.blocks:
             if b.t <= impact_t_s + s.settle_s or b.t > now_s:

@@ -75,7 +75,9 @@ REASONS = {"impact": N_("a hard impact"), "lying": N_("lying afterwards"), "mode
            "no_recovery": N_("has not got up"), "lying_s": N_("lying for a long time"),
            "cancelled_by_wearer": N_("cancelled by the wearer"), "fall_from_bed": N_("fell out of bed"),
            "posture_drop": N_("went down without an impact"), "not_in_bed": N_("not in bed or chair"),
-           "recovered": N_("got up and walked"), "in_occupied_bed": N_("in an occupied bed")}
+           "recovered": N_("got up and walked"), "in_occupied_bed": N_("in an occupied bed"),
+           "lying_before": N_("was lying before and since (turning over)"),
+           "upright_before": N_("was upright before")}
 _OUTCOME = {"injury": N_("fall with injury"), "no_injury": N_("fall without injury"),
             "ambulance": N_("ambulance called"), "false_alarm": N_("false alarm"),
             "resident_cancelled": N_("cancelled by the resident"), "other": N_("other")}

@@ -199,3 +199,56 @@ def test_gate_min_fall_p_keeps_impacts_the_model_found_nothing_fall_like_in_from
         s.w.on_trigger(s.t, 2.4, p)
         s.feed(posture(85, 60))
         assert len(s.decisions) == alerts, p
+
+
+def test_turning_over_while_lying_stands_the_fast_alert_down_without_rooms() -> None:
+    """Without any room sensor: lying before the impact and down since is turning over (issue 12)."""
+    s = Stream(NoRecoveryWatch())
+    s.feed(posture(85, 30))
+    impact = s.t
+    s.w.on_trigger(impact, 1.9, 0.97)
+    s.feed(posture(100, 15))
+    why = s.w.stand_down(impact, s.t, NoRooms())
+    assert why is not None and why[0] == "lying_before"
+    off = Stream(NoRecoveryWatch(NoRecoverySettings(stand_down_lying_before=False)))
+    off.feed(posture(85, 30))
+    impact = off.t
+    off.w.on_trigger(impact, 1.9, 0.97)
+    off.feed(posture(100, 15))
+    assert off.w.stand_down(impact, off.t, NoRooms()) is None  # the setting turns it off
+
+
+def test_a_fall_from_upright_or_sitting_is_never_stood_down_as_lying_before() -> None:
+    for before in (3.0, 35.0):  # standing, sitting upright
+        s = Stream(NoRecoveryWatch())
+        s.feed(posture(before, 20, walking=before < 10))
+        impact = s.t
+        s.w.on_trigger(impact, 3.0, 0.99)
+        s.feed(posture(88, 15))
+        assert s.w.stand_down(impact, s.t, NoRooms()) is None
+
+
+def test_lying_before_then_sitting_up_is_not_stood_down_as_lying() -> None:
+    """Down before, but up since: not "lying on"; left to the other rules (here: the alert stands)."""
+    s = Stream(NoRecoveryWatch())
+    s.feed(posture(85, 30))
+    impact = s.t
+    s.w.on_trigger(impact, 1.9, 0.97)
+    s.feed(posture(85, 3))
+    s.feed(posture(20, 12))  # sat up on the edge of the bed, not walking
+    assert s.w.stand_down(impact, s.t, NoRooms()) is None
+
+
+def test_a_bed_exit_with_the_impact_keeps_the_fast_alert() -> None:
+    """Lying in bed, the bed goes empty, an impact, lying on the floor: a fall from bed."""
+    rooms = Rooms(since=0.0)
+    s = Stream(NoRecoveryWatch(), rooms)
+    s.w.rooms_sensed = True
+    s.feed(posture(85, 30))
+    rooms.since = None
+    s.w.on_bed_exit(s.t, rooms)
+    s.feed(posture(85, 1.0))
+    impact = s.t
+    s.w.on_trigger(impact, 2.5, 0.97)
+    s.feed(posture(95, 15))
+    assert s.w.stand_down(impact, s.t, rooms) is None
