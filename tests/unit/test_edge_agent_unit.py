@@ -342,3 +342,23 @@ def test_the_golden_self_test_refuses_a_model_that_ranks_a_fall_below_lying_down
     assert self_test(Fixed({GOLDEN_ALARM: 0.99, GOLDEN_OUTRANKS: 0.05, GOLDEN_NO_ALARM: 0.1})) is not None
     assert self_test(Fixed({GOLDEN_ALARM: 0.5, GOLDEN_OUTRANKS: 0.5, GOLDEN_NO_ALARM: 0.1})) is not None
     assert self_test(Fixed({GOLDEN_ALARM: 0.99, GOLDEN_OUTRANKS: 0.95, GOLDEN_NO_ALARM: 0.95})) is not None
+
+
+def test_an_impact_while_lying_and_lying_on_is_stood_down_logged_without_rooms(
+    agent: EdgeAgent, broker: FakeBroker
+) -> None:
+    """Issue 12: the same fall-like impact as above, but the wearer was lying before it (turning over
+    heavily on a sofa or an unsensed bed) and lies on: a logged ``cancelled`` with ``lying_before``."""
+    fa, fg, _ = synth.fall(pre_s=20, post_s=20)
+    ry = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]], dtype=np.float32)  # z (up) -> x
+    acc, gyro = fa @ ry.T, fg @ ry.T  # lying on the back before, on the side after
+    frames = synth.frames(HUB, synth.packets("wear-r01", acc, gyro))
+    feed(agent, frames)
+    for k in range(1, 40):
+        agent.feed([], frames[-1].rx_t_s + k)
+    assert agent.flush(5)
+    falls = uplinks(broker, "fall")
+    assert [m.data.status for m in falls] == ["cancelled"]  # type: ignore[union-attr]  # FallAlert
+    assert "lying_before" in {r.code for r in falls[0].data.reasons}  # type: ignore[union-attr]
+    st = agent.stats()
+    assert st["decisions"] == 1 and st["alerts_raised"] == 0 and st["alerts_stood_down_lying_before"] == 1

@@ -210,5 +210,6 @@ def _night(cfg: Any, tmp: Path, quick: bool) -> dict[str, Any]:
         "night_turns_in_bed": len(turns),
         "night_turn_triggers": sum(int(s.get("windows_scored", 0)) for s in stats),
         "night_stood_down_in_bed": sum(int(s.get("alerts_stood_down_in_occupied_bed", 0)) for s in stats),
+        "night_stood_down_lying_before": sum(int(s.get("alerts_stood_down_lying_before", 0)) for s in stats),
         "night_alerts": len(alerts),
     }
