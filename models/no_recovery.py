@@ -149,6 +149,7 @@ class NoRecoveryWatch:
         self.blocks: deque[_Block] = deque(maxlen=int(40 / BLOCK_S))  # the last 40 s (cancel windows)
         self.watches: list[_Watch] = []
         self.recovered_t: list[float] = []  # times the wearer was seen getting up (after an event)
+        self.bed_exits: deque[float] = deque(maxlen=8)  # times a bed of the wearer went empty
         self.counts = {"events": 0, "recovered": 0, "in_bed": 0, "not_down": 0, "moving": 0, "no_data": 0,
                        "decided": 0}
         #: the wearer's rooms have a bed sensor (set by whoever feeds room events): only then
@@ -217,8 +218,8 @@ class NoRecoveryWatch:
         s = self.settings
         if not s.stand_down_lying_before:
             return None
-        if any(w.kind == "bed_exit" and abs(w.t - impact_t_s) <= s.bed_exit_s for w in self.watches):
-            return None  # a bed went empty with it: a fall from bed, the bed-exit watch decides
+        if any(abs(t - impact_t_s) <= s.bed_exit_s for t in self.bed_exits):
+            return None  # a bed went empty with it: a fall from bed, not turning over
         pre = self._pre_posture(impact_t_s)
         if pre is None or pre < s.pre_max_deg:
             return None
@@ -254,6 +255,7 @@ class NoRecoveryWatch:
 
     def on_bed_exit(self, t_s: float, rooms: RoomView) -> None:
         """A bed of the wearer went from occupied to empty (room sensors)."""
+        self.bed_exits.append(t_s)
         if self.settings.enabled and rooms.sensed:
             self._open("bed_exit", t_s)
 

@@ -252,3 +252,18 @@ def test_a_bed_exit_with_the_impact_keeps_the_fast_alert() -> None:
     s.w.on_trigger(impact, 2.5, 0.97)
     s.feed(posture(95, 15))
     assert s.w.stand_down(impact, s.t, rooms) is None
+
+
+def test_a_bed_exit_keeps_the_fast_alert_even_without_a_watch_on_it() -> None:
+    """The bed exit itself is remembered, not only its watch (which may have closed, or, as here,
+    never opened with the no-recovery path switched off): the sim's one fall from bed with rooms
+    that the fast path alone caught was stood down before this."""
+    rooms = Rooms(since=0.0)
+    s = Stream(NoRecoveryWatch(NoRecoverySettings(enabled=False)), rooms)
+    s.feed(posture(85, 30))
+    rooms.since = None
+    s.w.on_bed_exit(s.t, rooms)
+    s.feed(posture(85, 1.0))
+    impact = s.t
+    s.feed(posture(95, 15))
+    assert s.w.watches == [] and s.w.stand_down(impact, s.t, rooms) is None
