@@ -380,6 +380,9 @@ def _walk_candidates(cands: list[dict[str, Any]] | None) -> str:
             ok = "yes" if k["passed"] else "no"
             out.append(f"| {c['name']} | {k['run']} | {k['check']} | {k['measured']} | {k['needed']} | {ok} |")
     out += ["", "Outcome: " + "; ".join(f"{c['name']}: {c['confirmation']['outcome']}" for c in cands) + "."]
+    notes = [c["note"] for c in cands if c.get("note")]
+    if notes:
+        out += ["", *notes]
     return "\n".join(out) + "\n"
 
 
