@@ -405,3 +405,34 @@ def test_devices_due_is_the_supervisors_own_test_in_sql(tmp_path: Path) -> None:
     assert got == want == ["d0", "d2", "d3", "d5", "d6", "d7"]
     assert [d["device_id"] for d in st.devices([("s", "d1"), ("s", "d4"), ("s", "nope")])] == ["d1", "d4"]
     st.close()
+
+
+def test_settling_a_gateway_process_freezes_what_start_up_made_and_still_collects_later_garbage() -> None:
+    """``runtime.settle`` (called by ``fallwatch gateway run`` once started): the start-up heap is
+    frozen out of the collector's walks, the switch interval is the gateway's, and reference
+    cycles made afterwards are still collected (nothing leaks). In a fresh interpreter: both
+    settings are process-wide."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import gc, sys, weakref
+        from fallwatch.gateway.runtime import SWITCH_INTERVAL_S, settle
+        settle()
+        assert gc.get_freeze_count() > 1000, gc.get_freeze_count()
+        assert sys.getswitchinterval() == SWITCH_INTERVAL_S
+        class Node:
+            pass
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle made after the freeze
+        gone = weakref.ref(a)
+        del a, b
+        gc.collect()
+        assert gone() is None
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
