@@ -232,6 +232,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     gw = Gateway(cfg)
     gw.start()
+    from fallwatch.gateway.runtime import settle
+
+    settle()  # this process is the gateway: its interpreter is tuned for the alert path
     print(f"gateway {cfg.gateway.gateway_id} running; http {gw.http_url}", file=sys.stderr, flush=True)
     while not stop.wait(1.0):
         pass

@@ -85,6 +85,9 @@ def run_worker(cfg: FallwatchConfig, index: int, stop: threading.Event, out: IO[
     gw.start_state()
     gw.start_workers()
     gw.start_links()
+    from fallwatch.gateway.runtime import settle
+
+    settle()  # this process is one worker of the gateway: its interpreter is tuned for the alert path
     log.info("gateway worker %d (%s) started, pid %d", index, gw.gateway_id, os.getpid())
     try:
         while not stop.wait(SNAPSHOT_S):

@@ -405,3 +405,116 @@ def test_devices_due_is_the_supervisors_own_test_in_sql(tmp_path: Path) -> None:
     assert got == want == ["d0", "d2", "d3", "d5", "d6", "d7"]
     assert [d["device_id"] for d in st.devices([("s", "d1"), ("s", "d4"), ("s", "nope")])] == ["d1", "d4"]
     st.close()
+
+
+def test_settling_a_gateway_process_freezes_what_start_up_made_and_still_collects_later_garbage() -> None:
+    """``runtime.settle`` (called by ``fallwatch gateway run`` once started): the start-up heap is
+    frozen out of the collector's walks, the switch interval is the gateway's, and reference
+    cycles made afterwards are still collected (nothing leaks). In a fresh interpreter: both
+    settings are process-wide."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import gc, sys, weakref
+        from fallwatch.gateway.runtime import SWITCH_INTERVAL_S, settle
+        settle()
+        assert gc.get_freeze_count() > 1000, gc.get_freeze_count()
+        assert sys.getswitchinterval() == SWITCH_INTERVAL_S
+        class Node:
+            pass
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle made after the freeze
+        gone = weakref.ref(a)
+        del a, b
+        gc.collect()
+        assert gone() is None
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_the_publish_fast_path_delivers_what_paho_would_and_leaves_everything_else_to_paho() -> None:
+    """``links.fast_publish`` (issue 16, fifth pass) parses a plain QoS 1 PUBLISH itself: for
+    each packet the fast client delivers exactly the topic, payload, packet id and retain flag
+    a stock paho client hands ``on_message``, and every packet it does not handle (QoS 0 and
+    2, a property the gateway might need, a topic that is not UTF-8, a content type that is
+    not UTF-8, a properties length that overruns) reaches paho's own handler unchanged."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.exception import MalformedPacket
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from fallwatch.gateway.links import fast_publish
+
+    def props(**kw: Any) -> bytes:
+        p = Properties(PacketTypes.PUBLISH)
+        for k, v in kw.items():
+            setattr(p, k, v)
+        return bytes(p.pack())
+
+    def publish(topic: bytes, mid: int | None, properties: bytes, payload: bytes) -> bytes:
+        return (len(topic).to_bytes(2, "big") + topic + (b"" if mid is None else mid.to_bytes(2, "big"))
+                + properties + payload)
+
+    t = b"fallwatch/v1/s/hub-1/tele/w1"
+    fast_cases = [  # (command byte, packet)
+        (0x32, publish(t, 7, b"\x00", b'{"a":1}')),
+        (0x33, publish(t, 65535, props(ContentType="application/json"), b"x" * 300)),  # retained
+        (0x3A, publish("fallwatch/v1/s/hüb/tele/w1".encode(), 1, props(PayloadFormatIndicator=1,
+                                                                       ContentType="application/json"), b"")),  # dup
+    ]
+    paho_cases = [
+        (0x30, publish(t, None, b"\x00", b"qos0")),
+        (0x34, publish(t, 9, b"\x00", b"qos2")),
+        (0x32, publish(t, 10, props(ContentType="application/json", UserProperty=[("k", "v")]), b"user")),
+        (0x32, publish(t, 11, props(MessageExpiryInterval=60), b"expiry")),
+        (0x32, publish(b"fallwatch/\xff", 12, b"\x00", b"bad topic")),
+    ]
+    twice = props(ContentType="a")[1:]
+    malformed = [  # paho refuses these (and drops the connection): so must the fast path
+        (0x32, publish(t, 13, b"\x05\x03\x00\x02\xff\xfe", b"bad content type")),
+        (0x32, publish(t, 14, b"\x7f\x01\x01", b"overrun")),
+        (0x32, publish(t, 15, bytes([2 * len(twice)]) + twice * 2, b"content type twice")),
+    ]
+
+    def client(fast: bool) -> tuple[mqtt.Client, list[tuple[str, Any]]]:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
+        got: list[tuple[str, Any]] = []
+
+        def on_message(_c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
+            got.append(("paho", (m._topic, bytes(m.payload), m.mid, bool(m.retain), m.qos)))
+
+        c.on_message = on_message
+        c._send_pubrec = lambda mid: mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # type: ignore[method-assign]  # not connected
+        if fast:
+            fast_publish(c, lambda topic, payload, mid, retain: got.append(
+                ("fast", (topic.encode(), payload, mid, retain, 1))))
+        return c, got
+
+    def feed(c: mqtt.Client, cases: list[tuple[int, bytes]]) -> None:
+        for command, packet in cases:
+            c._in_packet["command"] = command
+            c._in_packet["packet"] = bytearray(packet)
+            assert c._handle_publish() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    stock, want = client(False)
+    feed(stock, fast_cases + paho_cases)
+    fast, got = client(True)
+    feed(fast, fast_cases + paho_cases)
+    assert [g[1] for g in got] == [w[1] for w in want]  # the same messages, field for field
+    # all but the QoS 2 one, which paho keeps until its PUBREL, as the stock client does
+    assert [g[0] for g in got] == ["fast"] * len(fast_cases) + ["paho"] * (len(paho_cases) - 1)
+    assert list(fast._in_messages) == list(stock._in_messages) == [9]
+    for case in malformed:
+        for c in (stock, fast):
+            with pytest.raises(MalformedPacket):
+                feed(c, [case])
+    assert len(got) == len(want)
+    # and a client with per-topic callbacks is left to paho entirely
+    fast.message_callback_add("fallwatch/#", lambda *_: got.append(("filtered", None)))
+    feed(fast, fast_cases[:1])
+    assert got[-1] == ("filtered", None)
