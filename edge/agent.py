@@ -94,7 +94,8 @@ class EdgeAgent:
 
     def init_sensors(self, sensors: Iterable[SensorDescription], make_detector: DetectorFactory | None) -> None:
         self.counters = Counters()
-        nr = NoRecoverySettings(no_recovery_s=self.cfg.edge.no_recovery_s)
+        nr = NoRecoverySettings(no_recovery_s=self.cfg.edge.no_recovery_s,
+                                stand_down_lying_before=self.cfg.edge.stand_down_lying_before)
         self.sensors = Sensors(self.device_id, self.model, make_detector=make_detector, no_recovery=nr)
         self.sensors.register_all(sensors)
 

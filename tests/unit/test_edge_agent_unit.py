@@ -32,10 +32,11 @@ def broker() -> Iterator[FakeBroker]:
 
 
 @pytest.fixture
-def agent(broker: FakeBroker, tmp_path: Path) -> Iterator[EdgeAgent]:
+def agent(broker: FakeBroker, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EdgeAgent]:
+    extra = getattr(request, "param", {})  # edge settings a test asks for (indirect parametrisation)
     cfg = load_config(None, {"mqtt": {"url": "mqtt://127.0.0.1:1883"}, "edge": {
         "site_id": SITE, "device_id": HUB, "cancel_window_s": CANCEL_S,
-        "outbox_path": str(tmp_path / "outbox.sqlite"), "model_dir": str(tmp_path / "models")}})
+        "outbox_path": str(tmp_path / "outbox.sqlite"), "model_dir": str(tmp_path / "models"), **extra}})
     a = EdgeAgent(cfg)
     a.start()
     # subscriptions are made in on_connect, before the birth: once 'ready' is out, it listens
@@ -344,11 +345,13 @@ def test_the_golden_self_test_refuses_a_model_that_ranks_a_fall_below_lying_down
     assert self_test(Fixed({GOLDEN_ALARM: 0.99, GOLDEN_OUTRANKS: 0.95, GOLDEN_NO_ALARM: 0.95})) is not None
 
 
+@pytest.mark.parametrize("agent", [{"stand_down_lying_before": True}], indirect=True)
 def test_an_impact_while_lying_and_lying_on_is_stood_down_logged_without_rooms(
     agent: EdgeAgent, broker: FakeBroker
 ) -> None:
-    """Issue 12: the same fall-like impact as above, but the wearer was lying before it (turning over
-    heavily on a sofa or an unsensed bed) and lies on: a logged ``cancelled`` with ``lying_before``."""
+    """Issue 12, with ``edge.stand_down_lying_before`` on (off by default): the same fall-like impact
+    as above, but the wearer was lying before it (turning over heavily on a sofa or an unsensed bed)
+    and lies on: a logged ``cancelled`` with ``lying_before``."""
     fa, fg, _ = synth.fall(pre_s=20, post_s=20)
     ry = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]], dtype=np.float32)  # z (up) -> x
     acc, gyro = fa @ ry.T, fg @ ry.T  # lying on the back before, on the side after

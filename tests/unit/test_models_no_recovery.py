@@ -203,7 +203,7 @@ def test_gate_min_fall_p_keeps_impacts_the_model_found_nothing_fall_like_in_from
 
 def test_turning_over_while_lying_stands_the_fast_alert_down_without_rooms() -> None:
     """Without any room sensor: lying before the impact and down since is turning over (issue 12)."""
-    s = Stream(NoRecoveryWatch())
+    s = Stream(NoRecoveryWatch(NoRecoverySettings(stand_down_lying_before=True)))
     s.feed(posture(85, 30))
     impact = s.t
     s.w.on_trigger(impact, 1.9, 0.97)
@@ -215,12 +215,12 @@ def test_turning_over_while_lying_stands_the_fast_alert_down_without_rooms() -> 
     impact = off.t
     off.w.on_trigger(impact, 1.9, 0.97)
     off.feed(posture(100, 15))
-    assert off.w.stand_down(impact, off.t, NoRooms()) is None  # the setting turns it off
+    assert off.w.stand_down(impact, off.t, NoRooms()) is None  # off (the default): the alert is sent
 
 
 def test_a_fall_from_upright_or_sitting_is_never_stood_down_as_lying_before() -> None:
     for before in (3.0, 35.0):  # standing, sitting upright
-        s = Stream(NoRecoveryWatch())
+        s = Stream(NoRecoveryWatch(NoRecoverySettings(stand_down_lying_before=True)))
         s.feed(posture(before, 20, walking=before < 10))
         impact = s.t
         s.w.on_trigger(impact, 3.0, 0.99)
@@ -230,7 +230,7 @@ def test_a_fall_from_upright_or_sitting_is_never_stood_down_as_lying_before() ->
 
 def test_lying_before_then_sitting_up_is_not_stood_down_as_lying() -> None:
     """Down before, but up since: not "lying on"; left to the other rules (here: the alert stands)."""
-    s = Stream(NoRecoveryWatch())
+    s = Stream(NoRecoveryWatch(NoRecoverySettings(stand_down_lying_before=True)))
     s.feed(posture(85, 30))
     impact = s.t
     s.w.on_trigger(impact, 1.9, 0.97)
@@ -242,7 +242,7 @@ def test_lying_before_then_sitting_up_is_not_stood_down_as_lying() -> None:
 def test_a_bed_exit_with_the_impact_keeps_the_fast_alert() -> None:
     """Lying in bed, the bed goes empty, an impact, lying on the floor: a fall from bed."""
     rooms = Rooms(since=0.0)
-    s = Stream(NoRecoveryWatch(), rooms)
+    s = Stream(NoRecoveryWatch(NoRecoverySettings(stand_down_lying_before=True)), rooms)
     s.w.rooms_sensed = True
     s.feed(posture(85, 30))
     rooms.since = None
@@ -259,7 +259,7 @@ def test_a_bed_exit_keeps_the_fast_alert_even_without_a_watch_on_it() -> None:
     never opened with the no-recovery path switched off): the sim's one fall from bed with rooms
     that the fast path alone caught was stood down before this."""
     rooms = Rooms(since=0.0)
-    s = Stream(NoRecoveryWatch(NoRecoverySettings(enabled=False)), rooms)
+    s = Stream(NoRecoveryWatch(NoRecoverySettings(enabled=False, stand_down_lying_before=True)), rooms)
     s.feed(posture(85, 30))
     rooms.since = None
     s.w.on_bed_exit(s.t, rooms)
