@@ -221,8 +221,8 @@ class DetectorSettings:
     #: a model trained with it must be served with it (training builds its windows with these settings).
     normalise_gravity: bool = False
     #: Learn the wearer's upright from their walking (:class:`features.WalkingReference`) and hand
-    #: each window's snapshot to the model (``tilt_walk_deg``). Models that do not read that feature
-    #: ignore it; off, every window's reference is unknown (NaN).
+    #: each window's snapshot to the model (``tilt_walk_deg``), if the model reads that feature (a
+    #: model without ``feature_names`` is assumed to). Off, every window's reference is unknown (NaN).
     walking_reference: bool = True
 
 
@@ -286,7 +286,11 @@ class DeviceFallDetector:
         self._last_alert_t: float | None = None
         self._warned_no_gyro = False
         self._gravity = F.GravityEstimator() if s.normalise_gravity else None
-        self.walk = (walk if walk is not None else F.WalkingReference()) if s.walking_reference else None
+        # only for a model that reads it (or none, when training cuts windows): learning the reference
+        # costs 40-200 us a wearable-second, as much as the rest of the edge's work per wearable
+        reads = getattr(model, "feature_names", None)
+        wanted = s.walking_reference and (reads is None or "tilt_walk_deg" in reads)
+        self.walk = (walk if walk is not None else F.WalkingReference()) if wanted else None
         self._cand_ref: tuple[float, float, float] | None = None
         self.suppressed = 0  # alerts folded into an earlier one (de-dup)
         self.triggers = 0

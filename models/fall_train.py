@@ -348,6 +348,7 @@ class SkFallScorer:
         self.cols = F.feature_index(names)
         self.threshold = threshold
         self.version = version
+        self.feature_names = names  # the detector learns the walking upright only if these read it
 
     def predict_features(self, feats: np.ndarray) -> np.ndarray:
         if len(feats) == 0:

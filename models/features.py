@@ -360,7 +360,7 @@ class WalkingReference:
         self._dirs: list[np.ndarray] = []
         self.blocks = 0  # walking blocks seen in all
         lo, hi = (round(s * RATE_HZ) for s in WALK_STEP_S)
-        self._lags = range(lo, hi + 1)
+        self._lags = np.arange(lo, hi + 1)
 
     @property
     def reference(self) -> np.ndarray | None:
@@ -409,7 +409,9 @@ class WalkingReference:
         if energy <= 0:
             return
         n = len(x)
-        regularity = max(float(x[:-lag] @ x[lag:]) / energy * n / (n - lag) for lag in self._lags)
+        lags = self._lags
+        ac = np.correlate(x, x, mode="full")[n - 1 + lags]  # sum x[t] x[t + lag], lag in lags
+        regularity = float((ac / energy * n / (n - lags)).max())
         if regularity < WALK_REGULARITY:
             return
         g = block.mean(axis=0)

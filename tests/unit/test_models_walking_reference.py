@@ -164,3 +164,22 @@ def test_a_carried_reference_reaches_the_next_recording() -> None:
     det.flush()
     det.pending_windows()
     assert np.isfinite(det.inflight_refs()).all()
+
+
+class _Reads:
+    threshold = 0.5
+    version = "t"
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.feature_names = names
+
+    def predict(self, batch: np.ndarray, refs: np.ndarray | None = None) -> np.ndarray:
+        return np.zeros(len(batch), dtype=np.float32)
+
+
+def test_the_reference_is_learned_only_for_a_model_that_reads_it() -> None:
+    """It costs about as much CPU per wearable as the rest of the edge: the shipped model 1.0 does
+    not read it, so its detectors do not pay for it."""
+    assert DeviceFallDetector(_Reads(("peak_g", "tilt_change_deg"))).walk is None
+    assert DeviceFallDetector(_Reads(("peak_g", "tilt_walk_deg"))).walk is not None
+    assert DeviceFallDetector(None).walk is not None  # training cuts windows for any model
