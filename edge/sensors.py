@@ -39,6 +39,8 @@ class WindowDetector(Protocol):
 
     def inflight_refs(self) -> np.ndarray: ...
 
+    def use_model(self, model: WindowScorer) -> None: ...
+
     def resolve(self, probs: np.ndarray) -> list[FallDecision]: ...
 
 
@@ -158,5 +160,4 @@ class Sensors:
         """Point every detector at a new model (called between two ``feed()`` calls)."""
         self.model = model
         for w in self.wearables.values():
-            w.det.model = model
-            w.det.threshold = model.threshold
+            w.det.use_model(model)

@@ -288,12 +288,24 @@ class DeviceFallDetector:
         self._gravity = F.GravityEstimator() if s.normalise_gravity else None
         # only for a model that reads it (or none, when training cuts windows): learning the reference
         # costs 40-200 us a wearable-second, as much as the rest of the edge's work per wearable
-        reads = getattr(model, "feature_names", None)
-        wanted = s.walking_reference and (reads is None or "tilt_walk_deg" in reads)
-        self.walk = (walk if walk is not None else F.WalkingReference()) if wanted else None
+        self.walk = (walk if walk is not None else F.WalkingReference()) if self._wants_walk(model) else None
         self._cand_ref: tuple[float, float, float] | None = None
         self.suppressed = 0  # alerts folded into an earlier one (de-dup)
         self.triggers = 0
+
+    def _wants_walk(self, model: WindowScorer | None) -> bool:
+        reads = getattr(model, "feature_names", None)
+        return self.settings.walking_reference and (reads is None or "tilt_walk_deg" in reads)
+
+    def use_model(self, model: WindowScorer) -> None:
+        """Score with ``model`` from now on (an over-the-air update): its threshold, and the walking
+        reference started (or dropped) as the new model reads it or not."""
+        self.model = model
+        self.threshold = self.settings.threshold if self.settings.threshold is not None else model.threshold
+        if not self._wants_walk(model):
+            self.walk = None
+        elif self.walk is None:
+            self.walk = F.WalkingReference()
 
     # ------------------------------------------------------------------ streaming input
 

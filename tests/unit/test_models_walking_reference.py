@@ -183,3 +183,12 @@ def test_the_reference_is_learned_only_for_a_model_that_reads_it() -> None:
     assert DeviceFallDetector(_Reads(("peak_g", "tilt_change_deg"))).walk is None
     assert DeviceFallDetector(_Reads(("peak_g", "tilt_walk_deg"))).walk is not None
     assert DeviceFallDetector(None).walk is not None  # training cuts windows for any model
+
+
+def test_an_over_the_air_model_that_reads_the_reference_starts_it() -> None:
+    det = DeviceFallDetector(_Reads(("peak_g",)))
+    assert det.walk is None
+    det.use_model(_Reads(("peak_g", "tilt_walk_deg")))
+    assert det.walk is not None and det.threshold == 0.5
+    det.use_model(_Reads(("peak_g",)))
+    assert det.walk is None

@@ -199,6 +199,9 @@ class NaiveDetector:
     def inflight_refs(self) -> np.ndarray:
         return np.zeros((0, 3), dtype=np.float32)
 
+    def use_model(self, model: Any) -> None:
+        self.model, self.threshold = model, model.threshold
+
     def resolve(self, probs: np.ndarray) -> list:
         return []
 
