@@ -296,8 +296,10 @@ class EdgeConfig(_Strict):
     #: no-recovery path: down this long after an event (impact, drop, bed exit) -> fall alert
     no_recovery_s: float = Field(default=45.0, ge=10.0, le=600.0)
     #: stand a fast alert down as ``lying_before`` when the wearer was lying before the impact and
-    #: since (turning over, no room sensor needed). Off: held out on SisFall it cost 1.0 point of
-    #: sensitivity for 0.28 fewer false alarms an hour (docs/models.md, issue 12 fifth round)
+    #: since (turning over, no room sensor needed): sent as ``cancelled``, nobody is called, and no
+    #: other path picks such an impact up, so a fall it mistakes is missed (logged, not delayed).
+    #: Off: held out on SisFall it cost 1.0 point of sensitivity for 0.28 fewer false alarms an hour
+    #: (docs/models.md, issue 12 fifth round)
     stand_down_lying_before: bool = False
     telemetry_window_s: float = Field(default=10.0, gt=0)
     upload_raw_imu: bool = False

@@ -221,8 +221,8 @@ class DetectorSettings:
     #: a model trained with it must be served with it (training builds its windows with these settings).
     normalise_gravity: bool = False
     #: Learn the wearer's upright from their walking (:class:`features.WalkingReference`) and hand
-    #: each window's snapshot to the model (``tilt_walk_deg``), if the model reads that feature (a
-    #: model without ``feature_names`` is assumed to). Off, every window's reference is unknown (NaN).
+    #: each window's snapshot to the model (``tilt_walk_deg``), if the model's ``feature_names`` read
+    #: that feature (or there is no model: training). Off, every window's reference is unknown (NaN).
     walking_reference: bool = True
 
 
@@ -294,8 +294,10 @@ class DeviceFallDetector:
         self.triggers = 0
 
     def _wants_walk(self, model: WindowScorer | None) -> bool:
-        reads = getattr(model, "feature_names", None)
-        return self.settings.walking_reference and (reads is None or "tilt_walk_deg" in reads)
+        """No model (training cutting windows for any model), or one whose ``feature_names`` read it."""
+        if not self.settings.walking_reference:
+            return False
+        return model is None or "tilt_walk_deg" in getattr(model, "feature_names", ())
 
     def use_model(self, model: WindowScorer) -> None:
         """Score with ``model`` from now on (an over-the-air update): its threshold, and the walking
@@ -479,7 +481,7 @@ class DeviceFallDetector:
         if min_g < 0.6:
             reasons.append(("free_fall", f"{min_g:.2f} g minimum before impact", round(1.0 - min_g, 3)))
         upright = float(f[col["tilt_walk_deg"]])
-        if np.isfinite(upright):
+        if self.walk is not None and np.isfinite(upright):  # evidence only where the model reads it
             reasons.append(("upright_before", f"{upright:.0f} deg from the wearer's walking upright before the event",
                             round(float(np.clip(1.0 - upright / 90.0, 0.0, 1.0)), 3)))
         return FallDecision(

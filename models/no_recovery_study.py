@@ -41,6 +41,7 @@ CANDIDATES: tuple[tuple[float, float, float], ...] = ((30.0, 35.0, 50.0), (35.0,
 class _Zero:
     threshold = 1.0
     version = "triggers-only"
+    feature_names: tuple[str, ...] = ()
 
     def predict(self, batch: np.ndarray, refs: np.ndarray | None = None) -> np.ndarray:
         return np.zeros(len(batch), dtype=np.float32)

@@ -35,6 +35,8 @@ class ThresholdScorer:
     rate_hz = F.RATE_HZ
     window_s = F.WINDOW_S
     threshold = 0.75
+    #: what it reads (so the detector does not learn the walking upright for it)
+    feature_names = ("peak_g", "tilt_change_deg", "std_rest_g")
 
     def __init__(self) -> None:
         self._col = {n: i for i, n in enumerate(F.FEATURE_NAMES)}

@@ -136,6 +136,12 @@ def test_detector_snapshots_the_reference_before_the_impact(chunk: int) -> None:
     refs = det.inflight_refs()
     assert len(wins) == 1 and refs.shape == (1, 3) and np.isfinite(refs).all()
     assert _angle(refs[0], np.array([0.0, -1.0, 0.0])) < 3.0
+    # exactly the reference of the samples before the trigger (not of the window's cut, or later)
+    trigger = int(np.flatnonzero(np.linalg.norm(acc, axis=1) >= F.TRIGGER_G)[0])
+    before = F.WalkingReference()
+    before.update(acc[:trigger])
+    assert before.reference is not None
+    np.testing.assert_array_equal(refs[0], before.reference)
     assert F.window_features(wins, refs)[0, F.feature_index(("tilt_walk_deg",))[0]] < 10.0
 
 
@@ -183,6 +189,9 @@ def test_the_reference_is_learned_only_for_a_model_that_reads_it() -> None:
     assert DeviceFallDetector(_Reads(("peak_g", "tilt_change_deg"))).walk is None
     assert DeviceFallDetector(_Reads(("peak_g", "tilt_walk_deg"))).walk is not None
     assert DeviceFallDetector(None).walk is not None  # training cuts windows for any model
+    from fallwatch.models.scorers import ThresholdScorer
+
+    assert DeviceFallDetector(ThresholdScorer()).walk is None  # the edge's fallback scorer ignores it
 
 
 def test_an_over_the_air_model_that_reads_the_reference_starts_it() -> None:
