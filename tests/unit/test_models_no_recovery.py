@@ -201,20 +201,22 @@ def test_gate_min_fall_p_keeps_impacts_the_model_found_nothing_fall_like_in_from
         assert len(s.decisions) == alerts, p
 
 
-def test_turning_over_while_lying_stands_the_fast_alert_down_without_rooms() -> None:
-    """Without any room sensor: lying before the impact and down since is turning over (issue 12)."""
-    s = Stream(NoRecoveryWatch(NoRecoverySettings(stand_down_lying_before=True)))
+def _impact_while_lying(on: bool) -> tuple[Stream, float]:
+    """30 s lying, an impact the fast path alerted on, then lying on at 100 deg for 15 s."""
+    s = Stream(NoRecoveryWatch(NoRecoverySettings(stand_down_lying_before=on)))
     s.feed(posture(85, 30))
     impact = s.t
     s.w.on_trigger(impact, 1.9, 0.97)
     s.feed(posture(100, 15))
+    return s, impact
+
+
+def test_turning_over_while_lying_stands_the_fast_alert_down_without_rooms() -> None:
+    """Without any room sensor: lying before the impact and down since is turning over (issue 12)."""
+    s, impact = _impact_while_lying(on=True)
     why = s.w.stand_down(impact, s.t, NoRooms())
     assert why is not None and why[0] == "lying_before"
-    off = Stream(NoRecoveryWatch(NoRecoverySettings(stand_down_lying_before=False)))
-    off.feed(posture(85, 30))
-    impact = off.t
-    off.w.on_trigger(impact, 1.9, 0.97)
-    off.feed(posture(100, 15))
+    off, impact = _impact_while_lying(on=False)
     assert off.w.stand_down(impact, off.t, NoRooms()) is None  # off (the default): the alert is sent
 
 
