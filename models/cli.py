@@ -175,7 +175,7 @@ def cmd_train_fall(args: argparse.Namespace) -> int:
     study = json.loads(study_path.read_text()) if study_path.exists() else None
     metrics = {
         "name": T.MODEL_NAME,
-        "version": T.VERSIONS.get(args.features, T.MODEL_VERSION),
+        "version": T.model_version(names),
         "seed": args.seed,
         "threshold": thr,
         "features": list(names),

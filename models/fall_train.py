@@ -51,9 +51,16 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "fallwatch-fall"
 MODEL_VERSION = "1.0.0"
-#: model version by feature set: "walk" (1.1) adds the wearer's walking upright; not shipped (its
-#: pre-registered confirmation failed: docs/models.md, issue 12 fourth round)
-VERSIONS = {"walk": "1.2.0"}  # the code as it stands trains candidate 1.2; 1.1 is commit 8fbc70d
+#: a model that also reads the wearer's walking upright (``--features walk``) is a candidate, not
+#: shipped (its pre-registered confirmation failed: docs/models.md, issue 12 fourth round)
+WALK_VERSION = "1.2.0"  # the code as it stands trains candidate 1.2; 1.1 is commit 8fbc70d
+
+
+def model_version(names: tuple[str, ...]) -> str:
+    """The version a model on these features is published as (ONNX metadata and metrics.json alike)."""
+    return WALK_VERSION if "tilt_walk_deg" in names else MODEL_VERSION
+
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "fall"
 OUTER_FOLDS = 6
 INNER_FOLDS = 3
@@ -636,7 +643,7 @@ def export_onnx(clf: object, names: tuple[str, ...], threshold: float, path: Pat
     onx.graph.name = MODEL_NAME  # skl2onnx names graphs with a random uuid: keep the file reproducible
     onx.doc_string = "fallwatch fall detector: impact-centred window features -> P(fall)"
     onx.producer_name = "fallwatch"
-    version = VERSIONS.get("walk", MODEL_VERSION) if "tilt_walk_deg" in names else MODEL_VERSION
+    version = model_version(names)
     onx.model_version = int(version.split(".")[0])
     props = {
         "name": MODEL_NAME,
