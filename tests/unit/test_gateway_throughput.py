@@ -72,6 +72,28 @@ def test_registry_updates_coalesce_but_news_and_new_devices_go_out_at_once() -> 
     assert len(due) == 1 and due[0].fw == "1.2.3"
 
 
+def test_routine_updates_of_every_device_go_out_together_once_the_interval_has_passed() -> None:
+    """Light load: each device sends about once a batch, so coalescing per device would write
+    every batch's devices anyway; routine updates wait for one write of all of them."""
+    c = DeviceCoalescer(every_s=3600)
+    c.add({("s", f"d{i}"): DeviceUpdate("s", f"d{i}", 1000) for i in range(3)})
+    c.written(c.due(flush=False))  # new to this process: written at once
+    assert c.pending == 0 and c.next_due_s() == 3600
+    for t in (2000, 3000):
+        c.add({("s", f"d{i}"): DeviceUpdate("s", f"d{i}", t + i) for i in range(3)})
+        assert c.due(flush=False) == [] and c.pending == 3
+    assert 0 < c.next_due_s() <= 3600
+    c.add({("s", "d1"): DeviceUpdate("s", "d1", 3500, state="online")})  # news: that one goes now
+    assert [u.device_id for u in c.due(flush=False)] == ["d1"] and c.next_due_s() == 0.0
+    c.written(c.due(flush=False))
+    assert c.pending == 2
+    c.every_s = 0.0  # the interval has passed
+    due = c.due(flush=False)
+    assert sorted((u.device_id, u.last_seen_ms) for u in due) == [("d0", 3000), ("d2", 3002)]
+    c.written(due)
+    assert c.pending == 0
+
+
 def test_an_update_is_only_dropped_once_it_was_written() -> None:
     c = DeviceCoalescer(every_s=3600)
     c.add({("s", "d"): DeviceUpdate("s", "d", 1000)})
