@@ -9,6 +9,7 @@ worker does.
 
 from __future__ import annotations
 
+import operator
 import queue
 import threading
 import time
@@ -177,8 +178,12 @@ class DeviceCoalescer:
         return max(0.0, self.every_s - (time.monotonic() - self._flushed))
 
 
+_news = operator.attrgetter(*_NEWS)
+_NO_NEWS = (None,) * len(_NEWS)
+
+
 def _routine(u: DeviceUpdate) -> bool:
-    return not u.sensors and all(getattr(u, k) is None for k in _NEWS)
+    return not u.sensors and _news(u) == _NO_NEWS
 
 
 class BulkIngest:

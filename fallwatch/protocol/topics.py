@@ -21,6 +21,7 @@ during a migration.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from fallwatch.protocol.ids import ID_RE
@@ -115,8 +116,14 @@ class ParsedTopic:
     sub: str | None  # sensor for tele, command name for cmd/*
 
 
+@functools.lru_cache(maxsize=16_384)
 def parse(topic: str) -> ParsedTopic:
-    """Split an uplink topic; raises TopicError for anything outside the tree."""
+    """Split an uplink topic; raises TopicError for anything outside the tree.
+
+    Cached (the answer is immutable, errors are not cached): a gateway sees the same few
+    topics per hub over and over and parsed each message's topic twice (issue 16); 16,384
+    topics are a few MB at most, and a hub inventing topics only evicts older ones.
+    """
     parts = topic.split("/")
     if len(parts) < 5 or parts[0] != ROOT:
         raise TopicError(f"not a fallwatch topic: {topic!r}")

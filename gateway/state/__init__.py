@@ -40,6 +40,7 @@ import contextlib
 import fcntl
 import functools
 import logging
+import operator
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -170,9 +171,12 @@ _UPSERT_DEVICE = (
 )
 
 
+_device_cols = operator.attrgetter(*_DEVICE_COLS)
+
+
 def _device_row(d: DeviceUpdate, sensors_json: str | None) -> tuple[Any, ...]:
     return (d.site_id, d.device_id, d.last_seen_ms, d.last_seen_ms, d.last_test_ms, sensors_json,
-            *(getattr(d, k) for k in _DEVICE_COLS))
+            *_device_cols(d))
 
 
 class StateError(RuntimeError):
