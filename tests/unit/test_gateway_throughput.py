@@ -459,6 +459,77 @@ def test_settling_a_gateway_process_freezes_what_start_up_made_and_still_collect
     assert out.stdout.strip() == "ok"
 
 
+@pytest.mark.parametrize("chunk", [65_536, 7, 1])
+def test_publishes_taken_straight_from_the_read_buffer_are_what_paho_reads(chunk: int) -> None:
+    """``buffer_reads`` with ``fast_publish``'s parser (issue 16) takes whole PUBLISH packets
+    from its buffer without paho reading them: over a real socket, a byte stream of plain
+    and other PUBLISHes, other packet types and packets split across reads (``chunk`` of 7
+    and 1 bytes) delivers exactly what a stock paho client delivers, in the same order."""
+    import socket
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from fallwatch.gateway.links import buffer_reads, fast_publish
+
+    def props(**kw: Any) -> bytes:
+        p = Properties(PacketTypes.PUBLISH)
+        for k, v in kw.items():
+            setattr(p, k, v)
+        return bytes(p.pack())
+
+    def packet(command: int, body: bytes) -> bytes:
+        n, length = len(body), b""
+        while True:
+            n, b = n >> 7, n & 127
+            length += bytes([b | (128 if n else 0)])
+            if not n:
+                return bytes([command]) + length + body
+
+    def publish(command: int, topic: bytes, mid: int | None, properties: bytes, payload: bytes) -> bytes:
+        return packet(command, len(topic).to_bytes(2, "big") + topic + (b"" if mid is None else mid.to_bytes(2, "big"))
+                      + properties + payload)
+
+    t = b"fallwatch/v1/s/hub-1/tele/w1"
+    stream = b"".join([
+        publish(0x32, t, 1, b"\x00", b'{"a":1}'),
+        publish(0x33, t, 2, props(ContentType="application/json"), b"r" * 300),  # retained
+        publish(0x32, t, 3, b"\x00", b"y" * 20_000),  # a remaining length of three bytes
+        bytes([0xD0, 0x00]),  # PINGRESP: paho's
+        publish(0x30, t, None, b"\x00", b"qos0"),  # paho's
+        publish(0x32, t, 4, props(UserProperty=[("k", "v")]), b"user"),  # declined: paho's
+        publish(0x3A, "fallwatch/v1/s/hüb/tele/w1".encode(), 5, props(PayloadFormatIndicator=1), b""),  # dup
+        *(publish(0x32, t, 6 + i, b"\x00", b"m%d" % i) for i in range(50)),
+    ])
+
+    def run(fast: bool) -> tuple[list[tuple[Any, ...]], mqtt.Client]:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
+        got: list[tuple[Any, ...]] = []
+        c.on_message = lambda _c, _u, m: got.append((m.topic, bytes(m.payload), m.mid, bool(m.retain), m.qos))
+        if fast:
+            inline = fast_publish(c, lambda topic, payload, mid, retain: got.append((topic, payload, mid, retain, 1)))
+            assert inline is not None
+            buffer_reads(c, chunk=chunk, inline=inline)
+        c._sock = a  # type: ignore[assignment]
+        b.sendall(stream)
+        try:
+            for _ in range(len(stream) + 200):  # one packet per call for stock paho; chunk 1: a byte per recv
+                assert c.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        finally:
+            c._sock = None
+            a.close()
+            b.close()
+        return got, c
+
+    want, _ = run(False)
+    got, c = run(True)
+    assert len(want) == 56 and got == want
+    assert c._in_packet["command"] == 0  # nothing left half-read
+
+
 def test_the_publish_fast_path_delivers_what_paho_would_and_leaves_everything_else_to_paho() -> None:
     """``links.fast_publish`` (issue 16, fifth pass) parses a plain QoS 1 PUBLISH itself: for
     each packet the fast client delivers exactly the topic, payload, packet id and retain flag
