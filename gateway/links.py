@@ -321,17 +321,11 @@ def buffer_reads(client: mqtt.Client, chunk: int = 65_536, hold: Callable[[], bo
             with client._msgtime_mutex:
                 client._last_bytes_received = _paho_time()  # as paho's reading does (keep-alive)
         if pace_s > 0.0:
-            now = time.monotonic()
-            wait_until[0] = now + pace_s if got < chunk else 0.0
-            buf.last_read = now
-            if rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and client._sock is not None and client.want_write():
-                rc = client.loop_write()  # acks queued without a wake-up since the last read (puback_many)
+            wait_until[0] = time.monotonic() + pace_s if got < chunk else 0.0
         return rc
 
     client._sock_recv = recv  # type: ignore[method-assign]
     client.loop_read = loop_read  # type: ignore[method-assign]
-    if pace_s > 0.0:
-        client._fw_read_soon = lambda: time.monotonic() - buf.last_read < pace_s  # type: ignore[attr-defined]
     return pace_s
 
 
@@ -453,21 +447,9 @@ def puback_many(client: mqtt.Client) -> Callable[[list[int]], object] | None:
     from paho.mqtt.client import PUBACK
 
     pack = struct.Struct("!BBH").pack
-    out = getattr(client, "_out_packet", None)
-    read_soon: Callable[[], bool] | None = getattr(client, "_fw_read_soon", None)
-    ok = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def send(mids: list[int]) -> object:
-        packet = b"".join([pack(PUBACK, 2, m) for m in mids])
-        if read_soon is not None and out is not None and read_soon():
-            # a paced link reads again within its pace and writes what is queued then
-            # (buffer_reads): no wake-up of its thread for these acks, which at light load
-            # was one more wake-up per batch; when traffic stops they go within paho's
-            # 1 s loop timeout. Queued as paho's own _packet_queue queues them.
-            out.append({"command": PUBACK, "mid": mids[-1], "qos": 1, "pos": 0, "to_process": len(packet),
-                        "packet": packet, "info": None})
-            return ok
-        return queue_packet(PUBACK, packet, mids[-1], 1)
+        return queue_packet(PUBACK, b"".join([pack(PUBACK, 2, m) for m in mids]), mids[-1], 1)
 
     return send
 
@@ -499,14 +481,12 @@ def _take_publishes(buf: _ReadBuffer, inline: Inline) -> int:
 
 
 class _ReadBuffer:
-    __slots__ = ("data", "last_read", "pos", "sock")
+    __slots__ = ("data", "pos", "sock")
 
     def __init__(self) -> None:
         self.sock: object = None
         self.data = b""
         self.pos = 0
-        #: monotonic time a paced read last ended (0.0: none, or the link is not paced)
-        self.last_read = 0.0
 
 
 #: properties paho accumulates into lists (user property, subscription identifier)
