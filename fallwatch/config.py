@@ -261,7 +261,7 @@ class GatewayConfig(_Strict):
     batch_max: int = Field(default=1000, ge=1)
     # telemetry linger: under load nothing waits, at low rates it forms batches (issue 16). The bulk
     # link reads light traffic once per linger (up to 0.1 s) and the batch is what one read brought;
-    # a message waits at most the linger + 2 ms before its batch is written. Fall alerts never wait.
+    # a message waits at most the linger + 2 ms before its batch is formed. Fall alerts never wait.
     batch_max_delay_ms: float = Field(default=50.0, ge=0)
     # staff notification channels (fallwatch.gateway.channels), each `[[gateway.channels]] type = "…"`;
     # the default is the staff log the gateway always wrote

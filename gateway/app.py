@@ -133,7 +133,7 @@ class Gateway:
     def init_bulk(self) -> None:
         self.bulk = BulkIngest(self.cfg.gateway, self.bulk_q, self.decoder, self.dedup, self.storage, self.state,
                                self.inflight, self.counters, self.metrics, self.stop_event, self.workers)
-        self.bulk.read_pace_s = self.links.bulk.read_pace_s
+        self.bulk.read_pace = self.links.bulk.read_pace
 
     def init_alerts(self) -> None:
         self.fall_alerts = FallAlerts(self.alert_q, self.decoder, self.dedup, self.storage, self.state,
@@ -363,17 +363,17 @@ class Gateway:
 
     def wait_idle(self, timeout_s: float, quiet_s: float = 0.3) -> bool:
         """True once nothing received is still unstored, the spool and the alert points are
-        written and input is quiet.
+        written, the registry is up to date and input is quiet.
 
         Light telemetry may wait unread in the bulk link's socket for its read pace
         (:func:`fallwatch.gateway.links.bulk_read_pace_s`), so input counts as quiet only once
         that long has passed since the call, too.
         """
         now = time.monotonic()
-        deadline, paced = now + timeout_s, now + 2 * self.links.bulk.read_pace_s
+        deadline, paced = now + timeout_s, now + 2 * self.links.bulk.read_pace.pace_s
         while time.monotonic() < deadline:
             if (self.inflight.idle(quiet_s) and time.monotonic() >= paced and self.spool.depth == 0
-                    and self.fall_alerts.points_pending == 0):
+                    and self.fall_alerts.points_pending == 0 and self.bulk.devices.pending == 0):
                 return True
             time.sleep(0.02)
         return False

@@ -19,7 +19,7 @@ from fallwatch.config import GatewayConfig
 from fallwatch.gateway.acks import AckEntry, AckTracker
 from fallwatch.gateway.decode import Decoder, device_update
 from fallwatch.gateway.dedup import Deduplicator
-from fallwatch.gateway.links import Item, ItemQueue, linger_after_pace_s
+from fallwatch.gateway.links import Item, ItemQueue, ReadPace, linger_after_pace_s
 from fallwatch.gateway.metrics import Counters, Metrics
 from fallwatch.gateway.points import SeriesPoint
 from fallwatch.gateway.sinks import SeriesSink
@@ -202,8 +202,8 @@ class BulkIngest:
         self.stop = stop
         self.workers = workers
         self.latency_probe: LatencyProbe | None = None
-        #: how long the bulk link lets light traffic gather between reads (its ``read_pace_s``)
-        self.read_pace_s = 0.0
+        #: the bulk link's read pacing (its ``read_pace``): none unless the gateway wires it
+        self.read_pace = ReadPace(0.0)
         self.devices = DeviceCoalescer()
         #: called with the messages of each batch once they are durable (derived alerts, observe.py)
         self.observer: Callable[[list[contract.Message]], None] | None = None
@@ -213,10 +213,12 @@ class BulkIngest:
     def loop(self) -> None:
         """Worker: batches off the bulk queue until stopped and drained."""
         sink = self.storage.new_sink()
-        # the bulk link paces its reads by (most of) the linger: what one read delivered is one batch
-        limit = self.cfg.batch_max
-        linger_s = linger_after_pace_s(self.cfg.batch_max_delay_ms / 1000.0, self.read_pace_s)
+        # after a paced read (light load) the messages waited in the socket already: what the read
+        # delivered is one batch; otherwise the whole linger counts from receipt
+        limit, full = self.cfg.batch_max, self.cfg.batch_max_delay_ms / 1000.0
+        after_pace = linger_after_pace_s(full, self.read_pace.pace_s)
         while True:
+            linger_s = after_pace if self.read_pace.paced else full
             batch = collect(self.q, min(0.2, max(0.01, self.devices.next_due_s())), limit, linger_s, self.stop)
             if not batch:
                 if self.devices.pending and (self.stop.is_set() or self.devices.next_due_s() == 0.0):

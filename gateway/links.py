@@ -78,9 +78,9 @@ class Link:
         self.client = make_client(mqtt_cfg.model_copy(update={"client_id": None}), client_id, manual_ack=True,
                                   will=will)
         inline = fast_publish(self.client, self._on_publish)
-        #: how long light traffic gathers in the socket between reads (0.0: it does not)
-        self.read_pace_s = buffer_reads(self.client, pace_s=read_pace_s, inline=inline,
-                                        hold=None if max_queued is None else (lambda: q.qsize() >= max_queued))
+        #: how long light traffic gathers in the socket between reads (``pace_s`` 0.0: it does not)
+        self.read_pace = buffer_reads(self.client, pace_s=read_pace_s, inline=inline,
+                                      hold=None if max_queued is None else (lambda: q.qsize() >= max_queued))
         share_property_tables()
         self.acks = AckTracker(self.client.ack, puback_many(self.client))
         self.client.on_connect = self._on_connect
@@ -184,7 +184,7 @@ def bulk_read_pace_s(g: GatewayConfig) -> float:
 
 
 def linger_after_pace_s(linger_s: float, pace_s: float) -> float:
-    """What the bulk worker still lingers from receipt once the link paced its reads by
+    """What the bulk worker still lingers from receipt after a read the link paced by
     ``pace_s``: the rest of the linger, and :data:`GATHER_S` to take a whole read. A message
     waits at most the linger + 2 ms before its batch is formed."""
     if pace_s <= 0.0:
@@ -242,7 +242,7 @@ class Links:
 
 
 def buffer_reads(client: mqtt.Client, chunk: int = 65_536, hold: Callable[[], bool] | None = None,
-                 pace_s: float = 0.0, inline: Inline | None = None) -> float:
+                 pace_s: float = 0.0, inline: Inline | None = None) -> ReadPace:
     """Read the socket in chunks instead of paho's three ``recv`` calls (and one ``select``)
     per message.
 
@@ -260,13 +260,15 @@ def buffer_reads(client: mqtt.Client, chunk: int = 65_536, hold: Callable[[], bo
     received messages in memory, ~25 MB (Mosquitto with ``max_inflight_messages 0`` sent
     more than the link's receive maximum, issue 16).
 
-    ``pace_s`` > 0: after a read that did not fill the buffer (light load), the next one
-    waits until ``pace_s`` after it, so that what arrives meanwhile is read in one go. At
-    200 msg/s each message was its own wake-up of this thread (about 95 µs of CPU a
-    message, issue 16); under load every read fills the buffer and nothing waits. For the
-    bulk link only, whose messages linger anyway (:func:`bulk_read_pace_s`); fall alerts
-    have their own link, which never waits. Returns the pace in force (0.0 when paho's
-    reading is left as it is).
+    ``pace_s`` > 0: a read goes on while the socket has more (up to :data:`_DRAIN_MAX`); if it
+    then found the socket empty after fewer than 64 KB and :data:`_PACE_BELOW_MSGS` packets
+    (light load), the next read waits until ``pace_s`` after it, so that what arrives
+    meanwhile is read in one go. At 200 msg/s each message was its own wake-up of this
+    thread (about 95 µs of CPU a message, issue 16); under load, or from a broker that sends
+    few messages before it waits for acks, nothing waits. For the bulk link only, whose
+    messages linger anyway (:func:`bulk_read_pace_s`); fall alerts have their own link,
+    which never waits. Returns the :class:`ReadPace` (``pace_s`` 0.0 when paho's reading is
+    left as it is).
 
     ``inline`` (:func:`fast_publish`'s parser): each whole PUBLISH in the buffer goes to it
     straight from the buffer, between packets paho reads (nothing half-read in paho). paho
@@ -279,14 +281,15 @@ def buffer_reads(client: mqtt.Client, chunk: int = 65_536, hold: Callable[[], bo
     recv0: Callable[[int], bytes] | None = getattr(client, "_sock_recv", None)
     read0: Callable[[], mqtt.MQTTErrorCode] | None = getattr(client, "loop_read", None)
     if recv0 is None or read0 is None or not hasattr(client, "_sock"):
-        return 0.0
+        return ReadPace(0.0)
     buf = _ReadBuffer()
-    wait_until = [0.0]
+    pace = ReadPace(pace_s)
 
     def recv(bufsize: int) -> bytes:
         sock = client._sock
         if buf.sock is not sock:
             buf.sock, buf.data, buf.pos = sock, b"", 0
+            pace.paced, pace.wait_until = False, 0.0  # a new connection: its first read waits for nothing
         if buf.pos >= len(buf.data):
             buf.data, buf.pos = recv0(chunk), 0  # raises BlockingIOError when there is nothing
             if not buf.data:
@@ -301,32 +304,72 @@ def buffer_reads(client: mqtt.Client, chunk: int = 65_536, hold: Callable[[], bo
             # in it would not wake paho's select); the socket is readable, so select returns at once
             time.sleep(0.005)  # do not spin while held
             return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-        if pace_s > 0.0:
-            left = wait_until[0] - time.monotonic()
+        if pace.pace_s > 0.0:
+            left = pace.wait_until - time.monotonic()
             if left > 0.0:
                 time.sleep(left)
+        ok = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
         rc = read0()
-        got = len(buf.data)
+        got, packets, took, drained = len(buf.data), 1, 0, False
         fast = inline is not None and _no_topic_callbacks(client)
-        took = 0
-        while (rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and client._sock is not None
-               and buf.sock is client._sock and buf.pos < len(buf.data)):
-            if fast and inline is not None and client._in_packet["command"] == 0:
-                n = _take_publishes(buf, inline)
-                if n:
-                    took += n
-                    continue
-            rc = read0()
+        while True:
+            while rc == ok and client._sock is not None and buf.sock is client._sock and buf.pos < len(buf.data):
+                if fast and inline is not None and client._in_packet["command"] == 0:
+                    n = _take_publishes(buf, inline)
+                    if n:
+                        took += n
+                        continue
+                rc = read0()
+                packets += 1
+            if (pace.pace_s <= 0.0 or rc != ok or client._sock is None or buf.sock is not client._sock
+                    or got >= _DRAIN_MAX):
+                break
+            # the buffer is used up: is more already in the socket? A TLS socket hands out one
+            # record (one packet, from Mosquitto) per recv, so a short read does not mean light load
+            try:
+                more = recv0(chunk)
+            except BlockingIOError:
+                drained = True
+                break
+            if not more:
+                rc = read0()  # closed by the broker: paho's reading sees it and handles it
+                break
+            buf.data, buf.pos = more, 0
+            got += len(more)
         if took:
             with client._msgtime_mutex:
                 client._last_bytes_received = _paho_time()  # as paho's reading does (keep-alive)
-        if pace_s > 0.0:
-            wait_until[0] = time.monotonic() + pace_s if got < chunk else 0.0
+        if pace.pace_s > 0.0:
+            pace.paced = drained and got < chunk and packets + took < _PACE_BELOW_MSGS
+            pace.wait_until = time.monotonic() + pace.pace_s if pace.paced else 0.0
         return rc
 
     client._sock_recv = recv  # type: ignore[method-assign]
     client.loop_read = loop_read  # type: ignore[method-assign]
-    return pace_s
+    return pace
+
+
+#: a paced read reads on while the socket has more, up to this many bytes, before paho's loop
+#: gets to write (acks, pings)
+_DRAIN_MAX = 4 * 65_536
+#: a read that brought this many packets or more is not light load: below the 20 QoS 1 messages
+#: a stock Mosquitto (``max_inflight_messages``, and for MQTT 3.1.1 clients) sends a client
+#: unacknowledged, so a broker that waits for acks never waits on the pace as well
+_PACE_BELOW_MSGS = 16
+
+
+class ReadPace:
+    """A link's read pacing (:func:`buffer_reads`): shared with the bulk worker, which lingers
+    only :data:`GATHER_S` after a paced read (the messages waited in the socket already) and
+    the whole linger from receipt otherwise."""
+
+    __slots__ = ("pace_s", "paced", "wait_until")
+
+    def __init__(self, pace_s: float) -> None:
+        self.pace_s = pace_s
+        #: the last read was light load: the next one waits for ``pace_s`` after it
+        self.paced = False
+        self.wait_until = 0.0
 
 
 _paho_time: Callable[[], float] = getattr(mqtt, "time_func", time.monotonic)
@@ -413,8 +456,10 @@ def _skip_plain_properties(packet: bytes | bytearray, pos: int) -> int:
             if nxt > end:
                 return -1
             try:
-                packet[pos + 3 : nxt].decode("utf-8")
+                text = packet[pos + 3 : nxt].decode("utf-8")
             except UnicodeDecodeError:
+                return -1
+            if "\x00" in text or "\ufeff" in text:  # paho's readUTF refuses these (MQTT-1.5.4-2/3)
                 return -1
             pos = nxt
         elif ident == 0x01 and pos + 2 <= end and packet[pos + 1] in (0, 1):
@@ -476,7 +521,7 @@ def _take_publishes(buf: _ReadBuffer, inline: Inline) -> int:
         if end > n or not inline(header, data[i:end]):
             break
         pos, took = end, took + 1
-    buf.pos = pos
+        buf.pos = pos  # each packet once, should a later delivery raise
     return took
 
 

@@ -116,14 +116,27 @@ class ParsedTopic:
     sub: str | None  # sensor for tele, command name for cmd/*
 
 
-@functools.lru_cache(maxsize=16_384)
+#: topics longer than this are parsed every time, never cached (a hub may send 64 KB topics)
+_CACHE_TOPIC_LEN = 256
+
+
 def parse(topic: str) -> ParsedTopic:
     """Split an uplink topic; raises TopicError for anything outside the tree.
 
     Cached (the answer is immutable, errors are not cached): a gateway sees the same few
-    topics per hub over and over and parsed each message's topic twice (issue 16); 16,384
-    topics are a few MB at most, and a hub inventing topics only evicts older ones.
+    topics per hub over and over and parsed each message's topic twice (issue 16). Only
+    topics of up to 256 characters, 16,384 of them: ~10 MB at most, and a hub inventing
+    topics only evicts older ones.
     """
+    return _parse_cached(topic) if len(topic) <= _CACHE_TOPIC_LEN else _parse(topic)
+
+
+@functools.lru_cache(maxsize=16_384)
+def _parse_cached(topic: str) -> ParsedTopic:
+    return _parse(topic)
+
+
+def _parse(topic: str) -> ParsedTopic:
     parts = topic.split("/")
     if len(parts) < 5 or parts[0] != ROOT:
         raise TopicError(f"not a fallwatch topic: {topic!r}")

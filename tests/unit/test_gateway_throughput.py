@@ -459,12 +459,72 @@ def test_settling_a_gateway_process_freezes_what_start_up_made_and_still_collect
     assert out.stdout.strip() == "ok"
 
 
-@pytest.mark.parametrize("chunk", [65_536, 7, 1])
+def test_topics_are_parsed_alike_cached_or_not_and_long_ones_are_never_cached() -> None:
+    from fallwatch.protocol import topics
+
+    short = "fallwatch/v1/site-a/hub-1/tele/wrist"
+    long = "fallwatch/v1/site-a/hub-1/tele/" + "w" * 5_000  # a hub may publish topics of 64 KB
+    before = topics._parse_cached.cache_info().currsize
+    assert topics.parse(short) == topics.parse(short) == topics._parse(short)
+    assert topics.parse(long) == topics._parse(long) and topics.parse(long).sub == "w" * 5_000
+    assert topics._parse_cached.cache_info().currsize <= before + 1  # the short one at most
+    with pytest.raises(topics.TopicError):
+        topics.parse("fallwatch/v1/site-a/hub-1/nope")
+
+
+def test_a_paced_link_reads_on_while_the_socket_has_more_and_waits_only_at_light_load() -> None:
+    """The bulk link's read pace (issue 16) must not throttle a busy link whose socket hands
+    out a little per ``recv`` (TLS: one record, one packet from Mosquitto), nor a broker that
+    sends few messages before it waits for acks: a read goes on until the socket is empty
+    and waits for the pace only after a light one."""
+    import socket
+
+    import paho.mqtt.client as mqtt
+
+    from fallwatch.gateway.links import buffer_reads, fast_publish
+
+    class Records:  # a socket that, like TLS, hands out at most one small record per recv
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def recv(self, n: int) -> bytes:
+            return self.sock.recv(min(n, 60))
+
+    def publish(mid: int) -> bytes:
+        topic = b"fallwatch/v1/s/hub-1/tele/w1"
+        body = len(topic).to_bytes(2, "big") + topic + mid.to_bytes(2, "big") + b"\x00" + b"{}"
+        return bytes([0x32, len(body)]) + body
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
+    got: list[int] = []
+    inline = fast_publish(c, lambda topic, payload, mid, retain: got.append(mid))
+    pace = buffer_reads(c, pace_s=0.05, inline=inline)
+    c._sock = Records(a)  # type: ignore[assignment]
+    try:
+        b.sendall(b"".join(publish(i) for i in range(1, 401)))
+        assert c.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert got == list(range(1, 401))  # all of it in one read, though each recv gave one packet
+        assert not pace.paced and pace.wait_until == 0.0  # busy: the next read waits for nothing
+        b.sendall(b"".join(publish(i) for i in range(401, 404)))
+        c.loop_read()
+        assert got[400:] == [401, 402, 403]
+        assert pace.paced and pace.wait_until > time.monotonic()  # light: the next read gathers
+    finally:
+        c._sock = None
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("chunk", [65_536, 1_000, 100, 7, 1])
 def test_publishes_taken_straight_from_the_read_buffer_are_what_paho_reads(chunk: int) -> None:
     """``buffer_reads`` with ``fast_publish``'s parser (issue 16) takes whole PUBLISH packets
     from its buffer without paho reading them: over a real socket, a byte stream of plain
-    and other PUBLISHes, other packet types and packets split across reads (``chunk`` of 7
-    and 1 bytes) delivers exactly what a stock paho client delivers, in the same order."""
+    and other PUBLISHes, other packet types and packets split across reads (buffers of
+    1,000 and 100 bytes split packets and their length bytes between the two paths; 7 and
+    1 leave everything to paho) delivers exactly what a stock paho client delivers, in the
+    same order."""
     import socket
 
     import paho.mqtt.client as mqtt
@@ -512,8 +572,14 @@ def test_publishes_taken_straight_from_the_read_buffer_are_what_paho_reads(chunk
         if fast:
             inline = fast_publish(c, lambda topic, payload, mid, retain: got.append((topic, payload, mid, retain, 1)))
             assert inline is not None
-            buffer_reads(c, chunk=chunk, inline=inline)
-        c._sock = a  # type: ignore[assignment]
+
+            def counted(header: int, packet: bytes | bytearray) -> bool:
+                took = inline(header, packet)
+                taken[0] += took
+                return took
+
+            buffer_reads(c, chunk=chunk, inline=counted)
+        c._sock = a
         b.sendall(stream)
         try:
             for _ in range(len(stream) + 200):  # one packet per call for stock paho; chunk 1: a byte per recv
@@ -524,10 +590,13 @@ def test_publishes_taken_straight_from_the_read_buffer_are_what_paho_reads(chunk
             b.close()
         return got, c
 
+    taken = [0]
     want, _ = run(False)
     got, c = run(True)
     assert len(want) == 56 and got == want
     assert c._in_packet["command"] == 0  # nothing left half-read
+    # the path under test was taken (a buffer of 100 bytes holds a few whole small packets)
+    assert (taken[0] > 0) == (chunk >= 100), taken
 
 
 def test_the_publish_fast_path_delivers_what_paho_would_and_leaves_everything_else_to_paho() -> None:
@@ -572,6 +641,8 @@ def test_the_publish_fast_path_delivers_what_paho_would_and_leaves_everything_el
         (0x32, publish(t, 13, b"\x05\x03\x00\x02\xff\xfe", b"bad content type")),
         (0x32, publish(t, 14, b"\x7f\x01\x01", b"overrun")),
         (0x32, publish(t, 15, bytes([2 * len(twice)]) + twice * 2, b"content type twice")),
+        *((0x32, publish(t, 16, bytes([3 + len(bad)]) + b"\x03" + len(bad).to_bytes(2, "big") + bad, b"bad text"))
+          for bad in ("x\ufeff".encode(), b"x\x00")),  # UTF-8, but not MQTT's (MQTT-1.5.4-2/3)
     ]
 
     def client(fast: bool) -> tuple[mqtt.Client, list[tuple[str, Any]]]:
