@@ -331,8 +331,10 @@ def buffer_reads(client: mqtt.Client, chunk: int = 65_536, hold: Callable[[], bo
             except BlockingIOError:
                 drained = True
                 break
+            except OSError:
+                more = b""  # reset, or a TLS error: paho's own read meets it again and handles it
             if not more:
-                rc = read0()  # closed by the broker: paho's reading sees it and handles it
+                rc = read0()  # closed by the broker (or the error above): paho's reading handles it
                 break
             buf.data, buf.pos = more, 0
             got += len(more)

@@ -517,6 +517,43 @@ def test_a_paced_link_reads_on_while_the_socket_has_more_and_waits_only_at_light
         b.close()
 
 
+def test_a_connection_error_while_a_paced_read_drains_the_socket_is_paho_s_to_handle() -> None:
+    """The extra ``recv`` of a paced read (is the socket empty?) meets a reset connection:
+    paho's reading sees it and reports the connection lost, as it would have; nothing
+    escapes into paho's loop (its network thread would die with the link)."""
+    import paho.mqtt.client as mqtt
+
+    from fallwatch.gateway.links import buffer_reads
+
+    topic = b"fallwatch/v1/s/hub-1/tele/w1"
+    body = len(topic).to_bytes(2, "big") + topic + (1).to_bytes(2, "big") + b"\x00{}"
+    first = bytes([0x32, len(body)]) + body
+
+    class Resetting:
+        calls = 0
+        closed = False
+
+        def recv(self, n: int) -> bytes:
+            Resetting.calls += 1
+            if Resetting.calls == 1:
+                return first
+            raise ConnectionResetError("reset by peer")
+
+        def close(self) -> None:
+            Resetting.closed = True
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
+    got: list[int] = []
+    c.on_message = lambda _c, _u, m: got.append(m.mid)
+    buffer_reads(c, pace_s=0.05)
+    c._sock = Resetting()  # type: ignore[assignment]
+    try:
+        rc = c.loop_read()
+    finally:
+        c._sock = None
+    assert got == [1] and rc == mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST and Resetting.closed  # paho closed it
+
+
 @pytest.mark.parametrize("chunk", [65_536, 1_000, 100, 7, 1])
 def test_publishes_taken_straight_from_the_read_buffer_are_what_paho_reads(chunk: int) -> None:
     """``buffer_reads`` with ``fast_publish``'s parser (issue 16) takes whole PUBLISH packets
