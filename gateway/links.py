@@ -311,11 +311,11 @@ def buffer_reads(client: mqtt.Client, chunk: int = 65_536, hold: Callable[[], bo
         ok = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
         rc = read0()
         got, packets, took, drained = len(buf.data), 1, 0, False
-        fast = inline is not None and _no_topic_callbacks(client)
+        take = inline if inline is not None and _no_topic_callbacks(client) else None
         while True:
             while rc == ok and client._sock is not None and buf.sock is client._sock and buf.pos < len(buf.data):
-                if fast and inline is not None and client._in_packet["command"] == 0:
-                    n = _take_publishes(buf, inline)
+                if take is not None and client._in_packet["command"] == 0:
+                    n = _take_publishes(buf, take)
                     if n:
                         took += n
                         continue
