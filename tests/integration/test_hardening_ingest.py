@@ -175,6 +175,9 @@ def test_reimaged_hubs_new_fall_is_not_dropped_as_a_duplicate(
         assert pub.wait(10)
         assert wait_until(lambda: len(gw.alerts()) == 2, 10), gw.stats()
         assert gw.stats()["duplicates"] == 0
+        # staff are told just after each alert is durable: wait for the recorder, then count exactly
+        assert wait_until(lambda: len(rec.events(kind="fall", action=Action.RAISED)) >= 2, 10)
+        assert gw.wait_idle(30)
         assert len(rec.events(kind="fall", action=Action.RAISED)) == 2
     finally:
         pub.close()
@@ -203,7 +206,7 @@ def test_one_key_with_different_content_raises_an_alarm_and_is_kept(
         assert gw.stats()["duplicates"] == 1
         assert wait_until(lambda: any(a["kind"] == "msg_id_conflict" and a["device_id"] == "hub-clash"
                                       for a in gw.device_alerts()), 10)
-        assert rec.events(kind="msg_id_conflict", action=Action.RAISED)
+        assert wait_until(lambda: bool(rec.events(kind="msg_id_conflict", action=Action.RAISED)), 10)
     finally:
         pub.close()
         gw.stop()
