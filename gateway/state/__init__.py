@@ -528,12 +528,14 @@ class StateStore:
     # ------------------------------------------------------------ alerts
     def record_fall(self, msg: c.FallAlert, received_ms: int, device: DeviceUpdate | None = None,
                     digest: str | None = None, series: str | None = None) -> tuple[bool, str]:
-        """Store a fall alert (idempotent by event); returns (new event?, alert_id).
+        """Store a fall alert (idempotent by event); returns (tell staff?, alert_id).
 
         Also marks the message seen and queues its encoded series points (``series``, for
         ``alert_points``) in the same transaction. A re-sent or updated alert
         for the same event updates the stored figures but keeps its lifecycle state;
         a pre-alarm the wearer cancelled is kept with status ``cancelled`` (still logged).
+        The one exception: an alert for an event recorded as cancelled raises it, and is
+        told like a new one, since staff were told only of the cancel.
         """
         d = msg.data
         alert_id = f"fall:{msg.site_id}:{msg.device_id}:{d.event_id}"
@@ -569,12 +571,13 @@ class StateStore:
                 ),
             )
             if not new and status == "raised":
-                # a pre-alarm that turned into a real alert after all
+                # a pre-alarm that turned into a real alert after all: nobody has been called yet
                 self._exec(
                     cur,
-                    "UPDATE alerts SET status = 'raised' WHERE alert_id = ? AND status = 'cancelled'",
-                    (alert_id,),
+                    "UPDATE alerts SET status = 'raised', raised_ms = ? WHERE alert_id = ? AND status = 'cancelled'",
+                    (received_ms, alert_id),
                 )
+                new = bool(cur.rowcount)
             self._exec(
                 cur,
                 "INSERT INTO seen (msg_id, received_ms, digest) VALUES (?, ?, ?) ON CONFLICT (msg_id) DO NOTHING",

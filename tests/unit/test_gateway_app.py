@@ -99,6 +99,8 @@ def test_fall_alert_is_stored_once_and_notified_once(rig: Rig) -> None:
     stats = rig.gw.stats()
     assert (stats["stored"], stats["fall_alerts"], stats["duplicates"], stats["rejected"]) == (1, 1, 1, 0)
     assert wait_for(lambda: rig.acked() == 2)  # the duplicate is acknowledged too
+    # the alert's series point is written after the alert is durable, by its own worker
+    assert wait_for(lambda: rig.gw.stats()["alert_points_pending"] == 0 and len(rig.rows("fall_alert")) >= 1)
     assert len(rig.rows("fall_alert")) == 1
     [alert] = rig.gw.alerts()
     assert alert["status"] == "raised" and alert["resident_id"] == "r01"
@@ -112,6 +114,17 @@ def test_cancelled_pre_alarm_is_recorded_and_told_as_cancelled(rig: Rig) -> None
     rig.send(*t.fall(SITE, HUB, 1, status="cancelled"))
     assert [a["status"] for a in rig.gw.alerts()] == ["cancelled"]
     assert [e.action for e in rig.rec.events(kind="fall")] == [Action.CANCELLED]
+
+
+def test_an_alert_after_its_cancelled_pre_alarm_is_told_as_raised(rig: Rig) -> None:
+    """Same event, the cancel first and then the alert (another message): staff were told only of
+    the cancel, so the alert must reach them; a later re-send of either tells nobody again."""
+    rig.send(*t.fall(SITE, HUB, 1, event="ev-late", status="cancelled"))
+    rig.send(*t.fall(SITE, HUB, 2, event="ev-late"))
+    rig.send(*t.fall(SITE, HUB, 3, event="ev-late"))
+    rig.send(*t.fall(SITE, HUB, 4, event="ev-late", status="cancelled"))
+    assert [a["status"] for a in rig.gw.alerts()] == ["raised"]
+    assert [e.action for e in rig.rec.events(kind="fall")] == [Action.CANCELLED, Action.RAISED]
 
 
 def test_duplicate_telemetry_is_dropped_and_acknowledged(rig: Rig) -> None:
