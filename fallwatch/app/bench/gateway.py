@@ -31,6 +31,12 @@ charges the alerts' work to the telemetry messages, so the gateway also runs 200
 without alerts (``..._200_telemetry_only_cpu_us_per_msg``; the difference is reported as
 ``..._200_alert_charge_cpu_us_per_msg``).
 
+Beside each of those alert stages: how many alerts took over 50 ms end to end
+(``..._alerts_over_50ms``), how many of them already took that long from receipt to durable in
+the gateway's own histogram (``..._alerts_durable_over_50ms``, summed over workers), and the
+disk's own fsync latency in the same seconds (``..._disk_fsync_p99_ms`` / ``_max_ms`` /
+``_fsyncs_over_50ms``, :class:`FsyncProbe`): an alert is durable only after an fsync.
+
 **Store down** (issue 11): the in-process gateway at 1,000 msg/s against its own InfluxDB,
 stopped halfway: alerts published meanwhile must still be recorded and notified, and every
 point must be in InfluxDB once it is back.
@@ -437,6 +443,66 @@ def have_gmqtt() -> bool:
 
 
 # ------------------------------------------------------------------ 3. the gateway (processes)
+class FsyncProbe:
+    """The disk's own fsync latency beside a stage: 4 KiB written and fsynced every 50 ms to a
+    file in ``work`` (the state DB's disk). A fall alert is durable only after the state DB's
+    fsync, so an alert can never be faster than the disk's slowest fsync in its window: this
+    says whether a slow alert met a slow disk."""
+
+    def __init__(self, work: Path) -> None:
+        self.path = work / f"fsync-probe-{time.monotonic_ns()}"
+        self.ms: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fsync-probe", daemon=True)
+
+    def _run(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            block = b"\0" * 4096
+            while not self._stop.wait(0.05):
+                os.write(fd, block)
+                t = time.perf_counter()
+                os.fsync(fd)
+                self.ms.append(1000 * (time.perf_counter() - t))
+        finally:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> FsyncProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def result(self) -> dict[str, Any]:
+        return {"disk_fsync_p99_ms": round(_pct(self.ms, 0.99), 2) if self.ms else None,
+                "disk_fsync_max_ms": round(max(self.ms), 2) if self.ms else None,
+                "disk_fsyncs_over_50ms": sum(x > 50 for x in self.ms)}
+
+
+def durable_split(metrics_text: str, limit_s: float = 0.05) -> dict[str, Any]:
+    """From the gateway's own ``/metrics`` (summed over workers): how many fall alerts took more
+    than ``limit_s`` from receipt to durable (``fallwatch_gateway_ingest_latency_seconds``,
+    path ``alert``; bucket bounds, so exact at 50 ms). An end-to-end alert slower than that
+    which is not among them lost its time outside the gateway's recording (broker, channel)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = within = 0.0
+    for fam in text_string_to_metric_families(metrics_text):
+        if fam.name != "fallwatch_gateway_ingest_latency_seconds":
+            continue
+        for sample in fam.samples:
+            if sample.name.endswith("_bucket") and sample.labels.get("path") == "alert":
+                le = sample.labels.get("le")
+                if le == "+Inf":
+                    total += sample.value
+                elif le is not None and abs(float(le) - limit_s) < 1e-9:
+                    within += sample.value
+    return {"alerts_durable_over_50ms": int(total - within)}
+
+
 def hook_times(path: Path) -> dict[str, float]:
     """Alert id → when its ``raised`` notification reached :mod:`fallwatch.app.bench.hook`."""
     out: dict[str, float] = {}
@@ -511,6 +577,9 @@ secret_env = "FALLWATCH_BENCH_HOOK_SECRET"
             return dict(requests.get(f"http://127.0.0.1:{self.port}{path}", timeout=5).json())
         except (requests.RequestException, ValueError):
             return {}
+
+    def metrics_text(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
 
     def procs(self) -> list[psutil.Process]:
         return _tree(self.proc.pid) if self.proc is not None else []
@@ -690,9 +759,13 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
             for rate in (200, 2000):
                 g = GatewayRun(broker, db, w, work, hook_url)
                 try:
-                    r = paced(broker, rate, paced_s, seq0, hubs, g.start, g.procs,
-                              lambda g=g: int(g.get("/stats").get("stored", 0)), hook_file)
+                    with FsyncProbe(work) as probe:
+                        r = paced(broker, rate, paced_s, seq0, hubs, g.start, g.procs,
+                                  lambda g=g: int(g.get("/stats").get("stored", 0)), hook_file)
                     r.update(g.rss())
+                    r.update(probe.result())
+                    r.update(durable_split(g.metrics_text()))
+                    r["alerts_over_50ms"] = sum(x > 50 for x in r["_alert_latency_ms"])
                     r["lost"] = int(rate * paced_s) - _count(db, g.database)
                 finally:
                     g.close()
