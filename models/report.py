@@ -297,6 +297,20 @@ def _nr_gate(g: dict[str, Any] | None) -> str:
             "\n\n" + "\n".join(rows) + "\n")
 
 
+def _nr_gate_check(g: dict[str, Any] | None) -> str:
+    """The same choice on a fresh partition (issue 12, sixth round; docs/models.md states the rule)."""
+    if not g:
+        return ""
+    n, ung = g["nested"]["all"], g["held_out_per_gate"][str(g["gates"][0])]["all"]
+    passed = ((n["sensitivity"] or 0) >= (ung["sensitivity"] or 0)
+              and n["false_alarm_trials"] < ung["false_alarm_trials"])
+    return (f"\nChecked on a fresh partition (seed {g.get('seed', 11)}; rule written before the run, docs/models.md "
+            f"\"sixth round\"): picks {', '.join(str(f['gate']) for f in g['folds'])}; nested held out "
+            f"{_fmt(n['sensitivity'], True)} with {n['false_alarm_trials']} false-alarm trials against "
+            f"{ung['false_alarm_trials']} ungated, so the rule {'passes' if passed else '**fails**'} "
+            f"({', '.join(n['false_alarm_names']) or 'no false alarms'}).\n")
+
+
 def _study_folds(study: dict[str, Any] | None) -> str:
     if not study or not study.get("outer_folds"):
         return "same folds as above"
@@ -634,7 +648,7 @@ fall outside any sensed bed or chair). The fast-path rows are the table above.
 {_paths_table(cv)}
 
 {_nr_study(metrics.get('no_recovery_study'))}
-{_nr_gate(metrics.get('no_recovery_gate'))}
+{_nr_gate(metrics.get('no_recovery_gate'))}{_nr_gate_check(metrics.get('no_recovery_gate_seed11'))}
 
 ![decision latency per path](report/latency_paths.png)
 
