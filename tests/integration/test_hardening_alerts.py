@@ -192,6 +192,7 @@ def test_broker_sigkill_keeps_an_acknowledged_alert(tmp_path: Path, unique_name:
             "an alert the broker acknowledged was lost with the broker's SIGKILL"
         # staff are told just after the alert is durable (the log channel first): wait for the recorder too
         assert wait_until(lambda: bool(rec.events("fall", Action.RAISED)), 10)
+        assert gw.wait_idle(30)  # a duplicate from the broker's redelivery would be told by now
         assert [e.alert_id for e in rec.events("fall", Action.RAISED)] == ["fall:site-p:hub-1:ev-sigkill"]
     finally:
         gw.stop()

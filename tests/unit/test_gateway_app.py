@@ -123,8 +123,13 @@ def test_an_alert_after_its_cancelled_pre_alarm_is_told_as_raised(rig: Rig) -> N
     rig.send(*t.fall(SITE, HUB, 2, event="ev-late"))
     rig.send(*t.fall(SITE, HUB, 3, event="ev-late"))
     rig.send(*t.fall(SITE, HUB, 4, event="ev-late", status="cancelled"))
-    assert [a["status"] for a in rig.gw.alerts()] == ["raised"]
+    [alert] = rig.gw.alerts()
+    assert alert["status"] == "raised"
     assert [e.action for e in rig.rec.events(kind="fall")] == [Action.CANCELLED, Action.RAISED]
+    device_rows = [r for r in rig.gw.state.audit(alert["alert_id"]) if r["actor"] == "device"]
+    assert [r["action"] for r in device_rows] == ["cancelled", "raised", "updated", "updated"]
+    # escalation counts from the raise, not from the cancel staff were told of
+    assert alert["raised_ms"] == device_rows[1]["at_ms"] >= device_rows[0]["at_ms"]
 
 
 def test_duplicate_telemetry_is_dropped_and_acknowledged(rig: Rig) -> None:
