@@ -117,21 +117,20 @@ def _fields_line(fields: dict[str, Any]) -> str:
 
 
 def _other_field(out: list[str], key: str, value: Any) -> None:
-    k = _key(key)
-    if isinstance(value, float | Decimal):
-        if not math.isfinite(value):
+    """Decimals, and subclasses of the exact types (an ``IntEnum``, numpy's ``float64``): as
+    their base type, through the same formatting."""
+    if isinstance(value, Decimal):
+        if value.is_finite():
+            text = str(value)
+            out.append(f"{_key(key)}={text[:-2] if text.endswith('.0') else text}")
+        return
+    for base in (int, float, str):  # bool cannot be subclassed: exact bools never get here
+        if isinstance(value, base):
+            part = _fields_line({key: base(value)})
+            if part:
+                out.append(part)
             return
-        text = str(value)
-        out.append(f"{k}={text[:-2] if text.endswith('.0') else text}")
-    elif isinstance(value, bool):
-        out.append(f"{k}={str(value).lower()}")
-    elif isinstance(value, int):
-        out.append(f"{k}={value}i")
-    elif isinstance(value, str):
-        text = str(value).replace("\n", "\\n").replace("\r", "\\r")
-        out.append(f'{k}="{text.translate(_ESCAPE_STRING)}"')
-    else:
-        raise ValueError(f'Type: "{type(value)}" of field: "{key}" is not supported.')
+    raise ValueError(f'Type: "{type(value)}" of field: "{key}" is not supported.')
 
 
 def _base_tags(msg: c.Message) -> dict[str, str]:
